@@ -1,1 +1,43 @@
+"""lape: find, measure and steer the language-specific parts of large language models.
+
+Three published methods on one neuron space ``(layer, index of an MLP activation)``:
+LAPE (Tang et al., ACL 2024), linguistic regions (Zhang et al., ACL 2024) and key neurons
+(Chen et al., 2024). The pipeline: corpus -> activation statistics -> neuron sets ->
+interventions -> evaluations -> plots and report.
+
+Example:
+    >>> import lape
+    >>> model, tok = lape.load_model("builtin")
+    >>> corpus = lape.load_corpus("builtin", tok, languages=["en", "fr", "ja"])
+    >>> stats = lape.record(model, corpus)
+    >>> sets = lape.identify(stats)
+    >>> with lape.intervene(model, sets, deactivate=["en"], activate=["fr"], stats=stats):
+    ...     ...
+"""
+
 __version__ = "0.1.0"
+
+from .entropy import IdentifyConfig, identify, language_agnostic, random_like
+from .errors import LapeError
+from .intervene import Edit, intervene
+from .models import fingerprint, load_model, load_tokenizer
+from .neurons import NeuronSets, NeuronSpace
+from .perplexity import PerplexityConfig, PerplexityResult, ppl_matrix
+from .record import ActivationStats, RecordConfig, record
+
+
+def __getattr__(name: str):
+    # corpora and steering import optional heavy pieces lazily
+    if name in {"load_corpus", "load_manifest"}:
+        from . import corpora
+
+        return getattr(corpora, name)
+    raise AttributeError(name)
+
+
+__all__ = [
+    "ActivationStats", "Edit", "IdentifyConfig", "LapeError", "NeuronSets", "NeuronSpace",
+    "PerplexityConfig", "PerplexityResult", "RecordConfig", "fingerprint", "identify", "intervene",
+    "language_agnostic", "load_corpus", "load_manifest", "load_model", "load_tokenizer", "ppl_matrix",
+    "random_like", "record",
+]

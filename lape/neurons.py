@@ -341,15 +341,14 @@ class NeuronSets:
         from .artifacts import save
 
         meta = dict(self.meta)
-        meta.setdefault("format", "lape.neurons")
         meta["labels"] = list(self.labels)
         meta["counts"] = self.counts()
         meta.setdefault("num_layers", self.shape[0])
         meta.setdefault("neurons_per_layer", self.shape[1])
-        if "format_version" not in meta:
-            from .artifacts import FORMAT_VERSION
+        from . import __version__
+        from .artifacts import FORMAT_VERSION
 
-            meta["format_version"] = FORMAT_VERSION
+        meta["format"], meta["format_version"], meta["lape_version"] = "lape.neurons", FORMAT_VERSION, __version__
         return save(path, self.KIND, {"masks": self.masks}, meta)
 
     @classmethod

@@ -1,0 +1,202 @@
+"""Change neuron activations: the one intervention mechanism of lape.
+
+:func:`intervene` is a context manager over the neuron space. Inside it every forward pass of
+the model, plain or inside ``model.generate()`` (the prompt and every generated token), sees
+the chosen activations edited:
+
+* ``deactivate=["fr"]``: French neurons set to 0 (Tang et al.: ``index_fill_(.., 0)`` on the
+  activation, before the product with ``up_proj``);
+* ``activate={"ja": None}``: Japanese neurons set to a value from the recorded statistics
+  (``value="firing_mean"``: their mean activation on Japanese tokens where they fired; or
+  ``"mean"``: over all Japanese tokens), times ``strength``; a number instead of ``None`` sets
+  that fixed value;
+* ``scale={"bio": 2.0}``: neurons multiplied by a factor (key-neuron boost/suppress);
+* ``edits=[Edit(...)]``: raw edits, e.g. integrated gradients' scaled path
+  ``act * alpha`` with ``alpha`` of shape ``[batch, 1, 1]``.
+
+Neurons come from a :class:`NeuronSets` (LAPE, a baseline, a region's neuron view) or a
+hand-written ``{label: [(layer, index), ...]}``. Interventions nest; the inner one applies
+after the outer one. Every hook is removed on exit, also after an exception.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .errors import LapeError
+from .hooks import activation_hooks
+from .neurons import Neuron, NeuronSets, NeuronSpace
+from .record import ActivationStats
+
+Op = Literal["set", "mul", "add"]
+VALUE_RULES = ("firing_mean", "mean")
+
+
+@dataclass
+class Edit:
+    """One edit of one layer's activations.
+
+    Attributes:
+        layer: the layer.
+        index: LongTensor ``[n]`` of neuron indices.
+        op: ``"set"`` (replace), ``"mul"`` (multiply) or ``"add"``.
+        value: a float, or a tensor broadcastable to ``(..., n)`` (e.g. ``[n]`` per neuron, or
+            ``[batch, 1, 1]`` for one factor per sequence).
+    """
+
+    layer: int
+    index: torch.Tensor
+    op: Op
+    value: float | torch.Tensor
+
+    def apply(self, act: torch.Tensor) -> torch.Tensor:
+        idx = self.index.to(act.device)
+        value = self.value.to(act.device, act.dtype) if isinstance(self.value, torch.Tensor) else self.value
+        if self.op == "set" and not isinstance(value, torch.Tensor):
+            return act.index_fill(-1, idx, value)
+        sel = act.index_select(-1, idx)
+        if self.op == "set":
+            new = torch.broadcast_to(value, sel.shape)
+        elif self.op == "mul":
+            new = sel * value
+        else:
+            new = sel + value
+        return act.index_copy(-1, idx, new.to(act.dtype))
+
+
+def _resolve(neurons: NeuronSets | Mapping[str, Iterable[Neuron]] | None, shape: tuple[int, int]) -> NeuronSets:
+    if neurons is None:
+        return NeuronSets([], torch.zeros(0, *shape, dtype=torch.bool))
+    if isinstance(neurons, NeuronSets):
+        return neurons
+    return NeuronSets.from_neurons(neurons, shape)
+
+
+def activation_values(stats: ActivationStats, lang: str, rule: str = "firing_mean") -> torch.Tensor:
+    """float32 ``[layers, neurons]``: the value each neuron is set to when ``lang`` is activated."""
+    if rule not in VALUE_RULES:
+        raise LapeError(f"unknown activation value rule {rule!r}: use one of {', '.join(VALUE_RULES)} or a number")
+    k = stats.index(lang)
+    table = stats.mean_firing_activation() if rule == "firing_mean" else stats.mean_activation()
+    return table[k].to(torch.float32)
+
+
+def build_edits(
+    sets: NeuronSets,
+    *,
+    deactivate: Iterable[str] = (),
+    activate: Mapping[str, float | None] | Iterable[str] | None = None,
+    scale: Mapping[str, float] | None = None,
+    stats: ActivationStats | None = None,
+    value: str = "firing_mean",
+    strength: float = 1.0,
+    layers: Iterable[int] | None = None,
+) -> list[Edit]:
+    """Turn labelled neuron sets and a request into per-layer :class:`Edit`\\ s (see :func:`intervene`)."""
+    layer_filter = None if layers is None else set(layers)
+    edits: list[Edit] = []
+
+    def per_layer(mask: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        for layer in range(mask.shape[0]):
+            if layer_filter is not None and layer not in layer_filter:
+                continue
+            idx = mask[layer].nonzero().squeeze(1)
+            if idx.numel():
+                yield layer, idx
+
+    for lang in deactivate:
+        for layer, idx in per_layer(sets.mask(lang)):
+            edits.append(Edit(layer, idx, "set", 0.0))
+    if activate is not None:
+        activate = {lang: None for lang in activate} if not isinstance(activate, Mapping) else activate
+        for lang, fixed in activate.items():
+            mask = sets.mask(lang)
+            if fixed is None:
+                if stats is None:
+                    raise LapeError(f"activating {lang!r} neurons needs recorded stats (stats=, --stats) "
+                                    "for their values, or a fixed value")
+                if stats.shape != sets.shape:
+                    raise LapeError(f"the stats ({stats.shape[0]} x {stats.shape[1]}) do not match the neuron "
+                                    f"sets ({sets.shape[0]} x {sets.shape[1]}): use stats and neurons of one model")
+                values = activation_values(stats, lang, value) * strength
+                for layer, idx in per_layer(mask):
+                    edits.append(Edit(layer, idx, "set", values[layer, idx]))
+            else:
+                for layer, idx in per_layer(mask):
+                    edits.append(Edit(layer, idx, "set", float(fixed) * strength))
+    for lang, factor in (scale or {}).items():
+        for layer, idx in per_layer(sets.mask(lang)):
+            edits.append(Edit(layer, idx, "mul", float(factor)))
+    return edits
+
+
+@contextmanager
+def intervene(
+    model: nn.Module,
+    neurons: NeuronSets | Mapping[str, Iterable[Neuron]] | None = None,
+    deactivate: Iterable[str] = (),
+    activate: Mapping[str, float | None] | Iterable[str] | None = None,
+    scale: Mapping[str, float] | None = None,
+    *,
+    stats: ActivationStats | None = None,
+    value: str = "firing_mean",
+    strength: float = 1.0,
+    layers: Iterable[int] | None = None,
+    edits: Iterable[Edit] = (),
+    space: NeuronSpace | None = None,
+    check_model: bool = True,
+) -> Iterator[list[Edit]]:
+    """Edit neuron activations for the duration of a ``with`` block.
+
+    Args:
+        model: the model.
+        neurons: labelled sets (a :class:`NeuronSets` or ``{label: [(layer, index), ...]}``).
+        deactivate: labels whose neurons are set to 0.
+        activate: labels whose neurons are set to their recorded value (``{label: None}``, or an
+            iterable of labels) or to a fixed value (``{label: 1.5}``).
+        scale: ``{label: factor}``: multiply those neurons (0 suppresses, 2 boosts).
+        stats: recorded statistics, needed to activate with recorded values.
+        value: ``"firing_mean"`` (mean over tokens where the neuron fired) or ``"mean"``.
+        strength: multiplies every activation value.
+        layers: restrict edits to these layers.
+        edits: extra raw edits, applied after the labelled ones.
+        space: the neuron space (found automatically).
+        check_model: refuse neuron sets made on a model with another fingerprint.
+
+    Yields:
+        The list of edits in force.
+
+    Example:
+        >>> with intervene(model, sets, deactivate=["en"], activate=["fr"], stats=stats):
+        ...     out = model.generate(ids, max_new_tokens=30)
+    """
+    space = space or NeuronSpace.of(model)
+    sets = _resolve(neurons, space.shape)
+    if check_model and sets.labels:
+        sets.check_model(model, space)
+    if stats is not None and check_model and stats.meta.get("fingerprint"):
+        from .artifacts import check_fingerprint
+
+        check_fingerprint(stats.meta, model, what="the activation stats")
+    all_edits = build_edits(sets, deactivate=deactivate, activate=activate, scale=scale, stats=stats,
+                            value=value, strength=strength, layers=layers) + list(edits)
+    by_layer: dict[int, list[Edit]] = defaultdict(list)
+    for e in all_edits:
+        if not 0 <= e.layer < space.num_layers:
+            raise LapeError(f"edit for layer {e.layer} but the model has {space.num_layers} layers")
+        by_layer[e.layer].append(e)
+
+    def fn(layer: int, act: torch.Tensor) -> torch.Tensor:
+        for e in by_layer[layer]:
+            act = e.apply(act)
+        return act
+
+    with activation_hooks(model, space, fn, layers=sorted(by_layer)):
+        yield all_edits

@@ -1,0 +1,352 @@
+"""Steer the output language by switching neurons during ``generate()`` (Tang et al. §5).
+
+A :class:`Steerer` holds a model, its neuron sets and recorded stats. ``steer(prompt, to="fr")``
+generates the unsteered and the steered continuation (by default: the source language's neurons
+deactivated, the target's activated with their recorded value) and identifies the language of
+each with ``py3langid`` (offline). :func:`repl` is the interactive loop; ``evaluate`` scores a
+prompt set.
+
+A steered output counts as a **success** when ``py3langid`` identifies the target language on at
+least ``min_chars`` characters **and** the output is not degenerate: distinct-2 (distinct token
+bigrams / all bigrams) >= 0.5 and no single token makes up more than a third of it. A run of
+"肉肉肉肉" or of blank characters fails whatever the identifier says.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import artifacts
+from .errors import LapeError
+from .intervene import intervene
+from .models import fingerprint, model_id_of
+from .neurons import NeuronSets, NeuronSpace
+from .record import ActivationStats
+
+logger = logging.getLogger(__name__)
+
+# py3langid answers some languages with another code than the ISO 639-1 one lape uses
+_LANGID_ALIASES = {"nb": "no", "nn": "no", "zh-tw": "zh", "bs": "sr", "hr": "hr"}
+
+
+@dataclass(frozen=True)
+class SteerConfig:
+    """Settings of steering; defaults chosen on the built-in model's parallel prompts (README)."""
+
+    max_new_tokens: int = 40  # continuation length; long enough for language ID
+    strength: float = 1.0  # multiplies the activation value of the target's neurons
+    value: str = "firing_mean"  # firing_mean: mean activation where the neuron fired; mean: over all tokens
+    layers: tuple[int, ...] | None = None  # restrict edits to these layers (None: all)
+    repetition_penalty: float = 1.1  # as in Tang et al.'s generation.py
+    min_chars: int = 20  # shortest output language ID is trusted on
+    batch_size: int = 8  # prompts generated together
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["layers"] = list(self.layers) if self.layers else None
+        return d
+
+
+def identify_language(text: str, min_chars: int = 20) -> str | None:
+    """ISO 639-1 code of ``text`` by ``py3langid``, or ``None`` when it is shorter than ``min_chars``
+    non-blank characters."""
+    import py3langid
+
+    stripped = "".join(text.split())
+    if len(stripped) < min_chars:
+        return None
+    code, _ = py3langid.classify(text)
+    return _LANGID_ALIASES.get(code, code)
+
+
+def distinct_n(tokens: Sequence[int], n: int = 2) -> float:
+    """Distinct n-grams / all n-grams (1.0 for fewer than n tokens... of nothing repeated)."""
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def max_token_share(tokens: Sequence[int]) -> float:
+    """The share of the most frequent token."""
+    return max(Counter(tokens).values()) / len(tokens) if tokens else 1.0
+
+
+@dataclass
+class Generation:
+    """One continuation with its language and degeneracy measures."""
+
+    text: str
+    tokens: list[int]
+    language: str | None
+    distinct_2: float
+    max_token_share: float
+
+    def success(self, target: str) -> bool:
+        """Target language identified and not degenerate (see the module docstring)."""
+        return (self.language == target and self.distinct_2 >= 0.5 and self.max_token_share <= 1 / 3)
+
+
+@dataclass
+class SteerOutput:
+    prompt: str
+    target: str
+    source: str | None
+    unsteered: Generation
+    steered: Generation
+
+    def format(self) -> str:
+        def show(label: str, g: Generation) -> str:
+            ok = "ok" if g.success(self.target) else "--"
+            return (f"{label:<10} [{g.language or '?'}] {ok} d2={g.distinct_2:.2f}\n"
+                    f"           {g.text.strip()!r}")
+        src = self.source or "none"
+        return (f"prompt     {self.prompt!r}\n{show('unsteered', self.unsteered)}\n"
+                f"{show(f'{src}->{self.target}', self.steered)}")
+
+
+@dataclass
+class SteeringEval:
+    """Steering over a prompt set, per target language and strength."""
+
+    rows: list[dict[str, Any]]
+    examples: list[dict[str, Any]]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    KIND = "steering"
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        artifacts.write_table(path / "summary", self.rows)
+        artifacts.write_table(path / "examples", self.examples)
+        artifacts.write_json(path / f"{self.KIND}.json", {**self.meta, "rows": self.rows})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> SteeringEval:
+        meta = artifacts.read_json(Path(path) / f"{cls.KIND}.json")
+        rows = meta.pop("rows")
+        return cls(rows, artifacts.read_json(Path(path) / "examples.json"), meta)
+
+    def summary_lines(self) -> list[str]:
+        return [f"{r['target']} x{r['strength']:g}: steered success {r['steered_success']:.0%} "
+                f"(unsteered {r['unsteered_success']:.0%}), distinct-2 {r['steered_distinct_2']:.2f}"
+                for r in self.rows]
+
+
+class Steerer:
+    """Generate with and without neuron steering.
+
+    Example:
+        >>> s = Steerer(model, tok, sets, stats)
+        >>> print(s.steer("The weather today is", to="fr").format())
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, sets: NeuronSets, stats: ActivationStats,
+                 config: SteerConfig = SteerConfig()) -> None:
+        self.model, self.tokenizer, self.sets, self.stats, self.config = model, tokenizer, sets, stats, config
+        self.space = NeuronSpace.of(model)
+        sets.check_model(model, self.space)
+
+    def _check_lang(self, lang: str, what: str) -> None:
+        if lang not in self.sets.labels:
+            raise LapeError(f"{what} language {lang!r} has no neuron set: choose one of {', '.join(self.sets.labels)}")
+
+    def generate(self, prompts: Sequence[str], target: str | None = None, source: str | None = None,
+                 strength: float | None = None) -> list[Generation]:
+        """Greedy continuations of ``prompts``; steered towards ``target`` when given."""
+        cfg = self.config
+        strength = cfg.strength if strength is None else strength
+        results: list[Generation] = []
+        for s in range(0, len(prompts), cfg.batch_size):
+            batch = list(prompts[s:s + cfg.batch_size])
+            if target is None:
+                results += self._generate(batch)
+                continue
+            self._check_lang(target, "target")
+            deactivate = []
+            if source and source != "none" and source != target:
+                self._check_lang(source, "source")
+                deactivate = [source]
+            with intervene(self.model, self.sets, deactivate=deactivate, activate=[target], stats=self.stats,
+                           value=cfg.value, strength=strength, layers=cfg.layers, space=self.space):
+                results += self._generate(batch)
+        return results
+
+    def _generate(self, prompts: list[str]) -> list[Generation]:
+        tok = self.tokenizer
+        old_side = tok.padding_side
+        tok.padding_side = "left"
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        try:
+            enc = tok(prompts, return_tensors="pt", padding=True)
+        finally:
+            tok.padding_side = old_side
+        device = self.model.get_input_embeddings().weight.device
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=enc.input_ids.to(device), attention_mask=enc.attention_mask.to(device),
+                max_new_tokens=self.config.max_new_tokens, do_sample=False,
+                repetition_penalty=self.config.repetition_penalty, pad_token_id=tok.pad_token_id)
+        new = out[:, enc.input_ids.shape[1]:].tolist()
+        gens = []
+        for ids in new:
+            ids = [t for t in ids if t != tok.pad_token_id]
+            if tok.eos_token_id in ids:
+                ids = ids[:ids.index(tok.eos_token_id)]
+            text = tok.decode(ids, skip_special_tokens=True)
+            gens.append(Generation(text, ids, identify_language(text, self.config.min_chars),
+                                   distinct_n(ids, 2), max_token_share(ids)))
+        return gens
+
+    def steer(self, prompt: str, to: str, source: str | None = "en", strength: float | None = None) -> SteerOutput:
+        """The unsteered and the steered continuation of one prompt."""
+        plain = self.generate([prompt])[0]
+        steered = self.generate([prompt], target=to, source=source, strength=strength)[0]
+        return SteerOutput(prompt, to, source, plain, steered)
+
+    def evaluate(self, prompts: Sequence[str], targets: Iterable[str], source: str | None = "en",
+                 strengths: Sequence[float] | None = None, progress: bool = True,
+                 examples_per_target: int = 3) -> SteeringEval:
+        """Success rate, distinct-2, repetition and identified languages per target and strength."""
+        from tqdm.auto import tqdm
+
+        targets = list(targets)
+        strengths = list(strengths or [self.config.strength])
+        for t in targets:
+            self._check_lang(t, "target")
+        if not prompts:
+            raise LapeError("no prompts to evaluate: give a prompt file with at least one line")
+        plain = self.generate(prompts)
+        rows, examples = [], []
+        bar = tqdm(total=len(targets) * len(strengths), desc="steer-eval", unit="target", disable=not progress)
+        for target in targets:
+            unsteered_success = _mean(g.success(target) for g in plain)
+            for strength in strengths:
+                gens = self.generate(prompts, target=target, source=source if source != target else None,
+                                     strength=strength)
+                langs = Counter(g.language or "?" for g in gens)
+                rows.append({
+                    "target": target, "strength": strength, "prompts": len(prompts),
+                    "steered_success": _mean(g.success(target) for g in gens),
+                    "unsteered_success": unsteered_success,
+                    "steered_target_language": _mean(g.language == target for g in gens),
+                    "steered_distinct_2": _mean(g.distinct_2 for g in gens),
+                    "unsteered_distinct_2": _mean(g.distinct_2 for g in plain),
+                    "steered_repetition": _mean(1 - g.distinct_2 for g in gens),
+                    "steered_degenerate": _mean(g.distinct_2 < 0.5 or g.max_token_share > 1 / 3 for g in gens),
+                    "identified": dict(langs.most_common()),
+                })
+                for p, g0, g in list(zip(prompts, plain, gens))[:examples_per_target]:
+                    examples.append({"target": target, "strength": strength, "prompt": p,
+                                     "unsteered": g0.text, "unsteered_language": g0.language,
+                                     "steered": g.text, "steered_language": g.language,
+                                     "success": g.success(target)})
+                bar.update(1)
+        bar.close()
+        meta = {"format": f"lape.{SteeringEval.KIND}", "format_version": artifacts.FORMAT_VERSION,
+                "model_id": model_id_of(self.model), "fingerprint": fingerprint(self.model),
+                "config": self.config.to_dict(), "source": source, "targets": targets,
+                "strengths": strengths, "prompts": len(prompts),
+                "neurons": {"method": self.sets.meta.get("method"), "counts": self.sets.counts()}}
+        return SteeringEval(rows, examples, meta)
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = [float(v) for v in values]
+    return sum(values) / len(values) if values else math.nan
+
+
+def load_prompts(spec: str, limit: int | None = None) -> list[str]:
+    """Prompts from a text file (one per line) or ``builtin:parallel`` / ``builtin:heldout``."""
+    if spec.startswith("builtin:"):
+        from .prompts import builtin_prompts
+
+        prompts = builtin_prompts(spec.split(":", 1)[1])
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise LapeError(f"prompt file {spec} does not exist: give a text file with one prompt per line")
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not prompts:
+            raise LapeError(f"prompt file {spec} is empty: write one prompt per line")
+    return prompts[:limit] if limit else prompts
+
+
+_HELP = """commands:
+  :to LANG        switch the target language (e.g. :to ja)
+  :from LANG      switch the source language whose neurons are switched off (:from none keeps them)
+  :strength X     scale the activation value (e.g. :strength 2)
+  :off            show only the unsteered output;  :on  steer again
+  :langs          list the languages
+  :help           this text;  :quit  leave
+anything else is a prompt."""
+
+
+def repl(steerer: Steerer, target: str | None = None, source: str | None = "en",
+         input_fn: Callable[[str], str] = input, output_fn: Callable[[str], None] = print) -> int:
+    """The interactive steering loop of ``lape steer --interactive``.
+
+    Reads prompts and ``:commands`` from ``input_fn`` until ``:quit`` or end of input.
+    """
+    state: dict[str, Any] = {"to": target or steerer.sets.labels[0], "from": source,
+                             "strength": steerer.config.strength, "on": True}
+    output_fn(f"lape steering REPL: target {state['to']}, source {state['from']}. :help for commands.")
+    while True:
+        try:
+            line = input_fn(f"[{state['to'] if state['on'] else 'off'} x{state['strength']:g}]> ").strip()
+        except EOFError:
+            return 0
+        if not line:
+            continue
+        if line.startswith(":"):
+            cmd, _, arg = line[1:].partition(" ")
+            arg = arg.strip()
+            if cmd in ("quit", "q", "exit"):
+                return 0
+            if cmd == "help":
+                output_fn(_HELP)
+            elif cmd == "langs":
+                output_fn(" ".join(steerer.sets.labels))
+            elif cmd == "to" and arg in steerer.sets.labels:
+                state["to"], state["on"] = arg, True
+                output_fn(f"target -> {arg}")
+            elif cmd == "from" and (arg in steerer.sets.labels or arg == "none"):
+                state["from"] = None if arg == "none" else arg
+                output_fn(f"source -> {arg}")
+            elif cmd == "strength":
+                try:
+                    state["strength"] = float(arg)
+                    output_fn(f"strength -> {state['strength']:g}")
+                except ValueError:
+                    output_fn(f"not a number: {arg!r} (e.g. :strength 2)")
+            elif cmd in ("off", "on"):
+                state["on"] = cmd == "on"
+                output_fn(f"steering {cmd}")
+            elif cmd in ("to", "from"):
+                output_fn(f"unknown language {arg!r}: choose one of {' '.join(steerer.sets.labels)}")
+            else:
+                output_fn(f"unknown command :{cmd} (:help lists them)")
+            continue
+        if state["on"]:
+            output_fn(steerer.steer(line, to=state["to"], source=state["from"],
+                                    strength=state["strength"]).format())
+        else:
+            g = steerer.generate([line])[0]
+            output_fn(f"unsteered  [{g.language or '?'}] {g.text.strip()!r}")
+
+
+def summarize_identified(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Total identified-language counts over evaluation rows."""
+    total: Counter = Counter()
+    for r in rows:
+        total.update(r.get("identified", {}))
+    return dict(total)
