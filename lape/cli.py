@@ -40,7 +40,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: Sequence[s
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         elif default is None or "tuple" in str(hint):
-            parser.add_argument(flag, nargs="+", default=default, metavar="X")
+            item = int if "int" in str(hint) else float if "float" in str(hint) else str
+            parser.add_argument(flag, nargs="+", type=item, default=default, metavar="X")
         else:
             parser.add_argument(flag, type=type(default), default=default,
                                 help=f"(default: {default})")
@@ -133,10 +134,33 @@ def _corpus(args: argparse.Namespace, tokenizer, split: str, tokens: int, seq_le
     return manifest, streams
 
 
+def _init_distributed(args: argparse.Namespace) -> None:
+    """Join the process group when started by ``torchrun`` (gloo on CPU, nccl on GPUs)."""
+    import os
+
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+        return
+    use_cuda = torch.cuda.is_available() and (args.device or "").startswith("cuda")
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        args.device = f"cuda:{local}"
+    else:  # ranks share the CPU cores instead of each taking all of them
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
+    if torch.distributed.get_rank() != 0:
+        args.quiet = True
+        logging.getLogger().setLevel(logging.WARNING)
+
+
 def cmd_record(args: argparse.Namespace) -> int:
     from .record import RecordConfig, record
 
     config = config_from_args(RecordConfig, args)
+    _init_distributed(args)
     model, tok = _load(args)
     manifest, streams = _corpus(args, tok, config.split, config.tokens_per_language, config.seq_len,
                                 config.seed, config.languages)
@@ -145,6 +169,11 @@ def cmd_record(args: argparse.Namespace) -> int:
                    progress=not args.quiet)
     logger.info("stats of %d languages (%s tokens) -> %s  [%.0f tokens/s]", len(stats.languages),
                 f"{int(stats.token_counts.sum()):,}", args.out, stats.meta.get("tokens_per_second", 0))
+    import torch
+
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return 0
 
 
@@ -163,7 +192,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .plots import save_neuron_plots
+    from .report import save_neuron_plots
 
     paths = save_neuron_plots(args.neurons, args.stats, out=args.out)
     logger.info("wrote %d plots: %s", len(paths), ", ".join(str(p) for p in paths))

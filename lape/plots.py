@@ -1,0 +1,496 @@
+"""Figures of lape results: functions from result objects to matplotlib ``Figure``s.
+
+Every function takes a result object (:class:`~lape.neurons.NeuronSets`,
+:class:`~lape.record.ActivationStats`, :class:`~lape.perplexity.PerplexityResult`,
+:class:`~lape.steering.SteeringEval`) and returns a new :class:`matplotlib.figure.Figure`.
+Nothing here computes a statistic beyond layout (which neurons fit on the axis, which strength is
+the default) or writes a file: :mod:`lape.report` saves figures and holds the numbers behind them.
+
+Figures are built on ``matplotlib.figure.Figure`` directly, never through ``pyplot``: no global
+figure registry, no interactive backend, nothing to close, safe in threads and in tests. A
+figure renders with ``fig.savefig(buf, format="png")`` (Agg) like any other.
+
+Example:
+    >>> from lape import NeuronSets
+    >>> from lape.plots import layer_distribution
+    >>> fig = layer_distribution(NeuronSets.load("runs/demo/neurons"))
+    >>> fig.savefig("layers.png")
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import LapeError
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    from .neurons import NeuronSets
+    from .perplexity import PerplexityResult
+    from .record import ActivationStats
+    from .steering import SteeringEval
+
+logger = logging.getLogger(__name__)
+
+PPL_METRICS = ("delta_ppl", "delta_nll", "nll")  # what ppl_heatmap can draw
+_METRIC_TITLES = {"delta_ppl": "PPL change", "delta_nll": "NLL change (nats/token)", "nll": "NLL (nats/token)"}
+_MISSING = "#d9d9d9"  # cells without a value (no random baseline)
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A new figure that belongs to no pyplot state (rendered by Agg when saved)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def thirds(num_layers: int) -> tuple[range, range]:
+    """The bottom and top third of ``num_layers`` layers, as layer ranges.
+
+    Each third has ``max(1, num_layers // 3)`` layers, so 18 layers split 6/6/6 and 26 layers
+    8/10/8; with fewer than three layers the thirds overlap. :func:`lape.report.neuron_summary`
+    and :func:`layer_distribution`'s shading use this one definition.
+
+    Example:
+        >>> thirds(18)
+        (range(0, 6), range(12, 18))
+    """
+    k = max(1, num_layers // 3)
+    return range(0, min(k, num_layers)), range(max(num_layers - k, 0), num_layers)
+
+
+def method_label(method: Any) -> str:
+    """A method name for titles: ``"lape"`` -> ``"LAPE"`` (also LAVE, LAP); others as they are.
+
+    Example:
+        >>> method_label("lape"), method_label("random")
+        ('LAPE', 'random')
+    """
+    return str(method).upper() if str(method).lower() in ("lape", "lave", "lap") else str(method)
+
+
+# --------------------------------------------------------------------------------------------
+# Neuron sets
+
+
+def layer_distribution(sets: NeuronSets, shares: tuple[float | None, float | None] | None = None) -> Figure:
+    """Language-specific neurons per layer: one line per label (x: layer, y: neuron count).
+
+    The bottom and top thirds of the layers (:func:`thirds`) are shaded; Tang et al. find most
+    language-specific neurons there.
+
+    Args:
+        sets: the neuron sets (``masks`` ``[labels, layers, neurons]``).
+        shares: ``(bottom, top)``: the share of the sets' union in the bottom and top third, for
+            the title (from :func:`lape.report.layer_shares`); ``None`` leaves them out.
+
+    Returns:
+        A figure with one axes; ``axes[0].lines[i]`` is label ``i``'s counts per layer.
+
+    Example:
+        >>> fig = layer_distribution(sets, shares=(0.41, 0.37))
+        >>> fig.axes[0].lines[0].get_ydata()   # neurons of sets.labels[0] per layer
+    """
+    num_layers = sets.shape[0]
+    fig = _figure(5.8, 3.6)
+    ax = fig.add_subplot()
+    bottom, top = thirds(num_layers)
+    for span, name in ((bottom, "bottom third"), (top, "top third")):
+        ax.axvspan(span.start - 0.5, span.stop - 0.5, color="#eeeeee", zorder=0, lw=0)
+        ax.text((span.start + span.stop - 1) / 2, 1.0, name, transform=ax.get_xaxis_transform(),
+                ha="center", va="bottom", fontsize=7, color="#777777")
+    layers = np.arange(num_layers)
+    cmap = _label_colors(len(sets.labels))
+    for k, (label, counts) in enumerate(sets.counts_per_layer().items()):
+        ax.plot(layers, np.asarray(counts), marker="o", ms=3, lw=1.5, label=label, color=cmap[k])
+    ax.set_xlabel("layer")
+    ax.set_ylabel("neurons")
+    ax.set_xlim(-0.5, num_layers - 0.5)
+    ax.set_ylim(bottom=0)
+    ax.xaxis.set_major_locator(_int_locator())
+    ax.yaxis.set_major_locator(_int_locator())
+    ax.grid(axis="y", color="#dddddd", lw=0.6)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(title="set", fontsize=8, title_fontsize=8, ncols=max(1, math.ceil(len(sets.labels) / 8)),
+              frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    title = f"{method_label(sets.meta.get('method', 'selected'))} neurons per layer"
+    if shares is not None:
+        title += f"\nbottom third {_pct(shares[0])}, top third {_pct(shares[1])} of all"
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def overlap_heatmap(sets: NeuronSets) -> Figure:
+    """Neurons shared by each pair of labels (:meth:`NeuronSets.overlaps`), cells annotated.
+
+    The diagonal is each set's size.
+
+    Example:
+        >>> fig = overlap_heatmap(sets)
+    """
+    from matplotlib.colors import Normalize
+
+    ov = sets.overlaps().numpy()  # (labels, labels)
+    n = len(sets.labels)
+    size = 1.6 + 0.42 * n
+    fig = _figure(size + 1.0, size)
+    ax = fig.add_subplot()
+    norm = Normalize(0, max(int(ov.max()), 1))
+    im = ax.imshow(ov, cmap="Blues", norm=norm)
+    _annotate(ax, ov.astype(float), im, [[f"{v:d}" for v in row] for row in ov.tolist()], n)
+    _ticks(ax, sets.labels, sets.labels)
+    ax.set_xlabel("set")
+    ax.set_ylabel("set")
+    ax.set_title(f"Shared {method_label(sets.meta.get('method', 'selected'))} neurons", fontsize=10)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="neurons")
+    return fig
+
+
+def select_neurons(sets: NeuronSets, max_neurons: int = 400) -> list[tuple[str, int, int]]:
+    """The neurons :func:`probability_heatmap` shows, in order: ``(label, layer, index)``.
+
+    Each neuron of the sets' union appears once, under the first label that holds it; labels
+    keep their order, neurons within a label are sorted by ``(layer, index)``. With more than
+    ``max_neurons``, evenly spaced ones are kept (every group keeps its share).
+
+    Example:
+        >>> select_neurons(sets, max_neurons=3)
+        [('en', 0, 4), ('fr', 2, 1), ('ja', 17, 9)]
+    """
+    if max_neurons < 1:
+        raise LapeError(f"max_neurons must be at least 1, got {max_neurons}")
+    seen = np.zeros(sets.shape, dtype=bool)
+    chosen: list[tuple[str, int, int]] = []
+    for label, mask in zip(sets.labels, sets.masks.numpy(), strict=True):
+        own = mask & ~seen
+        seen |= mask
+        chosen += [(label, int(a), int(b)) for a, b in np.argwhere(own)]
+    if len(chosen) > max_neurons:
+        keep = np.unique(np.linspace(0, len(chosen) - 1, max_neurons).round().astype(int))
+        chosen = [chosen[i] for i in keep]
+    return chosen
+
+
+def probability_heatmap(sets: NeuronSets, stats: ActivationStats, max_neurons: int = 400) -> Figure:
+    """Activation probability of the selected neurons in every recorded language.
+
+    Columns are neurons, grouped by the label they belong to (:func:`select_neurons`); rows are
+    ``stats.languages``; colour is ``stats.probabilities()[lang, layer, neuron]`` (the share of a
+    language's tokens on which the neuron fires). A language-specific neuron is a column that is
+    bright in its own language's row only.
+
+    Args:
+        sets: neuron sets on the same ``[layers, neurons]`` space as ``stats``.
+        stats: the activation statistics the sets were selected from.
+        max_neurons: at most this many columns (evenly subsampled).
+
+    Raises:
+        LapeError: sets and stats on different neuron spaces.
+
+    Example:
+        >>> fig = probability_heatmap(sets, stats, max_neurons=200)
+    """
+    from matplotlib.colors import Normalize
+
+    if tuple(sets.shape) != tuple(stats.shape):
+        raise LapeError(f"the neuron sets are on {sets.shape[0]} x {sets.shape[1]} neurons but the stats "
+                        f"on {stats.shape[0]} x {stats.shape[1]}: pass the stats the sets were made from")
+    cols = select_neurons(sets, max_neurons)
+    probs = stats.probabilities().numpy()  # (languages, layers, neurons)
+    layer_idx = np.array([c[1] for c in cols], dtype=int)
+    neuron_idx = np.array([c[2] for c in cols], dtype=int)
+    # an empty selection still gets an axis (one blank column) and says so in its label
+    data = probs[:, layer_idx, neuron_idx] if cols else np.full((len(stats.languages), 1), np.nan)
+    n_lang = len(stats.languages)
+    fig = _figure(10.0, 1.5 + 0.32 * n_lang)
+    ax = fig.add_subplot()
+    im = ax.imshow(data, aspect="auto", cmap="magma", norm=Normalize(0.0, 1.0), interpolation="nearest")
+    ax.set_yticks(range(n_lang), stats.languages, fontsize=8)
+    ax.set_ylabel("recorded language")
+    # one tick per group, at its centre; thin lines between groups
+    groups: list[tuple[str, int, int]] = []  # (label, first column, end column)
+    for i, (label, _, _) in enumerate(cols):
+        if groups and groups[-1][0] == label:
+            groups[-1] = (label, groups[-1][1], i + 1)
+        else:
+            groups.append((label, i, i + 1))
+    ax.set_xticks([(a + b - 1) / 2 for _, a, b in groups], [g[0] for g in groups], fontsize=8)
+    for _, a, _ in groups[1:]:
+        ax.axvline(a - 0.5, color="white", lw=0.8)
+    total = int(sets.union().sum())
+    shown = f"{len(cols)} of {total}" if len(cols) < total else f"all {total}" if total else "none"
+    ax.set_xlabel(f"neurons grouped by set ({shown} shown)")
+    ax.set_title(f"Activation probability of the {method_label(sets.meta.get('method', 'selected'))} neurons",
+                 fontsize=10)
+    fig.colorbar(im, ax=ax, pad=0.01, label="P(fires)")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Perplexity
+
+
+def _ppl_matrix(result: PerplexityResult, random: bool, metric: str) -> np.ndarray:
+    if metric not in PPL_METRICS:
+        raise LapeError(f"unknown perplexity metric {metric!r}: use one of {', '.join(PPL_METRICS)}")
+    if metric == "delta_ppl":
+        m = result.delta_ppl(random)
+    elif metric == "delta_nll":
+        m = result.delta_nll(random)
+    else:
+        m = result.random_nll if random else result.nll
+    return np.array(m, dtype=float).reshape(len(result.rows), len(result.languages))
+
+
+def _ppl_norm(mats: Sequence[np.ndarray], metric: str) -> tuple[Normalize, str]:
+    """One colour scale for all matrices: diverging around 0 for changes (symmetric-log when the
+    values span more than two decades, as a diagonal of +500 next to +2 does), sequential for NLL."""
+    from matplotlib.colors import Normalize, SymLogNorm
+
+    vals = np.concatenate([m[np.isfinite(m)].ravel() for m in mats]) if mats else np.zeros(0)
+    if metric == "nll":
+        lo, hi = (float(vals.min()), float(vals.max())) if vals.size else (0.0, 1.0)
+        return Normalize(lo, hi if hi > lo else lo + 1), "viridis"
+    absmax = float(np.abs(vals).max()) if vals.size else 0.0
+    absmax = absmax if absmax > 0 else 1.0
+    nonzero = np.abs(vals[vals != 0])
+    if nonzero.size and absmax / float(nonzero.min()) > 100:
+        return SymLogNorm(linthresh=absmax / 100, vmin=-absmax, vmax=absmax, base=10), "RdBu_r"
+    return Normalize(-absmax, absmax), "RdBu_r"
+
+
+def _ppl_axes(ax: Axes, result: PerplexityResult, m: np.ndarray, norm: Normalize, cmap: str,
+              metric: str, title: str) -> Any:
+    import matplotlib
+
+    cm = matplotlib.colormaps[cmap].with_extremes(bad=_MISSING)
+    im = ax.imshow(np.ma.masked_invalid(m), cmap=cm, norm=norm)
+    signed = metric != "nll"
+    texts = [[_num(v, signed) for v in row] for row in m.tolist()]
+    _annotate(ax, m, im, texts, max(m.shape))
+    _ticks(ax, result.languages, result.rows)
+    ax.set_xlabel("evaluated language")
+    ax.set_ylabel("deactivated neurons")
+    ax.set_title(title, fontsize=10)
+    return im
+
+
+def _ppl_title(result: PerplexityResult, random: bool, metric: str) -> str:
+    method = method_label((result.meta.get("neurons") or {}).get("method") or "LAPE")
+    what = "random neurons (same count per layer)" if random else f"{method} neurons"
+    return f"{_METRIC_TITLES[metric]}: {what} deactivated"
+
+
+def ppl_heatmap(result: PerplexityResult, random: bool = False, metric: str = "delta_ppl") -> Figure:
+    """The deactivation matrix: rows deactivated language, columns evaluated language.
+
+    Cells are annotated; changes use a diverging colour scale centred on 0 (red: worse).
+
+    Args:
+        result: from :func:`lape.ppl_matrix`.
+        random: draw the random-neuron baseline instead of the selected neurons.
+        metric: ``"delta_ppl"`` (``exp(nll) - exp(base_nll)``, the paper's figure),
+            ``"delta_nll"`` (nats/token) or ``"nll"``.
+
+    Example:
+        >>> fig = ppl_heatmap(PerplexityResult.load("runs/demo/ppl"), random=True)
+    """
+    m = _ppl_matrix(result, random, metric)
+    norm, cmap = _ppl_norm([m], metric)
+    fig = _figure(1.8 + 0.55 * len(result.languages), 1.4 + 0.45 * len(result.rows))
+    ax = fig.add_subplot()
+    im = _ppl_axes(ax, result, m, norm, cmap, metric, _ppl_title(result, random, metric))
+    _colorbar(fig, im, ax, _METRIC_TITLES[metric])
+    return fig
+
+
+def ppl_heatmaps(result: PerplexityResult, metric: str = "delta_ppl") -> Figure:
+    """The selected-neuron matrix beside its random baseline, on one shared colour scale.
+
+    Example:
+        >>> fig = ppl_heatmaps(result)
+        >>> [ax.get_title() for ax in fig.axes[:2]]
+    """
+    mats = [_ppl_matrix(result, r, metric) for r in (False, True)]
+    norm, cmap = _ppl_norm(mats, metric)
+    w = 1.2 + 0.5 * len(result.languages)
+    fig = _figure(2 * w + 1.2, 1.5 + 0.42 * len(result.rows))
+    axes = fig.subplots(1, 2, sharey=True)
+    im = None
+    for ax, m, r in zip(axes, mats, (False, True), strict=True):
+        title = _ppl_title(result, r, metric).split(": ", 1)[1].replace(" (", "\n(")
+        im = _ppl_axes(ax, result, m, norm, cmap, metric, title)
+    axes[1].set_ylabel("")
+    fig.suptitle(_METRIC_TITLES[metric], fontsize=11)
+    _colorbar(fig, im, list(axes), _METRIC_TITLES[metric])
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Steering
+
+
+def default_strength(ev: SteeringEval) -> float | None:
+    """The strength whose rows :func:`steering_bars` shows: the configured one if evaluated,
+    else the first evaluated one (``None`` without rows).
+
+    Example:
+        >>> default_strength(ev)
+        1.0
+    """
+    strengths = [r["strength"] for r in ev.rows]
+    configured = (ev.meta.get("config") or {}).get("strength")
+    if configured is not None and any(math.isclose(s, configured) for s in strengths):
+        return float(configured)
+    return float(strengths[0]) if strengths else None
+
+
+def steering_bars(ev: SteeringEval, strength: float | None = None) -> Figure:
+    """Per target language: steered vs unsteered success rate (bars, %).
+
+    Args:
+        ev: from :meth:`lape.steering.Steerer.evaluate`.
+        strength: which strength's rows to show (default: :func:`default_strength`).
+
+    Example:
+        >>> fig = steering_bars(SteeringEval.load("runs/demo/steering"))
+    """
+    strength = default_strength(ev) if strength is None else strength
+    rows = [r for r in ev.rows if strength is not None and math.isclose(r["strength"], strength)]
+    targets = [str(r["target"]) for r in rows]
+    x = np.arange(len(rows))
+    fig = _figure(max(3.4, 1.4 + 0.45 * len(rows)), 3.3)
+    ax = fig.add_subplot()
+    width = 0.38
+    series = (("unsteered", "unsteered_success", "#bbbbbb"), ("steered", "steered_success", "#d6604d"))
+    for k, (name, key, color) in enumerate(series):
+        vals = np.array([100 * float(r[key]) for r in rows])
+        bars = ax.bar(x + (k - 0.5) * width, vals, width, label=name, color=color)
+        ax.bar_label(bars, labels=[f"{v:.0f}" for v in vals], fontsize=7, padding=1)
+    ax.set_xticks(x, targets)
+    ax.set_xlabel("target language")
+    ax.set_ylabel("success (%)")
+    ax.set_ylim(0, 108)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.legend(frameon=False, fontsize=8, loc="outside right upper")
+    source = ev.meta.get("source") or "none"
+    s = f", strength {strength:g}" if strength is not None else ""
+    ax.set_title(f"Steering from {source}{s}", fontsize=10)
+    return fig
+
+
+def strength_sweep(ev: SteeringEval) -> Figure:
+    """Steered success and distinct-2 against strength, one line per target language.
+
+    Only informative when several strengths were evaluated; with one, each line is a point.
+
+    Example:
+        >>> fig = strength_sweep(ev)   # ev from evaluate(..., strengths=[0.5, 1, 2, 4])
+    """
+    targets = list(dict.fromkeys(str(r["target"]) for r in ev.rows))
+    strengths = sorted({float(r["strength"]) for r in ev.rows})
+    colors = _label_colors(len(targets))
+    fig = _figure(5.2, 2.9)
+    axes = fig.subplots(1, 2, sharex=True)
+    panels = (("steered_success", "steered success (%)", 100.0), ("steered_distinct_2", "distinct-2", 1.0))
+    for ax, (key, ylabel, scale) in zip(axes, panels, strict=True):
+        for k, target in enumerate(targets):
+            rows = sorted((r for r in ev.rows if str(r["target"]) == target), key=lambda r: r["strength"])
+            ax.plot([r["strength"] for r in rows], [scale * float(r[key]) for r in rows], marker="o",
+                    ms=3, lw=1.5, color=colors[k], label=target)
+        ax.set_xlabel("strength")
+        if strengths and strengths[0] > 0 and strengths[-1] / strengths[0] >= 4:
+            ax.set_xscale("log", base=2)  # 0.5, 1, 2, 4 evenly spaced
+            ax.minorticks_off()
+        if 0 < len(strengths) <= 8:
+            ax.set_xticks(strengths, [f"{s:g}" for s in strengths])
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 1.05 * scale)
+        ax.grid(color="#dddddd", lw=0.6)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[1].axhline(0.5, color="#999999", lw=0.8, ls="--")  # the degeneracy bar of a success
+    fig.legend(handles=list(axes[0].lines), title="target", frameon=False, fontsize=8, title_fontsize=8,
+               loc="outside right upper")
+    fig.suptitle("Steering strength sweep", fontsize=10)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# layout helpers
+
+
+def _label_colors(n: int) -> list[Any]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _colorbar(fig: Figure, im: Any, ax: Any, label: str) -> None:
+    """A colour bar; a symmetric-log one gets ticks at 0 and +-powers of ten only (the default
+    ticks crowd around 0)."""
+    from matplotlib.colors import SymLogNorm
+
+    cbar = fig.colorbar(im, ax=ax, shrink=0.8, label=label)
+    norm = im.norm
+    if isinstance(norm, SymLogNorm):
+        lo = math.ceil(math.log10(norm.linthresh))
+        hi = math.floor(math.log10(norm.vmax))
+        powers = [10.0**k for k in range(lo, hi + 1)]
+        ticks = [-p for p in reversed(powers)] + [0.0] + powers
+        cbar.set_ticks(ticks, labels=[f"{t:+g}" if t else "0" for t in ticks])
+
+
+def _int_locator() -> Any:
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
+def _ticks(ax: Axes, xlabels: Sequence[str], ylabels: Sequence[str]) -> None:
+    ax.set_xticks(range(len(xlabels)), [str(s) for s in xlabels], fontsize=8)
+    ax.set_yticks(range(len(ylabels)), [str(s) for s in ylabels], fontsize=8)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def _annotate(ax: Axes, values: np.ndarray, im: Any, texts: list[list[str]], n: int) -> None:
+    """Write ``texts`` into the cells, white on dark cells, black on light ones."""
+    size = max(4.5, min(8.0, 70.0 / max(n, 1)))
+    for i, row in enumerate(texts):
+        for j, text in enumerate(row):
+            v = values[i, j]
+            if np.isfinite(v):
+                r, g, b, _ = im.cmap(im.norm(v))
+                color = "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black"
+            else:
+                color = "#666666"
+            ax.text(j, i, text, ha="center", va="center", fontsize=size, color=color)
+
+
+def _num(v: float, signed: bool) -> str:
+    """Compact cell text: ``+1234`` -> ``+1.2k``, ``0.031`` -> ``+0.03``; NaN -> ``–``."""
+    if not math.isfinite(v):
+        return "–"
+    sign = "+" if signed else ""
+    a = abs(v)
+    if a >= 1e4:
+        return f"{v / 1e3:{sign}.0f}k"
+    if a >= 100:
+        return f"{v:{sign}.0f}"
+    if a >= 10:
+        return f"{v:{sign}.1f}"
+    return f"{v:{sign}.2f}"
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None or not math.isfinite(v) else f"{100 * v:.0f}%"

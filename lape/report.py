@@ -1,0 +1,650 @@
+"""A self-contained HTML report of a run folder, and the figure files next to it.
+
+:func:`write_report` reads what a run folder holds (``stats/``, ``neurons/``, ``ppl/``,
+``steering/``, and ``demo.json`` with the run's settings) and writes ``RUN/report.html``: one
+file, images embedded as base64 PNG, inline CSS, no script and no network reference, so it can
+be mailed or opened offline. Each artifact present gives one section; an absent folder gives
+none. The numbers behind every figure are shown as tables, and every figure is also saved as
+PNG and SVG into ``RUN/plots/`` for the README.
+
+Sections come from the registry :data:`SECTIONS`, a list of ``(folder name, render function)``;
+a later method adds its section by appending, e.g.
+``SECTIONS.append(("regions", render_regions))``.
+
+This module loads artifacts, never a model. The small numbers it shows beside the figures
+(layer-third shares, group means) are computed here, not in :mod:`lape.plots`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import math
+import struct
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import artifacts, plots
+from .errors import LapeError
+from .neurons import NeuronSets
+from .perplexity import PerplexityResult
+from .record import ActivationStats
+from .steering import SteeringEval
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+logger = logging.getLogger(__name__)
+
+PNG_DPI = 120  # report and README figures: sharp on screen, ~100 kB each
+
+
+# --------------------------------------------------------------------------------------------
+# figure files
+
+
+def _render(fig: Figure) -> tuple[bytes, bytes]:
+    """PNG and SVG bytes of a figure, without dates or tool URLs, so re-runs give equal files."""
+    import matplotlib
+
+    png, svg = io.BytesIO(), io.BytesIO()
+    with matplotlib.rc_context({"svg.hashsalt": "lape", "svg.fonttype": "path"}):
+        # "tight" also keeps legends placed outside the axes inside the image
+        fig.savefig(png, format="png", dpi=PNG_DPI, metadata={"Software": None}, bbox_inches="tight",
+                    pad_inches=0.08)
+        fig.savefig(svg, format="svg", metadata={"Date": None, "Creator": None}, bbox_inches="tight",
+                    pad_inches=0.08)
+    return png.getvalue(), svg.getvalue()
+
+
+def _write_figure(png: bytes, svg: bytes, path_stem: Path) -> list[Path]:
+    paths = [path_stem.with_name(path_stem.name + ".png"), path_stem.with_name(path_stem.name + ".svg")]
+    artifacts.atomic_write_bytes(paths[0], png)
+    artifacts.atomic_write_bytes(paths[1], svg)
+    return paths
+
+
+def save_figure(fig: Figure, path_stem: str | Path) -> list[Path]:
+    """Write ``fig`` as ``STEM.png`` (120 dpi) and ``STEM.svg``, each atomically.
+
+    Args:
+        fig: a figure from :mod:`lape.plots`.
+        path_stem: the path without suffix; its folder is created.
+
+    Returns:
+        ``[STEM.png, STEM.svg]``.
+
+    Example:
+        >>> save_figure(plots.overlap_heatmap(sets), Path("runs/demo/plots/overlap_heatmap"))
+        [PosixPath('runs/demo/plots/overlap_heatmap.png'), PosixPath('runs/demo/plots/overlap_heatmap.svg')]
+    """
+    png, svg = _render(fig)
+    return _write_figure(png, svg, Path(path_stem))
+
+
+# --------------------------------------------------------------------------------------------
+# numbers shown beside the figures
+
+
+def layer_shares(counts_per_layer: Sequence[int]) -> tuple[float | None, float | None]:
+    """Share of neurons in the bottom and in the top third of the layers (:func:`lape.plots.thirds`).
+
+    Returns:
+        ``(bottom, top)`` in ``[0, 1]``; ``(None, None)`` when there are no neurons.
+
+    Example:
+        >>> layer_shares([4, 0, 0, 0, 0, 2])
+        (0.6666666666666666, 0.3333333333333333)
+    """
+    counts = [int(c) for c in counts_per_layer]
+    total = sum(counts)
+    if total == 0:
+        return None, None
+    bottom, top = plots.thirds(len(counts))
+    return sum(counts[i] for i in bottom) / total, sum(counts[i] for i in top) / total
+
+
+def neuron_summary(sets: NeuronSets) -> list[dict[str, Any]]:
+    """Per label: neuron count and the shares in the bottom and top third of the layers, then a
+    total row over the union of the sets (a neuron in several sets counts once).
+
+    Returns:
+        Rows ``{"set", "neurons", "bottom_third", "top_third"}``; shares are ``None`` for an
+        empty set. The last row has ``set == "all (union)"``.
+
+    Example:
+        >>> neuron_summary(sets)[-1]
+        {'set': 'all (union)', 'neurons': 1432, 'bottom_third': 0.41, 'top_third': 0.38}
+    """
+    rows = []
+    for label, counts in sets.counts_per_layer().items():
+        bottom, top = layer_shares(counts)
+        rows.append({"set": label, "neurons": sum(counts), "bottom_third": bottom, "top_third": top})
+    union = sets.union().sum(1).tolist()  # (layers,)
+    bottom, top = layer_shares(union)
+    rows.append({"set": "all (union)", "neurons": int(sum(union)), "bottom_third": bottom, "top_third": top})
+    return rows
+
+
+def _group_means(probs: np.ndarray, cols: Sequence[tuple[str, int, int]]) -> list[list[str]]:
+    """Mean activation probability of each group of ``cols`` (rows) in each language (columns),
+    as table cells with three decimals; ``probs`` is ``[languages, layers, neurons]``."""
+    out = []
+    for label in dict.fromkeys(c[0] for c in cols):
+        idx = [(c[1], c[2]) for c in cols if c[0] == label]
+        layer, neuron = np.array(idx).T
+        out.append([label, *(f"{v:.3f}" for v in probs[:, layer, neuron].mean(1).tolist())])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# plots of a neurons folder (``lape plot``)
+
+
+def save_neuron_plots(neurons_dir: str | Path, stats_dir: str | Path | None = None,
+                      out: str | Path | None = None) -> list[Path]:
+    """Write the neuron figures of a neurons folder as PNG and SVG.
+
+    Writes ``layer_distribution``, ``overlap_heatmap`` and, when activation statistics are
+    found, ``probability_heatmap``.
+
+    Args:
+        neurons_dir: a folder written by :meth:`NeuronSets.save`.
+        stats_dir: the statistics the sets were made from (default: the sibling folder
+            ``stats`` next to ``neurons_dir``, skipped if absent).
+        out: the output folder (default: the sibling folder ``plots``).
+
+    Returns:
+        The written files.
+
+    Example:
+        >>> save_neuron_plots("runs/demo/neurons")
+        [PosixPath('runs/demo/plots/layer_distribution.png'), ...]
+    """
+    neurons_dir = Path(neurons_dir)
+    sets = NeuronSets.load(neurons_dir)
+    out = Path(out) if out is not None else neurons_dir.parent / "plots"
+    if stats_dir is None and artifacts.exists(neurons_dir.parent / "stats", ActivationStats.KIND):
+        stats_dir = neurons_dir.parent / "stats"
+    union = neuron_summary(sets)[-1]
+    paths = save_figure(plots.layer_distribution(sets, (union["bottom_third"], union["top_third"])),
+                        out / "layer_distribution")
+    paths += save_figure(plots.overlap_heatmap(sets), out / "overlap_heatmap")
+    if stats_dir is not None:
+        paths += save_figure(plots.probability_heatmap(sets, ActivationStats.load(stats_dir)),
+                             out / "probability_heatmap")
+    else:
+        logger.info("no activation statistics next to %s: probability heatmap skipped", neurons_dir)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# HTML pieces
+
+
+def _e(value: Any) -> str:
+    """HTML-escape any value's text (model outputs hold arbitrary text)."""
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    """A cell's escaped text: floats to ``digits`` significant digits, ``None``/NaN as a dash."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "–"
+        return f"{value:,.{digits}g}" if abs(value) < 1e6 else f"{value:.3e}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, Mapping):
+        return _e(", ".join(f"{k} {v}" for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return _e(", ".join(str(v) for v in value))
+    return _e(value)
+
+
+def _dec(value: float | None, digits: int = 2, signed: bool = False) -> str:
+    """Fixed decimals (``+1.25`` when signed); ``None``/NaN as a dash."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:{'+' if signed else ''},.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{100 * value:.0f}%"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, caption: str = "",
+           row_classes: Sequence[str] | None = None, cell_classes: Callable[[int, int], str] | None = None,
+           left: int | set[int] = 1) -> str:
+    """An HTML table; cells are values (formatted by :func:`_fmt`) or ``_Raw`` HTML.
+
+    The first ``left`` columns (or the columns in the set ``left``) are left-aligned text; the
+    rest (numbers) right-aligned.
+    """
+    def is_left(j: int) -> bool:
+        return j in left if isinstance(left, set) else j < left
+
+    def cls(i: int, j: int) -> str:
+        names = ["l"] if is_left(j) else []
+        if i >= 0 and cell_classes is not None and (extra := cell_classes(i, j)):
+            names.append(extra)
+        return f' class="{" ".join(names)}"' if names else ""
+
+    head = "".join(f"<th{cls(-1, j)}>{_e(h)}</th>" for j, h in enumerate(header))
+    body = []
+    for i, row in enumerate(rows):
+        rc = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
+        cells = "".join(f"<td{cls(i, j)}>{v if isinstance(v, _Raw) else _fmt(v)}</td>"
+                        for j, v in enumerate(row))
+        body.append(f"<tr{rc}>{cells}</tr>")
+    cap = f'<p class="cap">{_e(caption)}</p>' if caption else ""
+    return (f'<div class="scroll">{cap}<table><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table></div>")
+
+
+class _Raw(str):
+    """Already-escaped HTML for a table cell."""
+
+
+def _kv_table(items: Mapping[str, Any], caption: str = "") -> str:
+    """A two-column settings table; nested values as compact JSON."""
+    rows = []
+    for k, v in items.items():
+        nested = isinstance(v, Mapping) or (isinstance(v, list) and any(isinstance(x, (Mapping, list)) for x in v))
+        if nested:
+            v = _Raw(f"<code>{_e(json.dumps(v, ensure_ascii=False, default=str))}</code>")
+        rows.append((k, v))
+    return _table(["setting", "value"], rows, left=2, caption=caption).replace("<table>", '<table class="kv">', 1)
+
+
+def _details(summary: str, body: str) -> str:
+    return f"<details><summary>{_e(summary)}</summary>{body}</details>"
+
+
+def _lang(code: Any) -> str:
+    return f'<span class="lang">{_e(code if code else "?")}</span>'
+
+
+# --------------------------------------------------------------------------------------------
+# sections
+
+
+@dataclass
+class ReportContext:
+    """What a section renderer gets besides its folder.
+
+    Attributes:
+        run: the run folder.
+        plots_dir: where figures are saved (``RUN/plots``).
+        written: figure files written so far.
+    """
+
+    run: Path
+    plots_dir: Path
+    written: list[Path] = field(default_factory=list)
+    _stats: Any = field(default=None, repr=False)
+
+    def figure(self, fig: Figure, name: str, caption: str) -> str:
+        """Save ``fig`` as ``plots/NAME.png|svg`` and return a ``<figure>`` with it embedded."""
+        png, svg = _render(fig)
+        self.written += _write_figure(png, svg, self.plots_dir / name)
+        data = base64.b64encode(png).decode("ascii")
+        # shown at the figure's size in inches (96 CSS px each), so all figures share one font
+        # size; narrower screens scale them down
+        width, height = (round(v * 96 / PNG_DPI) for v in struct.unpack(">II", png[16:24]))
+        return (f'<figure><img src="data:image/png;base64,{data}" width="{width}" height="{height}" '
+                f'alt="{_e(caption)}">'
+                f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+    def stats(self) -> ActivationStats | None:
+        """The run's activation statistics (loaded once), or ``None`` if there are none."""
+        if self._stats is None and artifacts.exists(self.run / "stats", ActivationStats.KIND):
+            self._stats = ActivationStats.load(self.run / "stats")
+        return self._stats
+
+
+SectionRenderer = Callable[[Path, ReportContext], str]
+
+
+def _section(key: str, title: str, body: str) -> str:
+    return (f'<section id="{_e(key)}"><h2>{_e(title)} <span class="path">{_e(key)}/</span></h2>'
+            f"{body}</section>")
+
+
+def _facts(items: Mapping[str, Any]) -> str:
+    return "<dl class=\"facts\">" + "".join(f"<dt>{_e(k)}</dt><dd>{v if isinstance(v, _Raw) else _fmt(v)}</dd>"
+                                          for k, v in items.items()) + "</dl>"
+
+
+def render_stats(folder: Path, ctx: ReportContext) -> str:
+    """Languages, tokens per language and recording throughput of ``stats/``."""
+    stats = ctx.stats() if folder == ctx.run / "stats" else ActivationStats.load(folder)
+    if stats is None:
+        raise LapeError(f"{folder} holds no complete stats artifact: re-run lape record")
+    meta = stats.meta
+    tokens = stats.token_counts.tolist()
+    layers, neurons = stats.shape
+    facts = {
+        "languages": len(stats.languages),
+        "neuron space": f"{layers} layers × {neurons:,} neurons = {layers * neurons:,}",
+        "tokens recorded": sum(tokens),
+        "recording time (s)": meta.get("seconds"),
+        "throughput (tokens/s)": meta.get("tokens_per_second"),
+        "processes": meta.get("world_size"),
+    }
+    fired = (stats.fire_counts > 0).to(float).mean((1, 2)).tolist()  # neurons that fired at all
+    rows = [(_Raw(_lang(lang)), n, _pct(f)) for lang, n, f in zip(stats.languages, tokens, fired, strict=True)]
+    body = ('<div class="row">' + _facts(facts)
+            + _table(["language", "tokens", "neurons that fired"], rows, caption="Tokens per language")
+            + (_kv_table(meta["config"], caption="Recording settings") if meta.get("config") else "")
+            + "</div>")
+    return _section("stats", "Activation statistics", body)
+
+
+def render_neurons(folder: Path, ctx: ReportContext) -> str:
+    """Summary table, layer distribution, overlaps and probability heatmap of ``neurons/``."""
+    sets = NeuronSets.load(folder)
+    method = plots.method_label(sets.meta.get("method", "selected"))
+    summary = neuron_summary(sets)
+    union = summary[-1]
+    facts: dict[str, Any] = {"method": method, "sets": len(sets.labels), "neurons (union)": union["neurons"]}
+    for k, v in (sets.meta.get("config") or {}).items():
+        if k != "method":
+            facts[k] = v
+    summary_table = _table(
+        ["set", "neurons", "bottom third", "top third"],
+        [(r["set"], r["neurons"], _pct(r["bottom_third"]), _pct(r["top_third"])) for r in summary],
+        row_classes=["" for _ in summary[:-1]] + ["total"],
+        caption=f"{method} neurons per set and their share in the bottom and top third of the layers")
+
+    layers = sets.shape[0]
+    per_layer = sets.counts_per_layer()
+    fig_layers = ctx.figure(plots.layer_distribution(sets, (union["bottom_third"], union["top_third"])),
+                            "layer_distribution", f"{method} neurons per layer")
+    layer_table = _table(["set", *map(str, range(layers))], [(lab, *c) for lab, c in per_layer.items()],
+                         caption="Neurons per layer")
+    ov = sets.overlaps().tolist()
+    fig_overlap = ctx.figure(plots.overlap_heatmap(sets), "overlap_heatmap", "Neurons shared by two sets")
+    overlap_table = _table(["set", *sets.labels], [(lab, *row) for lab, row in zip(sets.labels, ov, strict=True)],
+                           caption="Shared neurons (diagonal: set size)",
+                           cell_classes=lambda i, j: "diag" if j == i + 1 else "")
+    body = (f'<div class="row">{_facts(facts)}{summary_table}</div>'
+            + f'<div class="grid">{fig_layers}{fig_overlap}</div>'
+            + f'<div class="row">{layer_table}{overlap_table}</div>')
+
+    stats = ctx.stats()
+    cols = plots.select_neurons(sets)
+    if stats is not None and tuple(stats.shape) != tuple(sets.shape):
+        logger.warning("report: %s and the run's stats are on different neuron spaces: no probability "
+                       "heatmap", folder)
+    elif stats is not None and cols:
+        probs = stats.probabilities().numpy()  # (languages, layers, neurons)
+        fig_prob = ctx.figure(plots.probability_heatmap(sets, stats), "probability_heatmap",
+                              "Activation probability of the selected neurons per recorded language")
+        means = _table(["neurons of set", *stats.languages], _group_means(probs, cols),
+                       caption="Mean activation probability of each set's neurons shown",
+                       cell_classes=_diag_by_label(stats.languages, cols))
+        per_neuron = [(lab, layer, idx, *(f"{v:.3f}" for v in probs[:, layer, idx].tolist()))
+                      for lab, layer, idx in cols]
+        body += ("<h3>Activation probability per language</h3>" + fig_prob + means
+                 + _details(f"Per-neuron probabilities ({len(cols)} neurons shown)",
+                            _table(["set", "layer", "neuron", *stats.languages], per_neuron, left=1)))
+    return _section("neurons", f"{method} neurons", body)
+
+
+def _diag_by_label(languages: Sequence[str], cols: Sequence[tuple[str, int, int]]) -> Callable[[int, int], str]:
+    """Highlight, in the group-mean table, the cell of each set's own language."""
+    groups = list(dict.fromkeys(c[0] for c in cols))
+
+    def cls(i: int, j: int) -> str:
+        return "diag" if j >= 1 and i < len(groups) and languages[j - 1] == groups[i] else ""
+
+    return cls
+
+
+def render_ppl(folder: Path, ctx: ReportContext) -> str:
+    """PPL-change heatmaps (selected vs random) and their tables from ``ppl/``."""
+    result = PerplexityResult.load(folder)
+    langs, rows = result.languages, result.rows
+    method = plots.method_label((result.meta.get("neurons") or {}).get("method") or "LAPE")
+    fig = ctx.figure(plots.ppl_heatmaps(result), "ppl_heatmaps",
+                     f"Perplexity change when each set's neurons are deactivated: {method} (left) "
+                     "vs random neurons with the same count per layer (right)")
+    base = _table(["language", "tokens", "NLL (nats/token)", "PPL"],
+                  [(_Raw(_lang(lang)), result.tokens.get(lang), _dec(nll, 3), _dec(ppl))
+                   for lang, nll, ppl in zip(langs, result.base_nll, result.base_ppl, strict=True)],
+                  caption="Unmodified model")
+
+    def matrix(m: list[list[float]], caption: str) -> str:
+        return _table(["deactivated", *langs],
+                      [(r, *(_dec(v, signed=True) for v in vals)) for r, vals in zip(rows, m, strict=True)],
+                      caption=caption,
+                      cell_classes=lambda i, j: "diag" if j >= 1 and langs[j - 1] == rows[i] else "")
+
+    diag = result.diagonal_summary()
+    diag_table = _table(
+        ["language", "own Δ PPL", "mean off-diagonal Δ PPL", "random own Δ PPL", "own > off-diagonal"],
+        [(d["language"], _dec(d["own_delta_ppl"], signed=True), _dec(d["off_diagonal_mean_delta_ppl"], signed=True),
+          _dec(d["random_own_delta_ppl"], signed=True),
+          _Raw('<span class="ok">yes</span>' if d["own_above_off_diagonal"] else '<span class="fail">no</span>'))
+         for d in diag], caption="Diagonal: a language's own PPL change against the others")
+    config = result.meta.get("config") or {}
+    facts = {"evaluated languages": len(langs), "deactivated sets": len(rows),
+             "split": config.get("split"), "tokens per language": config.get("tokens_per_language"),
+             "random baseline seed": result.meta.get("random_seed")}
+    body = (_facts(facts) + fig
+            + '<p class="note">PPL = exp(mean next-token NLL) on held-out text; Δ = with the row\'s '
+              "neurons deactivated minus unmodified. Highlighted: a set's own language.</p>"
+            + '<div class="row">' + matrix(result.delta_ppl(), f"Δ PPL, {method} neurons deactivated (rows)")
+            + matrix(result.delta_ppl(random=True), "Δ PPL, random neurons deactivated (rows)")
+            + "</div>" + '<div class="row">' + base + diag_table + "</div>")
+    return _section("ppl", "Perplexity under deactivation", body)
+
+
+def render_steering(folder: Path, ctx: ReportContext) -> str:
+    """Steering table, success bars (+ strength sweep) and example outputs from ``steering/``."""
+    ev = SteeringEval.load(folder)
+    strengths = list(dict.fromkeys(float(r["strength"]) for r in ev.rows))
+    table = _table(
+        ["target", "strength", "steered success", "unsteered success", "steered distinct-2", "identified languages"],
+        [(_Raw(_lang(r["target"])), r["strength"], _pct(r.get("steered_success")), _pct(r.get("unsteered_success")),
+          _dec(r.get("steered_distinct_2")), r.get("identified") or {}) for r in ev.rows],
+        caption="Per target language and strength (success: target language identified and not degenerate)",
+        left={0, 5})
+    default = plots.default_strength(ev)
+    figs = [ctx.figure(plots.steering_bars(ev), "steering_bars",
+                       f"Steered vs unsteered success per target language (strength {default:g})"
+                       if default is not None else "Steered vs unsteered success")]
+    if len(strengths) > 1:
+        figs.append(ctx.figure(plots.strength_sweep(ev), "strength_sweep",
+                               "Success and distinct-2 against steering strength"))
+    config = ev.meta.get("config") or {}
+    facts = {"source language": ev.meta.get("source") or "none", "prompts": ev.meta.get("prompts"),
+             "strengths": ", ".join(f"{s:g}" for s in strengths), "max new tokens": config.get("max_new_tokens"),
+             "activation value": config.get("value"), "neurons": (ev.meta.get("neurons") or {}).get("method")}
+    examples = []
+    for x in ev.examples:
+        ok = bool(x.get("success"))
+        examples.append((
+            _Raw(_lang(x.get("target"))), x.get("strength"), _Raw(f'<div class="text">{_e(x.get("prompt", ""))}</div>'),
+            _Raw(_lang(x.get("unsteered_language")) + f'<div class="text">{_e(x.get("unsteered", ""))}</div>'),
+            _Raw(_lang(x.get("steered_language")) + f'<div class="text">{_e(x.get("steered", ""))}</div>'),
+            _Raw('<span class="ok">✓</span>' if ok else '<span class="fail">✗</span>')))
+    ex_table = _table(["target", "strength", "prompt", "unsteered", "steered", "success"], examples,
+                      caption="Example outputs (language as identified by py3langid)", left=6)
+    body = (_facts(facts) + f'<div class="figs">{"".join(figs)}</div>' + table
+            + ("<h3>Examples</h3>" + ex_table if examples else ""))
+    return _section("steering", "Steering the output language", body)
+
+
+SECTIONS: list[tuple[str, SectionRenderer]] = [
+    ("stats", render_stats),
+    ("neurons", render_neurons),
+    ("ppl", render_ppl),
+    ("steering", render_steering),
+]
+"""The report's sections in order: ``(folder name, render function)``. A render function gets
+``RUN/folder`` and the :class:`ReportContext` and returns a ``<section>``; it runs only when the
+folder exists."""
+
+
+# --------------------------------------------------------------------------------------------
+# the page
+
+
+def _model_meta(run: Path) -> dict[str, Any]:
+    """The sidecar that names the model: stats first, then the other artifacts."""
+    for name in ("stats/stats.json", "neurons/neurons.json", "ppl/ppl.json", "steering/steering.json"):
+        path = run / name
+        if path.is_file():
+            meta = artifacts.read_json(path)
+            if meta.get("fingerprint") or meta.get("model_id"):
+                return meta
+    return {}
+
+
+def _header(run: Path, present: Sequence[tuple[str, str]]) -> str:
+    from . import __version__
+
+    parts = [f"<header><h1>lape report <span class=\"path\">{_e(run.name)}</span></h1>",
+             f'<p class="subtitle">Language-specific neurons (LAPE, Tang et al., ACL 2024) · '
+             f"lape {_e(__version__)} · {_e(time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))}</p>"]
+    if present:
+        parts.append('<nav class="toc">' + "".join(f'<a href="#{_e(k)}">{_e(t)}</a>' for k, t in present)
+                     + "</nav>")
+    parts.append("</header>")
+    cards = []
+    meta = _model_meta(run)
+    if meta:
+        fp = meta.get("fingerprint") or {}
+        n = fp.get("num_parameters")
+        model = {"model": meta.get("model_id"), "architecture": fp.get("architecture"),
+                 "layers": fp.get("num_layers"), "hidden size": fp.get("hidden_size"),
+                 "MLP neurons per layer": fp.get("intermediate_size") or meta.get("neurons_per_layer"),
+                 "vocabulary": fp.get("vocab_size"),
+                 "parameters": (f"{n / 1e6:,.1f} M" if n >= 1e6 else f"{n:,}") if isinstance(n, (int, float)) else None,
+                 "weights checksum": _Raw(f"<code>{_e(fp.get('checksum', '–'))}</code>")}
+        cards.append(f"<div><h3>Model</h3>{_facts(model)}</div>")
+    demo = run / "demo.json"
+    if demo.is_file():
+        settings = artifacts.read_json(demo)
+        if isinstance(settings, Mapping):
+            cards.append(f"<div><h3>Run settings</h3>{_kv_table(settings)}</div>")
+    if cards:
+        parts.append(f'<section class="overview"><div class="grid">{"".join(cards)}</div></section>')
+    return "".join(parts)
+
+
+def write_report(run: str | Path, sections: Sequence[tuple[str, SectionRenderer]] | None = None) -> Path:
+    """Write ``RUN/report.html`` (self-contained) and the report's figures into ``RUN/plots/``.
+
+    Args:
+        run: a run folder (as written by ``lape demo``) holding any of ``stats/``, ``neurons/``,
+            ``ppl/``, ``steering/`` and ``demo.json``.
+        sections: the section registry to use (default :data:`SECTIONS`).
+
+    Returns:
+        The path of ``report.html``.
+
+    Raises:
+        LapeError: ``run`` is not a folder.
+
+    Example:
+        >>> write_report("runs/demo")
+        PosixPath('runs/demo/report.html')
+    """
+    run = Path(run)
+    if not run.is_dir():
+        raise LapeError(f"run folder {run} does not exist: pass the folder lape demo wrote (e.g. runs/demo)")
+    ctx = ReportContext(run, run / "plots")
+    registry = list(SECTIONS if sections is None else sections)
+    rendered, present = [], []
+    for key, render in registry:
+        folder = run / key
+        if not folder.is_dir():
+            continue
+        try:
+            html_section = render(folder, ctx)
+        except (LapeError, KeyError, ValueError, OSError) as exc:
+            logger.warning("report: %s/ could not be read (%s)", key, exc)
+            html_section = _section(key, key, f'<p class="fail">This folder could not be read: {_e(exc)}</p>')
+        rendered.append(html_section)
+        title = _SECTION_TITLES.get(key, key)
+        present.append((key, title))
+    if not rendered:
+        rendered.append('<section><p>This run folder holds no results yet (no stats/, neurons/, ppl/ or '
+                        "steering/).</p></section>")
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>lape report: {_e(run.name)}</title><style>{_CSS}</style></head>"
+            f"<body><main>{_header(run, present)}{''.join(rendered)}</main></body></html>\n")
+    path = run / "report.html"
+    artifacts.atomic_write_text(path, page)
+    logger.info("report -> %s (%d sections, %d figure files in %s)", path, len(rendered),
+                len(ctx.written), ctx.plots_dir)
+    return path
+
+
+_SECTION_TITLES = {"stats": "Statistics", "neurons": "Neurons", "ppl": "Perplexity", "steering": "Steering"}
+
+_CSS = """
+:root{--fg:#1f2328;--muted:#656d76;--line:#d8dee4;--soft:#f6f8fa;--accent:#0b5cad;--hi:#fff1e0}
+*{box-sizing:border-box}
+body{margin:0;background:#f3f4f6;color:var(--fg);font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,
+"Helvetica Neue",Arial,"Noto Sans","Noto Sans CJK JP","Hiragino Sans","PingFang SC","Microsoft YaHei",sans-serif}
+main{max-width:1180px;margin:0 auto;padding:32px 24px 64px}
+h1{font-size:28px;margin:0 0 2px;letter-spacing:-.01em}
+h2{font-size:20px;margin:0 0 14px;padding-bottom:8px;border-bottom:1px solid var(--line)}
+h3{font-size:15px;margin:18px 0 8px}
+.path{font:13px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;color:var(--muted);font-weight:400;
+margin-left:6px}
+.subtitle{color:var(--muted);margin:0 0 12px}
+nav.toc{display:flex;flex-wrap:wrap;gap:8px;margin:8px 0 0}
+nav.toc a{color:var(--accent);text-decoration:none;border:1px solid var(--line);background:#fff;
+border-radius:999px;padding:2px 12px;font-size:13px}
+section{background:#fff;border:1px solid var(--line);border-radius:10px;padding:20px 24px;margin:20px 0;
+box-shadow:0 1px 2px rgba(0,0,0,.03)}
+section.overview h3{margin-top:0}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(460px,1fr));gap:12px 28px;align-items:start}
+.figs{display:flex;flex-wrap:wrap;gap:8px 24px;align-items:flex-start}
+figure{margin:8px 0 4px}
+.figs figure{display:table}
+.figs figcaption{display:table-caption;caption-side:bottom}
+figure img{display:block;max-width:100%;height:auto;margin:0 auto}
+figcaption{font-size:13px;color:var(--muted);margin-top:4px;text-align:center}
+.scroll{overflow-x:auto;max-width:100%}
+table{border-collapse:collapse;font-size:13px;font-variant-numeric:tabular-nums;margin:4px 0 14px}
+.cap{font-size:13px;color:var(--muted);margin:8px 0 2px}
+.row{display:flex;flex-wrap:wrap;gap:4px 48px;align-items:flex-start}
+.row>dl.facts{margin-top:10px}
+th,td{border:1px solid #e3e6ea;padding:3px 9px;text-align:right;vertical-align:top}
+th{background:var(--soft);font-weight:600}
+.l{text-align:left}
+tr.total td{font-weight:600;background:#fafafa}
+td.diag{background:var(--hi);font-weight:600}
+table.kv td:first-child{color:var(--muted);white-space:nowrap}
+dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 18px;margin:0 0 12px;font-size:14px}
+dl.facts dt{color:var(--muted)}
+dl.facts dd{margin:0}
+code{font:12px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;word-break:break-all}
+.text{white-space:pre-wrap;word-break:break-word;min-width:180px;max-width:380px;margin-top:2px}
+.lang{display:inline-block;font:600 11px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;
+padding:0 6px;border-radius:4px;background:#e8eef7;color:#24406b}
+.ok{color:#1a7f37;font-weight:600}
+.fail{color:#c9252d;font-weight:600}
+.note{font-size:13px;color:var(--muted)}
+details{margin:4px 0 12px}
+summary{cursor:pointer;color:var(--accent);font-size:13px}
+"""
