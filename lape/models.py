@@ -147,6 +147,11 @@ def load_model(
                             "local model folder or a .gguf file") from None
         raise LapeError(f"model folder {spec} could not be loaded ({exc.__class__.__name__}): "
                         "check that it holds a complete Hugging Face model") from None
+    saved_as = getattr(model.config, "architectures", None) or []
+    if saved_as and not set(saved_as) & _causal_lm_classes():
+        raise LapeError(f"model {spec} is not a causal language model (it was saved as "
+                        f"{', '.join(saved_as)}): lape needs a decoder-only LM such as LLaMA, "
+                        "Gemma or GPT-2")
     if device_map is None and device is not None:
         model.to(device)
     model.eval()
@@ -154,6 +159,16 @@ def load_model(
     model.lape_model_id = model_id
     logger.info("loaded %s (%s) in %.1f s", model_id, type(model).__name__, time.perf_counter() - t0)
     return model, tokenizer
+
+
+def _causal_lm_classes() -> set[str]:
+    """Class names ``AutoModelForCausalLM`` builds (a checkpoint saved as one is a causal LM)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    names: set[str] = set()
+    for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        names.update([v] if isinstance(v, str) else v)
+    return names
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,7 +277,7 @@ def _dequantise_to(gguf_path: Path, folder: Path) -> None:
 # Fingerprints
 
 
-def _checksum_tensor(h: "hashlib._Hash", t: torch.Tensor, n: int = 4096) -> None:
+def _checksum_tensor(h: hashlib._Hash, t: torch.Tensor, n: int = 4096) -> None:
     # bfloat16 rounding makes the checksum independent of the dtype the model was loaded in
     flat = t.detach().reshape(-1)[:n].to("cpu", torch.float32).to(torch.bfloat16)
     h.update(flat.view(torch.int16).numpy().tobytes())

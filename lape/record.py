@@ -267,7 +267,7 @@ def record(
                        total=getattr(corpus[lang], "budget", None), leave=False)
             bar.update(int(acc.tokens) * world)
             n_batches = start_batch
-            with torch.inference_mode(), activation_hooks(model, space, lambda l, a: acc.add(l, a)):
+            with torch.inference_mode(), activation_hooks(model, space, acc.add):
                 for b, (ids, mask) in enumerate(_batched(corpus[lang], config.batch_size, rank, world)):
                     if b < start_batch:
                         continue
@@ -332,7 +332,7 @@ def _batched(sequences: Iterable[Any], batch_size: int, rank: int, world: int):
         ids.append(seq.input_ids)
         masks.append(seq.attention_mask)
         if len(ids) == batch_size:
-            yield torch.stack(ids), torch.stack(masks)
+            yield _pad_stack(ids), _pad_stack(masks)
             ids, masks = [], []
     if ids:
         yield _pad_stack(ids), _pad_stack(masks)
@@ -340,6 +340,8 @@ def _batched(sequences: Iterable[Any], batch_size: int, rank: int, world: int):
 
 def _pad_stack(rows: list[torch.Tensor]) -> torch.Tensor:
     width = max(r.shape[0] for r in rows)
+    if all(r.shape[0] == width for r in rows):
+        return torch.stack(rows)
     out = torch.zeros(len(rows), width, dtype=rows[0].dtype)
     for i, r in enumerate(rows):
         out[i, : r.shape[0]] = r

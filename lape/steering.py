@@ -69,7 +69,7 @@ def identify_language(text: str, min_chars: int = 20) -> str | None:
 
 
 def distinct_n(tokens: Sequence[int], n: int = 2) -> float:
-    """Distinct n-grams / all n-grams (1.0 for fewer than n tokens... of nothing repeated)."""
+    """Distinct n-grams / all n-grams; 0.0 when there are fewer than ``n`` tokens (nothing to judge)."""
     grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
 
@@ -297,7 +297,12 @@ def repl(steerer: Steerer, target: str | None = None, source: str | None = "en",
 
     Reads prompts and ``:commands`` from ``input_fn`` until ``:quit`` or end of input.
     """
-    state: dict[str, Any] = {"to": target or steerer.sets.labels[0], "from": source,
+    labels = steerer.sets.labels
+    if target is not None and target not in labels:
+        raise LapeError(f"target language {target!r} has no neuron set: choose one of {', '.join(labels)}")
+    if source not in labels:  # e.g. no English set: steer by activation only
+        source = None
+    state: dict[str, Any] = {"to": target or labels[0], "from": source,
                              "strength": steerer.config.strength, "on": True}
     output_fn(f"lape steering REPL: target {state['to']}, source {state['from']}. :help for commands.")
     while True:

@@ -1,0 +1,125 @@
+"""load_model(): one-line errors for bad specs; fingerprints; the built-in model and its cache (slow)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as T
+from tiny_models import tiny_model
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+import lape.models
+from lape.errors import LapeError
+from lape.models import fingerprint, load_model, same_model
+from lape.neurons import NeuronSpace
+
+
+def _one_line_error(spec: str, *needles: str) -> str:
+    with pytest.raises(LapeError) as err:
+        load_model(spec)
+    msg = str(err.value)
+    assert "\n" not in msg
+    for n in needles:
+        assert n in msg, msg
+    return msg
+
+
+def test_missing_paths():
+    _one_line_error("./nope", "model path ./nope does not exist", "builtin")
+    _one_line_error("/no/such/file.gguf", "model file /no/such/file.gguf does not exist", "builtin")
+
+
+def test_folder_without_config(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"")
+    _one_line_error(str(tmp_path), "has no config.json")
+
+
+def test_unreachable_hub_id_when_offline(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # the hub library reads the variable at import; set its constant too
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    _one_line_error("someorg/some-model-that-does-not-exist", "someorg/some-model-that-does-not-exist",
+                    "seems offline", "builtin")
+
+
+def _save_encoder(config, folder) -> None:
+    """An encoder-only model with a (word-level) tokenizer, as a Hugging Face folder."""
+    T.AutoModel.from_config(config).save_pretrained(folder)
+    tk = Tokenizer(models.WordLevel({"[UNK]": 0, "[PAD]": 1, "a": 2, "b": 3}, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(folder)
+
+
+def test_folder_that_is_not_a_causal_lm(tmp_path):
+    _save_encoder(T.DistilBertConfig(vocab_size=96, dim=32, n_layers=1, n_heads=2, hidden_dim=48), tmp_path)
+    _one_line_error(str(tmp_path), str(tmp_path), "not a causal language model")
+
+
+def test_bert_folder_is_not_a_causal_lm(tmp_path):
+    _save_encoder(T.BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=48), tmp_path)
+    _one_line_error(str(tmp_path), "not a causal language model")
+
+
+def test_folder_roundtrip_loads_the_same_weights(tmp_path):
+    model = tiny_model("gpt2")
+    model.save_pretrained(tmp_path)
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")),
+                            unk_token="<unk>").save_pretrained(tmp_path)
+    loaded, tok = load_model(str(tmp_path))
+    assert loaded.lape_model_id == str(tmp_path)
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+    assert fingerprint(loaded) == fingerprint(model)
+
+
+def test_fingerprint_is_stable_across_dtypes_and_differs_across_weights():
+    fp32 = fingerprint(tiny_model("llama", seed=0))
+    bf16 = fingerprint(tiny_model("llama", seed=0).to(torch.bfloat16))
+    other = fingerprint(tiny_model("llama", seed=1))
+    assert fp32 == bf16
+    assert same_model(fp32, bf16)
+    assert other["checksum"] != fp32["checksum"] and not same_model(fp32, other)
+    assert fp32["architecture"] == "LlamaForCausalLM" and fp32["num_layers"] == 3
+    n_params = sum(p.numel() for p in tiny_model("llama").parameters())
+    assert fp32["num_parameters"] == n_params
+    gpt2 = fingerprint(tiny_model("gpt2"))
+    assert not same_model(fp32, gpt2)
+
+
+def test_unknown_dtype():
+    with pytest.raises(LapeError, match="unknown dtype 'float8'"):
+        load_model("./nope", dtype="float8")
+
+
+@pytest.mark.slow
+def test_builtin_model_space_generation_and_cache(builtin, monkeypatch):
+    model, tok = builtin
+    space = NeuronSpace.of(model)
+    assert space.shape == (18, 2048)
+    ids = tok("La capitale de la France est", return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=6, do_sample=False)
+    text = tok.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True)
+    assert text.strip()
+
+    folder = lape.models._builtin_folder()
+    assert (folder / "lape_cache.json").is_file() and (folder / "config.json").is_file()
+    assert (folder / "model.safetensors").is_file()
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the built-in model was de-quantised again instead of read from the cache")
+
+    monkeypatch.setattr(lape.models, "_dequantise_to", no_rebuild)
+    monkeypatch.setattr(lape.models, "_builtin_gguf", no_rebuild)
+    again, _ = load_model("builtin")
+    assert again is not model
+    probe = tok("Hello world, bonjour le monde", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(again(probe).logits, model(probe).logits)
+    assert fingerprint(again) == fingerprint(model)

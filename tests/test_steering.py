@@ -1,0 +1,159 @@
+"""Steering: degeneracy measures, success rules, Steerer on a tiny model with a char tokenizer, the REPL."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import WIDTH, tiny_model
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from lape.errors import LapeError
+from lape.neurons import NeuronSets
+from lape.record import ActivationStats
+from lape.steering import (
+    Generation,
+    SteerConfig,
+    Steerer,
+    distinct_n,
+    identify_language,
+    max_token_share,
+    repl,
+)
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per character: 4 specials and the 92 characters from ' ' to '{' (96 ids, the
+    tiny models' vocabulary)."""
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}
+    vocab.update({chr(c): i + 4 for i, c in enumerate(range(32, 124))})
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>")
+
+
+def test_distinct_n_and_max_token_share_by_hand():
+    assert distinct_n([1, 2, 3, 4]) == 1.0
+    assert distinct_n([1, 2, 1, 2]) == pytest.approx(2 / 3)  # (1,2) (2,1) (1,2)
+    assert distinct_n([7, 7, 7, 7, 7]) == pytest.approx(1 / 4)
+    assert distinct_n([1, 2, 1, 2], n=1) == pytest.approx(2 / 4)
+    assert distinct_n([1, 2, 3, 1, 2, 3], n=3) == pytest.approx(3 / 4)  # 123 231 312 123
+    assert max_token_share([1, 1, 2, 3]) == pytest.approx(0.5)
+    assert max_token_share([4, 5, 6]) == pytest.approx(1 / 3)
+    assert max_token_share([]) == 1.0  # nothing generated counts as degenerate
+
+
+def _gen(text: str, tokens: list[int], min_chars: int = 20) -> Generation:
+    return Generation(text, tokens, identify_language(text, min_chars), distinct_n(tokens), max_token_share(tokens))
+
+
+def test_success_rules():
+    repetitive = _gen("肉" * 40, [50] * 40)
+    assert repetitive.language == "zh"  # the identifier is fooled ...
+    assert not repetitive.success("zh")  # ... but the output is degenerate
+    blank = _gen("   \n\n   \t ", [4, 4, 4, 4, 4])
+    assert blank.language is None and not blank.success("en")
+    assert identify_language("a b c d e f g h i j k l m n o p q r s", 20) is None  # 19 characters
+    assert identify_language("abcdefghijklmnopqrs t", 20) is not None  # 20
+    short = _gen("Bonjour", [1, 2, 3, 4, 5, 6, 7])
+    assert short.language is None and not short.success("fr")
+    text = "Le chat dort sur le canapé pendant que la pluie tombe doucement."
+    good = _gen(text, list(range(len(text))))
+    assert good.language == "fr" and good.success("fr") and not good.success("en")
+    # the bars: no token above a third of the output, distinct-2 at least 0.5
+    assert _gen(text, [9, 9, 1, 2, 3, 4]).success("fr")  # share 1/3, distinct-2 1
+    assert not _gen(text, [9, 9, 9, 1, 2, 3, 4]).success("fr")  # share 3/7, distinct-2 5/6
+    assert not _gen(text, [1, 2, 3, 1, 2, 3, 1, 2, 3]).success("fr")  # share 1/3, distinct-2 3/8
+
+
+LABELS = {"a": [(0, 1), (1, 2), (2, 3), (2, 4)], "b": [(0, i) for i in range(10, 30)] + [(1, 5), (2, 6)],
+          "c": []}
+
+
+@pytest.fixture(scope="module")
+def steerer():
+    model = tiny_model("llama")
+    width = WIDTH["llama"]
+    sets = NeuronSets.from_neurons(LABELS, (3, width), {"method": "lape"})
+    counts = torch.full((3, 3, width), 10, dtype=torch.int64)
+    fire_sums = counts.double() * 30.0  # large firing values: activating them changes the output
+    stats = ActivationStats(["a", "b", "c"], counts, torch.tensor([50, 50, 50]), fire_sums.clone(), fire_sums)
+    return Steerer(model, char_tokenizer(), sets, stats, SteerConfig(max_new_tokens=8, min_chars=5))
+
+
+def _greedy(model, tok, prompt, n):
+    ids = tok(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=n, do_sample=False, repetition_penalty=1.1,
+                             pad_token_id=tok.pad_token_id)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def test_steering_changes_tokens_only_when_neurons_are_switched(steerer):
+    prompt = "The weather"
+    plain = steerer.generate([prompt])[0]
+    new = [t for t in _greedy(steerer.model, steerer.tokenizer, prompt, 8) if t != 0]  # no pads
+    expected = new[:new.index(2)] if 2 in new else new  # cut at <eos>
+    assert plain.tokens == expected
+    assert plain.text == steerer.tokenizer.decode(plain.tokens)
+    empty = steerer.generate([prompt], target="c", source=None)[0]
+    assert empty.tokens == plain.tokens  # nothing to switch: same as unsteered
+    steered = steerer.generate([prompt], target="b", source="a")[0]
+    assert steered.tokens != plain.tokens
+    out = steerer.steer(prompt, to="b", source="a")
+    assert out.unsteered.tokens == plain.tokens and out.steered.tokens == steered.tokens
+
+
+def test_batched_prompts_with_left_padding_equal_single_prompts(steerer):
+    prompts = ["Hi", "The weather today"]
+    batch = steerer.generate(prompts, target="b", source="a")
+    single = [steerer.generate([p], target="b", source="a")[0] for p in prompts]
+    assert [g.tokens for g in batch] == [g.tokens for g in single]
+
+
+def test_bad_language_codes_are_one_line_errors(steerer):
+    with pytest.raises(LapeError) as err:
+        steerer.steer("x", to="zz", source="a")
+    assert str(err.value) == "target language 'zz' has no neuron set: choose one of a, b, c"
+    with pytest.raises(LapeError, match="source language 'en' has no neuron set: choose one of a, b, c"):
+        steerer.steer("x", to="b", source="en")
+    with pytest.raises(LapeError, match="target language 'q'"):
+        steerer.evaluate(["x"], targets=["q"], progress=False)
+
+
+def test_repl_answers_a_scripted_session(steerer):
+    script = [":help", ":to b", ":strength 2", "some prompt", ":off", "prompt", ":to zz", ":bogus", ":quit",
+              "never read"]
+    asked, shown = [], []
+
+    def input_fn(prompt: str) -> str:
+        asked.append(prompt)
+        return script[len(asked) - 1]
+
+    assert repl(steerer, target="a", source="a", input_fn=input_fn, output_fn=shown.append) == 0
+    assert len(asked) == 9  # stopped at :quit
+    assert asked[:4] == ["[a x1]> ", "[a x1]> ", "[b x1]> ", "[b x2]> "]
+    assert asked[5] == "[off x2]> "
+    assert shown[0].startswith("lape steering REPL: target a, source a")
+    assert ":to LANG" in shown[1] and ":quit" in shown[1]
+    assert shown[2] == "target -> b" and shown[3] == "strength -> 2"
+    expected = steerer.steer("some prompt", to="b", source="a", strength=2.0)
+    assert shown[4] == expected.format()
+    assert shown[4].startswith("prompt     'some prompt'") and "a->b" in shown[4]
+    assert shown[5] == "steering off"
+    plain = steerer.generate(["prompt"])[0]
+    assert shown[6] == f"unsteered  [{plain.language or '?'}] {plain.text.strip()!r}"
+    assert shown[7] == "unknown language 'zz': choose one of a b c"
+    assert shown[8] == "unknown command :bogus (:help lists them)"
+    assert len(shown) == 9
+
+
+def test_repl_ends_at_end_of_input(steerer):
+    def input_fn(prompt: str) -> str:
+        raise EOFError
+
+    shown = []
+    assert repl(steerer, input_fn=input_fn, output_fn=shown.append) == 0
+    assert len(shown) == 1
