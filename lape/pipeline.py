@@ -27,11 +27,11 @@ class DemoConfig:
     model: str = "builtin"  # model spec
     corpus: str = "builtin"  # data manifest
     languages: tuple[str, ...] | None = None  # None: the manifest's default_languages
-    tokens_per_language: int = 16_384  # recording budget per language
-    ppl_tokens_per_language: int = 512  # held-out tokens per language for the perplexity matrix
+    tokens_per_language: int = 8192  # recording budget per language (the corpus has 14-30k)
+    ppl_tokens_per_language: int = 256  # held-out tokens per language for the perplexity matrix
     steer_prompts: int = 8  # English prompts per target language for the steering evaluation
     prompt_set: str = "builtin:heldout"  # prompts for the steering evaluation
-    seq_len: int = 512  # packed sequence length
+    seq_len: int = 256  # packed sequence length (256 is ~20% faster per token than 512 on CPU)
     batch_size: int = 8  # sequences per forward pass while recording
     seed: int = 0  # corpus shuffling, random baseline
 

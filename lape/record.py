@@ -46,8 +46,8 @@ logger = logging.getLogger(__name__)
 class RecordConfig:
     """Settings of :func:`record`; every field is a CLI option and goes into the sidecar."""
 
-    tokens_per_language: int = 100_000  # budget of real tokens per language; Tang et al. use up to
-    # 100M (7B, GPU); 100k already gives stable probabilities for a 270M model (see README)
+    tokens_per_language: int = 12_000  # budget of real tokens per language; Tang et al. use up to
+    # 100M (7B, GPU); every built-in language has >= 13.9k training tokens
     seq_len: int = 512  # packed sequence length; long enough for context, short for CPU attention
     batch_size: int = 8  # sequences per forward pass; 8 x 512 saturates 2 CPU cores
     seed: int = 0  # document shuffling seed
@@ -174,9 +174,12 @@ class _Accumulator:
         if self.rows is not None:  # drop padding
             a = a.index_select(0, self.rows.to(a.device, non_blocking=True))
         dev = self.fire.device
-        self.fire[layer] += (a > 0).sum(0).to(dev)
+        pos = a.clamp(min=0)
         self.sums[layer] += a.sum(0, dtype=torch.float32).to(dev, torch.float64)
-        self.pos[layer] += a.clamp(min=0).sum(0, dtype=torch.float32).to(dev, torch.float64)
+        self.pos[layer] += pos.sum(0, dtype=torch.float32).to(dev, torch.float64)
+        # count act > 0 as a float sum of sign(max(act, 0)): 4x faster on CPU than summing a bool
+        # tensor, and exact (a batch has far fewer than 2^24 rows)
+        self.fire[layer] += pos.sign_().sum(0, dtype=torch.float32).to(dev, torch.int64)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"fire_counts": self.fire, "act_sums": self.sums, "fire_sums": self.pos,
