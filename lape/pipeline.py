@@ -29,6 +29,9 @@ class DemoConfig:
     languages: tuple[str, ...] | None = None  # None: the manifest's default_languages
     tokens_per_language: int = 8192  # recording budget per language (the corpus has 14-30k)
     ppl_tokens_per_language: int = 256  # held-out tokens per language for the perplexity matrix
+    ppl_languages: tuple[str, ...] | None = None  # rows/columns of the matrix (None: all languages);
+    # the matrix costs (2 x rows + 1) x columns evaluations, so large runs restrict it
+    steer_targets: tuple[str, ...] | None = None  # target languages (None: all but English)
     steer_prompts: int = 8  # English prompts per target language for the steering evaluation
     prompt_set: str = "builtin:heldout"  # prompts for the steering evaluation
     seq_len: int = 256  # packed sequence length (256 is ~20% faster per token than 512 on CPU)
@@ -37,7 +40,8 @@ class DemoConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["languages"] = list(self.languages) if self.languages else None
+        for name in ("languages", "ppl_languages", "steer_targets"):
+            d[name] = list(d[name]) if d[name] else None
         return d
 
 
@@ -127,34 +131,36 @@ def run_demo(config: DemoConfig = DemoConfig(), out: str | Path = "runs/demo", p
     pcfg = PerplexityConfig(tokens_per_language=config.ppl_tokens_per_language, seq_len=config.seq_len,
                             seed=config.seed)
 
+    ppl_languages = list(config.ppl_languages or languages)
+
     def do_ppl() -> str:
-        sets = NeuronSets.load(run / "neurons", model=model)
+        sets = NeuronSets.load(run / "neurons", model=model).subset(ppl_languages)
         corpus = load_corpus(manifest, tok, split="valid", tokens_per_language=pcfg.tokens_per_language,
-                             seq_len=pcfg.seq_len, seed=pcfg.seed, languages=languages)
+                             seq_len=pcfg.seq_len, seed=pcfg.seed, languages=ppl_languages)
         result = ppl_matrix(model, corpus, sets, pcfg, progress=progress,
                             inputs={"manifest_hash": manifest.hash()})
         result.save(run / "ppl")
         wins = sum(d["own_above_off_diagonal"] for d in result.diagonal_summary())
         return f"own language hit hardest in {wins}/{len(result.rows)} rows"
 
-    k_ppl = stages.run("ppl", {"parent": k_id, "ppl": pcfg.to_dict()},
+    k_ppl = stages.run("ppl", {"parent": k_id, "ppl": pcfg.to_dict(), "languages": ppl_languages},
                        lambda: (run / "ppl" / f"{PerplexityResult.KIND}.json").is_file(), do_ppl)
 
     scfg = SteerConfig()
+    targets = list(config.steer_targets or [lang for lang in languages if lang != "en"])
 
     def do_steer() -> str:
         sets = NeuronSets.load(run / "neurons", model=model)
         stats = ActivationStats.load(run / "stats", model=model)
         steerer = Steerer(model, tok, sets, stats, scfg)
         prompts = load_prompts(config.prompt_set, limit=config.steer_prompts)
-        ev = steerer.evaluate(prompts, targets=[lang for lang in languages if lang != "en"], source="en",
-                              progress=progress)
+        ev = steerer.evaluate(prompts, targets=targets, source="en", progress=progress)
         ev.save(run / "steering")
         good = sum(r["steered_success"] >= 0.8 for r in ev.rows)
         return f"{good}/{len(ev.rows)} target languages steered with >= 80% success"
 
     stages.run("steering", {"parent": k_id, "steer": scfg.to_dict(), "prompts": config.prompt_set,
-                            "n": config.steer_prompts},
+                            "n": config.steer_prompts, "targets": targets},
                lambda: (run / "steering" / f"{SteeringEval.KIND}.json").is_file(), do_steer)
 
     report = write_report(run)

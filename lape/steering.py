@@ -302,7 +302,8 @@ def repl(steerer: Steerer, target: str | None = None, source: str | None = "en",
         raise LapeError(f"target language {target!r} has no neuron set: choose one of {', '.join(labels)}")
     if source not in labels:  # e.g. no English set: steer by activation only
         source = None
-    state: dict[str, Any] = {"to": target or labels[0], "from": source,
+    default_target = next((lab for lab in labels if lab != source), labels[0])
+    state: dict[str, Any] = {"to": target or default_target, "from": source,
                              "strength": steerer.config.strength, "on": True}
     output_fn(f"lape steering REPL: target {state['to']}, source {state['from']}. :help for commands.")
     while True:

@@ -1,0 +1,159 @@
+"""Write the results section of README.md from real runs (never by hand).
+
+Reads a demo run (``lape demo``) and, if present, the full acceptance run (all built-in
+languages), copies their figures to ``docs/figures/`` and replaces the text between
+``<!-- RESULTS:START -->`` and ``<!-- RESULTS:END -->`` in README.md with tables naming the
+commit the runs came from.
+
+Usage:
+    python scripts/readme_results.py --demo runs/demo --full runs/full [--steer-choose runs/full/steer-parallel]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=ROOT).stdout.strip() or "unknown"
+
+
+def _table(header: list[str], rows: list[list[object]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.0f}%"
+
+
+def _copy_figures(run: Path, prefix: str, names: list[str]) -> dict[str, str]:
+    dest = ROOT / "docs" / "figures"
+    dest.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name in names:
+        src = run / "plots" / f"{name}.png"
+        if src.is_file():
+            shutil.copyfile(src, dest / f"{prefix}-{name}.png")
+            out[name] = f"docs/figures/{prefix}-{name}.png"
+    return out
+
+
+def neuron_section(run: Path, prefix: str, title: str) -> str:
+    from lape.neurons import NeuronSets
+    from lape.record import ActivationStats
+    from lape.report import neuron_summary
+
+    sets = NeuronSets.load(run / "neurons")
+    stats = ActivationStats.load(run / "stats")
+    rows = neuron_summary(sets)
+    tokens = dict(zip(stats.languages, stats.token_counts.tolist()))
+    table = _table(["set", "neurons", "bottom third of layers", "top third of layers", "tokens recorded"],
+                   [[r["set"], r["neurons"], _pct(r["bottom_third"]), _pct(r["top_third"]),
+                     f"{tokens.get(r['set'], sum(tokens.values())):,}"] for r in rows])
+    tps = stats.meta.get("tokens_per_second")
+    figs = _copy_figures(run, prefix, ["layer_distribution", "overlap_heatmap", "probability_heatmap"])
+    lines = [f"### {title}", "",
+             f"{len(stats.languages)} languages, {int(stats.token_counts.sum()):,} tokens recorded at "
+             f"**{tps:,.0f} tokens/s** (seq_len {stats.meta['config'].get('seq_len')}, batch "
+             f"{stats.meta['config'].get('batch_size')}, 2 CPU cores), LAPE with the paper's defaults "
+             f"(top 1% = {int(sets.union().sum())} neurons).", "", table, ""]
+    lines += [f"![{k}]({v})" for k, v in figs.items()]
+    return "\n".join(lines) + "\n"
+
+
+def ppl_section(run: Path, prefix: str) -> str:
+    from lape.perplexity import PerplexityResult
+
+    r = PerplexityResult.load(run / "ppl")
+    diag = r.diagonal_summary()
+    wins = sum(d["own_above_off_diagonal"] for d in diag)
+    above_random = sum(d["own_delta_ppl"] > 5 * max(d["random_own_delta_ppl"], 0.01) for d in diag)
+    table = _table(["deactivated", "base PPL", "own PPL change", "mean off-diagonal change", "random set, own change"],
+                   [[d["language"], f"{r.base_ppl[r.languages.index(d['language'])]:.1f}",
+                     f"{d['own_delta_ppl']:+.1f}", f"{d['off_diagonal_mean_delta_ppl']:+.2f}",
+                     f"{d['random_own_delta_ppl']:+.2f}"] for d in diag])
+    figs = _copy_figures(run, prefix, ["ppl_heatmaps"])
+    tokens = r.meta.get("config", {}).get("tokens_per_language")
+    return "\n".join([
+        "### Perplexity when a language's neurons are switched off", "",
+        f"Held-out text, {tokens} tokens per language. A language's own neurons raise its perplexity "
+        f"more than the row's off-diagonal mean in **{wins} of {len(diag)}** languages, and more than "
+        f"5x the change from a random set of equal size per layer in {above_random} of {len(diag)}.", "",
+        table, "", *[f"![{k}]({v})" for k, v in figs.items()], ""])
+
+
+def steering_section(run: Path, prefix: str, title: str, folder: str = "steering") -> str:
+    from lape.steering import SteeringEval
+
+    ev = SteeringEval.load(run / folder)
+    rows = ev.rows
+    good = sum(r["steered_success"] >= 0.8 for r in rows)
+    table = _table(["target", "strength", "steered success", "unsteered success", "target language identified",
+                    "distinct-2", "degenerate"],
+                   [[r["target"], f"{r['strength']:g}", _pct(r["steered_success"]), _pct(r["unsteered_success"]),
+                     _pct(r["steered_target_language"]), f"{r['steered_distinct_2']:.2f}",
+                     _pct(r["steered_degenerate"])] for r in rows])
+    ex = [e for e in ev.examples if e["strength"] == rows[0]["strength"]][:: max(1, len(rows) // 6 or 1)][:6]
+    ex_table = _table(["prompt", "unsteered", "target", "steered"],
+                      [[e["prompt"], f"[{e['unsteered_language']}] {e['unsteered'].strip()[:70]}", e["target"],
+                        f"[{e['steered_language']}] {e['steered'].strip()[:70]}"]
+                       for e in ex]).replace("\n\n", " ")
+    figs = _copy_figures(run, prefix, ["steering_bars"])
+    return "\n".join([
+        f"### {title}", "",
+        f"{ev.meta.get('prompts')} English prompts per target; success = `py3langid` says the target "
+        f"language (>= 20 characters) and the text is not degenerate (distinct-2 >= 0.5, no token > 1/3). "
+        f"**{good} of {len(rows)}** targets reach >= 80%.", "", table, "", "Examples:", "", ex_table, "",
+        *[f"![{k}]({v})" for k, v in figs.items()], ""])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--demo", default="runs/demo")
+    p.add_argument("--full", default=None)
+    p.add_argument("--steer-choose", default=None, help="folder of the steering evaluation used to choose defaults")
+    args = p.parse_args()
+    parts = [f"## Results\n\nGenerated by `scripts/readme_results.py` from real runs at commit `{_commit()}` "
+             "on the built-in Gemma 3 270M (2 CPU cores).\n"]
+    if args.full:
+        full = Path(args.full)
+        parts.append(neuron_section(full, "full", "Language-specific neurons, all built-in languages"))
+        if (full / "ppl").is_dir():
+            parts.append(ppl_section(full, "full"))
+        if args.steer_choose:
+            parts.append(steering_section(Path(args.steer_choose).parent, "choose",
+                                          "Steering on the prompts used to choose the defaults (UDHR openings)",
+                                          folder=Path(args.steer_choose).name))
+        if (full / "steering").is_dir():
+            parts.append(steering_section(full, "full", "Steering on held-out prompts (not used to choose defaults)"))
+    demo = Path(args.demo)
+    if (demo / "stats").is_dir():
+        timings = {}
+        tpath = demo / "demo-timings.json"
+        if tpath.is_file():
+            import json
+
+            timings = json.loads(tpath.read_text()).get("seconds", {})
+        parts.append(neuron_section(demo, "demo", "`lape demo` (default settings)"))
+        if timings:
+            parts.append("Stage times of the demo run: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+                         + f" (total {sum(timings.values()):.0f} s).\n")
+    readme = ROOT / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    start, end = "<!-- RESULTS:START -->", "<!-- RESULTS:END -->"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(head + start + "\n" + "\n".join(parts) + end + tail, encoding="utf-8")
+    print(f"README results updated ({len(parts) - 1} sections)")
+
+
+if __name__ == "__main__":
+    main()
