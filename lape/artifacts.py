@@ -211,3 +211,15 @@ def check_fingerprint(meta: Mapping[str, Any], model: torch.nn.Module, what: str
         raise LapeError(f"{what} was made with {meta.get('model_id')} [{describe_fingerprint(theirs)}], "
                         f"not this model [{describe_fingerprint(fp)}]: re-run it on this model or load "
                         "the model it was made with")
+
+
+def is_current(path: str | Path, key: str) -> bool:
+    """Whether the JSON result at ``path`` exists and was made with cache key ``key``
+    (so a re-run can skip it)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("cache_key") == key
+    except (json.JSONDecodeError, OSError):
+        return False

@@ -200,6 +200,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_ppl(args: argparse.Namespace) -> int:
+    from . import artifacts
+    from .corpora import load_manifest
+    from .models import fingerprint
     from .neurons import NeuronSets
     from .perplexity import PerplexityConfig, ppl_matrix
 
@@ -207,11 +210,18 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     model, tok = _load(args)
     sets = NeuronSets.load(args.neurons, model=model)
     languages = args.languages or sets.labels
+    key = artifacts.content_hash({"fingerprint": fingerprint(model), "config": config.to_dict(),
+                                  "languages": languages, "manifest": load_manifest(args.corpus).hash(),
+                                  "neurons": artifacts.file_hash(Path(args.neurons) / "neurons.safetensors")})
+    if artifacts.is_current(Path(args.out) / "ppl.json", key):
+        logger.info("%s is up to date for these inputs: skipped", args.out)
+        return 0
     manifest, streams = _corpus(args, tok, config.split, config.tokens_per_language, config.seq_len,
                                 config.seed, languages)
     result = ppl_matrix(model, streams, sets.subset([lang for lang in sets.labels if lang in languages]),
                         config, inputs={"manifest_hash": manifest.hash(), "neurons": str(args.neurons)},
                         progress=not args.quiet)
+    result.meta["cache_key"] = key
     result.save(args.out)
     wins = sum(d["own_above_off_diagonal"] for d in result.diagonal_summary())
     logger.info("perplexity matrix (%d x %d) -> %s; own language hit hardest in %d of %d rows",
@@ -248,10 +258,23 @@ def cmd_steer_eval(args: argparse.Namespace) -> int:
     model, tok = _load(args)
     sets = NeuronSets.load(args.neurons, model=model)
     stats = ActivationStats.load(args.stats, model=model)
-    steerer = Steerer(model, tok, sets, stats, config_from_args(SteerConfig, args))
+    from . import artifacts
+    from .models import fingerprint
+
+    config = config_from_args(SteerConfig, args)
+    steerer = Steerer(model, tok, sets, stats, config)
     prompts = load_prompts(args.prompts, limit=args.limit)
-    result = steerer.evaluate(prompts, targets=args.to or sets.labels, source=args.source,
+    targets = args.to or [lang for lang in sets.labels if lang != args.source]
+    key = artifacts.content_hash({"fingerprint": fingerprint(model), "config": config.to_dict(), "prompts": prompts,
+                                  "targets": targets, "source": args.source, "strengths": args.strengths,
+                                  "neurons": artifacts.file_hash(Path(args.neurons) / "neurons.safetensors"),
+                                  "stats": artifacts.file_hash(Path(args.stats) / "stats.safetensors")})
+    if artifacts.is_current(Path(args.out) / "steering.json", key):
+        logger.info("%s is up to date for these inputs: skipped", args.out)
+        return 0
+    result = steerer.evaluate(prompts, targets=targets, source=args.source,
                               strengths=args.strengths, progress=not args.quiet)
+    result.meta["cache_key"] = key
     result.save(args.out)
     for line in result.summary_lines():
         logger.info(line)
