@@ -229,16 +229,24 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_steer(args: argparse.Namespace) -> int:
+def _steerer(args: argparse.Namespace):
+    """The model, neuron sets and stats of a steering command, checked against each other."""
     from .neurons import NeuronSets
     from .record import ActivationStats
-    from .steering import SteerConfig, Steerer, repl
+    from .steering import SteerConfig, Steerer
 
+    if args.source == "none":
+        args.source = None
     model, tok = _load(args)
     sets = NeuronSets.load(args.neurons, model=model)
     stats = ActivationStats.load(args.stats, model=model)
-    config = config_from_args(SteerConfig, args)
-    steerer = Steerer(model, tok, sets, stats, config)
+    return Steerer(model, tok, sets, stats, config_from_args(SteerConfig, args))
+
+
+def cmd_steer(args: argparse.Namespace) -> int:
+    from .steering import repl
+
+    steerer = _steerer(args)
     if args.interactive:
         return repl(steerer, target=args.to, source=args.source)
     if not args.prompt:
@@ -251,18 +259,12 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
 
 def cmd_steer_eval(args: argparse.Namespace) -> int:
-    from .neurons import NeuronSets
-    from .record import ActivationStats
-    from .steering import SteerConfig, Steerer, load_prompts
-
-    model, tok = _load(args)
-    sets = NeuronSets.load(args.neurons, model=model)
-    stats = ActivationStats.load(args.stats, model=model)
     from . import artifacts
     from .models import fingerprint
+    from .steering import load_prompts
 
-    config = config_from_args(SteerConfig, args)
-    steerer = Steerer(model, tok, sets, stats, config)
+    steerer = _steerer(args)
+    model, sets, config = steerer.model, steerer.sets, steerer.config
     prompts = load_prompts(args.prompts, limit=args.limit)
     targets = args.to or [lang for lang in sets.labels if lang != args.source]
     key = artifacts.content_hash({"fingerprint": fingerprint(model), "config": config.to_dict(), "prompts": prompts,

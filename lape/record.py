@@ -326,26 +326,8 @@ def _checkpoint(partial: Path, acc: _Accumulator, key: str, batches: int, world:
 
 
 def _batched(sequences: Iterable[Any], batch_size: int, rank: int, world: int):
-    """Stack sequences into ``(input_ids [B, T], attention_mask [B, T])``; rank ``r`` of ``world``
-    keeps sequences ``i`` with ``i % world == r``."""
-    ids, masks = [], []
-    for i, seq in enumerate(sequences):
-        if i % world != rank:
-            continue
-        ids.append(seq.input_ids)
-        masks.append(seq.attention_mask)
-        if len(ids) == batch_size:
-            yield _pad_stack(ids), _pad_stack(masks)
-            ids, masks = [], []
-    if ids:
-        yield _pad_stack(ids), _pad_stack(masks)
+    """``(input_ids [B, T], attention_mask [B, T])`` batches; rank ``r`` of ``world`` keeps
+    sequences ``i`` with ``i % world == r``."""
+    from .corpora import batches
 
-
-def _pad_stack(rows: list[torch.Tensor]) -> torch.Tensor:
-    width = max(r.shape[0] for r in rows)
-    if all(r.shape[0] == width for r in rows):
-        return torch.stack(rows)
-    out = torch.zeros(len(rows), width, dtype=rows[0].dtype)
-    for i, r in enumerate(rows):
-        out[i, : r.shape[0]] = r
-    return out
+    return batches((s for i, s in enumerate(sequences) if i % world == rank), batch_size)
