@@ -27,11 +27,13 @@ from .record import ActivationStats, RecordConfig, record
 
 
 def __getattr__(name: str):
-    # corpora and steering import optional heavy pieces lazily
-    if name in {"load_corpus", "load_manifest"}:
-        from . import corpora
+    # corpora, plots, steering and report import heavier pieces (datasets, matplotlib) lazily
+    import importlib
 
-        return getattr(corpora, name)
+    if name in {"load_corpus", "load_manifest"}:
+        return getattr(importlib.import_module(".corpora", __name__), name)
+    if name in {"corpora", "plots", "steering", "report", "pipeline", "prompts"}:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(name)
 
 

@@ -154,7 +154,9 @@ def run_demo(config: DemoConfig = DemoConfig(), out: str | Path = "runs/demo", p
         stats = ActivationStats.load(run / "stats", model=model)
         steerer = Steerer(model, tok, sets, stats, scfg)
         prompts = load_prompts(config.prompt_set, limit=config.steer_prompts)
-        ev = steerer.evaluate(prompts, targets=targets, source="en", progress=progress)
+        # the prompts are English: switch English off if it has a set, else steer by activation only
+        source = "en" if "en" in sets.labels else None
+        ev = steerer.evaluate(prompts, targets=targets, source=source, progress=progress)
         ev.save(run / "steering")
         good = sum(r["steered_success"] >= 0.8 for r in ev.rows)
         return f"{good}/{len(ev.rows)} target languages steered with >= 80% success"
