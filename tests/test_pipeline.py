@@ -27,7 +27,6 @@ import lape.models
 import lape.perplexity
 import lape.steering
 from lape import artifacts, cli
-from lape.errors import LapeError
 from lape.neurons import NeuronSets
 from lape.perplexity import PerplexityResult
 from lape.pipeline import DemoConfig, run_demo
@@ -229,8 +228,6 @@ def test_cli_demo_interrupted(tmp_path, monkeypatch, capsys):
     assert "re-run the same command to resume" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, raises=LapeError, reason="lape.pipeline steers from 'en' even when no English neurons were "
-                   "identified: Steerer raises 'source language en has no neuron set' (fix: source=None then)")
 def test_demo_without_english_steers_by_activation_only(tmp_path, monkeypatch):
     # the built-in prompts are English; with no English set there is nothing to switch off, so the
     # demo should steer by activating the target's neurons only (as `lape steer --interactive` does)
