@@ -42,7 +42,7 @@ _LANGID_ALIASES = {"nb": "no", "nn": "no", "zh-tw": "zh", "bs": "sr", "hr": "hr"
 class SteerConfig:
     """Settings of steering; defaults chosen on the built-in model's parallel prompts (README)."""
 
-    max_new_tokens: int = 40  # continuation length; long enough for language ID
+    max_new_tokens: int = 32  # continuation length: long enough for language ID (>= 20 characters)
     strength: float = 1.0  # multiplies the activation value of the target's neurons
     value: str = "firing_mean"  # firing_mean: mean activation where the neuron fired; mean: over all tokens
     layers: tuple[int, ...] | None = None  # restrict edits to these layers (None: all)

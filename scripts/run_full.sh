@@ -11,11 +11,11 @@ lape record --model builtin --corpus builtin --out "$RUN/stats" --tokens-per-lan
 lape identify "$RUN/stats" --out "$RUN/neurons"
 lape plot "$RUN/neurons"
 # defaults are chosen on the UDHR openings (the corpus's parallel split) ...
-lape steer-eval --neurons "$RUN/neurons" --stats "$RUN/stats" --prompts builtin:parallel --limit 12 \
-  --to $TARGETS --strengths 0.5 1 1.5 2 --out "$RUN/steer-parallel"
+lape steer-eval --neurons "$RUN/neurons" --stats "$RUN/stats" --prompts builtin:parallel --limit 8 \
+  --to $TARGETS --strengths 1 1.5 --out "$RUN/steer-parallel"
 # ... and reported on held-out prompts that were not used to choose them
-lape steer-eval --neurons "$RUN/neurons" --stats "$RUN/stats" --prompts builtin:heldout \
+lape steer-eval --neurons "$RUN/neurons" --stats "$RUN/stats" --prompts builtin:heldout --limit 16 \
   --to $TARGETS --out "$RUN/steering"
-lape ppl --model builtin --neurons "$RUN/neurons" --languages $PPL_LANGS --tokens-per-language 512 \
+lape ppl --model builtin --neurons "$RUN/neurons" --languages $PPL_LANGS --tokens-per-language 256 \
   --out "$RUN/ppl"
 lape report "$RUN"
