@@ -12,7 +12,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from common import ROOT, Report, builtin_batches, interleaved, parser
+from common import ROOT, Report, builtin_batches, interleaved, parser, peak_rss_mb, reset_peak_rss
 
 from lape import load_model
 from lape.perplexity import sequence_nll
@@ -26,14 +26,13 @@ def full_logit_nll(model, ids, mask) -> tuple[float, int]:
 
 
 def _child(kind: str, batch: int, seq_len: int) -> None:
-    import resource
-
     model, tok = load_model("builtin")
     data = builtin_batches(tok, 1, batch=batch, seq_len=seq_len)
+    reset_peak_rss(model)  # the evaluation's peak (model included), not the loading's
     with torch.inference_mode():
         for ids, mask in data:
-            (sequence_nll(model, ids, mask, 512) if kind == "chunked" else full_logit_nll(model, ids, mask))
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            (sequence_nll(model, ids, mask, 128) if kind == "chunked" else full_logit_nll(model, ids, mask))
+    print(peak_rss_mb())
 
 
 def main() -> None:

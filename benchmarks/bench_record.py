@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 import torch
-from common import ROOT, Report, builtin_batches, interleaved, parser
+from common import ROOT, Report, builtin_batches, interleaved, parser, peak_rss_mb, reset_peak_rss
 
 from lape import load_model, record
 from lape.neurons import NeuronSpace
@@ -29,14 +29,13 @@ class _Seq:
 
 def _memory_child(tokens: int) -> None:
     """Run in a subprocess: record ``tokens`` tokens of English, print peak RSS in MB."""
-    import resource
-
     from lape.corpora import load_corpus
 
     model, tok = load_model("builtin")
     corpus = load_corpus("builtin", tok, split="train", tokens_per_language=tokens, seq_len=256, languages=["en"])
+    reset_peak_rss(model)  # the recording's peak (model included), not the loading's
     record(model, corpus, RecordConfig(batch_size=8, seq_len=256), progress=False)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(peak_rss_mb())
 
 
 def main() -> None:

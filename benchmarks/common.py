@@ -84,7 +84,35 @@ class Report:
             raise SystemExit(1)
 
 
+def reset_peak_rss(model: torch.nn.Module | None = None) -> None:
+    """Count the peak from now on (Linux: reset ``VmHWM``), e.g. after loading the model.
+
+    Given the model, first page in all of its weights: they are memory-mapped from safetensors,
+    so otherwise the resident set grows with every embedding row a new token id reads (file
+    pages, up to the whole embedding), and the peak would count the vocabulary seen, not the
+    work done."""
+    if model is not None:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.sum()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def peak_rss_mb() -> float:
+    """Peak resident memory of this process (MB): Linux ``VmHWM``. Not ``ru_maxrss``: a child
+    inherits its parent's ``ru_maxrss`` across fork and exec, so every child of a benchmark that
+    already holds the model would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,135 @@
+"""``torchrun -m lape record`` on two CPU ranks gives the same stats as one process; CLI re-runs skip.
+
+A tiny random LLaMA (``tiny_models.tiny_model``) is saved as a Hugging Face folder with a
+character-level tokenizer, next to a two-language ``text`` manifest. Each run is a real
+subprocess: the ranks join a gloo group, take every second sequence and all-reduce the counters.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_models import tiny_model
+
+from lape.record import ActivationStats
+
+SEQ_LEN = 32
+# "aa": 150 tokens -> 5 sequences (4 x 32 + 22 real tokens, the last padded); rank 0 takes
+# sequences 0, 2, 4 (a full batch and a batch of one), rank 1 takes 1, 3 (one full batch).
+TOKENS = 150
+# "bb" runs out of text first: 3 sequences (32, 32 and a padded one), rank 1 gets only one.
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0-3: pad, bos, eos as in tiny_models._COMMON
+CHARS = "abcdefghijklmnopqrstuvwxyz .,"
+TIMEOUT = 300
+
+
+def _tokenizer():
+    """A character-level ``PreTrainedTokenizerFast`` whose ids fit the tiny model's 96 entries."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate([*SPECIALS, *CHARS])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # one token a character
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>")
+
+
+def _documents(letters: str, n: int, seed: int) -> list[str]:
+    """``n`` one-line documents of pseudo-words over ``letters`` (a language of its own)."""
+    g = torch.Generator().manual_seed(seed)
+    docs = []
+    for _ in range(n):
+        words = ["".join(letters[i] for i in torch.randint(len(letters), (int(torch.randint(2, 7, (), generator=g)),),
+                                                           generator=g).tolist())
+                 for _ in range(int(torch.randint(3, 8, (), generator=g)))]
+        docs.append(" ".join(words) + ".")
+    return docs
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def _record_args(work: Path, out: str) -> list[str]:
+    return ["--quiet", "record", "--model", str(work / "model"), "--corpus", str(work / "corpus.yaml"), "--out",
+            str(work / out), "--tokens-per-language", str(TOKENS), "--seq-len", str(SEQ_LEN),
+            "--batch-size", "2"]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """A model folder, a manifest, and the stats of one process (``one``) and two ranks (``two``)."""
+    work = tmp_path_factory.mktemp("distributed")
+    model = tiny_model("llama")
+    model.save_pretrained(work / "model")
+    _tokenizer().save_pretrained(work / "model")
+    texts = work / "texts"
+    texts.mkdir()
+    (texts / "aa.txt").write_text("\n".join(_documents("abcdefghijklm", 40, seed=1)) + "\n")
+    (texts / "bb.txt").write_text("\n".join(_documents("nopqrstuvwxyz", 3, seed=2)) + "\n")
+    (work / "corpus.yaml").write_text(
+        "name: tiny-two-languages\n"
+        "languages:\n"
+        "  aa:\n"
+        "    source: generated pseudo-words over a-m\n"
+        "    train: {kind: text, path: texts/aa.txt}\n"
+        "  bb:\n"
+        "    source: generated pseudo-words over n-z\n"
+        "    train: {kind: text, path: texts/bb.txt}\n")
+    _run([sys.executable, "-m", "lape", *_record_args(work, "one")], cwd=work)
+    torchrun = Path(sys.executable).with_name("torchrun")  # the module is its fallback
+    launcher = [str(torchrun)] if torchrun.is_file() else [sys.executable, "-m", "torch.distributed.run"]
+    _run([*launcher, "--standalone", "--nproc-per-node", "2", "-m", "lape",
+          *_record_args(work, "two")], cwd=work)
+    return work
+
+
+def test_the_tiny_model_folder_loads_and_the_shards_differ_in_size(work):
+    from lape import load_model
+    from lape.corpora import load_corpus
+
+    model, tok = load_model(str(work / "model"))
+    assert tok.bos_token_id == 1 and tok.eos_token_id == 2 and tok.pad_token_id == 0
+    assert len(tok) <= model.config.vocab_size
+    streams = load_corpus(work / "corpus.yaml", tok, tokens_per_language=TOKENS, seq_len=SEQ_LEN)
+    n = {lang: len(list(s)) for lang, s in streams.items()}
+    assert n == {"aa": 5, "bb": 3}  # odd: rank 0 gets one sequence more than rank 1
+    assert streams["aa"].tokens == TOKENS
+
+
+def test_two_ranks_give_the_same_stats_as_one_process(work):
+    one, two = ActivationStats.load(work / "one"), ActivationStats.load(work / "two")
+    assert one.languages == two.languages == ["aa", "bb"]
+    assert one.meta["languages"] == two.meta["languages"]
+    assert one.meta["token_counts"] == two.meta["token_counts"]
+    assert one.meta["world_size"] == 1 and two.meta["world_size"] == 2
+    assert int(one.token_counts[0]) == TOKENS
+    assert torch.equal(one.token_counts, two.token_counts)
+    assert torch.equal(one.fire_counts, two.fire_counts)
+    assert int(one.fire_counts.sum()) > 0
+    # float32 batch sums added in another order (other batches per rank): equal up to rounding
+    torch.testing.assert_close(one.act_sums, two.act_sums, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(one.fire_sums, two.fire_sums, rtol=1e-5, atol=1e-4)
+    # each rank check-pointed its own shard; only rank 0 wrote the artifact
+    parts = sorted(p.name for p in (work / "two" / "partial").iterdir())
+    assert parts == ["aa.rank0", "aa.rank1", "bb.rank0", "bb.rank1"]
+
+
+def test_cli_rerun_skips_the_finished_recording(work):
+    stats = work / "one" / "stats.safetensors"
+    before = stats.stat().st_mtime_ns
+    proc = _run([sys.executable, "-m", "lape", *_record_args(work, "one")], cwd=work)
+    assert "skipped" in proc.stderr + proc.stdout
+    assert stats.stat().st_mtime_ns == before  # nothing rewritten
+    again = ActivationStats.load(work / "one")
+    assert torch.equal(again.fire_counts, ActivationStats.load(work / "two").fire_counts)
