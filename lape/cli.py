@@ -182,6 +182,8 @@ def cmd_identify(args: argparse.Namespace) -> int:
     from .record import ActivationStats
 
     stats = ActivationStats.load(args.stats)
+    if args.languages:  # LAPE over the languages of interest only
+        stats = stats.subset(args.languages)
     sets = identify(stats, config_from_args(IdentifyConfig, args))
     sets.save(args.out)
     language_agnostic(stats).save(Path(args.out).with_name(Path(args.out).name + "-agnostic"))
@@ -339,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("identify", help="select language-specific neurons from recorded stats")
     s.add_argument("stats", help="folder written by lape record")
     s.add_argument("--out", required=True, help="output folder, e.g. runs/x/neurons")
+    s.add_argument("--languages", nargs="+", default=None, help="identify over these recorded languages only")
     add_config_args(s, IdentifyConfig)
     s.set_defaults(fn=cmd_identify)
 
