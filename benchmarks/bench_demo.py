@@ -20,7 +20,7 @@ def main() -> None:
     rep = Report("demo", args.json)
     config = DemoConfig()
     if args.quick:
-        config = DemoConfig(languages=("en", "fr", "ja"), tokens_per_language=1024, ppl_tokens_per_language=128,
+        config = DemoConfig(languages=("en", "fr"), tokens_per_language=512, ppl_tokens_per_language=64,
                             steer_prompts=2, seq_len=128)
     with tempfile.TemporaryDirectory() as tmp:
         summary = run_demo(config, out=Path(tmp) / "demo", progress=False)

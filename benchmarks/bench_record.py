@@ -42,7 +42,7 @@ def main() -> None:
     args = parser(__doc__).parse_args()
     rep = Report("record", args.json)
     model, tok = load_model("builtin")
-    n_batches = 2 if args.quick else 6
+    n_batches = 1 if args.quick else 6
     data = builtin_batches(tok, n_batches, batch=8, seq_len=256)
     seqs = [_Seq(i, m) for ids, mask in data for i, m in zip(ids, mask)]
     tokens = sum(int(m.sum()) for _, m in data)
@@ -70,7 +70,7 @@ def main() -> None:
                 h.remove()
         _ = [sum((a > 0).sum(axis=(0, 1)) for a in acts[i]) for i in acts]
 
-    times = interleaved({"bare": bare, "record": lape_record, "naive": naive}, repeats=2 if args.quick else 3)
+    times = interleaved({"bare": bare, "record": lape_record, "naive": naive}, repeats=1 if args.quick else 3)
     tps = {k: tokens / v for k, v in times.items()}
     for k, v in tps.items():
         rep.figure(f"{k} throughput", v, "tokens/s")
@@ -79,7 +79,7 @@ def main() -> None:
     speedup = tps["record"] / tps["naive"]
     rep.figure("record / naive recorder", speedup, "x", target=">= 3", ok=speedup >= 3.0, enforce=not args.quick)
 
-    sizes = (4096, 16384) if args.quick else (16384, 65536)
+    sizes = (2048, 8192) if args.quick else (16384, 65536)
     peaks = []
     for n in sizes:
         out = subprocess.run([sys.executable, __file__, "--memory-child", str(n)], capture_output=True, text=True,
