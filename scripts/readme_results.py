@@ -64,7 +64,9 @@ def neuron_section(run: Path, prefix: str, title: str) -> str:
              f"{len(stats.languages)} languages, {int(stats.token_counts.sum()):,} tokens recorded at "
              f"**{tps:,.0f} tokens/s** (seq_len {stats.meta['config'].get('seq_len')}, batch "
              f"{stats.meta['config'].get('batch_size')}, 2 CPU cores), LAPE with the paper's defaults "
-             f"(top 1% = {int(sets.union().sum())} neurons).", "", table, ""]
+             f"(top 1% = {int(sets.union().sum())} neurons). Throughput is as measured in this run (other jobs "
+             "shared the cores during the full run); `benchmarks/bench_record.py` compares it side by side.", "",
+             table, ""]
     lines += [f"![{k}]({v})" for k, v in figs.items()]
     return "\n".join(lines) + "\n"
 
