@@ -21,11 +21,12 @@ after the outer one. Every hook is removed on exit, also after an exception.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -48,7 +49,8 @@ class Edit:
         index: LongTensor ``[n]`` of neuron indices.
         op: ``"set"`` (replace), ``"mul"`` (multiply) or ``"add"``.
         value: a float, or a tensor broadcastable to ``(..., n)`` (e.g. ``[n]`` per neuron, or
-            ``[batch, 1, 1]`` for one factor per sequence).
+            ``[batch, 1, 1]`` for one factor per sequence). A NaN in a ``"set"`` tensor keeps
+            that activation unchanged (per-sequence edits, see :func:`batch_edits`).
     """
 
     layer: int
@@ -63,7 +65,7 @@ class Edit:
             return act.index_fill(-1, idx, value)
         sel = act.index_select(-1, idx)
         if self.op == "set":
-            new = torch.broadcast_to(value, sel.shape)
+            new = torch.where(torch.isnan(value), sel, value)
         elif self.op == "mul":
             new = sel * value
         else:
@@ -134,6 +136,46 @@ def build_edits(
     for lang, factor in (scale or {}).items():
         for layer, idx in per_layer(sets.mask(lang)):
             edits.append(Edit(layer, idx, "mul", float(factor)))
+    return edits
+
+
+def batch_edits(
+    sets: NeuronSets,
+    requests: Sequence[Mapping[str, Any]],
+    *,
+    stats: ActivationStats | None = None,
+    value: str = "firing_mean",
+    strength: float = 1.0,
+    layers: Iterable[int] | None = None,
+) -> list[Edit]:
+    """Edits that treat every sequence of a batch differently: ``requests[b]`` holds the
+    :func:`build_edits` arguments (``deactivate``, ``activate``, ``scale``, ``strength``) of
+    sequence ``b``; an empty request leaves that sequence unchanged.
+
+    Lets one ``generate()`` call steer each prompt towards its own language (and strength), which
+    costs little more than steering one: a decoding step is bound by reading the LM head. The
+    result goes to ``intervene(model, edits=...)`` for a batch of exactly ``len(requests)``.
+    """
+    batch, (num_layers, width) = len(requests), sets.shape
+    keep = torch.full((batch, num_layers, width), math.nan)
+    factor = torch.ones(batch, num_layers, width)
+    for b, request in enumerate(requests):
+        request = {"strength": strength, **request}
+        for e in build_edits(sets, stats=stats, value=value, layers=layers, **request):
+            if e.op == "set":
+                keep[b, e.layer, e.index] = e.value if isinstance(e.value, torch.Tensor) else float(e.value)
+            elif e.op == "mul":
+                factor[b, e.layer, e.index] *= e.value
+            else:
+                raise LapeError("batch_edits supports set and mul edits only")
+    edits: list[Edit] = []
+    for layer in range(num_layers):
+        idx = (~torch.isnan(keep[:, layer])).any(0).nonzero().squeeze(1)
+        if idx.numel():
+            edits.append(Edit(layer, idx, "set", keep[:, layer, idx].unsqueeze(1)))
+        idx = (factor[:, layer] != 1).any(0).nonzero().squeeze(1)
+        if idx.numel():
+            edits.append(Edit(layer, idx, "mul", factor[:, layer, idx].unsqueeze(1)))
     return edits
 
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from . import artifacts
 from .errors import LapeError
-from .intervene import intervene
+from .intervene import batch_edits, intervene
 from .models import fingerprint, model_id_of
 from .neurons import NeuronSets, NeuronSpace
 from .record import ActivationStats
@@ -155,31 +155,49 @@ class Steerer:
         self.model, self.tokenizer, self.sets, self.stats, self.config = model, tokenizer, sets, stats, config
         self.space = NeuronSpace.of(model)
         sets.check_model(model, self.space)
+        if stats.meta.get("fingerprint"):
+            artifacts.check_fingerprint(stats.meta, model, what="the activation stats")
 
     def _check_lang(self, lang: str, what: str) -> None:
         if lang not in self.sets.labels:
             raise LapeError(f"{what} language {lang!r} has no neuron set: choose one of {', '.join(self.sets.labels)}")
 
-    def generate(self, prompts: Sequence[str], target: str | None = None, source: str | None = None,
-                 strength: float | None = None) -> list[Generation]:
-        """Greedy continuations of ``prompts``; steered towards ``target`` when given."""
+    def generate(self, prompts: Sequence[str], target: str | Sequence[str | None] | None = None,
+                 source: str | None = None, strength: float | Sequence[float] | None = None,
+                 progress: bool = False) -> list[Generation]:
+        """Greedy continuations of ``prompts``, steered towards ``target`` when given.
+
+        ``target`` and ``strength`` are one value for every prompt or one per prompt (a ``None``
+        target leaves that prompt unsteered); prompts with different targets share a batch.
+        """
+        from tqdm.auto import tqdm
+
         cfg = self.config
-        strength = cfg.strength if strength is None else strength
+        n = len(prompts)
+        targets = list(target) if isinstance(target, (list, tuple)) else [target] * n
+        strengths = list(strength) if isinstance(strength, (list, tuple)) else [strength] * n
+        if len(targets) != n or len(strengths) != n:
+            raise LapeError(f"{n} prompts but {len(targets)} targets and {len(strengths)} strengths: give one "
+                            "value or one per prompt")
+        requests = [self._request(t, source, cfg.strength if s is None else s) for t, s in zip(targets, strengths)]
         results: list[Generation] = []
-        for s in range(0, len(prompts), cfg.batch_size):
-            batch = list(prompts[s:s + cfg.batch_size])
-            if target is None:
-                results += self._generate(batch)
-                continue
-            self._check_lang(target, "target")
-            deactivate = []
-            if source and source != "none" and source != target:
-                self._check_lang(source, "source")
-                deactivate = [source]
-            with intervene(self.model, self.sets, deactivate=deactivate, activate=[target], stats=self.stats,
-                           value=cfg.value, strength=strength, layers=cfg.layers, space=self.space):
-                results += self._generate(batch)
+        for start in tqdm(range(0, n, cfg.batch_size), desc="generate", unit="batch", disable=not progress):
+            chunk = requests[start:start + cfg.batch_size]
+            edits = batch_edits(self.sets, chunk, stats=self.stats, value=cfg.value, layers=cfg.layers)
+            with intervene(self.model, edits=edits, space=self.space, check_model=False):
+                results += self._generate(list(prompts[start:start + cfg.batch_size]))
         return results
+
+    def _request(self, target: str | None, source: str | None, strength: float) -> dict[str, Any]:
+        """The :func:`batch_edits` request of one prompt: deactivate the source, activate the target."""
+        if target is None:
+            return {}
+        self._check_lang(target, "target")
+        deactivate = []
+        if source and source != "none" and source != target:
+            self._check_lang(source, "source")
+            deactivate = [source]
+        return {"deactivate": deactivate, "activate": [target], "strength": strength}
 
     def _generate(self, prompts: list[str]) -> list[Generation]:
         tok = self.tokenizer
@@ -218,41 +236,40 @@ class Steerer:
                  strengths: Sequence[float] | None = None, progress: bool = True,
                  examples_per_target: int = 3) -> SteeringEval:
         """Success rate, distinct-2, repetition and identified languages per target and strength."""
-        from tqdm.auto import tqdm
-
         targets = list(targets)
         strengths = list(strengths or [self.config.strength])
         for t in targets:
             self._check_lang(t, "target")
         if not prompts:
             raise LapeError("no prompts to evaluate: give a prompt file with at least one line")
-        plain = self.generate(prompts)
+        # every (target, strength) and the unsteered baseline in one batched generate() call
+        jobs = [(None, None)] + [(t, st) for t in targets for st in strengths]
+        n = len(prompts)
+        gens_all = self.generate(list(prompts) * len(jobs), target=[t for t, _ in jobs for _ in range(n)],
+                                 source=source, strength=[st for _, st in jobs for _ in range(n)],
+                                 progress=progress)
+        plain = gens_all[:n]
         rows, examples = [], []
-        bar = tqdm(total=len(targets) * len(strengths), desc="steer-eval", unit="target", disable=not progress)
-        for target in targets:
+        for j, (target, strength) in enumerate(jobs[1:], start=1):
+            gens = gens_all[j * n:(j + 1) * n]
             unsteered_success = _mean(g.success(target) for g in plain)
-            for strength in strengths:
-                gens = self.generate(prompts, target=target, source=source if source != target else None,
-                                     strength=strength)
-                langs = Counter(g.language or "?" for g in gens)
-                rows.append({
-                    "target": target, "strength": strength, "prompts": len(prompts),
-                    "steered_success": _mean(g.success(target) for g in gens),
-                    "unsteered_success": unsteered_success,
-                    "steered_target_language": _mean(g.language == target for g in gens),
-                    "steered_distinct_2": _mean(g.distinct_2 for g in gens),
-                    "unsteered_distinct_2": _mean(g.distinct_2 for g in plain),
-                    "steered_repetition": _mean(1 - g.distinct_2 for g in gens),
-                    "steered_degenerate": _mean(g.distinct_2 < 0.5 or g.max_token_share > 1 / 3 for g in gens),
-                    "identified": dict(langs.most_common()),
-                })
-                for p, g0, g in list(zip(prompts, plain, gens))[:examples_per_target]:
-                    examples.append({"target": target, "strength": strength, "prompt": p,
-                                     "unsteered": g0.text, "unsteered_language": g0.language,
-                                     "steered": g.text, "steered_language": g.language,
-                                     "success": g.success(target)})
-                bar.update(1)
-        bar.close()
+            langs = Counter(g.language or "?" for g in gens)
+            rows.append({
+                "target": target, "strength": strength, "prompts": n,
+                "steered_success": _mean(g.success(target) for g in gens),
+                "unsteered_success": unsteered_success,
+                "steered_target_language": _mean(g.language == target for g in gens),
+                "steered_distinct_2": _mean(g.distinct_2 for g in gens),
+                "unsteered_distinct_2": _mean(g.distinct_2 for g in plain),
+                "steered_repetition": _mean(1 - g.distinct_2 for g in gens),
+                "steered_degenerate": _mean(g.distinct_2 < 0.5 or g.max_token_share > 1 / 3 for g in gens),
+                "identified": dict(langs.most_common()),
+            })
+            for p, g0, g in list(zip(prompts, plain, gens))[:examples_per_target]:
+                examples.append({"target": target, "strength": strength, "prompt": p,
+                                 "unsteered": g0.text, "unsteered_language": g0.language,
+                                 "steered": g.text, "steered_language": g.language,
+                                 "success": g.success(target)})
         meta = {"format": f"lape.{SteeringEval.KIND}", "format_version": artifacts.FORMAT_VERSION,
                 "model_id": model_id_of(self.model), "fingerprint": fingerprint(self.model),
                 "config": self.config.to_dict(), "source": source, "targets": targets,

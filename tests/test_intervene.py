@@ -10,7 +10,7 @@ import torch
 from tiny_models import WIDTH, random_ids, tiny_model
 
 from lape.errors import LapeError
-from lape.intervene import intervene
+from lape.intervene import batch_edits, intervene
 from lape.models import fingerprint
 from lape.neurons import NeuronSets
 from lape.record import ActivationStats
@@ -130,6 +130,26 @@ def test_fixed_value_scale_and_nested_interventions_compose():
         assert torch.equal(after.seen[layer][0][..., index], torch.full((1, 4), 6.0))
     untouched = after.seen[1][0][..., 7]
     assert torch.equal(untouched, before.seen[1][0][..., 7])
+
+
+def test_batch_edits_give_each_sequence_its_own_intervention():
+    model = tiny_model("llama")
+    stats = _stats_for(model)
+    sets = NeuronSets.from_neurons(NEURONS, (3, WIDTH["llama"]), {"fingerprint": fingerprint(model)})
+    ids = random_ids(1, 6)
+    requests = [{"deactivate": ["x"], "activate": ["y"], "strength": 2.0}, {},
+                {"activate": ["x"]}, {"scale": {"y": 3.0}}, {"deactivate": ["y"], "scale": {"x": 0.5}}]
+    edits = batch_edits(sets, requests, stats=stats)
+    with torch.no_grad(), intervene(model, edits=edits, check_model=False):
+        batched = model(ids.repeat(len(requests), 1)).logits
+    for b, request in enumerate(requests):
+        with torch.no_grad(), intervene(model, sets, stats=stats, **request):
+            single = model(ids).logits[0]
+        torch.testing.assert_close(batched[b], single, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        plain = model(ids).logits[0]
+    torch.testing.assert_close(batched[1], plain, rtol=1e-5, atol=1e-5)  # the empty request: untouched
+    assert not torch.allclose(batched[0], plain, atol=1e-3)
 
 
 def test_nested_deactivations_equal_zeroing_both_sets():

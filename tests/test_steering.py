@@ -113,6 +113,21 @@ def test_batched_prompts_with_left_padding_equal_single_prompts(steerer):
     assert [g.tokens for g in batch] == [g.tokens for g in single]
 
 
+def test_one_batch_with_mixed_targets_equals_one_target_at_a_time(steerer):
+    prompts = ["Hi", "The weather today", "Hi", "The weather today", "Hi"]
+    targets = ["b", "b", None, "a", "a"]
+    strengths = [1.0, 2.0, 1.0, 1.0, 0.5]
+    mixed = steerer.generate(prompts, target=targets, source="a", strength=strengths)
+    alone = [steerer.generate([p], target=t, source="a", strength=s)[0]
+             for p, t, s in zip(prompts, targets, strengths)]
+    assert [g.tokens for g in mixed] == [g.tokens for g in alone]
+    assert mixed[0].tokens != mixed[2].tokens  # steering did change the batch's first prompt
+    ev = steerer.evaluate(prompts[:2], targets=["a", "b"], source=None, strengths=[1.0, 2.0], progress=False)
+    for row in ev.rows:
+        gens = [steerer.generate([p], target=row["target"], strength=row["strength"])[0] for p in prompts[:2]]
+        assert row["steered_distinct_2"] == pytest.approx(sum(g.distinct_2 for g in gens) / 2)
+
+
 def test_bad_language_codes_are_one_line_errors(steerer):
     with pytest.raises(LapeError) as err:
         steerer.steer("x", to="zz", source="a")
