@@ -16,6 +16,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 import time
@@ -59,9 +60,21 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _standard(obj: Any) -> Any:
+    """``obj`` with NaN and infinities as ``null`` (standard JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _standard(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_standard(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+    """Write ``obj`` as indented standard JSON (NaN as ``null``), atomically."""
+    text = json.dumps(_standard(obj), indent=2, ensure_ascii=False, default=_json_default, allow_nan=False)
+    atomic_write_text(path, text + "\n")
 
 
 def read_json(path: str | Path) -> Any:
@@ -93,9 +106,9 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, torch.Tensor):
-        return obj.tolist()
+        return _standard(obj.tolist())
     if hasattr(obj, "item"):
-        return obj.item()
+        return _standard(obj.item())
     if isinstance(obj, (set, tuple)):
         return list(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -28,12 +28,14 @@ from torch import nn
 
 from . import artifacts
 from .entropy import random_like
+from .errors import LapeError
 from .intervene import intervene
 from .models import fingerprint, model_id_of
 from .neurons import NeuronSets, NeuronSpace
 from .record import _batched, _input_device
 
 logger = logging.getLogger(__name__)
+RANDOM_BASELINES = ("full", "diagonal", "none")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,13 @@ class PerplexityConfig:
     chunk_size: int = 512  # positions whose vocabulary logits exist at once
     seed: int = 0  # corpus shuffling and the random baseline
     split: str = "valid"  # held-out split
+    random_baseline: str = "full"  # full: the random set's whole row; diagonal: only its own language
+    # (a third of the cost for a square matrix); none
+
+    def __post_init__(self) -> None:
+        if self.random_baseline not in RANDOM_BASELINES:
+            raise LapeError(f"unknown random_baseline {self.random_baseline!r}: use one of "
+                            f"{', '.join(RANDOM_BASELINES)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,7 +183,12 @@ class PerplexityResult:
     def load(cls, path: str | Path) -> PerplexityResult:
         meta = artifacts.read_json(Path(path) / f"{cls.KIND}.json")
         r = meta.pop("result")
-        return cls(r["rows"], r["languages"], r["base_nll"], r["nll"], r["random_nll"], r["tokens"], meta)
+
+        def matrix(m: list[list[float | None]]) -> list[list[float]]:  # null: not evaluated
+            return [[math.nan if v is None else v for v in row] for row in m]
+
+        return cls(r["rows"], r["languages"], r["base_nll"], matrix(r["nll"]), matrix(r["random_nll"]),
+                   r["tokens"], meta)
 
 
 def ppl_matrix(
@@ -184,7 +198,6 @@ def ppl_matrix(
     config: PerplexityConfig = PerplexityConfig(),
     *,
     rows: Iterable[str] | None = None,
-    random_baseline: bool = True,
     space: NeuronSpace | None = None,
     inputs: Mapping[str, Any] | None = None,
     progress: bool = True,
@@ -196,8 +209,10 @@ def ppl_matrix(
         corpus: ``{language: sequences}`` of the held-out split (see :func:`lape.load_corpus`).
         sets: neuron sets; each label in ``rows`` gives one row.
         config: evaluation settings.
-        rows: which sets to deactivate (default all labels).
-        random_baseline: also deactivate a random set of equal size per layer per row.
+        rows: which sets to deactivate (default all labels). Per ``config.random_baseline``
+            each row also deactivates a random set of equal size per layer (seeded) on every
+            language (``full``), on the row's own language only (``diagonal``; NaN elsewhere)
+            or not at all (``none``).
 
     Returns:
         :class:`PerplexityResult`.
@@ -208,8 +223,10 @@ def ppl_matrix(
     sets.check_model(model, space)
     languages = list(corpus)
     rows = list(rows) if rows is not None else list(sets.labels)
-    randoms = random_like(sets, seed=config.seed) if random_baseline else None
-    n_evals = len(languages) * (1 + len(rows) * (2 if random_baseline else 1))
+    mode = config.random_baseline
+    randoms = random_like(sets, seed=config.seed) if mode != "none" else None
+    random_cols = {row: [lang for lang in languages if mode == "full" or lang == row] for row in rows}
+    n_evals = len(languages) * (1 + len(rows)) + sum(len(c) for c in random_cols.values()) * (randoms is not None)
     bar = tqdm(total=n_evals, desc="perplexity", unit="eval", disable=not progress)
     tokens: dict[str, int] = {}
 
@@ -224,11 +241,11 @@ def ppl_matrix(
     for row in rows:
         with intervene(model, sets, deactivate=[row], space=space):
             nll.append([evaluate(lang) for lang in languages])
+        random_row = {lang: float("nan") for lang in languages}
         if randoms is not None:
             with intervene(model, randoms, deactivate=[row], space=space):
-                rnd.append([evaluate(lang) for lang in languages])
-        else:
-            rnd.append([float("nan")] * len(languages))
+                random_row.update({lang: evaluate(lang) for lang in random_cols[row]})
+        rnd.append([random_row[lang] for lang in languages])
     bar.close()
     meta = {"format": f"lape.{PerplexityResult.KIND}", "format_version": artifacts.FORMAT_VERSION,
             "model_id": model_id_of(model), "fingerprint": fingerprint(model), "config": config.to_dict(),

@@ -30,7 +30,8 @@ class DemoConfig:
     tokens_per_language: int = 8192  # recording budget per language (the corpus has 14-30k)
     ppl_tokens_per_language: int = 256  # held-out tokens per language for the perplexity matrix
     ppl_languages: tuple[str, ...] | None = None  # rows/columns of the matrix (None: all languages);
-    # the matrix costs (2 x rows + 1) x columns evaluations, so large runs restrict it
+    # the matrix costs (rows + 1) x columns evaluations, so large runs restrict it
+    ppl_random_baseline: str = "diagonal"  # random sets on their own language only (see PerplexityConfig)
     steer_targets: tuple[str, ...] | None = None  # target languages (None: all but English)
     steer_prompts: int = 8  # English prompts per target language for the steering evaluation
     prompt_set: str = "builtin:heldout"  # prompts for the steering evaluation
@@ -129,7 +130,7 @@ def run_demo(config: DemoConfig = DemoConfig(), out: str | Path = "runs/demo", p
                       lambda: artifacts.exists(run / "neurons", "neurons"), do_identify)
 
     pcfg = PerplexityConfig(tokens_per_language=config.ppl_tokens_per_language, seq_len=config.seq_len,
-                            seed=config.seed)
+                            seed=config.seed, random_baseline=config.ppl_random_baseline)
 
     ppl_languages = list(config.ppl_languages or languages)
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from tiny_models import FAMILIES, WIDTH, random_ids, tiny_model
 
 import lape.perplexity as perplexity
+from lape.errors import LapeError
 from lape.models import fingerprint
 from lape.neurons import NeuronSets
 from lape.perplexity import PerplexityConfig, PerplexityResult, ppl_matrix, sequence_nll
@@ -125,6 +126,32 @@ def test_ppl_matrix_rows_columns_base_and_random_baseline(monkeypatch):
             assert math.isclose(res.nll[i][j], _mean_nll(zeroed, corpus[lang]), rel_tol=1e-5)
             assert math.isclose(res.random_nll[i][j], _mean_nll(zeroed_rnd, corpus[lang]), rel_tol=1e-5)
     assert res.nll[1] != res.base_nll  # deactivation changed something
+
+
+def test_diagonal_random_baseline_evaluates_only_each_rows_own_language(tmp_path):
+    model = tiny_model("llama")
+    corpus = _corpus({"a": 2, "b": 2, "c": 1})
+    sets = NeuronSets.from_neurons({"a": [(0, 1), (2, 9)], "b": [(1, 4), (1, 5)]}, (3, WIDTH["llama"]),
+                                   {"fingerprint": fingerprint(model), "method": "lape"})
+    full = ppl_matrix(model, corpus, sets, PerplexityConfig(seed=3), progress=False)
+    diag = ppl_matrix(model, corpus, sets, PerplexityConfig(seed=3, random_baseline="diagonal"), progress=False)
+    for i, row in enumerate(diag.rows):
+        for j, lang in enumerate(diag.languages):
+            if lang == row:  # the same seeded random set as the full baseline
+                assert diag.random_nll[i][j] == pytest.approx(full.random_nll[i][j], rel=1e-6)
+            else:
+                assert math.isnan(diag.random_nll[i][j])
+    assert [v for r in diag.nll for v in r] == pytest.approx([v for r in full.nll for v in r], rel=1e-6)
+    assert [d["random_own_delta_ppl"] for d in diag.diagonal_summary()] == pytest.approx(
+        [d["random_own_delta_ppl"] for d in full.diagonal_summary()], rel=1e-6)
+    none = ppl_matrix(model, corpus, sets, PerplexityConfig(random_baseline="none"), progress=False)
+    assert all(math.isnan(v) for r in none.random_nll for v in r)
+    diag.save(tmp_path / "ppl")  # standard JSON: NaN is written as null and read back as NaN
+    assert "NaN" not in (tmp_path / "ppl" / "ppl.json").read_text()
+    back = PerplexityResult.load(tmp_path / "ppl")
+    assert math.isnan(back.random_nll[0][1]) and back.random_nll[0][0] == pytest.approx(diag.random_nll[0][0])
+    with pytest.raises(LapeError, match="unknown random_baseline 'some'"):
+        PerplexityConfig(random_baseline="some")
 
 
 def test_result_roundtrip_and_deltas(tmp_path):
