@@ -123,3 +123,25 @@ def test_builtin_model_space_generation_and_cache(builtin, monkeypatch):
     with torch.no_grad():
         assert torch.equal(again(probe).logits, model(probe).logits)
     assert fingerprint(again) == fingerprint(model)
+
+
+@pytest.mark.slow
+def test_builtin_fast_tokenizer_equals_auto_tokenizer(builtin):
+    """lape reads its caches' tokenizer.json directly (faster); ids, specials, decoding and
+    padding must equal what transformers' AutoTokenizer makes of the same folder."""
+    from transformers import AutoTokenizer
+
+    _, tok = builtin
+    auto = AutoTokenizer.from_pretrained(lape.models._builtin_folder())
+    texts = ["Hello world, bonjour le monde!", "你好，世界。今日は良い天気です。", "Привет, мир — مرحبا بالعالم",
+             "  spaces\tand\nnewlines <b> 123 ٣٤٥ 😀", "Xin chào thế giới, 안녕하세요"]
+    for text in texts:
+        assert tok(text).input_ids == auto(text).input_ids
+        ids = auto(text).input_ids
+        assert tok.decode(ids, skip_special_tokens=True) == auto.decode(ids, skip_special_tokens=True)
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        assert getattr(tok, name) == getattr(auto, name) is not None
+    tok.padding_side = auto.padding_side = "left"
+    a, b = tok(texts, padding=True, return_tensors="pt"), auto(texts, padding=True, return_tensors="pt")
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.attention_mask, b.attention_mask)
+    tok.padding_side = "right"
