@@ -23,6 +23,7 @@ rank ``i % world_size``) and the counters are all-reduced, giving the same files
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -242,13 +243,18 @@ def record(
     key_base = {"fingerprint": fp, "config": config.key_dict(), "inputs": dict(inputs or {})}
     out = Path(out) if out is not None else None
     rank, world = _dist()
+    device = _input_device(model)
+    done = None
     if out is not None and artifacts.exists(out, ActivationStats.KIND):
         done = ActivationStats.load(out)
-        if (done.meta.get("cache_key") == artifacts.content_hash({**key_base, "languages": languages})):
-            logger.info("stats in %s are complete for these inputs: skipped", out)
-            return done
+        if done.meta.get("cache_key") != artifacts.content_hash({**key_base, "languages": languages}):
+            done = None
+    if world > 1:  # rank 0 decides for all: ranks that disagreed would wait forever in all_reduce
+        done = _from_rank0(done, len(languages), space.shape, device)
+    if done is not None:
+        logger.info("stats in %s are complete for these inputs: skipped", out)
+        return done
     base = model.base_model  # skips the LM head: no vocabulary logits while recording
-    device = _input_device(model)
     results: dict[str, dict[str, torch.Tensor]] = {}
     t0 = time.perf_counter()
     total_tokens = 0
@@ -317,6 +323,36 @@ def record(
     logger.info("recorded %d languages, %d tokens in %.1f s (%.0f tokens/s)", len(languages),
                 total_tokens, seconds, total_tokens / max(seconds, 1e-9))
     return stats
+
+
+def _from_rank0(done: ActivationStats | None, n_languages: int, shape: tuple[int, int],
+                device: torch.device) -> ActivationStats | None:
+    """Rank 0's finished stats (or ``None``) on every rank, sent by broadcast: a rank whose
+    ``out`` folder differs (no shared file system) gets them from rank 0."""
+    dist = torch.distributed
+    rank = dist.get_rank()
+    flag = torch.tensor([int(done is not None)], device=device)
+    dist.broadcast(flag, src=0)
+    if not int(flag):
+        return None
+    meta = json.dumps(done.meta if rank == 0 else {}).encode("utf-8")
+    length = torch.tensor([len(meta)], device=device)
+    dist.broadcast(length, src=0)
+    blob = torch.zeros(int(length), dtype=torch.uint8, device=device)
+    if rank == 0:
+        blob.copy_(torch.frombuffer(bytearray(meta), dtype=torch.uint8))
+    dist.broadcast(blob, src=0)
+    k, (layers, neurons) = n_languages, shape
+    meta = json.loads(bytes(blob.cpu().tolist()).decode("utf-8"))
+    tensors = {"fire_counts": ((k, layers, neurons), torch.int64), "token_counts": ((k,), torch.int64),
+               "act_sums": ((k, layers, neurons), torch.float64), "fire_sums": ((k, layers, neurons), torch.float64)}
+    got = {}
+    for name, (size, dtype) in tensors.items():
+        t = getattr(done, name).to(device, dtype) if rank == 0 else torch.zeros(size, dtype=dtype, device=device)
+        dist.broadcast(t, src=0)
+        got[name] = t.cpu()
+    return ActivationStats(list(meta["languages"]), got["fire_counts"], got["token_counts"], got["act_sums"],
+                           got["fire_sums"], meta)
 
 
 def _checkpoint(partial: Path, acc: _Accumulator, key: str, batches: int, world: int, finished: bool) -> None:

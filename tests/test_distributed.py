@@ -133,3 +133,46 @@ def test_cli_rerun_skips_the_finished_recording(work):
     assert stats.stat().st_mtime_ns == before  # nothing rewritten
     again = ActivationStats.load(work / "one")
     assert torch.equal(again.fire_counts, ActivationStats.load(work / "two").fire_counts)
+
+
+RANK_SCRIPT = """
+import json, sys
+from pathlib import Path
+import torch
+torch.distributed.init_process_group("gloo")
+from lape import RecordConfig, load_model, record
+from lape.corpora import load_corpus, load_manifest
+
+work, rank = Path(sys.argv[1]), torch.distributed.get_rank()
+model, tok = load_model(str(work / "model"))
+manifest = load_manifest(work / "corpus.yaml")
+streams = load_corpus(manifest, tok, tokens_per_language={tokens}, seq_len={seq_len})
+config = RecordConfig(tokens_per_language={tokens}, seq_len={seq_len}, batch_size=2)
+stats = record(model, streams, config, out=work / "split" / f"rank{{rank}}", progress=False,
+               inputs={{"manifest": str(manifest.path), "manifest_hash": manifest.hash()}})
+(work / f"result-rank{{rank}}.json").write_text(json.dumps({{
+    "rank": rank, "fire": int(stats.fire_counts.sum()), "tokens": stats.token_counts.tolist(),
+    "world": stats.meta["world_size"]}}))
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_ranks_that_disagree_about_finished_work_follow_rank_0(work):
+    """Without a shared file system rank 1 may not see rank 0's finished stats: it must take
+    rank 0's decision (and stats) instead of waiting forever in all_reduce."""
+    import json
+    import shutil
+
+    (work / "split").mkdir()
+    shutil.copytree(work / "two", work / "split" / "rank0")  # complete, same inputs
+    (work / "rank_script.py").write_text(RANK_SCRIPT.format(tokens=TOKENS, seq_len=SEQ_LEN))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    launcher = [str(torchrun)] if torchrun.is_file() else [sys.executable, "-m", "torch.distributed.run"]
+    _run([*launcher, "--standalone", "--nproc-per-node", "2", str(work / "rank_script.py"), str(work)], cwd=work)
+    lines = [json.loads((work / f"result-rank{r}.json").read_text()) for r in (0, 1)]
+    two = ActivationStats.load(work / "two")
+    assert sorted(r["rank"] for r in lines) == [0, 1]
+    for r in lines:  # both returned rank 0's stored stats
+        assert r["fire"] == int(two.fire_counts.sum()) and r["tokens"] == two.token_counts.tolist()
+        assert r["world"] == 2
+    assert not (work / "split" / "rank1").exists()  # rank 1 recorded nothing
