@@ -58,9 +58,9 @@ def benchmark_scripts() -> list[Path]:
     return sorted(BENCH_DIR.glob("bench_*.py"))
 
 
-def run_benchmark(script: Path, json_path: Path, quick: bool, timeout: float) -> Run:
+def run_benchmark(script: Path, json_path: Path, quick: bool, timeout: float, extra: list[str] = ()) -> Run:
     """Run one benchmark script, appending its figures to ``json_path``."""
-    cmd = [sys.executable, str(script), "--json", str(json_path)] + (["--quick"] if quick else [])
+    cmd = [sys.executable, str(script), "--json", str(json_path)] + (["--quick"] if quick else []) + list(extra)
     logger.info("running %s", " ".join(cmd[1:]))
     t0 = time.perf_counter()
     try:
@@ -214,8 +214,10 @@ torchrun --nnodes 2 --nproc-per-node 8 \\
   `token_counts` are identical, the float sums equal up to the order of additions
   (`tests/test_distributed.py` checks this with two CPU ranks).
 - Each rank check-points its own shard (`OUT/partial/LANG.rankR`); re-running the same command
-  with the same number of processes resumes. Put `--out` on a filesystem every node sees: a
-  finished artifact is recognised by its presence, so every rank must see it.
+  with the same number of processes resumes; put `--out` on a filesystem every node sees so that
+  every rank finds its check-points. Whether the whole recording is already finished is decided
+  by rank 0 and broadcast (with the stats) to the other ranks, so ranks cannot disagree and wait
+  for each other.
 - Throughput grows with the number of processes (each rank does `1/N` of the forward passes); the
   only communication is one all-reduce of the counters per language.
 
@@ -276,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(DOC), help="the markdown file to write")
     p.add_argument("--keep-json", default=None, help="also copy the figures to this JSON-lines file")
     p.add_argument("--timeout", type=float, default=7200, help="seconds allowed per benchmark script")
+    p.add_argument("--demo-out", default=None, help="keep the demo benchmark's run in this new folder "
+                   "(scripts/readme_results.py --demo reads it)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     mode = args.mode or ("quick" if args.quick else "full")
@@ -287,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
             path = Path(tmp) / "figures.jsonl"
             figures = []
             for script in benchmark_scripts():  # the new lines of the file are this script's
-                runs.append(run_benchmark(script, path, args.quick, args.timeout))
+                extra = ["--out", args.demo_out] if args.demo_out and script.name == "bench_demo.py" else []
+                runs.append(run_benchmark(script, path, args.quick, args.timeout, extra))
                 figures += [{**f, "_script": script.name} for f in read_figures(path)[len(figures):]]
     if not figures:
         logger.error("no figures were measured: see the benchmark output above")
