@@ -83,18 +83,19 @@ def steerer():
     return Steerer(model, char_tokenizer(), sets, stats, SteerConfig(max_new_tokens=8, min_chars=5))
 
 
-def _greedy(model, tok, prompt, n):
+def _greedy(model, tok, prompt, n, no_repeat_ngram_size):
     ids = tok(prompt, return_tensors="pt").input_ids
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=n, do_sample=False, repetition_penalty=1.1,
-                             pad_token_id=tok.pad_token_id)
+                             no_repeat_ngram_size=no_repeat_ngram_size, pad_token_id=tok.pad_token_id)
     return out[0, ids.shape[1]:].tolist()
 
 
 def test_steering_changes_tokens_only_when_neurons_are_switched(steerer):
     prompt = "The weather"
     plain = steerer.generate([prompt])[0]
-    new = [t for t in _greedy(steerer.model, steerer.tokenizer, prompt, 8) if t != 0]  # no pads
+    new = [t for t in _greedy(steerer.model, steerer.tokenizer, prompt, 8,
+                              steerer.config.no_repeat_ngram_size) if t != 0]  # no pads
     expected = new[:new.index(2)] if 2 in new else new  # cut at <eos>
     assert plain.tokens == expected
     assert plain.text == steerer.tokenizer.decode(plain.tokens)
@@ -128,6 +129,21 @@ def test_one_batch_with_mixed_targets_equals_one_target_at_a_time(steerer):
         assert row["steered_distinct_2"] == pytest.approx(sum(g.distinct_2 for g in gens) / 2)
 
 
+def test_no_repeat_ngram_size_reaches_generate(steerer):
+    from dataclasses import replace
+
+    prompt = "abcd"
+    loose = steerer.generate([prompt], target="b", source="a")[0]
+    strict_steerer = Steerer(steerer.model, steerer.tokenizer, steerer.sets, steerer.stats,
+                             replace(steerer.config, no_repeat_ngram_size=2, max_new_tokens=12))
+    strict = strict_steerer.generate([prompt], target="b", source="a")[0]
+    full = steerer.tokenizer(prompt).input_ids + strict.tokens  # the ban covers the prompt too
+    bigrams = list(zip(full, full[1:]))
+    assert len(bigrams) == len(set(bigrams))
+    assert strict.distinct_2 == 1.0
+    assert loose.tokens != strict.tokens or loose.distinct_2 == 1.0
+
+
 def test_bad_language_codes_are_one_line_errors(steerer):
     with pytest.raises(LapeError) as err:
         steerer.steer("x", to="zz", source="a")
@@ -149,7 +165,8 @@ def test_repl_answers_a_scripted_session(steerer):
 
     assert repl(steerer, target="a", source="a", input_fn=input_fn, output_fn=shown.append) == 0
     assert len(asked) == 9  # stopped at :quit
-    assert asked[:4] == ["[a x1]> ", "[a x1]> ", "[b x1]> ", "[b x2]> "]
+    x = f"x{steerer.config.strength:g}"  # the default strength until ":strength 2"
+    assert asked[:4] == [f"[a {x}]> ", f"[a {x}]> ", f"[b {x}]> ", "[b x2]> "]
     assert asked[5] == "[off x2]> "
     assert shown[0].startswith("lape steering REPL: target a, source a")
     assert ":to LANG" in shown[1] and ":quit" in shown[1]
