@@ -1,21 +1,27 @@
 #!/usr/bin/env bash
 # The full run behind the README's results: LAPE on all 38 built-in languages, the perplexity
-# matrix and steering on 12 of them. Every step is cached, so re-running continues where it stopped.
-# Takes about an hour on 2 CPU cores. Usage: bash scripts/run_full.sh [RUN_FOLDER]
+# matrix, and steering on 12 targets with the sets of the 13 languages of interest. Every step is
+# cached, so re-running continues where it stopped. About an hour on 2 CPU cores.
+# Usage: bash scripts/run_full.sh [RUN_FOLDER]
 set -euo pipefail
 RUN=${1:-runs/full}
 TARGETS="zh fr es de ru ja ar ko vi it pt tr"
-PPL_LANGS="en $TARGETS"
+LANGS13="en $TARGETS"
 
 lape record --model builtin --corpus builtin --out "$RUN/stats" --tokens-per-language 13000
-lape identify "$RUN/stats" --out "$RUN/neurons"
+lape identify "$RUN/stats" --out "$RUN/neurons"                          # over all 38 languages
+lape identify "$RUN/stats" --languages $LANGS13 --out "$RUN/neurons13"   # the languages of interest
 lape plot "$RUN/neurons"
-# defaults are chosen on the UDHR openings (the corpus's parallel split) ...
-lape steer-eval --neurons "$RUN/neurons" --stats "$RUN/stats" --prompts builtin:parallel --limit 8 \
-  --to $TARGETS --strengths 1 1.5 --out "$RUN/steer-parallel"
-# ... and reported on held-out prompts that were not used to choose them
-lape steer-eval --neurons "$RUN/neurons" --stats "$RUN/stats" --prompts builtin:heldout --limit 16 \
-  --to $TARGETS --out "$RUN/steering"
-lape ppl --model builtin --neurons "$RUN/neurons" --languages $PPL_LANGS --tokens-per-language 256 \
+lape ppl --model builtin --neurons "$RUN/neurons" --languages $LANGS13 --tokens-per-language 256 \
   --out "$RUN/ppl"
+# steering defaults are chosen on the UDHR openings (the corpus's parallel split) ...
+lape steer-eval --neurons "$RUN/neurons13" --stats "$RUN/stats" --prompts builtin:parallel --limit 16 \
+  --to $TARGETS --strengths 1 1.5 2 --out "$RUN/steer13-parallel-final"
+lape steer-eval --neurons "$RUN/neurons13" --stats "$RUN/stats" --prompts builtin:parallel --limit 16 \
+  --to $TARGETS --strengths 1 1.5 2 --no-repeat-ngram-size 0 --out "$RUN/steer13-parallel-nongram"
+# ... and reported on held-out prompts that were not used to choose them
+lape steer-eval --neurons "$RUN/neurons13" --stats "$RUN/stats" --prompts builtin:heldout \
+  --to $TARGETS --strengths 1.5 1 --out "$RUN/steering13-final"
+lape steer-eval --neurons "$RUN/neurons" --stats "$RUN/stats" --prompts builtin:heldout \
+  --to $TARGETS --out "$RUN/steering"                                     # the 38-language sets
 lape report "$RUN"
