@@ -250,6 +250,10 @@ def _dequantise_to(gguf_path: Path, folder: Path) -> None:
         if model.generation_config is not None:
             model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if (tmp / "tokenizer.json").is_file():  # compact JSON: Gemma 3's parses in 1.4 s instead of 1.9 s
+            from tokenizers import Tokenizer
+
+            Tokenizer.from_file(str(tmp / "tokenizer.json")).save(str(tmp / "tokenizer.json"), pretty=False)
         state = model.state_dict()
         seen: dict[int, str] = {}
         tensors = {}

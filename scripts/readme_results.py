@@ -114,10 +114,12 @@ def steering_section(run: Path, prefix: str, title: str, folder: str = "steering
     figs = {}
     if figures:  # drawn from the evaluation itself: the run folder need not have a report
         from lape import plots
+        from lape.report import save_figure
 
-        path = ROOT / "docs" / "figures" / f"{prefix}-steering_bars.png"
-        plots.save_figure(plots.steering_bars(ev), path)
-        figs["steering_bars"] = f"docs/figures/{path.name}"
+        stem = ROOT / "docs" / "figures" / f"{prefix}-steering_bars"
+        png = save_figure(plots.steering_bars(ev), stem)[0]
+        stem.with_suffix(".svg").unlink(missing_ok=True)  # the README shows the PNG
+        figs["steering_bars"] = f"docs/figures/{png.name}"
     return "\n".join([
         f"### {title}", "",
         f"{ev.meta.get('prompts')} English prompts per target; success = `py3langid` says the target "
@@ -130,6 +132,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--demo", default="runs/demo")
     p.add_argument("--full", default=None)
+    p.add_argument("--bench-json", default=None, help="figures of benchmarks/bench_demo.py (--json) for the "
+                   "demo's total time")
     p.add_argument("--steer-main", default=None, help="the reported steering evaluation (with its figure) as "
                    "FOLDER|TITLE")
     p.add_argument("--steer-extra", nargs="*", default=[], help="more steering evaluations as FOLDER|TITLE")
@@ -149,12 +153,20 @@ def main() -> None:
     if (demo / "stats").is_dir():
         import json
 
-        timings = json.loads((demo / "demo-timings.json").read_text()) if (demo / "demo-timings.json").is_file() else {}
         parts.append(neuron_section(demo, "demo", "`lape demo` (default settings)"))
-        if timings.get("seconds") and timings.get("ran"):
-            parts.append("Stage times of this demo run (a first run, nothing cached): "
-                         + ", ".join(f"{k} {v:.0f} s" for k, v in timings["seconds"].items())
-                         + f"; **total {timings['total_seconds']:.0f} s** with model load and report.\n")
+        # each stage's time when it last ran (a stage marker keeps it; a re-run skips the stage)
+        stages = {m.stem: json.loads(m.read_text())["seconds"] for m in sorted((demo / ".stages").glob("*.json"),
+                                                                               key=lambda m: m.stat().st_mtime)}
+        total = None
+        if args.bench_json:  # benchmarks/bench_demo.py's first-run total (model load and report included)
+            for line in Path(args.bench_json).read_text().splitlines():
+                f = json.loads(line)
+                if f["benchmark"] == "demo" and f["figure"].startswith("total"):
+                    total = f["value"]
+        if stages:
+            parts.append("Stage times of this demo run: " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items())
+                         + (f"; **total {total:.0f} s** with model load and report "
+                            "(`benchmarks/bench_demo.py`; target < 600 s)" if total else "") + ".\n")
         if (demo / "steering" / "steering.json").is_file():
             from lape.steering import SteeringEval
 
