@@ -3,10 +3,7 @@
 Figures (built-in Gemma 3 270M, same batches of the built-in corpus, interleaved repetitions):
   1. record / bare decoder forward (LM head skipped), tokens/s ratio.  Target >= 0.95.
   2. record / naive recorder (full-logit forward, hooks copying activations to numpy,
-     counting afterwards), speed-up, reported beside its ceiling: the FLOPs of a full-logit
-     forward over those of the decoder alone (the 262k x 640 head costs ~1.7x the decoder of
-     Gemma 3 270M per token). The issue expected >= 3x from a machine where the decoder ran at
-     ~900 tokens/s; on this CPU both forwards are compute-bound and the ceiling is ~2.7x.
+     counting afterwards), speed-up.  Expect >= 3x (262k-entry vocabulary).
   5. peak RSS of recording 4x more tokens / peak RSS of the base size, each in a fresh
      process.  Target <= 1.10 (memory stays flat with corpus size).
 """
@@ -80,10 +77,7 @@ def main() -> None:
     ratio = tps["record"] / tps["bare"]
     rep.figure("record / bare forward", ratio, "x", target=">= 0.95", ok=ratio >= 0.95, enforce=not args.quick)
     speedup = tps["record"] / tps["naive"]
-    rep.figure("record / naive recorder", speedup, "x")
-    head = model.get_output_embeddings().weight.numel()
-    body = sum(p.numel() for n, p in base.named_parameters() if "embed_tokens" not in n)
-    rep.figure("ceiling: FLOPs(full-logit forward) / FLOPs(decoder)", (body + head) / body, "x")
+    rep.figure("record / naive recorder", speedup, "x", target=">= 3", ok=speedup >= 3.0, enforce=not args.quick)
 
     sizes = (2048, 8192) if args.quick else (16384, 65536)
     peaks = []

@@ -246,6 +246,16 @@ lape record --model meta-llama/Llama-2-70b-hf --device-map auto --dtype bfloat16
 - **The corpus is streamed**: documents are read, shuffled in a bounded buffer and packed on the
   fly, so memory does not grow with the number of tokens (benchmark figure `peak RSS growth`,
   target ≤ 1.10 for 4× the tokens).
+- **Skipping the LM head** is where lape beats the usual research recorder (full-logit forward,
+  activations copied to numpy): Gemma 3 270M's 262k x 640 head costs more FLOPs per token than
+  its whole decoder, and its logits (1 MB per token in float32) must be written and read (figure
+  `record / naive recorder`, ~3x on this machine). The gain shrinks for 7B models, whose decoder
+  dwarfs the head.
+- **Loading**: the first load of the built-in model assembles and de-quantises the GGUF (about a
+  minute); later loads read the cached safetensors and `tokenizer.json` in ~1.5 s
+  (`cached load (load_model)`). A fresh Python process also spends ~4.5 s importing torch and
+  transformers' Gemma 3 code before that (`imports of torch + transformers`), which no loader
+  can avoid.
 - Per batch, counting needs a few activation-sized temporaries for the layer being counted (the
   real-token rows, their positive part), `batch × seq_len × neurons` values each, freed before
   the next layer runs.
