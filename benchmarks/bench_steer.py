@@ -29,6 +29,7 @@ def main() -> None:
     sets = NeuronSets(["fr", "en"], masks)
     prompts = ["The weather this morning was", "My grandmother always told me that",
                "The history of the city begins with", "Scientists have recently discovered that"]
+    tok.padding_side = "left"  # as Steerer generates (decoder-only models pad on the left)
     enc = tok(prompts, return_tensors="pt", padding=True)
     new = 16 if args.quick else 48
 

@@ -225,8 +225,10 @@ def ppl_matrix(
     rows = list(rows) if rows is not None else list(sets.labels)
     mode = config.random_baseline
     randoms = random_like(sets, seed=config.seed) if mode != "none" else None
-    random_cols = {row: [lang for lang in languages if mode == "full" or lang == row] for row in rows}
-    n_evals = len(languages) * (1 + len(rows)) + sum(len(c) for c in random_cols.values()) * (randoms is not None)
+    # the languages each row's random set is evaluated on
+    random_cols = {row: [lang for lang in languages if mode == "full" or (mode == "diagonal" and lang == row)]
+                   for row in rows}
+    n_evals = len(languages) * (1 + len(rows)) + sum(len(c) for c in random_cols.values())
     bar = tqdm(total=n_evals, desc="perplexity", unit="eval", disable=not progress)
     tokens: dict[str, int] = {}
 
@@ -242,7 +244,7 @@ def ppl_matrix(
         with intervene(model, sets, deactivate=[row], space=space):
             nll.append([evaluate(lang) for lang in languages])
         random_row = {lang: float("nan") for lang in languages}
-        if randoms is not None:
+        if random_cols[row]:  # empty without a baseline, or when the row's language is not evaluated
             with intervene(model, randoms, deactivate=[row], space=space):
                 random_row.update({lang: evaluate(lang) for lang in random_cols[row]})
         rnd.append([random_row[lang] for lang in languages])
