@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from common import ROOT, Report, builtin_batches, interleaved, parser, peak_rss_mb, reset_peak_rss
 
 from lape import load_model
-from lape.perplexity import sequence_nll
+from lape.evaluate.perplexity import sequence_nll
 
 
 def full_logit_nll(model, ids, mask) -> tuple[float, int]:

@@ -12,7 +12,7 @@ from common import Report, interleaved, parser
 
 from lape import NeuronSets, load_model
 from lape.intervene import batch_edits, intervene
-from lape.neurons import NeuronSpace
+from lape.space import NeuronSpace
 
 
 def main() -> None:

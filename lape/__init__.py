@@ -15,15 +15,17 @@ Example:
     ...     ...
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
+from .activations import ActivationStats, RecordConfig, record
+from .artifacts import load
 from .entropy import IdentifyConfig, identify, language_agnostic, random_like
 from .errors import LapeError
+from .evaluate.perplexity import PerplexityConfig, PerplexityResult, ppl_matrix
 from .intervene import Edit, intervene
+from .masks import NeuronSets, ParamRegions
 from .models import fingerprint, load_model, load_tokenizer
-from .neurons import NeuronSets, NeuronSpace
-from .perplexity import PerplexityConfig, PerplexityResult, ppl_matrix
-from .record import ActivationStats, RecordConfig, record
+from .space import NeuronSpace
 
 
 def __getattr__(name: str):
@@ -32,14 +34,14 @@ def __getattr__(name: str):
 
     if name in {"load_corpus", "load_manifest"}:
         return getattr(importlib.import_module(".corpora", __name__), name)
-    if name in {"corpora", "plots", "steering", "report", "pipeline", "prompts"}:
+    if name in {"corpora", "plots", "report", "pipeline", "prompts", "weights", "runningstats"}:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(name)
 
 
 __all__ = [
-    "ActivationStats", "Edit", "IdentifyConfig", "LapeError", "NeuronSets", "NeuronSpace",
+    "ActivationStats", "Edit", "IdentifyConfig", "LapeError", "NeuronSets", "NeuronSpace", "ParamRegions",
     "PerplexityConfig", "PerplexityResult", "RecordConfig", "fingerprint", "identify", "intervene",
-    "language_agnostic", "load_corpus", "load_manifest", "load_model", "load_tokenizer", "ppl_matrix",
+    "language_agnostic", "load", "load_corpus", "load_manifest", "load_model", "load_tokenizer", "ppl_matrix",
     "random_like", "record",
 ]

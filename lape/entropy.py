@@ -21,45 +21,31 @@ All functions are pure: ``ActivationStats`` in, :class:`NeuronSets` out.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+import logging
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from . import artifacts
+from .activations import ActivationStats
+from .config import StageConfig, option
 from .errors import LapeError
-from .neurons import NeuronSets
-from .record import ActivationStats
+from .masks import NeuronSets
 
+logger = logging.getLogger(__name__)
 METHODS = ("lape", "lave", "lap", "random")
 
 
 @dataclass(frozen=True)
-class IdentifyConfig:
+class IdentifyConfig(StageConfig):
     """Settings of :func:`identify`; defaults are the paper's (`identify.py`)."""
 
-    method: str = "lape"  # lape | lave | lap | random
-    top_rate: float = 0.01  # share of all neurons kept by lowest entropy (paper: 1%)
-    filter_rate: float = 0.95  # percentile of all probabilities a neuron must pass in some language
-    activation_bar_ratio: float = 0.95  # percentile a kept neuron must pass to join a language
-    seed: int = 0  # for the random baseline
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise LapeError(f"unknown identification method {self.method!r}: use one of {', '.join(METHODS)}")
-        for name in ("top_rate", "filter_rate", "activation_bar_ratio"):
-            v = getattr(self, name)
-            if not 0.0 < v < 1.0:
-                raise LapeError(f"{name} must be between 0 and 1 (exclusive), got {v}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> IdentifyConfig:
-        known = {f.name for f in fields(cls)}
-        if set(d) - known:
-            raise LapeError(f"unknown identify setting(s) {sorted(set(d) - known)}: allowed are {sorted(known)}")
-        return cls(**d)
+    method: str = option("lape", choices=METHODS)  # lape | lave | lap | random
+    top_rate: float = option(0.01, gt=0.0, max=0.999)  # share of all neurons kept by lowest entropy (paper: 1%)
+    filter_rate: float = option(0.95, gt=0.0, max=0.999)  # percentile of all probabilities a neuron must pass in some language
+    activation_bar_ratio: float = option(0.95, gt=0.0, max=0.999)  # percentile a kept neuron must pass to join a language
+    seed: int = option(0, min=0)  # for the random baseline
 
 
 def kth_quantile(values: torch.Tensor, rate: float) -> float:
@@ -137,45 +123,70 @@ def random_like(sets: NeuronSets, seed: int = 0) -> NeuronSets:
     return NeuronSets(list(sets.labels), _random_like(sets.masks, seed), meta)
 
 
-def identify(stats: ActivationStats, config: IdentifyConfig = IdentifyConfig()) -> NeuronSets:
+MIN_TOKENS = 100  # fewer counted tokens per language make firing probabilities meaningless
+FEW_TOKENS = 2000  # below this a language's probabilities are noisy: identify warns
+
+
+def check_token_counts(stats: ActivationStats) -> list[str]:
+    """Refuse languages with too few counted tokens; return warnings for doubtful ones."""
+    if len(stats.languages) < 2:
+        raise LapeError("language-specific neurons need at least two languages: record more languages")
+    warnings = []
+    for lang, n in zip(stats.languages, stats.token_counts.tolist()):
+        if n < MIN_TOKENS:
+            raise LapeError(f"language {lang!r} has only {n} recorded tokens (at least {MIN_TOKENS} are needed "
+                            "for firing probabilities): re-record it with more text, or leave it out with --languages")
+        if n < FEW_TOKENS:
+            warnings.append(f"{lang} has only {n} recorded tokens: its firing probabilities are noisy "
+                            f"(record at least {FEW_TOKENS})")
+    for w in warnings:
+        logger.warning(w)
+    return warnings
+
+
+def identify(stats: ActivationStats, config: IdentifyConfig = IdentifyConfig(), *,
+             out: str | Path | None = None) -> NeuronSets:
     """Select language-specific neurons.
 
     Args:
         stats: per-language statistics from :func:`lape.record`.
         config: method and thresholds (paper defaults).
+        out: a folder to save the sets into; sets already there made from the same stats and
+            settings are returned without recomputation.
 
     Returns:
-        :class:`NeuronSets` labelled by ``stats.languages``; ``meta`` holds the thresholds and
-        the source stats' model fingerprint.
+        :class:`NeuronSets` labelled by ``stats.languages``; ``meta`` holds the thresholds, the
+        source stats' identity and model fingerprint, and any warnings.
 
     Example:
         >>> sets = identify(stats)                       # LAPE, top 1%
         >>> sets.counts()["fr"]
     """
-    if len(stats.languages) < 2:
-        raise LapeError("language-specific neurons need at least two languages: record more languages")
-    empty = [lang for lang, n in zip(stats.languages, stats.token_counts.tolist()) if n == 0]
-    if empty:
-        raise LapeError(f"language(s) {', '.join(empty)} have no recorded tokens: re-record with text for them")
-    probs = stats.probabilities()
-    args = (config.top_rate, config.filter_rate, config.activation_bar_ratio)
-    lape_masks, thresholds = select_by_entropy(probs, *args)
-    if config.method == "lape":
-        masks = lape_masks
-    elif config.method == "lave":
-        masks, thresholds = select_by_entropy(stats.mean_positive_activation(), *args)
-    elif config.method == "lap":
-        masks = _top_per_language(probs, lape_masks.sum((1, 2)).tolist())
-    else:
-        masks = _random_like(lape_masks, config.seed)
-    meta = {
-        "method": config.method, "config": config.to_dict(), "thresholds": thresholds,
-        "model_id": stats.meta.get("model_id"), "fingerprint": stats.meta.get("fingerprint", {}),
-        "source_stats": {"cache_key": stats.meta.get("cache_key"),
-                         "token_counts": dict(zip(stats.languages, stats.token_counts.tolist()))},
-        "languages": list(stats.languages),
-    }
-    return NeuronSets(list(stats.languages), masks, meta)
+    warnings = check_token_counts(stats)
+    inputs = {"stats": stats.identity(), "languages": list(stats.languages)}
+    key = artifacts.stage_key(NeuronSets.KIND, model_fingerprint=stats.meta.get("fingerprint"),
+                              config=config.key_dict(), inputs=inputs)
+
+    def compute() -> NeuronSets:
+        probs = stats.probabilities()
+        args = (config.top_rate, config.filter_rate, config.activation_bar_ratio)
+        lape_masks, thresholds = select_by_entropy(probs, *args)
+        if config.method == "lape":
+            masks = lape_masks
+        elif config.method == "lave":
+            masks, thresholds = select_by_entropy(stats.mean_positive_activation(), *args)
+        elif config.method == "lap":
+            masks = _top_per_language(probs, lape_masks.sum((1, 2)).tolist())
+        else:
+            masks = _random_like(lape_masks, config.seed)
+        meta = artifacts.sidecar(
+            NeuronSets.KIND, model_id=stats.meta.get("model_id"), model_fingerprint=stats.meta.get("fingerprint"),
+            num_layers=stats.shape[0], neurons_per_layer=stats.shape[1], languages=list(stats.languages),
+            token_counts=dict(zip(stats.languages, stats.token_counts.tolist())), config=config.to_dict(),
+            inputs=inputs, method=config.method, thresholds=thresholds, warnings=warnings)
+        return NeuronSets(list(stats.languages), masks, meta)
+
+    return artifacts.run_stage(NeuronSets, out, key, compute)
 
 
 def language_agnostic(stats: ActivationStats, min_probability: float | None = None,

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .neurons import NeuronSpace
+from .space import NeuronSpace
 
 ActivationFn = Callable[[int, torch.Tensor], "torch.Tensor | None"]
 

@@ -31,12 +31,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .activations import ActivationStats
+from .artifacts import check_fingerprint
 from .errors import LapeError
 from .hooks import activation_hooks
-from .neurons import Neuron, NeuronSets, NeuronSpace
-from .record import ActivationStats
+from .masks import Neuron, NeuronSets
+from .space import NeuronSpace
 
-Op = Literal["set", "mul", "add"]
+Op = Literal["set", "mul"]
 VALUE_RULES = ("firing_mean", "mean")
 
 
@@ -47,7 +49,7 @@ class Edit:
     Attributes:
         layer: the layer.
         index: LongTensor ``[n]`` of neuron indices.
-        op: ``"set"`` (replace), ``"mul"`` (multiply) or ``"add"``.
+        op: ``"set"`` (replace) or ``"mul"`` (multiply).
         value: a float, or a tensor broadcastable to ``(..., n)`` (e.g. ``[n]`` per neuron, or
             ``[batch, 1, 1]`` for one factor per sequence). A NaN in a ``"set"`` tensor keeps
             that activation unchanged (per-sequence edits, see :func:`batch_edits`).
@@ -64,12 +66,7 @@ class Edit:
         if self.op == "set" and not isinstance(value, torch.Tensor):
             return act.index_fill(-1, idx, value)
         sel = act.index_select(-1, idx)
-        if self.op == "set":
-            new = torch.where(torch.isnan(value), sel, value)
-        elif self.op == "mul":
-            new = sel * value
-        else:
-            new = sel + value
+        new = torch.where(torch.isnan(value), sel, value) if self.op == "set" else sel * value
         return act.index_copy(-1, idx, new.to(act.dtype))
 
 
@@ -164,10 +161,8 @@ def batch_edits(
         for e in build_edits(sets, stats=stats, value=value, layers=layers, **request):
             if e.op == "set":
                 keep[b, e.layer, e.index] = e.value if isinstance(e.value, torch.Tensor) else float(e.value)
-            elif e.op == "mul":
-                factor[b, e.layer, e.index] *= e.value
             else:
-                raise LapeError("batch_edits supports set and mul edits only")
+                factor[b, e.layer, e.index] *= e.value
     edits: list[Edit] = []
     for layer in range(num_layers):
         idx = (~torch.isnan(keep[:, layer])).any(0).nonzero().squeeze(1)
@@ -224,8 +219,6 @@ def intervene(
     if check_model and sets.labels:
         sets.check_model(model, space)
     if stats is not None and check_model and stats.meta.get("fingerprint"):
-        from .artifacts import check_fingerprint
-
         check_fingerprint(stats.meta, model, what="the activation stats")
     all_edits = build_edits(sets, deactivate=deactivate, activate=activate, scale=scale, stats=stats,
                             value=value, strength=strength, layers=layers) + list(edits)

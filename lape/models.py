@@ -65,6 +65,11 @@ def _looks_like_path(spec: str) -> bool:
             or os.sep + os.sep in spec or spec.count("/") > 1)
 
 
+def input_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's input embedding (where token ids go, also under ``device_map``)."""
+    return model.get_input_embeddings().weight.device
+
+
 def model_id_of(model: torch.nn.Module) -> str:
     """The id lape recorded for a model when it loaded it (``"builtin"``, a path or a hub id)."""
     return getattr(model, "lape_model_id", None) or getattr(model.config, "_name_or_path", "") or "unknown"
@@ -281,35 +286,38 @@ def _dequantise_to(gguf_path: Path, folder: Path) -> None:
 # Fingerprints
 
 
-def _checksum_tensor(h: hashlib._Hash, t: torch.Tensor, n: int = 4096) -> None:
-    # bfloat16 rounding makes the checksum independent of the dtype the model was loaded in
-    flat = t.detach().reshape(-1)[:n].to("cpu", torch.float32).to(torch.bfloat16)
-    h.update(flat.view(torch.int16).numpy().tobytes())
+_SAMPLE = 16  # values per picked tensor kept in the fingerprint, compared with a tolerance
+
+
+def _picks(params: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+    return [params[0], params[len(params) // 2], params[-1]] if params else []
 
 
 def fingerprint(model: torch.nn.Module) -> dict[str, Any]:
-    """Identify a model: architecture, sizes and a checksum of a few weight tensors.
+    """Identify a model's weights: architecture, sizes, a few weight values and a checksum.
 
     Artifacts carry this so that neurons found on one model are never silently applied to another.
-    Loading the same weights in float32 or bfloat16 gives the same fingerprint.
+    It is computed afresh on every call (about a millisecond), so it can never go stale after
+    weights are edited. :func:`same_model` compares architecture, sizes and the sampled weight
+    values with a tolerance, so the same weights loaded in float32, bfloat16 or float16 match;
+    ``dtype`` is recorded (results computed in another dtype differ, so cache keys include it).
 
     Returns:
         ``{"architecture", "num_layers", "hidden_size", "intermediate_size", "vocab_size",
-        "num_parameters", "checksum"}``; compare with :func:`same_model`.
+        "num_parameters", "dtype", "sample", "checksum"}``.
     """
-    cached = getattr(model, "_lape_fingerprint", None)
-    if cached is not None:
-        return dict(cached)
     cfg = model.config
     cfg = getattr(cfg, "text_config", None) or cfg
     params = list(model.named_parameters())
     h = hashlib.sha256()
-    picks = [params[0], params[len(params) // 2], params[-1]] if params else []
-    for name, p in picks:
-        h.update(name.encode())
-        h.update(str(tuple(p.shape)).encode())
-        _checksum_tensor(h, p)
-    fp = {
+    sample: list[float] = []
+    for name, p in _picks(params):
+        values = p.detach().reshape(-1)[:_SAMPLE].to("cpu", torch.float32)
+        sample += [float(f"{v:.3g}") for v in values.tolist()]
+        h.update(f"{name}{tuple(p.shape)}".encode())
+        # bfloat16 rounding keeps the display checksum stable across most dtypes
+        h.update(values.to(torch.bfloat16).view(torch.int16).numpy().tobytes())
+    return {
         "architecture": type(model).__name__,
         "num_layers": getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None),
         "hidden_size": getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None),
@@ -317,15 +325,32 @@ def fingerprint(model: torch.nn.Module) -> dict[str, Any]:
         or getattr(cfg, "n_inner", None),
         "vocab_size": getattr(cfg, "vocab_size", None),
         "num_parameters": sum(p.numel() for _, p in params),
+        "dtype": str(params[0][1].dtype).replace("torch.", "") if params else None,
+        "sample": sample,
         "checksum": h.hexdigest()[:16],
     }
-    model._lape_fingerprint = fp
-    return dict(fp)
+
+
+_SIZE_KEYS = ("architecture", "num_layers", "hidden_size", "intermediate_size", "vocab_size", "num_parameters")
 
 
 def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two fingerprints describe the same weights."""
-    return a.get("architecture") == b.get("architecture") and a.get("checksum") == b.get("checksum")
+    """Whether two fingerprints describe the same weights (in any dtype)."""
+    if any(a.get(k) != b.get(k) for k in _SIZE_KEYS):
+        return False
+    sa, sb = a.get("sample"), b.get("sample")
+    if not sa or not sb or len(sa) != len(sb):
+        return a.get("checksum") == b.get("checksum")
+    # float16 keeps ~3 significant digits: equal weights agree to 1e-2 relative
+    return bool(torch.allclose(torch.tensor(sa), torch.tensor(sb), rtol=1e-2, atol=1e-5))
+
+
+def dtype_note(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """A note when two fingerprints of the same weights differ in dtype (allowed, but results
+    computed in one dtype are approximations of the other's)."""
+    if a.get("dtype") and b.get("dtype") and a["dtype"] != b["dtype"]:
+        return f"made in {a['dtype']}, used in {b['dtype']}"
+    return None
 
 
 def describe_fingerprint(fp: dict[str, Any]) -> str:

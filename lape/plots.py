@@ -33,10 +33,10 @@ if TYPE_CHECKING:
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
-    from .neurons import NeuronSets
-    from .perplexity import PerplexityResult
-    from .record import ActivationStats
-    from .steering import SteeringEval
+    from .activations import ActivationStats
+    from .evaluate.perplexity import PerplexityResult
+    from .evaluate.steering import SteeringEval
+    from .masks import NeuronSets
 
 logger = logging.getLogger(__name__)
 

@@ -32,3 +32,17 @@ def builtin_prompts(name: str, words: int = 8) -> list[str]:
         return [_opening(a.split("\n", 1)[-1] if a.lower().startswith("article") else a, words)
                 for a in articles]
     raise LapeError(f"unknown built-in prompt set {name!r}: use builtin:{' or builtin:'.join(PROMPT_SETS)}")
+
+
+def load_prompts(spec: str, limit: int | None = None) -> list[str]:
+    """Prompts from a text file (one per line) or ``builtin:parallel`` / ``builtin:heldout``."""
+    if spec.startswith("builtin:"):
+        prompts = builtin_prompts(spec.split(":", 1)[1])
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise LapeError(f"prompt file {spec} does not exist: give a text file with one prompt per line")
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not prompts:
+            raise LapeError(f"prompt file {spec} is empty: write one prompt per line")
+    return prompts[:limit] if limit else prompts

@@ -1,13 +1,13 @@
 """A self-contained HTML report of a run folder, and the figure files next to it.
 
-:func:`write_report` reads what a run folder holds (``stats/``, ``neurons/``, ``ppl/``,
-``steering/``, and ``demo.json`` with the run's settings) and writes ``RUN/report.html``: one
+:func:`write_report` reads what a run folder holds (its subfolders' artifacts, found by the kind
+their sidecar names, and ``demo.json`` with the run's settings) and writes ``RUN/report.html``: one
 file, images embedded as base64 PNG, inline CSS, no script and no network reference, so it can
 be mailed or opened offline. Each artifact present gives one section; an absent folder gives
 none. The numbers behind every figure are shown as tables, and every figure is also saved as
 PNG and SVG into ``RUN/plots/`` for the README.
 
-Sections come from the registry :data:`SECTIONS`, a list of ``(folder name, render function)``;
+Sections come from the registry :data:`SECTIONS`, a list of ``(artifact kind, render function)``;
 a later method adds its section by appending, e.g.
 ``SECTIONS.append(("regions", render_regions))``.
 
@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import artifacts, plots
+from .activations import ActivationStats
 from .errors import LapeError
-from .neurons import NeuronSets
-from .perplexity import PerplexityResult
-from .record import ActivationStats
-from .steering import SteeringEval
+from .evaluate.perplexity import PerplexityResult
+from .evaluate.steering import SteeringEval
+from .masks import NeuronSets
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -174,13 +174,17 @@ def save_neuron_plots(neurons_dir: str | Path, stats_dir: str | Path | None = No
     out = Path(out) if out is not None else neurons_dir.parent / "plots"
     if stats_dir is None and artifacts.exists(neurons_dir.parent / "stats", ActivationStats.KIND):
         stats_dir = neurons_dir.parent / "stats"
+    stats = ActivationStats.load(stats_dir) if stats_dir is not None else None
+    if stats is not None and tuple(stats.shape) != tuple(sets.shape):
+        raise LapeError(f"the stats in {stats_dir} ({stats.shape[0]} x {stats.shape[1]}) and the neuron sets in "
+                        f"{neurons_dir} ({sets.shape[0]} x {sets.shape[1]}) are on different models: pass the "
+                        "stats the sets were made from (--stats)")
     union = neuron_summary(sets)[-1]
     paths = save_figure(plots.layer_distribution(sets, (union["bottom_third"], union["top_third"])),
                         out / "layer_distribution")
     paths += save_figure(plots.overlap_heatmap(sets), out / "overlap_heatmap")
-    if stats_dir is not None:
-        paths += save_figure(plots.probability_heatmap(sets, ActivationStats.load(stats_dir)),
-                             out / "probability_heatmap")
+    if stats is not None:
+        paths += save_figure(plots.probability_heatmap(sets, stats), out / "probability_heatmap")
     else:
         logger.info("no activation statistics next to %s: probability heatmap skipped", neurons_dir)
     return paths
@@ -294,6 +298,7 @@ class ReportContext:
     run: Path
     plots_dir: Path
     written: list[Path] = field(default_factory=list)
+    found: dict[str, list[Path]] = field(default_factory=dict)  # artifact kind -> folders, by sidecar
     _stats: Any = field(default=None, repr=False)
 
     def figure(self, fig: Figure, name: str, caption: str) -> str:
@@ -310,8 +315,9 @@ class ReportContext:
 
     def stats(self) -> ActivationStats | None:
         """The run's activation statistics (loaded once), or ``None`` if there are none."""
-        if self._stats is None and artifacts.exists(self.run / "stats", ActivationStats.KIND):
-            self._stats = ActivationStats.load(self.run / "stats")
+        folders = self.found.get(ActivationStats.KIND) or []
+        if self._stats is None and folders:
+            self._stats = ActivationStats.load(folders[0])
         return self._stats
 
 
@@ -330,7 +336,7 @@ def _facts(items: Mapping[str, Any]) -> str:
 
 def render_stats(folder: Path, ctx: ReportContext) -> str:
     """Languages, tokens per language and recording throughput of ``stats/``."""
-    stats = ctx.stats() if folder == ctx.run / "stats" else ActivationStats.load(folder)
+    stats = ActivationStats.load(folder)
     if stats is None:
         raise LapeError(f"{folder} holds no complete stats artifact: re-run lape record")
     meta = stats.meta
@@ -350,7 +356,7 @@ def render_stats(folder: Path, ctx: ReportContext) -> str:
             + _table(["language", "tokens", "neurons that fired"], rows, caption="Tokens per language")
             + (_kv_table(meta["config"], caption="Recording settings") if meta.get("config") else "")
             + "</div>")
-    return _section("stats", "Activation statistics", body)
+    return _section(folder.name, "Activation statistics", body)
 
 
 def render_neurons(folder: Path, ctx: ReportContext) -> str:
@@ -401,7 +407,7 @@ def render_neurons(folder: Path, ctx: ReportContext) -> str:
         body += ("<h3>Activation probability per language</h3>" + fig_prob + means
                  + _details(f"Per-neuron probabilities ({len(cols)} neurons shown)",
                             _table(["set", "layer", "neuron", *stats.languages], per_neuron, left=1)))
-    return _section("neurons", f"{method} neurons", body)
+    return _section(folder.name, f"{method} neurons", body)
 
 
 def _diag_by_label(languages: Sequence[str], cols: Sequence[tuple[str, int, int]]) -> Callable[[int, int], str]:
@@ -450,7 +456,7 @@ def render_ppl(folder: Path, ctx: ReportContext) -> str:
             + '<div class="row">' + matrix(result.delta_ppl(), f"Δ PPL, {method} neurons deactivated (rows)")
             + matrix(result.delta_ppl(random=True), "Δ PPL, random neurons deactivated (rows)")
             + "</div>" + '<div class="row">' + base + diag_table + "</div>")
-    return _section("ppl", "Perplexity under deactivation", body)
+    return _section(folder.name, "Perplexity under deactivation", body)
 
 
 def render_steering(folder: Path, ctx: ReportContext) -> str:
@@ -486,7 +492,7 @@ def render_steering(folder: Path, ctx: ReportContext) -> str:
                       caption="Example outputs (language as identified by py3langid)", left=6)
     body = (_facts(facts) + f'<div class="figs">{"".join(figs)}</div>' + table
             + ("<h3>Examples</h3>" + ex_table if examples else ""))
-    return _section("steering", "Steering the output language", body)
+    return _section(folder.name, "Steering the output language", body)
 
 
 SECTIONS: list[tuple[str, SectionRenderer]] = [
@@ -495,27 +501,44 @@ SECTIONS: list[tuple[str, SectionRenderer]] = [
     ("ppl", render_ppl),
     ("steering", render_steering),
 ]
-"""The report's sections in order: ``(folder name, render function)``. A render function gets
-``RUN/folder`` and the :class:`ReportContext` and returns a ``<section>``; it runs only when the
-folder exists."""
+"""The report's sections in order: ``(artifact kind, render function)``. A render function gets
+the folder holding an artifact of that kind (found by its sidecar, whatever the folder's name)
+and the :class:`ReportContext`, and returns a ``<section>``."""
 
 
 # --------------------------------------------------------------------------------------------
 # the page
 
 
-def _model_meta(run: Path) -> dict[str, Any]:
+def _model_meta(found: Mapping[str, list[Path]]) -> dict[str, Any]:
     """The sidecar that names the model: stats first, then the other artifacts."""
-    for name in ("stats/stats.json", "neurons/neurons.json", "ppl/ppl.json", "steering/steering.json"):
-        path = run / name
-        if path.is_file():
-            meta = artifacts.read_json(path)
-            if meta.get("fingerprint") or meta.get("model_id"):
+    for kind in ("stats", "neurons", "ppl", "steering"):
+        for folder in found.get(kind, []):
+            meta = artifacts.read_json(folder / f"{kind}.json")
+            if isinstance(meta, dict) and (meta.get("fingerprint") or meta.get("model_id")):
                 return meta
     return {}
 
 
-def _header(run: Path, present: Sequence[tuple[str, str]]) -> str:
+def find_artifacts(run: Path) -> tuple[dict[str, list[Path]], list[str]]:
+    """The artifacts in a run folder's subfolders, by the kind their sidecar names (folders
+    named after their kind first), and the subfolders that hold none."""
+    found: dict[str, list[Path]] = {}
+    empty = []
+    for folder in sorted(p for p in run.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        kind = artifacts.kind_of(folder)
+        if kind is None:
+            if folder.name != "plots":
+                empty.append(folder.name)
+            continue
+        found.setdefault(kind, []).append(folder)
+    for kind, folders in found.items():
+        folders.sort(key=lambda f: (f.name != kind, f.name))
+    return found, empty
+
+
+def _header(run: Path, present: Sequence[tuple[str, str]], found: Mapping[str, list[Path]],
+            skipped: Sequence[str]) -> str:
     from . import __version__
 
     parts = [f"<header><h1>lape report <span class=\"path\">{_e(run.name)}</span></h1>",
@@ -526,7 +549,9 @@ def _header(run: Path, present: Sequence[tuple[str, str]]) -> str:
                      + "</nav>")
     parts.append("</header>")
     cards = []
-    meta = _model_meta(run)
+    if skipped:
+        parts.append('<p class="note">Not shown: ' + "; ".join(_e(x) for x in skipped) + ".</p>")
+    meta = _model_meta(found)
     if meta:
         fp = meta.get("fingerprint") or {}
         n = fp.get("num_parameters")
@@ -566,30 +591,41 @@ def write_report(run: str | Path, sections: Sequence[tuple[str, SectionRenderer]
         PosixPath('runs/demo/report.html')
     """
     run = Path(run)
+    if run.is_file():
+        raise LapeError(f"{run} is a file: pass the run folder that holds it (e.g. {run.parent})")
     if not run.is_dir():
         raise LapeError(f"run folder {run} does not exist: pass the folder lape demo wrote (e.g. runs/demo)")
-    ctx = ReportContext(run, run / "plots")
+    found, empty = find_artifacts(run)
+    ctx = ReportContext(run, run / "plots", found=found)
     registry = list(SECTIONS if sections is None else sections)
+    known = {kind for kind, _ in registry}
     rendered, present = [], []
-    for key, render in registry:
-        folder = run / key
-        if not folder.is_dir():
+    skipped = [f"{name}/ (no lape artifact)" for name in empty]
+    skipped += [f"{f.name}/ ({kind}: this report has no section for it)" for kind, fs in found.items()
+                if kind not in known for f in fs]
+    for kind, render in registry:
+        folders = found.get(kind, [])
+        skipped += [f"{f.name}/ (another {kind} artifact; shown: {folders[0].name}/)" for f in folders[1:]]
+        if not folders:
             continue
+        folder = folders[0]
         try:
             html_section = render(folder, ctx)
         except (LapeError, KeyError, ValueError, OSError) as exc:
-            logger.warning("report: %s/ could not be read (%s)", key, exc)
-            html_section = _section(key, key, f'<p class="fail">This folder could not be read: {_e(exc)}</p>')
+            logger.warning("report: %s/ could not be read (%s)", folder.name, exc)
+            html_section = _section(folder.name, folder.name,
+                                    f'<p class="fail">This folder could not be read: {_e(exc)}</p>')
         rendered.append(html_section)
-        title = _SECTION_TITLES.get(key, key)
-        present.append((key, title))
+        present.append((folder.name, _SECTION_TITLES.get(kind, kind)))
+    for line in skipped:
+        logger.info("report: not shown: %s", line)
     if not rendered:
-        rendered.append('<section><p>This run folder holds no results yet (no stats/, neurons/, ppl/ or '
-                        "steering/).</p></section>")
+        rendered.append('<section><p>This run folder holds no results yet (no stats, neurons, perplexity or '
+                        "steering artifacts).</p></section>")
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>lape report: {_e(run.name)}</title><style>{_CSS}</style></head>"
-            f"<body><main>{_header(run, present)}{''.join(rendered)}</main></body></html>\n")
+            f"<body><main>{_header(run, present, found, skipped)}{''.join(rendered)}</main></body></html>\n")
     path = run / "report.html"
     artifacts.atomic_write_text(path, page)
     logger.info("report -> %s (%d sections, %d figure files in %s)", path, len(rendered),

@@ -48,8 +48,8 @@ def _copy_figures(run: Path, prefix: str, names: list[str]) -> dict[str, str]:
 
 
 def neuron_section(run: Path, prefix: str, title: str) -> str:
-    from lape.neurons import NeuronSets
-    from lape.record import ActivationStats
+    from lape.masks import NeuronSets
+    from lape.activations import ActivationStats
     from lape.report import neuron_summary
 
     sets = NeuronSets.load(run / "neurons")
@@ -73,7 +73,7 @@ def neuron_section(run: Path, prefix: str, title: str) -> str:
 
 
 def ppl_section(run: Path, prefix: str) -> str:
-    from lape.perplexity import PerplexityResult
+    from lape.evaluate.perplexity import PerplexityResult
 
     r = PerplexityResult.load(run / "ppl")
     diag = r.diagonal_summary()
@@ -94,7 +94,7 @@ def ppl_section(run: Path, prefix: str) -> str:
 
 
 def steering_section(run: Path, prefix: str, title: str, folder: str = "steering", figures: bool = True) -> str:
-    from lape.steering import SteeringEval
+    from lape.evaluate.steering import SteeringEval
 
     ev = SteeringEval.load(run / folder)
     rows = ev.rows
@@ -168,7 +168,7 @@ def main() -> None:
                          + (f"; **total {total:.0f} s** with model load and report "
                             "(`benchmarks/bench_demo.py`; target < 600 s)" if total else "") + ".\n")
         if (demo / "steering" / "steering.json").is_file():
-            from lape.steering import SteeringEval
+            from lape.evaluate.steering import SteeringEval
 
             ev = SteeringEval.load(demo / "steering")
             good = [r["target"] for r in ev.rows if r["steered_success"] >= 0.8]

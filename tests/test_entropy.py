@@ -16,7 +16,7 @@ from lape.entropy import (
     select_by_entropy,
 )
 from lape.errors import LapeError
-from lape.record import ActivationStats
+from lape.activations import ActivationStats
 
 
 def _stats(probs: list[list[list[float]]], tokens: int = 100, fire_sums=None) -> ActivationStats:

@@ -12,8 +12,8 @@ from tiny_models import WIDTH, random_ids, tiny_model
 from lape.errors import LapeError
 from lape.intervene import batch_edits, intervene
 from lape.models import fingerprint
-from lape.neurons import NeuronSets
-from lape.record import ActivationStats
+from lape.masks import NeuronSets
+from lape.activations import ActivationStats
 
 NEURONS = {"x": [(0, 3), (0, 17), (1, 5), (2, 0), (2, 40)], "y": [(1, 5), (1, 6), (2, 11)]}
 

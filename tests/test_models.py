@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerFast
 import lape.models
 from lape.errors import LapeError
 from lape.models import fingerprint, load_model, same_model
-from lape.neurons import NeuronSpace
+from lape.space import NeuronSpace
 
 
 def _one_line_error(spec: str, *needles: str) -> str:

@@ -4,7 +4,8 @@ from tiny_models import FAMILIES, WIDTH, random_ids, tiny_model
 
 from lape.errors import LapeError
 from lape.intervene import intervene
-from lape.neurons import NeuronSets, NeuronSpace, parse_neuron_list
+from lape.masks import NeuronSets, parse_neuron_list
+from lape.space import NeuronSpace
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

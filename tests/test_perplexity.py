@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from tiny_models import FAMILIES, WIDTH, random_ids, tiny_model
 
-import lape.perplexity as perplexity
+import lape.evaluate.perplexity as perplexity
 from lape.errors import LapeError
 from lape.models import fingerprint
-from lape.neurons import NeuronSets
-from lape.perplexity import PerplexityConfig, PerplexityResult, ppl_matrix, sequence_nll
+from lape.masks import NeuronSets
+from lape.evaluate.perplexity import PerplexityConfig, PerplexityResult, ppl_matrix, sequence_nll
 
 
 @dataclass

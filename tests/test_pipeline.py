@@ -24,20 +24,20 @@ import torch
 import lape
 import lape.entropy
 import lape.models
-import lape.perplexity
-import lape.steering
+import lape.evaluate.perplexity
+import lape.evaluate.steering
 from lape import artifacts, cli
-from lape.neurons import NeuronSets
-from lape.perplexity import PerplexityResult
+from lape.masks import NeuronSets
+from lape.evaluate.perplexity import PerplexityResult
 from lape.pipeline import DemoConfig, run_demo
-from lape.record import ActivationStats
-from lape.steering import SteeringEval
+from lape.activations import ActivationStats
+from lape.evaluate.steering import SteeringEval
 
 pytestmark = pytest.mark.slow
 
 # the module, not the function: lape/__init__ re-exports the function record(), which shadows the
 # submodule as the attribute lape.record (so `import lape.record as m` gives the function too)
-record_module = importlib.import_module("lape.record")
+record_module = importlib.import_module("lape.activations")
 
 STAGES = ["record", "identify", "ppl", "steering"]
 CONFIG = DemoConfig(languages=("en", "fr", "ja"), tokens_per_language=1024, ppl_tokens_per_language=128,
@@ -92,7 +92,7 @@ def demo_run(tmp_path_factory) -> DemoRun:
         raise KeyboardInterrupt
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(lape.perplexity, "ppl_matrix", interrupt)
+        mp.setattr(lape.evaluate.perplexity, "ppl_matrix", interrupt)
         with pytest.raises(KeyboardInterrupt):
             run_demo(CONFIG, out=run, progress=False)
     after = sorted([p.name for p in run.iterdir()] + [f".stages/{p.name}" for p in (run / ".stages").iterdir()])
@@ -134,8 +134,8 @@ def no_recompute(monkeypatch) -> Iterator[list[str]]:
 
     monkeypatch.setattr(record_module, "record", forbid("record"))
     monkeypatch.setattr(lape.entropy, "identify", forbid("identify"))
-    monkeypatch.setattr(lape.perplexity, "ppl_matrix", forbid("ppl_matrix"))
-    monkeypatch.setattr(lape.steering.Steerer, "evaluate", forbid("Steerer.evaluate"))
+    monkeypatch.setattr(lape.evaluate.perplexity, "ppl_matrix", forbid("ppl_matrix"))
+    monkeypatch.setattr(lape.evaluate.steering.Steerer, "evaluate", forbid("Steerer.evaluate"))
     load_model = lape.models.load_model
     handles = []
 
@@ -237,7 +237,7 @@ def test_demo_without_english_steers_by_activation_only(tmp_path, monkeypatch):
                                 [[3.1] * len(langs)] * len(langs), dict.fromkeys(langs, 127),
                                 {"neurons": {"method": "lape"}})
 
-    monkeypatch.setattr(lape.perplexity, "ppl_matrix", ppl_stub)
+    monkeypatch.setattr(lape.evaluate.perplexity, "ppl_matrix", ppl_stub)
     config = DemoConfig(languages=("fr", "ja"), tokens_per_language=256, ppl_tokens_per_language=128,
                         steer_prompts=1, seq_len=128)
     summary = run_demo(config, out=tmp_path / "run", progress=False)

@@ -11,10 +11,10 @@ import torch
 
 from lape import plots
 from lape.errors import LapeError
-from lape.neurons import NeuronSets
-from lape.perplexity import PerplexityResult
-from lape.record import ActivationStats
-from lape.steering import SteeringEval
+from lape.masks import NeuronSets
+from lape.evaluate.perplexity import PerplexityResult
+from lape.activations import ActivationStats
+from lape.evaluate.steering import SteeringEval
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LANGS = ["en", "fr", "ja"]

@@ -10,7 +10,7 @@ from tiny_models import WIDTH, random_ids, tiny_model
 
 from lape.errors import LapeError
 from lape.models import fingerprint
-from lape.record import ActivationStats, RecordConfig, record
+from lape.activations import ActivationStats, RecordConfig, record
 
 
 @dataclass

@@ -26,7 +26,7 @@ from test_plots import (
 )
 
 from lape import artifacts, plots, report
-from lape.neurons import NeuronSets
+from lape.masks import NeuronSets
 
 EVIL = "<script>alert('x')</script> & \"quoted\""
 FINGERPRINT = {"architecture": "TinyForCausalLM", "num_layers": LAYERS, "hidden_size": 32,

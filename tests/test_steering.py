@@ -9,9 +9,9 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from lape.errors import LapeError
-from lape.neurons import NeuronSets
-from lape.record import ActivationStats
-from lape.steering import (
+from lape.masks import NeuronSets
+from lape.activations import ActivationStats
+from lape.evaluate.steering import (
     Generation,
     SteerConfig,
     Steerer,

@@ -17,29 +17,29 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from . import artifacts
-from .errors import LapeError
-from .intervene import batch_edits, intervene
-from .models import fingerprint, model_id_of
-from .neurons import NeuronSets, NeuronSpace
-from .record import ActivationStats
+from .. import artifacts
+from ..activations import ActivationStats
+from ..config import StageConfig, option
+from ..errors import LapeError
+from ..intervene import VALUE_RULES, batch_edits, intervene
+from ..langid import identify_language, langid_version
+from ..masks import NeuronSets
+from ..models import fingerprint
+from ..space import NeuronSpace
 
 logger = logging.getLogger(__name__)
 
-# py3langid answers some languages with another code than the ISO 639-1 one lape uses
-_LANGID_ALIASES = {"nb": "no", "nn": "no", "zh-tw": "zh", "bs": "sr", "hr": "hr"}
-
 
 @dataclass(frozen=True)
-class SteerConfig:
+class SteerConfig(StageConfig):
     """Settings of steering.
 
     Defaults were chosen on the built-in model's ``parallel`` prompts (UDHR openings) and are
@@ -57,32 +57,16 @@ class SteerConfig:
       layers alone barely switches (the bottom layers matter).
     """
 
-    max_new_tokens: int = 32  # continuation length: long enough for language ID (>= 20 characters)
-    strength: float = 1.5  # multiplies the activation value of the target's neurons
-    value: str = "firing_mean"  # firing_mean: mean activation where the neuron fired; mean: over all tokens
-    layers: tuple[int, ...] | None = None  # restrict edits to these layers (None: all)
-    repetition_penalty: float = 1.1  # as in Tang et al.'s generation.py
-    no_repeat_ngram_size: int = 4  # forbid repeating any n-gram of this size (0: off)
-    min_chars: int = 20  # shortest output language ID is trusted on
-    batch_size: int = 96  # prompts generated together (each with its own target): a decoding step
-    # reads the whole 262k x 640 LM head from memory, so wide batches cost little extra per prompt
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["layers"] = list(self.layers) if self.layers else None
-        return d
-
-
-def identify_language(text: str, min_chars: int = 20) -> str | None:
-    """ISO 639-1 code of ``text`` by ``py3langid``, or ``None`` when it is shorter than ``min_chars``
-    non-blank characters."""
-    import py3langid
-
-    stripped = "".join(text.split())
-    if len(stripped) < min_chars:
-        return None
-    code, _ = py3langid.classify(text)
-    return _LANGID_ALIASES.get(code, code)
+    max_new_tokens: int = option(32, min=1, max=4096)  # continuation length: long enough for language ID
+    strength: float = option(1.5, min=0.0, max=100.0)  # multiplies the activation value of the target's neurons
+    value: str = option("firing_mean", choices=VALUE_RULES)  # firing_mean: mean activation where the neuron
+    # fired; mean: over all tokens
+    layers: tuple[int, ...] | None = option(None, min=0)  # restrict edits to these layers (None: all)
+    repetition_penalty: float = option(1.1, gt=0.0, max=10.0)  # as in Tang et al.'s generation.py
+    no_repeat_ngram_size: int = option(4, min=0, max=64)  # forbid repeating any n-gram of this size (0: off)
+    min_chars: int = option(20, min=1)  # shortest output language ID is trusted on
+    batch_size: int = option(96, min=1, max=4096, key=False)  # prompts generated together (each with its own
+    # target): a decoding step reads the whole 262k x 640 LM head, so wide batches cost little extra
 
 
 def distinct_n(tokens: Sequence[int], n: int = 2) -> float:
@@ -130,27 +114,32 @@ class SteerOutput:
 
 
 @dataclass
-class SteeringEval:
-    """Steering over a prompt set, per target language and strength."""
+class SteeringEval(artifacts.Artifact):
+    """Steering over a prompt set, per target language and strength (``rows``), with examples."""
 
     rows: list[dict[str, Any]]
     examples: list[dict[str, Any]]
     meta: dict[str, Any] = field(default_factory=dict)
 
-    KIND = "steering"
+    KIND: ClassVar[str] = "steering"
 
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        artifacts.write_table(path / "summary", self.rows)
-        artifacts.write_table(path / "examples", self.examples)
-        artifacts.write_json(path / f"{self.KIND}.json", {**self.meta, "rows": self.rows})
-        return path
+    def payload(self) -> dict[str, Any]:
+        return {"rows": self.rows, "examples": self.examples}
+
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        return {"summary": self.rows, "examples": self.examples}
 
     @classmethod
-    def load(cls, path: str | Path) -> SteeringEval:
-        meta = artifacts.read_json(Path(path) / f"{cls.KIND}.json")
-        rows = meta.pop("rows")
-        return cls(rows, artifacts.read_json(Path(path) / "examples.json"), meta)
+    def _from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], payload: Any) -> SteeringEval:
+        return cls(list(payload["rows"]), list(payload["examples"]), meta)
+
+    def validate(self) -> None:
+        for r in self.rows:
+            for k in ("steered_success", "unsteered_success"):
+                v = r.get(k)
+                if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                    raise LapeError(f"steering row {r.get('target')} has {k} {v!r}, not a share in [0, 1]: the "
+                                    "artifact was edited or damaged; re-run lape steer-eval")
 
     def summary_lines(self) -> list[str]:
         return [f"{r['target']} x{r['strength']:g}: steered success {r['steered_success']:.0%} "
@@ -173,6 +162,9 @@ class Steerer:
         sets.check_model(model, self.space)
         if stats.meta.get("fingerprint"):
             artifacts.check_fingerprint(stats.meta, model, what="the activation stats")
+        if stats.shape != sets.shape:
+            raise LapeError(f"the stats ({stats.shape[0]} x {stats.shape[1]}) do not match the neuron sets "
+                            f"({sets.shape[0]} x {sets.shape[1]}): use stats and neurons of one model")
 
     def _check_lang(self, lang: str, what: str) -> None:
         if lang not in self.sets.labels:
@@ -209,8 +201,13 @@ class Steerer:
         if target is None:
             return {}
         self._check_lang(target, "target")
+        if not (isinstance(strength, (int, float)) and math.isfinite(strength) and strength >= 0):
+            raise LapeError(f"steering strength {strength!r} is not a finite number >= 0: give e.g. 1.5")
         deactivate = []
-        if source and source != "none" and source != target:
+        if source == target:
+            raise LapeError(f"source and target are both {target!r}: steer towards another language, or "
+                            "pass --from none")
+        if source and source != "none":
             self._check_lang(source, "source")
             deactivate = [source]
         return {"deactivate": deactivate, "activate": [target], "strength": strength}
@@ -246,20 +243,38 @@ class Steerer:
 
     def steer(self, prompt: str, to: str, source: str | None = "en", strength: float | None = None) -> SteerOutput:
         """The unsteered and the steered continuation of one prompt."""
+        self._request(to, source, self.config.strength if strength is None else strength)  # checks first
         plain = self.generate([prompt])[0]
         steered = self.generate([prompt], target=to, source=source, strength=strength)[0]
         return SteerOutput(prompt, to, source, plain, steered)
 
     def evaluate(self, prompts: Sequence[str], targets: Iterable[str], source: str | None = "en",
                  strengths: Sequence[float] | None = None, progress: bool = True,
-                 examples_per_target: int = 3) -> SteeringEval:
-        """Success rate, distinct-2, repetition and identified languages per target and strength."""
+                 examples_per_target: int = 3, *, out: str | Path | None = None) -> SteeringEval:
+        """Success rate, distinct-2, repetition and identified languages per target and strength.
+
+        With ``out=``, the evaluation is saved there, and one made from the same model, neuron
+        sets, stats, prompts and settings is returned without generating again.
+        """
         targets = list(targets)
         strengths = list(strengths or [self.config.strength])
-        for t in targets:
-            self._check_lang(t, "target")
         if not prompts:
             raise LapeError("no prompts to evaluate: give a prompt file with at least one line")
+        if not targets:
+            raise LapeError("no target languages to evaluate: give --to LANG ...")
+        for t in targets:
+            for st in strengths:
+                self._request(t, source, st)  # checks every target, the source and the strengths first
+        inputs = {"neurons": self.sets.identity(), "stats": self.stats.identity(), "prompts": list(prompts),
+                  "targets": targets, "source": source, "strengths": strengths,
+                  "examples_per_target": examples_per_target, "langid": langid_version()}
+        key = artifacts.stage_key(SteeringEval.KIND, model_fingerprint=fingerprint(self.model),
+                                  config=self.config.key_dict(), inputs=inputs)
+        return artifacts.run_stage(SteeringEval, out, key, lambda: self._evaluate(
+            prompts, targets, source, strengths, progress, examples_per_target, inputs), model=self.model)
+
+    def _evaluate(self, prompts: Sequence[str], targets: list[str], source: str | None, strengths: list[float],
+                  progress: bool, examples_per_target: int, inputs: dict[str, Any]) -> SteeringEval:
         # every (target, strength) and the unsteered baseline in one batched generate() call
         jobs = [(None, None)] + [(t, st) for t in targets for st in strengths]
         n = len(prompts)
@@ -288,33 +303,17 @@ class Steerer:
                                  "unsteered": g0.text, "unsteered_language": g0.language,
                                  "steered": g.text, "steered_language": g.language,
                                  "success": g.success(target)})
-        meta = {"format": f"lape.{SteeringEval.KIND}", "format_version": artifacts.FORMAT_VERSION,
-                "model_id": model_id_of(self.model), "fingerprint": fingerprint(self.model),
-                "config": self.config.to_dict(), "source": source, "targets": targets,
-                "strengths": strengths, "prompts": len(prompts),
-                "neurons": {"method": self.sets.meta.get("method"), "counts": self.sets.counts()}}
+        meta = artifacts.model_sidecar(
+            SteeringEval.KIND, self.model, languages=targets, config=self.config.to_dict(),
+            inputs={**inputs, "prompts": len(prompts)}, source=source, targets=targets, strengths=strengths,
+            prompts=len(prompts), langid=langid_version(),
+            neurons={"method": self.sets.meta.get("method"), "counts": self.sets.counts()})
         return SteeringEval(rows, examples, meta)
 
 
 def _mean(values: Iterable[float]) -> float:
     values = [float(v) for v in values]
     return sum(values) / len(values) if values else math.nan
-
-
-def load_prompts(spec: str, limit: int | None = None) -> list[str]:
-    """Prompts from a text file (one per line) or ``builtin:parallel`` / ``builtin:heldout``."""
-    if spec.startswith("builtin:"):
-        from .prompts import builtin_prompts
-
-        prompts = builtin_prompts(spec.split(":", 1)[1])
-    else:
-        path = Path(spec)
-        if not path.is_file():
-            raise LapeError(f"prompt file {spec} does not exist: give a text file with one prompt per line")
-        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not prompts:
-            raise LapeError(f"prompt file {spec} is empty: write one prompt per line")
-    return prompts[:limit] if limit else prompts
 
 
 _HELP = """commands:
@@ -384,11 +383,3 @@ def repl(steerer: Steerer, target: str | None = None, source: str | None = "en",
         else:
             g = steerer.generate([line])[0]
             output_fn(f"unsteered  [{g.language or '?'}] {g.text.strip()!r}")
-
-
-def summarize_identified(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """Total identified-language counts over evaluation rows."""
-    total: Counter = Counter()
-    for r in rows:
-        total.update(r.get("identified", {}))
-    return dict(total)

@@ -1,4 +1,4 @@
-"""The one neuron space of lape, and labelled neuron sets on it.
+"""Where a model's neurons and parameters live: :class:`NeuronSpace` and :class:`ParamSpace`.
 
 A neuron is ``(layer, index)``: ``index`` is a column of the MLP's activation, i.e. the ``j``
 in ``down_proj(act_fn(gate_proj(x)) * up_proj(x))`` (gated MLPs: LLaMA, Mistral, Qwen2,
@@ -8,20 +8,17 @@ zeroing the other (the tests check this for every family).
 
 :class:`NeuronSpace` finds, per decoder layer, the activation module and the down projection:
 first from a table of known module names, then by a guess over ``named_modules()``, and the
-caller can override with ``pattern=``. Hook site names are stable: ``layers.{l}.mlp.act``.
+caller can override with ``pattern=``.
 
-:class:`NeuronSets` holds labelled boolean masks ``[labels, layers, neurons]`` (labels are
-languages for LAPE, clusters for key neurons).
-
-This module registers no hooks (see :mod:`lape.hooks`).
+This module registers no hooks (see :mod:`lape.hooks`) and changes no weights (see
+:mod:`lape.weights`).
 """
+
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,11 +39,6 @@ KNOWN_SITES: list[tuple[str, str]] = [
 ]
 
 _DOWN_NAMES = ("down_proj", "c_proj", "dense_4h_to_h", "fc2", "fc_out", "w2", "wo")
-
-
-def site_name(layer: int) -> str:
-    """The stable name of layer ``layer``'s neuron hook site."""
-    return f"layers.{layer}.mlp.act"
 
 
 def _in_features(module: nn.Module) -> int | None:
@@ -242,127 +234,13 @@ def _sibling_down(model: nn.Module, act_path: str, cls_name: str) -> str:
                     "pattern=(activation, down_projection)")
 
 
-# --------------------------------------------------------------------------------------------
-# Neuron sets
+def describe_model(model: nn.Module, pattern: str | None = None) -> dict[str, Any]:
+    """What ``lape info`` shows: id, fingerprint and neuron space of a loaded model."""
+    from .models import fingerprint, model_id_of
 
-Neuron = tuple[int, int]
-
-
-@dataclass
-class NeuronSets:
-    """Labelled boolean masks over the neuron space.
-
-    Attributes:
-        labels: one label per set (languages for LAPE, clusters for key neurons), in axis order.
-        masks: bool tensor ``[labels, layers, neurons]``.
-        meta: the sidecar: method, thresholds, model id and source-stats fingerprint.
-
-    Example:
-        >>> sets = NeuronSets.load("runs/demo/neurons", model=model)
-        >>> sets.mask("fr").sum()          # French-specific neurons
-        >>> sets.counts_per_layer()["fr"]  # per layer
-    """
-
-    labels: list[str]
-    masks: torch.Tensor
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    KIND = "neurons"
-
-    def __post_init__(self) -> None:
-        if self.masks.dtype != torch.bool or self.masks.dim() != 3 or self.masks.shape[0] != len(self.labels):
-            raise LapeError(f"NeuronSets needs a bool tensor [labels={len(self.labels)}, layers, neurons]; "
-                            f"got {self.masks.dtype} {tuple(self.masks.shape)}")
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (int(self.masks.shape[1]), int(self.masks.shape[2]))
-
-    def _index(self, label: str) -> int:
-        if label not in self.labels:
-            raise LapeError(f"no neuron set for {label!r}: the sets are {', '.join(self.labels)}")
-        return self.labels.index(label)
-
-    def mask(self, label: str) -> torch.Tensor:
-        """Bool ``[layers, neurons]`` of one label."""
-        return self.masks[self._index(label)]
-
-    def neurons(self, label: str) -> list[Neuron]:
-        """The ``(layer, index)`` pairs of one label, sorted."""
-        return [(int(a), int(b)) for a, b in self.mask(label).nonzero().tolist()]
-
-    def union(self) -> torch.Tensor:
-        """Bool ``[layers, neurons]``: neurons in any set."""
-        return self.masks.any(0)
-
-    def counts(self) -> dict[str, int]:
-        """Neurons per label."""
-        return {lab: int(m.sum()) for lab, m in zip(self.labels, self.masks)}
-
-    def counts_per_layer(self) -> dict[str, list[int]]:
-        """Per label, the number of its neurons in each layer."""
-        return {lab: m.sum(1).tolist() for lab, m in zip(self.labels, self.masks)}
-
-    def overlaps(self) -> torch.Tensor:
-        """int64 ``[labels, labels]``: neurons shared by each pair (diagonal: set sizes)."""
-        flat = self.masks.reshape(len(self.labels), -1).to(torch.float64)
-        return (flat @ flat.T).round().to(torch.int64)
-
-    def subset(self, labels: Iterable[str]) -> NeuronSets:
-        """The sets of some labels only."""
-        labels = list(labels)
-        idx = [self._index(lab) for lab in labels]
-        return NeuronSets(labels, self.masks[idx].clone(), dict(self.meta))
-
-    @classmethod
-    def from_neurons(cls, groups: Mapping[str, Iterable[Neuron]], shape: tuple[int, int],
-                     meta: dict[str, Any] | None = None) -> NeuronSets:
-        """Build sets from hand-written ``{label: [(layer, index), ...]}``."""
-        labels = list(groups)
-        masks = torch.zeros(len(labels), *shape, dtype=torch.bool)
-        for k, lab in enumerate(labels):
-            for layer, index in groups[lab]:
-                if not (0 <= layer < shape[0] and 0 <= index < shape[1]):
-                    raise LapeError(f"neuron ({layer}, {index}) of {lab!r} is outside the "
-                                    f"{shape[0]} x {shape[1]} neuron space")
-                masks[k, layer, index] = True
-        return cls(labels, masks, dict(meta or {}))
-
-    def check_model(self, model: nn.Module, space: NeuronSpace | None = None) -> None:
-        """Refuse a model these sets were not made for (fingerprint, then shape)."""
-        from .artifacts import check_fingerprint
-
-        if self.meta.get("fingerprint"):
-            check_fingerprint(self.meta, model, what=f"neuron sets ({self.meta.get('method', 'unknown method')})")
-        (space or NeuronSpace.of(model)).check_compatible(self.masks.shape, "the neuron sets")
-
-    def save(self, path: str | Path) -> Path:
-        """Write ``path/neurons.safetensors`` (``masks`` bool [labels, layers, neurons]) and the sidecar."""
-        from .artifacts import save
-
-        meta = dict(self.meta)
-        meta["labels"] = list(self.labels)
-        meta["counts"] = self.counts()
-        meta.setdefault("num_layers", self.shape[0])
-        meta.setdefault("neurons_per_layer", self.shape[1])
-        from . import __version__
-        from .artifacts import FORMAT_VERSION
-
-        meta["format"], meta["format_version"], meta["lape_version"] = "lape.neurons", FORMAT_VERSION, __version__
-        return save(path, self.KIND, {"masks": self.masks}, meta)
-
-    @classmethod
-    def load(cls, path: str | Path, model: nn.Module | None = None) -> NeuronSets:
-        """Read sets saved by :meth:`save`; given a model, check they were made for it."""
-        from .artifacts import load
-
-        tensors, meta = load(path, cls.KIND, model=model)
-        return cls(list(meta["labels"]), tensors["masks"].to(torch.bool), meta)
-
-
-def parse_neuron_list(text: str) -> list[Neuron]:
-    """Parse ``"3:17, 5:1024"`` or ``"(3,17) (5,1024)"`` into ``[(3, 17), (5, 1024)]``."""
-    pairs = re.findall(r"(\d+)\s*[:,]\s*(\d+)", text)
-    if not pairs:
-        raise LapeError(f"no neurons in {text!r}: write them as layer:index, e.g. '3:17,5:1024'")
-    return [(int(a), int(b)) for a, b in pairs]
+    space = NeuronSpace.of(model, pattern=pattern)
+    fp = fingerprint(model)
+    return {"model": model_id_of(model), "architecture": fp["architecture"], "parameters": fp["num_parameters"],
+            "layers_x_neurons": f"{space.num_layers} x {space.neurons_per_layer}", "num_layers": space.num_layers,
+            "neurons": space.num_neurons, "activation_module": space.act_paths[0],
+            "down_projection": space.down_paths[0], "fingerprint": fp}

@@ -1,0 +1,68 @@
+"""The ``lape`` command: one module per command group, each parsing options, calling one library
+function and logging one line. No logic lives here; options of a stage come from its config
+dataclass (``RecordConfig`` -> ``--tokens-per-language``, ...), so the CLI and the library never
+drift apart.
+
+Groups: :mod:`.data` (``data show``, ``data build-builtin``), :mod:`.neurons` (``record``,
+``identify``, ``plot``), :mod:`.evaluate` (``ppl``, ``steer``, ``steer-eval``) and :mod:`.run`
+(``info``, ``demo``, ``report``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import LapeError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with lape's one-line errors (exit status 2, no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"lape: error: {message} (see lape {self.prog.split(' ', 1)[-1]} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import data, evaluate, neurons, run
+
+    p = _Parser(prog="lape", description="Find, measure and steer the language-specific parts of "
+                "large language models.")
+    p.add_argument("--version", action="version", version=f"lape {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    for group in (run, data, neurons, evaluate):
+        group.register(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lape`` and ``python -m lape``."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(message)s" if not args.verbose else "%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "urllib3", "datasets", "filelock", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        return int(args.fn(args) or 0)
+    except LapeError as exc:
+        print(f"lape: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lape: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("lape: error: out of memory: lower --batch-size or --seq-len", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""What every command group shares: model options, loading, corpora, torchrun set-up, paths.
+
+Validation of options happens here and in the stage configs, before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import LapeError
+
+logger = logging.getLogger("lape")
+
+
+def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--model``, ``--dtype``, ``--device``, ``--device-map``, ``--trust-remote-code``."""
+    p.add_argument("--model", required=required, default=None if required else "builtin",
+                   help="builtin, a .gguf file, a Hugging Face folder or hub id")
+    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
+    p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, mps")
+    p.add_argument("--device-map", default=None, help="auto, balanced, sequential: spread a large model over GPUs")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a model folder's or hub model's own code")
+
+
+def load(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The model and tokenizer named by the model options."""
+    from ..models import load_model
+
+    return load_model(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
+                      trust_remote_code=args.trust_remote_code)
+
+
+def out_folder(path: str | None, what: str = "--out") -> Path | None:
+    """Check an output folder before any work (writable, not a file); ``None`` passes through."""
+    from ..artifacts import ensure_folder
+
+    if path is None:
+        return None
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise LapeError(f"{what} {path} is a file, not a folder: choose another {what}")
+    parent = next((q for q in [p, *p.parents] if q.exists()), Path("."))
+    if not parent.is_dir():
+        raise LapeError(f"{what} {path} lies under a file ({parent}): choose another {what}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise LapeError(f"{what} {path} cannot be created ({parent} is not writable): choose another {what}")
+    return ensure_folder(p) if p.exists() else p
+
+
+def manifest(spec: str):
+    """The validated manifest (every source checked) before a model is loaded."""
+    from ..corpora import load_manifest
+
+    return load_manifest(spec)
+
+
+def corpus(m: Any, tokenizer: Any, split: str, tokens: int | None, seq_len: int, seed: int,
+           languages: Sequence[str] | None) -> dict[str, Any]:
+    """One stream per language of a manifest's split."""
+    from ..corpora import load_corpus
+
+    return load_corpus(m, tokenizer, split=split, tokens_per_language=tokens, seq_len=seq_len, seed=seed,
+                       languages=list(languages) if languages else None)
+
+
+def check_languages(m: Any, languages: Sequence[str] | None, split: str) -> None:
+    """Refuse unknown languages or a missing split before the model loads."""
+    for lang in languages or m.languages:
+        if split not in m.split_names(lang):
+            raise LapeError(f"language {lang!r} of manifest {m.path} has no split {split!r} (declared: "
+                            f"{', '.join(m.split_names(lang))}): use one of those")
+
+
+def init_distributed(args: argparse.Namespace) -> None:
+    """Join the process group when started by ``torchrun`` (gloo on CPU, nccl on GPUs)."""
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+        return
+    use_cuda = torch.cuda.is_available() and (args.device or "").startswith("cuda")
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        args.device = f"cuda:{local}"
+    else:  # ranks share the CPU cores instead of each taking all of them
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
+    if torch.distributed.get_rank() != 0:
+        args.quiet = True
+        logging.getLogger().setLevel(logging.WARNING)
+
+
+def finish_distributed() -> None:
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -1,0 +1,273 @@
+"""Perplexity per language, and the deactivation matrix of Tang et al. (`ppl.py`).
+
+Loss is computed from the base model's last hidden state one chunk of positions at a time, so
+at most ``chunk_size x vocabulary`` logits exist at once (Gemma 3's vocabulary has 262k entries:
+a 4 x 512 batch of full logits would take 2 GB). The head is rebuilt by :mod:`lape.head` (checked
+once per model against ``model(...).logits``; the tests check chunked == unchunked on every
+architecture family).
+
+:func:`ppl_matrix` evaluates every language on its ``valid`` split unmodified and with each
+language's neurons deactivated (rows: deactivated language, columns: evaluated language), and
+the same for a random neuron set with as many neurons per layer (seeded). The released code
+prints mean NLL while calling it PPL; here both are stored and labelled: ``nll`` (nats/token),
+``ppl = exp(nll)``, ``delta_nll`` and ``delta_ppl`` against the unmodified model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import artifacts
+from ..activations import corpus_key
+from ..config import StageConfig, option
+from ..corpora import batches
+from ..entropy import random_like
+from ..errors import LapeError
+from ..head import check_head, logits_from_hidden
+from ..intervene import intervene
+from ..masks import NeuronSets
+from ..models import fingerprint, input_device
+from ..space import NeuronSpace
+
+logger = logging.getLogger(__name__)
+RANDOM_BASELINES = ("full", "diagonal", "none")
+
+
+@dataclass(frozen=True)
+class PerplexityConfig(StageConfig):
+    """Settings of :func:`ppl_matrix`."""
+
+    tokens_per_language: int = option(4096, gt=0)  # valid tokens per language; Tang et al. use up to 2^20 on GPU
+    seq_len: int = option(512, min=2, max=1 << 16)  # packed sequence length
+    batch_size: int = option(4, min=1, max=4096)  # sequences per forward pass
+    chunk_size: int = option(512, min=1, key=False)  # positions whose vocabulary logits exist at once
+    seed: int = option(0, min=0)  # corpus shuffling and the random baseline
+    split: str = "valid"  # held-out split
+    random_baseline: str = option("full", choices=RANDOM_BASELINES)  # full: the random set's whole row;
+    # diagonal: only its own language (a third of the cost for a square matrix); none
+
+
+def sequence_nll(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 chunk_size: int = 512) -> tuple[float, int]:
+    """Summed next-token NLL (nats) and the number of predicted tokens of a batch.
+
+    Position ``t`` predicts token ``t+1``; a target counts when both positions are real tokens.
+    Only ``chunk_size`` positions' logits exist at a time.
+
+    Args:
+        input_ids, attention_mask: ``[B, T]``.
+
+    Returns:
+        ``(nll_sum, n_tokens)``.
+    """
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                              use_cache=False).last_hidden_state  # (B, T, H)
+    h = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # (B*(T-1), H)
+    targets = input_ids[:, 1:].reshape(-1)
+    valid = (attention_mask[:, 1:] * attention_mask[:, :-1]).reshape(-1).bool()
+    h, targets = h[valid], targets[valid]
+    total = torch.zeros((), dtype=torch.float64, device=h.device)
+    for s in range(0, h.shape[0], chunk_size):
+        logits = logits_from_hidden(model, h[s:s + chunk_size]).float()  # (chunk, V)
+        total += F.cross_entropy(logits, targets[s:s + chunk_size], reduction="sum").double()
+    return float(total), int(h.shape[0])
+
+
+def corpus_nll(model: nn.Module, sequences: Iterable[Any], config: PerplexityConfig) -> tuple[float, int]:
+    """Mean NLL (nats/token) and token count over a language's sequences."""
+    check_head(model)
+    device = input_device(model)
+    total, n = 0.0, 0
+    with torch.inference_mode():
+        for ids, mask in batches(sequences, config.batch_size):
+            s, c = sequence_nll(model, ids.to(device), mask.to(device), config.chunk_size)
+            total, n = total + s, n + c
+    return (total / n if n else float("nan")), n
+
+
+@dataclass
+class PerplexityResult(artifacts.Artifact):
+    """Mean NLL per evaluated language, unmodified and under each deactivation.
+
+    Attributes:
+        rows: labels whose neurons were deactivated (row order).
+        languages: evaluated languages (column order).
+        base_nll: ``[languages]`` nats/token of the unmodified model.
+        nll: ``[rows][languages]`` with the row's neurons deactivated.
+        random_nll: the same for the random control sets (NaN where not evaluated).
+        tokens: evaluated tokens per language.
+    """
+
+    rows: list[str]
+    languages: list[str]
+    base_nll: list[float]
+    nll: list[list[float]]
+    random_nll: list[list[float]]
+    tokens: dict[str, int]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    KIND: ClassVar[str] = "ppl"
+
+    @staticmethod
+    def _delta(m: list[list[float]], base: list[float], ppl: bool) -> list[list[float]]:
+        f = math.exp if ppl else (lambda x: x)
+        return [[f(v) - f(b) for v, b in zip(row, base)] for row in m]
+
+    @property
+    def base_ppl(self) -> list[float]:
+        return [math.exp(v) for v in self.base_nll]
+
+    def delta_nll(self, random: bool = False) -> list[list[float]]:
+        return self._delta(self.random_nll if random else self.nll, self.base_nll, False)
+
+    def delta_ppl(self, random: bool = False) -> list[list[float]]:
+        """PPL change, ``exp(nll) - exp(base_nll)``: the paper's heatmap."""
+        return self._delta(self.random_nll if random else self.nll, self.base_nll, True)
+
+    def diagonal_summary(self) -> list[dict[str, Any]]:
+        """Per deactivated language that is also evaluated: its own PPL change, the mean change
+        of the other evaluated languages, the random set's own change, and two tests:
+        ``own_above_off_diagonal`` (own change > that mean) and ``own_hit_hardest`` (own change
+        is the largest of the row)."""
+        out = []
+        dp, dr = self.delta_ppl(), self.delta_ppl(random=True)
+        for i, row in enumerate(self.rows):
+            if row not in self.languages:
+                continue
+            j = self.languages.index(row)
+            off = [v for k, v in enumerate(dp[i]) if k != j]
+            mean_off = sum(off) / max(len(off), 1)
+            out.append({"language": row, "own_delta_ppl": dp[i][j], "off_diagonal_mean_delta_ppl": mean_off,
+                        "random_own_delta_ppl": dr[i][j], "own_above_off_diagonal": dp[i][j] > mean_off,
+                        "own_hit_hardest": all(dp[i][j] > v for v in off)})
+        return out
+
+    def summary_line(self) -> str:
+        """One line that says exactly what it counts."""
+        d = self.diagonal_summary()
+        hardest = sum(r["own_hit_hardest"] for r in d)
+        above = sum(r["own_above_off_diagonal"] for r in d)
+        return (f"own language's PPL rises most of its row in {hardest} of {len(d)} rows "
+                f"(more than the row's mean over other languages in {above} of {len(d)})")
+
+    def payload(self) -> dict[str, Any]:
+        return {"rows": self.rows, "languages": self.languages, "base_nll": self.base_nll,
+                "nll": self.nll, "random_nll": self.random_nll, "tokens": self.tokens,
+                "base_ppl": self.base_ppl, "delta_nll": self.delta_nll(), "delta_ppl": self.delta_ppl(),
+                "random_delta_nll": self.delta_nll(True), "random_delta_ppl": self.delta_ppl(True),
+                "diagonal": self.diagonal_summary()}
+
+    to_dict = payload
+
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        d = self.payload()
+        out = {name: [{"deactivated": r, **dict(zip(self.languages, vals))} for r, vals in zip(self.rows, d[name])]
+               for name in ("nll", "delta_nll", "delta_ppl", "random_delta_ppl", "random_nll")}
+        out["diagonal"] = d["diagonal"]
+        return out
+
+    @classmethod
+    def _from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], r: Any) -> PerplexityResult:
+        def matrix(m: list[list[float | None]]) -> list[list[float]]:  # null: not evaluated
+            return [[math.nan if v is None else float(v) for v in row] for row in m]
+
+        return cls(list(r["rows"]), list(r["languages"]), [math.nan if v is None else float(v) for v in r["base_nll"]],
+                   matrix(r["nll"]), matrix(r["random_nll"]), dict(r["tokens"]), meta)
+
+    def validate(self) -> None:
+        shape = (len(self.rows), len(self.languages))
+        for name, m in (("nll", self.nll), ("random_nll", self.random_nll)):
+            if len(m) != shape[0] or any(len(row) != shape[1] for row in m):
+                raise LapeError(f"perplexity matrix {name} is not {shape[0]} x {shape[1]}: the artifact "
+                                          "was edited or damaged; re-run lape ppl")
+        values = [v for row in self.nll + self.random_nll for v in row] + list(self.base_nll)
+        if any(v < 0 for v in values if not math.isnan(v)) or len(self.base_nll) != shape[1]:
+            raise LapeError("perplexity result holds negative NLL or a wrong base row: the artifact was "
+                                      "edited or damaged; re-run lape ppl")
+
+
+def ppl_matrix(
+    model: nn.Module,
+    corpus: Mapping[str, Iterable[Any]],
+    sets: NeuronSets,
+    config: PerplexityConfig = PerplexityConfig(),
+    *,
+    rows: Iterable[str] | None = None,
+    out: str | Path | None = None,
+    space: NeuronSpace | None = None,
+    progress: bool = True,
+) -> PerplexityResult:
+    """Perplexity of every language, unmodified and with each row's neurons deactivated.
+
+    Args:
+        model: the model the neuron sets were made for.
+        corpus: ``{language: sequences}`` of the held-out split (see :func:`lape.load_corpus`).
+        sets: neuron sets; each label in ``rows`` gives one row.
+        config: evaluation settings.
+        rows: which sets to deactivate (default all labels). Per ``config.random_baseline``
+            each row also deactivates a random set of equal size per layer (seeded) on every
+            language (``full``), on the row's own language only (``diagonal``; NaN elsewhere)
+            or not at all (``none``).
+        out: a folder to save the result into; a result there made from the same model,
+            text, neuron sets and settings is returned without recomputation.
+
+    Returns:
+        :class:`PerplexityResult`.
+    """
+    from tqdm.auto import tqdm
+
+    space = space or NeuronSpace.of(model)
+    sets.check_model(model, space)
+    languages = list(corpus)
+    rows = list(rows) if rows is not None else list(sets.labels)
+    for row in rows:
+        sets.mask(row)  # an unknown row fails here, before any work
+    inputs = {"corpus": {lang: corpus_key(corpus[lang]) for lang in languages}, "neurons": sets.identity(),
+              "rows": rows}
+    fp = fingerprint(model)
+    key = artifacts.stage_key(PerplexityResult.KIND, model_fingerprint=fp, config=config.key_dict(), inputs=inputs)
+
+    def compute() -> PerplexityResult:
+        check_head(model)
+        mode = config.random_baseline
+        randoms = random_like(sets, seed=config.seed) if mode != "none" else None
+        # the languages each row's random set is evaluated on
+        random_cols = {row: [lang for lang in languages if mode == "full" or (mode == "diagonal" and lang == row)]
+                       for row in rows}
+        n_evals = len(languages) * (1 + len(rows)) + sum(len(c) for c in random_cols.values())
+        bar = tqdm(total=n_evals, desc="perplexity", unit="eval", disable=not progress)
+        tokens: dict[str, int] = {}
+
+        def evaluate(lang: str) -> float:
+            nll, n = corpus_nll(model, corpus[lang], config)
+            tokens[lang] = n
+            bar.update(1)
+            return nll
+
+        base = [evaluate(lang) for lang in languages]
+        nll, rnd = [], []
+        for row in rows:
+            with intervene(model, sets, deactivate=[row], space=space):
+                nll.append([evaluate(lang) for lang in languages])
+            random_row = {lang: float("nan") for lang in languages}
+            if random_cols[row]:  # empty without a baseline, or when the row's language is not evaluated
+                with intervene(model, randoms, deactivate=[row], space=space):
+                    random_row.update({lang: evaluate(lang) for lang in random_cols[row]})
+            rnd.append([random_row[lang] for lang in languages])
+        bar.close()
+        meta = artifacts.model_sidecar(
+            PerplexityResult.KIND, model, languages=languages, token_counts=tokens, config=config.to_dict(),
+            inputs=inputs, neurons={"method": sets.meta.get("method"), "counts": sets.counts()},
+            random_seed=config.seed)
+        return PerplexityResult(rows, languages, base, nll, rnd, tokens, meta)
+
+    return artifacts.run_stage(PerplexityResult, out, key, compute, model=model)

@@ -1,0 +1,210 @@
+"""Labelled masks: :class:`NeuronSets` on the neuron space, :class:`ParamRegions` on the parameter
+space, and the neuron view of a region.
+
+Both hold one boolean mask per label (languages for LAPE and regions, clusters for key neurons)
+and share :class:`LabelledMasks`: label lookup, counts, subsets, the artifact format and the
+model check. A neuron set is one tensor ``[labels, layers, neurons]``; a parameter region is one
+tensor ``[labels, *weight.shape]`` per named weight tensor.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .artifacts import Artifact, check_fingerprint
+from .errors import LapeError
+from .space import NeuronSpace
+
+Neuron = tuple[int, int]
+
+
+class LabelledMasks(Artifact):
+    """What neuron sets and parameter regions share: labels in axis order and per-label masks."""
+
+    labels: list[str]
+    meta: dict[str, Any]
+    REQUIRED: ClassVar[tuple[str, ...]] = ("labels",)
+
+    def _index(self, label: str) -> int:
+        if label not in self.labels:
+            raise LapeError(f"no {self.KIND} for {label!r}: the labels are {', '.join(self.labels)}")
+        return self.labels.index(label)
+
+    def counts(self) -> dict[str, int]:
+        """Members (neurons or parameters) per label."""
+        raise NotImplementedError
+
+    def _sidecar(self) -> None:
+        self.meta["labels"] = list(self.labels)
+        self.meta["counts"] = self.counts()
+
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse a model these masks were not made for (fingerprint)."""
+        if self.meta.get("fingerprint"):
+            check_fingerprint(self.meta, model, what=f"{self.KIND} ({self.meta.get('method', 'unknown method')})")
+
+
+@dataclass
+class NeuronSets(LabelledMasks):
+    """Labelled boolean masks over the neuron space.
+
+    Attributes:
+        labels: one label per set (languages for LAPE, clusters for key neurons), in axis order.
+        masks: bool tensor ``[labels, layers, neurons]``.
+        meta: the sidecar: method, thresholds, model id and source-stats fingerprint.
+
+    Example:
+        >>> sets = NeuronSets.load("runs/demo/neurons", model=model)
+        >>> sets.mask("fr").sum()          # French-specific neurons
+        >>> sets.counts_per_layer()["fr"]  # per layer
+    """
+
+    labels: list[str]
+    masks: torch.Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    KIND: ClassVar[str] = "neurons"
+    TENSORS: ClassVar[tuple[str, ...]] = ("masks",)
+
+    def __post_init__(self) -> None:
+        self.labels = list(self.labels)
+        if self.masks.dtype != torch.bool or self.masks.dim() != 3 or self.masks.shape[0] != len(self.labels):
+            raise LapeError(f"NeuronSets needs a bool tensor [labels={len(self.labels)}, layers, neurons]; "
+                            f"got {self.masks.dtype} {tuple(self.masks.shape)}")
+        if len(set(self.labels)) != len(self.labels):
+            raise LapeError(f"NeuronSets labels repeat: {self.labels}; give each set its own label")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.masks.shape[1]), int(self.masks.shape[2]))
+
+    def mask(self, label: str) -> torch.Tensor:
+        """Bool ``[layers, neurons]`` of one label."""
+        return self.masks[self._index(label)]
+
+    def neurons(self, label: str) -> list[Neuron]:
+        """The ``(layer, index)`` pairs of one label, sorted."""
+        return [(int(a), int(b)) for a, b in self.mask(label).nonzero().tolist()]
+
+    def union(self) -> torch.Tensor:
+        """Bool ``[layers, neurons]``: neurons in any set."""
+        return self.masks.any(0)
+
+    def counts(self) -> dict[str, int]:
+        return {lab: int(m.sum()) for lab, m in zip(self.labels, self.masks)}
+
+    def counts_per_layer(self) -> dict[str, list[int]]:
+        """Per label, the number of its neurons in each layer."""
+        return {lab: m.sum(1).tolist() for lab, m in zip(self.labels, self.masks)}
+
+    def overlaps(self) -> torch.Tensor:
+        """int64 ``[labels, labels]``: neurons shared by each pair (diagonal: set sizes)."""
+        flat = self.masks.reshape(len(self.labels), -1).to(torch.float64)
+        return (flat @ flat.T).round().to(torch.int64)
+
+    def subset(self, labels: Iterable[str]) -> NeuronSets:
+        """The sets of some labels only."""
+        labels = list(labels)
+        idx = [self._index(lab) for lab in labels]
+        return NeuronSets(labels, self.masks[idx].clone(), dict(self.meta))
+
+    @classmethod
+    def from_neurons(cls, groups: Mapping[str, Iterable[Neuron]], shape: tuple[int, int],
+                     meta: dict[str, Any] | None = None) -> NeuronSets:
+        """Build sets from hand-written ``{label: [(layer, index), ...]}``."""
+        labels = list(groups)
+        masks = torch.zeros(len(labels), *shape, dtype=torch.bool)
+        for k, lab in enumerate(labels):
+            for layer, index in groups[lab]:
+                if not (0 <= layer < shape[0] and 0 <= index < shape[1]):
+                    raise LapeError(f"neuron ({layer}, {index}) of {lab!r} is outside the "
+                                    f"{shape[0]} x {shape[1]} neuron space")
+                masks[k, layer, index] = True
+        return cls(labels, masks, dict(meta or {}))
+
+    def check_model(self, model: nn.Module, space: NeuronSpace | None = None) -> None:
+        """Refuse a model these sets were not made for (fingerprint, then shape)."""
+        super().check_model(model)
+        (space or NeuronSpace.of(model)).check_compatible(self.masks.shape, "the neuron sets")
+
+    # artifact ------------------------------------------------------------------------------
+    def tensors(self) -> dict[str, torch.Tensor]:
+        self._sidecar()
+        self.meta.setdefault("num_layers", self.shape[0])
+        self.meta.setdefault("neurons_per_layer", self.shape[1])
+        self.meta.setdefault("fingerprint", {})
+        return {"masks": self.masks}
+
+    @classmethod
+    def _from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], payload: Any) -> NeuronSets:
+        return cls(list(meta["labels"]), tensors["masks"].to(torch.bool), meta)
+
+    def validate(self) -> None:
+        layers, neurons = self.meta.get("num_layers"), self.meta.get("neurons_per_layer")
+        if layers is not None and neurons is not None and (layers, neurons) != self.shape:
+            raise LapeError(f"the neuron sets are {self.shape[0]} x {self.shape[1]} but their sidecar says "
+                            f"{layers} x {neurons}: the artifact was edited or damaged; re-run lape identify")
+
+
+@dataclass
+class ParamRegions(LabelledMasks):
+    """Labelled boolean masks over named weight tensors (linguistic regions, their controls).
+
+    Attributes:
+        labels: one label per region (``"core"``, a language, ``"random"``, ...), in axis order.
+        masks: ``{tensor name: bool [labels, *weight.shape]}`` (names as in ``named_parameters()``).
+        meta: the sidecar.
+
+    Example:
+        >>> regions.mask("core")["model.layers.0.mlp.down_proj.weight"].sum()
+    """
+
+    labels: list[str]
+    masks: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    KIND: ClassVar[str] = "regions"
+
+    def __post_init__(self) -> None:
+        self.labels = list(self.labels)
+        for name, m in self.masks.items():
+            if m.dtype != torch.bool or m.dim() < 2 or m.shape[0] != len(self.labels):
+                raise LapeError(f"ParamRegions mask of {name} must be bool [labels={len(self.labels)}, ...]; "
+                                f"got {m.dtype} {tuple(m.shape)}")
+
+    def mask(self, label: str) -> dict[str, torch.Tensor]:
+        """``{tensor name: bool mask of the weight's shape}`` of one label."""
+        k = self._index(label)
+        return {name: m[k] for name, m in self.masks.items()}
+
+    def counts(self) -> dict[str, int]:
+        return {lab: sum(int(m[k].sum()) for m in self.masks.values()) for k, lab in enumerate(self.labels)}
+
+    def subset(self, labels: Iterable[str]) -> ParamRegions:
+        labels = list(labels)
+        idx = [self._index(lab) for lab in labels]
+        return ParamRegions(labels, {n: m[idx].clone() for n, m in self.masks.items()}, dict(self.meta))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        self._sidecar()
+        self.meta.setdefault("fingerprint", {})
+        self.meta["tensor_names"] = list(self.masks)
+        return dict(self.masks)
+
+    @classmethod
+    def _from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], payload: Any) -> ParamRegions:
+        return cls(list(meta["labels"]), {n: tensors[n].to(torch.bool) for n in meta["tensor_names"]}, meta)
+
+
+def parse_neuron_list(text: str) -> list[Neuron]:
+    """Parse ``"3:17, 5:1024"`` or ``"(3,17) (5,1024)"`` into ``[(3, 17), (5, 1024)]``."""
+    pairs = re.findall(r"(\d+)\s*[:,]\s*(\d+)", text)
+    if not pairs:
+        raise LapeError(f"no neurons in {text!r}: write them as layer:index, e.g. '3:17,5:1024'")
+    return [(int(a), int(b)) for a, b in pairs]
