@@ -344,12 +344,14 @@ def save(folder: str | Path, artifact: Artifact) -> Path:
     folder = ensure_folder(folder)
     kind = artifact.KIND
     artifact.validate()
+    tensors = artifact.tensors()  # may complete the sidecar (labels, counts)
     meta = dict(artifact.meta)
+    meta.setdefault("fingerprint", {})
     meta.update(format=f"lape.{kind}", format_version=FORMAT_VERSION, lape_version=_version())
-    tensors = artifact.tensors()
     files: dict[str, str] = {}
     t_new = folder / f"{kind}.safetensors.new"
     m_new = folder / f"{kind}.json.new"
+    swapped = False  # once the tensors are in place, a left-over new sidecar completes the swap on load
     try:
         if tensors:
             blob = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
@@ -362,14 +364,16 @@ def save(folder: str | Path, artifact: Artifact) -> Path:
         write_json(m_new, meta)
         if tensors:
             os.replace(t_new, folder / f"{kind}.safetensors")
-        else:
-            (folder / f"{kind}.safetensors").unlink(missing_ok=True)
+        swapped = True
         os.replace(m_new, folder / f"{kind}.json")
+        if not tensors:
+            (folder / f"{kind}.safetensors").unlink(missing_ok=True)
     except OSError as exc:
         raise _write_error(folder, exc) from None
     finally:
-        t_new.unlink(missing_ok=True)
-        m_new.unlink(missing_ok=True)
+        if not swapped:
+            t_new.unlink(missing_ok=True)
+            m_new.unlink(missing_ok=True)
     artifact.meta = {k: v for k, v in meta.items() if k != "result"}
     for name, rows in artifact.tables().items():
         write_table(folder / name, rows)

@@ -46,6 +46,7 @@ class IdentifyConfig(StageConfig):
     filter_rate: float = option(0.95, gt=0.0, max=0.999)  # percentile of all probabilities a neuron must pass in some language
     activation_bar_ratio: float = option(0.95, gt=0.0, max=0.999)  # percentile a kept neuron must pass to join a language
     seed: int = option(0, min=0)  # for the random baseline
+    min_tokens: int = option(100, min=1)  # fewer counted tokens make a language's probabilities meaningless
 
 
 def kth_quantile(values: torch.Tensor, rate: float) -> float:
@@ -123,20 +124,19 @@ def random_like(sets: NeuronSets, seed: int = 0) -> NeuronSets:
     return NeuronSets(list(sets.labels), _random_like(sets.masks, seed), meta)
 
 
-MIN_TOKENS = 100  # fewer counted tokens per language make firing probabilities meaningless
 FEW_TOKENS = 2000  # below this a language's probabilities are noisy: identify warns
 
 
-def check_token_counts(stats: ActivationStats) -> list[str]:
+def check_token_counts(stats: ActivationStats, min_tokens: int = 100) -> list[str]:
     """Refuse languages with too few counted tokens; return warnings for doubtful ones."""
     if len(stats.languages) < 2:
         raise LapeError("language-specific neurons need at least two languages: record more languages")
     warnings = []
     for lang, n in zip(stats.languages, stats.token_counts.tolist()):
-        if n < MIN_TOKENS:
-            raise LapeError(f"language {lang!r} has only {n} recorded tokens (at least {MIN_TOKENS} are needed "
+        if n < min_tokens:
+            raise LapeError(f"language {lang!r} has only {n} recorded tokens (at least {min_tokens} are needed "
                             "for firing probabilities): re-record it with more text, or leave it out with --languages")
-        if n < FEW_TOKENS:
+        elif n < FEW_TOKENS:
             warnings.append(f"{lang} has only {n} recorded tokens: its firing probabilities are noisy "
                             f"(record at least {FEW_TOKENS})")
     for w in warnings:
@@ -162,7 +162,7 @@ def identify(stats: ActivationStats, config: IdentifyConfig = IdentifyConfig(), 
         >>> sets = identify(stats)                       # LAPE, top 1%
         >>> sets.counts()["fr"]
     """
-    warnings = check_token_counts(stats)
+    warnings = check_token_counts(stats, config.min_tokens)
     inputs = {"stats": stats.identity(), "languages": list(stats.languages)}
     key = artifacts.stage_key(NeuronSets.KIND, model_fingerprint=stats.meta.get("fingerprint"),
                               config=config.key_dict(), inputs=inputs)

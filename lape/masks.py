@@ -19,7 +19,7 @@ from torch import nn
 
 from .artifacts import Artifact, check_fingerprint
 from .errors import LapeError
-from .space import NeuronSpace
+from .space import NeuronSpace, ParamSpace
 
 Neuron = tuple[int, int]
 
@@ -30,10 +30,11 @@ class LabelledMasks(Artifact):
     labels: list[str]
     meta: dict[str, Any]
     REQUIRED: ClassVar[tuple[str, ...]] = ("labels",)
+    WHAT: ClassVar[str] = "mask"  # what one label's mask is called in messages
 
     def _index(self, label: str) -> int:
         if label not in self.labels:
-            raise LapeError(f"no {self.KIND} for {label!r}: the labels are {', '.join(self.labels)}")
+            raise LapeError(f"no {self.WHAT} for {label!r}: the {self.WHAT}s are {', '.join(self.labels)}")
         return self.labels.index(label)
 
     def counts(self) -> dict[str, int]:
@@ -70,6 +71,7 @@ class NeuronSets(LabelledMasks):
     meta: dict[str, Any] = field(default_factory=dict)
 
     KIND: ClassVar[str] = "neurons"
+    WHAT: ClassVar[str] = "neuron set"
     TENSORS: ClassVar[tuple[str, ...]] = ("masks",)
 
     def __post_init__(self) -> None:
@@ -170,6 +172,7 @@ class ParamRegions(LabelledMasks):
     meta: dict[str, Any] = field(default_factory=dict)
 
     KIND: ClassVar[str] = "regions"
+    WHAT: ClassVar[str] = "region"
 
     def __post_init__(self) -> None:
         self.labels = list(self.labels)
@@ -200,6 +203,54 @@ class ParamRegions(LabelledMasks):
     @classmethod
     def _from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], payload: Any) -> ParamRegions:
         return cls(list(meta["labels"]), {n: tensors[n].to(torch.bool) for n in meta["tensor_names"]}, meta)
+
+    # neuron view -----------------------------------------------------------------------------
+    def neuron_counts(self, space: ParamSpace) -> torch.Tensor:
+        """int64 ``[labels, layers, neurons]``: how many of each neuron's parameters (its down
+        projection column and up/gate rows, see :meth:`ParamSpace.neuron_mask`) are in each region.
+
+        Tensors the regions do not cover count as outside. Divide by
+        ``space.params_per_neuron(layer)`` for a share.
+        """
+        counts = torch.zeros(len(self.labels), space.num_layers, space.neurons_per_layer, dtype=torch.int64)
+        for layer, slices in enumerate(space.neuron_slices):
+            for s in slices:
+                m = self.masks.get(s.name)
+                if m is None:
+                    continue
+                if tuple(m.shape[1:]) != space.info(s.name).shape:
+                    raise LapeError(f"the region mask of {s.name} is {tuple(m.shape[1:])} but the model's tensor "
+                                    f"is {space.info(s.name).shape}: use regions made for this model")
+                other = [d for d in range(1, m.dim()) if d != s.axis + 1]
+                per_row = m.sum(other) if other else m.to(torch.int64)
+                counts[:, layer] += per_row.reshape(len(self.labels), s.copies, -1).sum(1).cpu()
+        return counts
+
+    def neuron_view(self, space: ParamSpace, label: str, min_share: float = 0.5) -> torch.Tensor:
+        """Bool ``[layers, neurons]``: neurons with at least ``min_share`` of their parameters in
+        region ``label``.
+
+        Example:
+            >>> regions.neuron_view(ParamSpace.of(model), "core", min_share=0.1).sum()
+        """
+        return self._neuron_select(space, min_share)[self._index(label)]
+
+    def to_neuron_sets(self, space: ParamSpace, min_share: float = 0.5) -> NeuronSets:
+        """The neuron view of every region as :class:`NeuronSets` (same labels), e.g. to compare
+        regions with LAPE neurons or to silence them with :func:`lape.intervene.intervene`."""
+        meta = {"method": f"neuron view of {self.meta.get('method', 'regions')}", "min_share": min_share,
+                "fingerprint": dict(self.meta.get("fingerprint", {}))}
+        return NeuronSets(list(self.labels), self._neuron_select(space, min_share), meta)
+
+    def _neuron_select(self, space: ParamSpace, min_share: float) -> torch.Tensor:
+        if not 0.0 < min_share <= 1.0:
+            raise LapeError(f"min_share={min_share} must be in (0, 1]: the share of a neuron's parameters "
+                            "that must lie in the region")
+        total = torch.tensor([space.params_per_neuron(layer) for layer in range(space.num_layers)],
+                             dtype=torch.float64)
+        # compare integer counts; the epsilon keeps 0.07 * 100 from rounding up to 8
+        needed = torch.ceil(min_share * total - 1e-9).to(torch.int64)
+        return self.neuron_counts(space) >= needed[None, :, None]
 
 
 def parse_neuron_list(text: str) -> list[Neuron]:

@@ -244,3 +244,232 @@ def describe_model(model: nn.Module, pattern: str | None = None) -> dict[str, An
             "layers_x_neurons": f"{space.num_layers} x {space.neurons_per_layer}", "num_layers": space.num_layers,
             "neurons": space.num_neurons, "activation_module": space.act_paths[0],
             "down_projection": space.down_paths[0], "fingerprint": fp}
+
+
+# --- the parameter space ------------------------------------------------------------------------
+# Known up/gate projections (inputs of the neuron) beside a down projection, tried before a guess.
+_UP_NAMES = ("gate_proj", "up_proj", "gate_up_proj", "c_fc", "dense_h_to_4h", "fc1", "fc_in",
+             "w1", "w3", "wi", "wi_0", "wi_1")
+
+
+def _out_features(module: nn.Module) -> int | None:
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    weight = getattr(module, "weight", None)
+    if type(module).__name__ == "Conv1D" and weight is not None:  # GPT-2: weight is [in, out]
+        return int(weight.shape[1])
+    return None
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D"
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """One parameter tensor of a decoder block.
+
+    Attributes:
+        name: full dotted name as in ``model.named_parameters()``.
+        layer: the decoder block it belongs to.
+        type: the name relative to the block, e.g. ``"mlp.down_proj.weight"``; the same for
+            every layer, so it groups tensors across layers.
+        shape: the tensor's shape.
+        is_norm: a 1-D parameter (weight or bias) of a module whose class name contains
+            ``"Norm"`` (Zhang et al. freeze everything in a block except these).
+    """
+
+    name: str
+    layer: int
+    type: str
+    shape: tuple[int, ...]
+    is_norm: bool
+
+
+@dataclass(frozen=True)
+class NeuronSlice:
+    """Where the neurons of one layer sit in one parameter tensor.
+
+    Neuron ``i`` owns the entries ``i + k * width`` (``k < copies``) along ``axis``: the down
+    projection's input column (``axis=1``; GPT-2's Conv1D stores ``[in, out]``, so ``axis=0``),
+    the up/gate projection's output row (``axis=0``; Conv1D ``axis=1``) and its bias entry.
+    ``copies=2`` is a fused ``[gate; up]`` projection (Phi-3 ``gate_up_proj``).
+
+    Attributes:
+        name: the parameter's full name.
+        axis: the dimension indexed by the neuron.
+        copies: 1, or 2 for a fused gate/up projection.
+    """
+
+    name: str
+    axis: int
+    copies: int = 1
+
+
+@dataclass(frozen=True)
+class ParamSpace:
+    """The weight tensors of a model's decoder blocks, and the map from neurons to their entries.
+
+    Only parameters inside the decoder-layer list count: embeddings, the final norm and the LM
+    head are left out, as in Zhang et al. (tied embeddings are most of Gemma 3 270M's
+    parameters). Blocks are found through the layer ``ModuleList`` (see :class:`NeuronSpace`),
+    not a ``"layers."`` name match, so GPT-2/BLOOM ``transformer.h`` and GPT-NeoX
+    ``gpt_neox.layers`` work too.
+
+    Attributes:
+        model_class: the model's class name.
+        layers_path: path of the decoder-layer list, e.g. ``"model.layers"``.
+        params: every decoder-block parameter, in ``named_parameters()`` order.
+        neuron_slices: per layer, where its neurons sit (down projection first, then up/gate
+            weights and biases).
+        neurons_per_layer: the MLP width.
+
+    Example:
+        >>> space = ParamSpace.of(model)
+        >>> space.tensor_types()[:2]
+        ['self_attn.q_proj.weight', 'self_attn.k_proj.weight']
+        >>> masks = space.neuron_mask(3, [17, 40])   # {name: bool mask} for edit_weights
+    """
+
+    model_class: str
+    layers_path: str
+    params: tuple[ParamInfo, ...]
+    neuron_slices: tuple[tuple[NeuronSlice, ...], ...]
+    neurons_per_layer: int
+
+    @classmethod
+    def of(cls, model: nn.Module, neurons: NeuronSpace | None = None) -> ParamSpace:
+        """Map a model's decoder-block parameters.
+
+        Args:
+            model: a Hugging Face causal LM (or its base model).
+            neurons: its neuron space, if already built (``NeuronSpace.of(model, pattern=...)``
+                for models the lookup misses).
+
+        Raises:
+            LapeError: no decoder layers or MLP found (see :meth:`NeuronSpace.of`).
+        """
+        neurons = neurons or NeuronSpace.of(model)
+        params = _block_params(model, neurons.layers_path)
+        names = {p.name for p in params}
+        slices = tuple(_neuron_slices(model, neurons, layer, names) for layer in range(neurons.num_layers))
+        return cls(type(model).__name__, neurons.layers_path, params, slices, neurons.neurons_per_layer)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.neuron_slices)
+
+    def names(self, layer: int | None = None, *, norms: bool = True) -> list[str]:
+        """Parameter names, of one layer or all; ``norms=False`` leaves norm parameters out."""
+        return [p.name for p in self.params
+                if (layer is None or p.layer == layer) and (norms or not p.is_norm)]
+
+    def info(self, name: str) -> ParamInfo:
+        """The :class:`ParamInfo` of one parameter."""
+        found = next((p for p in self.params if p.name == name), None)
+        if found is None:
+            raise LapeError(f"{name!r} is not a decoder-block parameter of {self.model_class}: "
+                            "see ParamSpace.names() for the names")
+        return found
+
+    def layer_of(self, name: str) -> int:
+        """The decoder block that parameter ``name`` belongs to."""
+        return self.info(name).layer
+
+    def tensor_types(self) -> list[str]:
+        """The distinct block-relative names (``"mlp.down_proj.weight"``, ...), in block order."""
+        return list(dict.fromkeys(p.type for p in self.params))
+
+    def num_parameters(self, *, norms: bool = True) -> int:
+        """Number of scalar parameters in the decoder blocks."""
+        return sum(torch.Size(p.shape).numel() for p in self.params if norms or not p.is_norm)
+
+    def params_per_neuron(self, layer: int) -> int:
+        """How many parameter entries one neuron of ``layer`` owns (down column + up/gate rows)."""
+        return sum(_slice_numel(s, self.info(s.name).shape) for s in self._slices(layer))
+
+    def neuron_mask(self, layer: int, indices: int | Sequence[int] | torch.Tensor) -> dict[str, torch.Tensor]:
+        """The parameters of some neurons of one layer, as masks for :func:`lape.weights.edit_weights`.
+
+        Args:
+            layer: the layer.
+            indices: neuron index or indices in ``[0, neurons_per_layer)``.
+
+        Returns:
+            ``{parameter name: bool mask of the weight's shape}``: the down projection's input
+            columns and the up/gate projections' output rows (and bias entries).
+
+        Example:
+            >>> with edit_weights(model, space.neuron_mask(2, [5, 9])):
+            ...     logits = model(ids).logits      # same as silencing the two neurons
+        """
+        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        if idx.numel() and not (0 <= int(idx.min()) and int(idx.max()) < self.neurons_per_layer):
+            raise LapeError(f"neuron indices {idx.tolist()} are outside [0, {self.neurons_per_layer}) "
+                            f"of {self.model_class}")
+        masks = {}
+        for s in self._slices(layer):
+            mask = torch.zeros(self.info(s.name).shape, dtype=torch.bool)
+            rows = torch.cat([idx + k * self.neurons_per_layer for k in range(s.copies)])
+            masks[s.name] = mask.index_fill_(s.axis, rows, True)
+        return masks
+
+    def neuron_set_mask(self, selected: torch.Tensor) -> dict[str, torch.Tensor]:
+        """:meth:`neuron_mask` for a bool ``[layers, neurons]`` selection (e.g. ``sets.mask("fr")``)."""
+        if selected.dtype != torch.bool or tuple(selected.shape) != (self.num_layers, self.neurons_per_layer):
+            raise LapeError(f"neuron selection must be bool [{self.num_layers}, {self.neurons_per_layer}]; "
+                            f"got {selected.dtype} {tuple(selected.shape)}")
+        masks: dict[str, torch.Tensor] = {}
+        for layer in range(self.num_layers):
+            masks.update(self.neuron_mask(layer, selected[layer].nonzero().squeeze(1)))
+        return masks
+
+    def _slices(self, layer: int) -> tuple[NeuronSlice, ...]:
+        if not 0 <= layer < self.num_layers:
+            raise LapeError(f"layer {layer} is outside the {self.num_layers} decoder layers of {self.model_class}")
+        return self.neuron_slices[layer]
+
+
+def _block_params(model: nn.Module, layers_path: str) -> tuple[ParamInfo, ...]:
+    """Every named parameter below ``layers_path.<i>.``, with its layer and block-relative name."""
+    modules = dict(model.named_modules())
+    prefix = f"{layers_path}."
+    found = []
+    for name, param in model.named_parameters():
+        if not name.startswith(prefix):
+            continue
+        layer, _, rel = name[len(prefix):].partition(".")
+        if not layer.isdigit():
+            continue
+        owner = modules[name.rsplit(".", 1)[0]]
+        is_norm = param.dim() == 1 and "Norm" in type(owner).__name__
+        found.append(ParamInfo(name, int(layer), rel, tuple(param.shape), is_norm))
+    return tuple(found)
+
+
+def _up_modules(parent: nn.Module, down_name: str, width: int) -> list[tuple[str, nn.Module]]:
+    """The projections feeding the neurons: siblings of the down projection whose output width is
+    the MLP width (or twice it, fused gate/up); known names first, else every such sibling."""
+    fits = [(n, m) for n, m in parent.named_children()
+            if n != down_name and _out_features(m) in (width, 2 * width)]
+    known = [(n, m) for n, m in fits if n in _UP_NAMES]
+    return known or fits
+
+
+def _neuron_slices(model: nn.Module, neurons: NeuronSpace, layer: int, names: set[str]) -> tuple[NeuronSlice, ...]:
+    down_path = neurons.down_paths[layer]
+    parent_path, _, down_name = down_path.rpartition(".")
+    down = model.get_submodule(down_path)
+    slices = [NeuronSlice(f"{down_path}.weight", axis=0 if _is_conv1d(down) else 1)]
+    width = neurons.neurons_per_layer
+    for name, mod in _up_modules(model.get_submodule(parent_path), down_name, width):
+        copies = _out_features(mod) // width
+        slices.append(NeuronSlice(f"{parent_path}.{name}.weight", 1 if _is_conv1d(mod) else 0, copies))
+        if getattr(mod, "bias", None) is not None:
+            pass
+    # a tensor outside named_parameters() (shared and listed elsewhere) cannot be edited by name
+    return tuple(s for s in slices if s.name in names)
+
+
+def _slice_numel(s: NeuronSlice, shape: tuple[int, ...]) -> int:
+    return torch.Size(shape).numel() // shape[s.axis] * s.copies

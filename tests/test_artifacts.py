@@ -6,6 +6,9 @@ import csv
 import json
 import os
 
+from dataclasses import dataclass, field
+from typing import ClassVar
+
 import pytest
 import torch
 from tiny_models import tiny_model
@@ -13,6 +16,36 @@ from tiny_models import tiny_model
 from lape import artifacts
 from lape.errors import LapeError
 from lape.models import fingerprint
+
+
+@dataclass
+class Thing(artifacts.Artifact):
+    """A minimal artifact type for these tests: tensors, a JSON payload and a range check."""
+
+    data: dict[str, torch.Tensor]
+    note: dict | None = None
+    meta: dict = field(default_factory=dict)
+
+    KIND: ClassVar[str] = "thing"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("languages",)
+    TENSORS: ClassVar[tuple[str, ...]] = ("counts",)
+
+    def tensors(self):
+        return self.data
+
+    def payload(self):
+        return self.note
+
+    def tables(self):
+        return {"rows": [{"n": int(self.data["counts"].sum())}]}
+
+    @classmethod
+    def _from_saved(cls, tensors, meta, payload):
+        return cls(tensors, payload, meta)
+
+    def validate(self):
+        if bool((self.data["counts"] < 0).any()):
+            raise LapeError("counts below 0: re-run")
 
 
 def _meta(model=None, kind="thing"):
@@ -32,53 +65,102 @@ def _tensors():
 def test_save_load_roundtrip(tmp_path):
     model = tiny_model("llama")
     tensors, meta = _tensors(), _meta(model)
-    folder = artifacts.save(tmp_path / "art", "thing", tensors, meta)
-    assert sorted(p.name for p in folder.iterdir()) == ["thing.json", "thing.safetensors"]  # no temp files
+    folder = Thing(tensors, {"a": [1.5, float("nan")]}, meta).save(tmp_path / "art")
+    assert sorted(p.name for p in folder.iterdir()) == ["rows.csv", "rows.json", "thing.json", "thing.safetensors"]
     assert artifacts.exists(folder, "thing") and not artifacts.exists(folder, "other")
-    back, back_meta = artifacts.load(folder, "thing", model=model)
-    assert back.keys() == tensors.keys()
+    assert artifacts.kind_of(folder) == "thing"
+    back = Thing.load(folder, model=model)
+    assert back.data.keys() == tensors.keys()
     for k, v in tensors.items():
-        assert back[k].dtype == v.dtype and torch.equal(back[k], v)
-    assert back_meta == json.loads(json.dumps(meta))
-    assert back_meta["format"] == "lape.thing" and back_meta["format_version"] == artifacts.FORMAT_VERSION
-    assert back_meta["languages"] == ["fr", "ja"] and back_meta["extra_field"] == "kept"
+        assert back.data[k].dtype == v.dtype and torch.equal(back.data[k], v)
+    assert back.note == {"a": [1.5, None]}  # NaN is standard JSON null
+    assert back.meta["format"] == "lape.thing" and back.meta["format_version"] == artifacts.FORMAT_VERSION
+    assert back.meta["languages"] == ["fr", "ja"] and back.meta["extra_field"] == "kept"
+    sidecar = json.loads((folder / "thing.json").read_text())
+    assert sidecar["files"]["thing.safetensors"] == artifacts.file_hash(folder / "thing.safetensors")
+    # the generic loader finds the type from the sidecar
+    assert isinstance(artifacts.load(folder), Thing)
     # saving again replaces both files
-    artifacts.save(folder, "thing", {"counts": torch.zeros(1, dtype=torch.int64)}, {**meta, "config": {"seed": 1}})
-    back, back_meta = artifacts.load(folder, "thing")
-    assert list(back) == ["counts"] and back_meta["config"] == {"seed": 1}
+    Thing({"counts": torch.zeros(1, dtype=torch.int64)}, None, {**meta, "config": {"seed": 1}}).save(folder)
+    back = Thing.load(folder)
+    assert list(back.data) == ["counts"] and back.meta["config"] == {"seed": 1} and back.note is None
 
 
-def test_failed_save_leaves_no_sidecar_and_no_temp_files(tmp_path, monkeypatch):
-    folder = artifacts.save(tmp_path / "art", "thing", _tensors(), _meta())
-    real_replace = os.replace
+@pytest.mark.parametrize("fail_at", ["thing.safetensors.new", "thing.json.new", "swap"])
+def test_failed_rewrite_keeps_the_previous_artifact(tmp_path, monkeypatch, fail_at):
+    """A full disk (or a crash) during a rewrite leaves the old artifact loadable and no stray files."""
+    folder = Thing(_tensors(), None, _meta()).save(tmp_path / "art")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real_write, real_replace = artifacts.atomic_write_bytes, os.replace
 
-    def failing(src, dst):
-        if str(dst).endswith(".safetensors"):
-            raise OSError("disk full")
+    def full_disk(path, data):
+        if str(path).endswith(fail_at):
+            raise artifacts.LapeError(f"cannot write {path} (No space left on device): choose ...")
+        return real_write(path, data)
+
+    def failing_swap(src, dst):
+        if str(dst).endswith("thing.json"):
+            raise OSError(28, "No space left on device")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(os, "replace", failing)
-    with pytest.raises(OSError, match="disk full"):
-        artifacts.save(folder, "thing", {"new": torch.ones(3)}, _meta())
-    monkeypatch.setattr(os, "replace", real_replace)
-    assert not artifacts.exists(folder, "thing")  # the old sidecar must not describe new tensors
-    assert sorted(p.name for p in folder.iterdir()) == ["thing.safetensors"]
-    with pytest.raises(LapeError, match="holds no complete thing artifact"):
-        artifacts.load(folder, "thing")
+    if fail_at == "swap":
+        monkeypatch.setattr(os, "replace", failing_swap)
+    else:
+        monkeypatch.setattr(artifacts, "atomic_write_bytes", full_disk)
+    with pytest.raises(LapeError, match="No space left on device"):
+        Thing({"counts": torch.ones(3, dtype=torch.int64)}, None, _meta()).save(folder)
+    monkeypatch.undo()
+    back = Thing.load(folder)  # a swap that stopped half way is completed or undone here
+    if fail_at == "swap":  # the new tensors were in place, their sidecar is put in place on load
+        assert torch.equal(back.data["counts"], torch.ones(3, dtype=torch.int64))
+    else:
+        assert torch.equal(back.data["counts"], _tensors()["counts"])
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert not [p for p in folder.iterdir() if p.name.endswith((".new", ".tmp"))]
+
+
+def test_damaged_or_edited_artifacts_are_refused(tmp_path):
+    folder = Thing(_tensors(), None, _meta()).save(tmp_path / "art")
+    blob = bytearray((folder / "thing.safetensors").read_bytes())
+    blob[-5] ^= 0xFF  # one byte inside the tensor data
+    (folder / "thing.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(LapeError, match="does not match the checksum in its sidecar"):
+        Thing.load(folder)
+    # values out of range are refused even with a matching checksum
+    Thing({"counts": torch.tensor([-1])}, None, _meta()).tensors()
+    with pytest.raises(LapeError, match="counts below 0"):
+        Thing({"counts": torch.tensor([-1])}, None, _meta()).save(tmp_path / "neg")
+    folder = Thing(_tensors(), None, _meta()).save(tmp_path / "art2")
+    meta = json.loads((folder / "thing.json").read_text())
+    for edit, needle in (([], "holds a JSON list, not a lape sidecar"),
+                         ({k: v for k, v in meta.items() if k != "languages"}, "lacks 'languages'"),
+                         ({**meta, "files": {}}, "does not match the checksum")):
+        (folder / "thing.json").write_text(json.dumps(edit))
+        with pytest.raises(LapeError, match=needle) as err:
+            Thing.load(folder)
+        assert "\n" not in str(err.value)
+    # tensors of another kind: a valid file under the right name, without the tensors this kind needs
+    from safetensors.torch import save as st_save
+
+    other = st_save({"masks": torch.ones(2, dtype=torch.bool)})
+    (folder / "thing.safetensors").write_bytes(other)
+    (folder / "thing.json").write_text(json.dumps({**meta, "files": {"thing.safetensors": artifacts.bytes_hash(other)}}))
+    with pytest.raises(LapeError, match="lacks counts"):
+        Thing.load(folder)
 
 
 def test_load_refuses_wrong_or_incomplete_artifacts(tmp_path):
-    folder = artifacts.save(tmp_path / "art", "thing", _tensors(), _meta())
+    folder = Thing(_tensors(), None, _meta()).save(tmp_path / "art")
 
     def refused(kind, *needles, folder=folder, model=None):
         with pytest.raises(LapeError) as err:
-            artifacts.load(folder, kind, model=model)
+            artifacts.load(folder, kind=kind, model=model)
         msg = str(err.value)
         assert "\n" not in msg
         for n in needles:
             assert n in msg, msg
 
-    refused("stats", "holds no complete stats artifact", "(it holds thing)")
+    refused("stats", "holds no complete stats artifact", "(it holds")
     refused("thing", "does not exist", folder=tmp_path / "missing")
     other = tiny_model("llama", seed=1)
     refused("thing", "was made with tiny-llama", fingerprint(other)["checksum"][:8],
@@ -92,12 +174,27 @@ def test_load_refuses_wrong_or_incomplete_artifacts(tmp_path):
     (folder / "thing.json").write_text("{not json")
     refused("thing", "is not valid JSON")
     (folder / "thing.json").write_text(json.dumps(meta))
-    (folder / "thing.safetensors").write_bytes(b"\x00\x01garbage")
-    refused("thing", "thing.safetensors is missing or damaged")
     (folder / "thing.safetensors").unlink()
-    refused("thing", "thing.safetensors is missing or damaged")
+    refused("thing", "thing.safetensors is missing or unreadable")
     (folder / "thing.json").unlink()
     refused("thing", "holds no complete thing artifact")
+    refused(None, "holds no lape artifact")
+
+
+def test_run_stage_skips_only_when_the_key_matches(tmp_path):
+    calls = []
+
+    def compute(n):
+        def f():
+            calls.append(n)
+            return Thing({"counts": torch.tensor([n])}, None, _meta())
+        return f
+
+    a = artifacts.run_stage(Thing, tmp_path / "s", "key-1", compute(1))
+    b = artifacts.run_stage(Thing, tmp_path / "s", "key-1", compute(2))
+    c = artifacts.run_stage(Thing, tmp_path / "s", "key-2", compute(3))
+    assert calls == [1, 3] and not a.from_cache and b.from_cache and not c.from_cache
+    assert int(b.data["counts"]) == 1 and int(Thing.load(tmp_path / "s").data["counts"]) == 3
 
 
 def test_write_table_json_and_csv_hold_the_same_rows(tmp_path):

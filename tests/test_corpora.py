@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from lape import corpora
+from lape.langid import LANGID_ACCEPT
 from lape.corpora import (
     batches,
     build_builtin_corpus,
@@ -459,7 +460,7 @@ def builtin_root(tmp_path_factory):
 @pytest.fixture
 def builtin_cache(builtin_root, monkeypatch):
     monkeypatch.setenv("LAPE_CACHE", str(builtin_root))
-    return builtin_root / "corpora" / corpora.BUILTIN_VERSION
+    return builtin_root / "corpora" / corpora.builtin.BUILTIN_VERSION
 
 
 def test_builtin_build_is_complete_and_disjoint(builtin_cache):
@@ -472,7 +473,7 @@ def test_builtin_build_is_complete_and_disjoint(builtin_cache):
         train, valid = list(iter_documents(m, code, "train")), list(iter_documents(m, code, "valid"))
         assert train and valid and not set(train) & set(valid), code
         assert len(set(train)) == len(train)
-        assert min(len(d) for d in train + valid) >= corpora.MIN_PARAGRAPH_CHARS
+        assert min(len(d) for d in train + valid) >= corpora.builtin.MIN_PARAGRAPH_CHARS
         assert m.entry(code)["stats"]["train"]["documents"] == len(train), code
         assert m.entry(code)["stats"]["valid"]["documents"] == len(valid), code
 
@@ -483,7 +484,7 @@ def test_builtin_valid_is_in_the_labelled_language(builtin_cache):
     for code in m.languages:
         docs = list(iter_documents(m, code, "valid"))[:5]
         labels = [py3langid.classify(d)[0] for d in docs]
-        assert all(lab in corpora.LANGID_ACCEPT.get(code, (code,)) for lab in labels), (code, labels)
+        assert all(lab in LANGID_ACCEPT.get(code, (code,)) for lab in labels), (code, labels)
         exact += all(lab == code for lab in labels)
     assert exact >= 30
 
@@ -506,7 +507,7 @@ def test_builtin_stream_counts_budget(builtin_cache):
 
 def test_builtin_build_is_atomic(tmp_path, monkeypatch):
     monkeypatch.setenv("LAPE_CACHE", str(tmp_path))
-    real = corpora._builtin_paragraphs
+    real = corpora.builtin._builtin_paragraphs
     seen = []
 
     def failing(code, data):
@@ -515,7 +516,7 @@ def test_builtin_build_is_atomic(tmp_path, monkeypatch):
             raise RuntimeError("boom")
         return real(code, data)
 
-    monkeypatch.setattr(corpora, "_builtin_paragraphs", failing)
+    monkeypatch.setattr(corpora.builtin, "_builtin_paragraphs", failing)
     with pytest.raises(RuntimeError, match="boom"):
         build_builtin_corpus()
     assert list((tmp_path / "corpora").iterdir()) == []  # nothing cached from a failed build

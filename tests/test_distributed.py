@@ -113,7 +113,7 @@ def test_two_ranks_give_the_same_stats_as_one_process(work):
     assert one.meta["languages"] == two.meta["languages"]
     assert one.meta["token_counts"] == two.meta["token_counts"]
     assert one.meta["world_size"] == 1 and two.meta["world_size"] == 2
-    assert int(one.token_counts[0]) == TOKENS
+    assert int(one.token_counts[0]) == TOKENS - 5  # 5 sequences, the first position of each not counted
     assert torch.equal(one.token_counts, two.token_counts)
     assert torch.equal(one.fire_counts, two.fire_counts)
     assert int(one.fire_counts.sum()) > 0
@@ -123,6 +123,14 @@ def test_two_ranks_give_the_same_stats_as_one_process(work):
     # each rank check-pointed its own shard; only rank 0 wrote the artifact
     parts = sorted(p.name for p in (work / "two" / "partial").iterdir())
     assert parts == ["aa.rank0", "aa.rank1", "bb.rank0", "bb.rank1"]
+    # the shards: rank 0 took sequences 0, 2, 4 (32 + 32 + 22 tokens), rank 1 sequences 1, 3 (32 + 32),
+    # each without its sequences' first positions
+    from lape.runningstats import _Checkpoint
+
+    shard = {r: _Checkpoint.load(work / "two" / "partial" / f"aa.rank{r}").state for r in (0, 1)}
+    assert [int(shard[r]["token_counts"]) for r in (0, 1)] == [86 - 3, 64 - 2]
+    assert torch.equal(shard[0]["fire_counts"] + shard[1]["fire_counts"], one.fire_counts[0])
+    assert not torch.equal(shard[0]["fire_counts"], shard[1]["fire_counts"])
 
 
 def test_cli_rerun_skips_the_finished_recording(work):
@@ -148,8 +156,7 @@ model, tok = load_model(str(work / "model"))
 manifest = load_manifest(work / "corpus.yaml")
 streams = load_corpus(manifest, tok, tokens_per_language={tokens}, seq_len={seq_len})
 config = RecordConfig(tokens_per_language={tokens}, seq_len={seq_len}, batch_size=2)
-stats = record(model, streams, config, out=work / "split" / f"rank{{rank}}", progress=False,
-               inputs={{"manifest": str(manifest.path), "manifest_hash": manifest.hash()}})
+stats = record(model, streams, config, out=work / "split" / f"rank{{rank}}", progress=False)
 (work / f"result-rank{{rank}}.json").write_text(json.dumps({{
     "rank": rank, "fire": int(stats.fire_counts.sum()), "tokens": stats.token_counts.tolist(),
     "world": stats.meta["world_size"]}}))

@@ -88,7 +88,7 @@ def test_lave_uses_mean_positive_activation_values():
     counts = torch.full((2, 1, 4), 5, dtype=torch.int64)
     fire_sums = torch.tensor([[[5.0, 9.0, 0.0, 0.0]], [[5.0, 1.0, 0.0, 8.0]]], dtype=torch.float64)
     stats = ActivationStats(["a", "b"], counts, torch.tensor([10, 10]), fire_sums.clone(), fire_sums)
-    cfg = dict(top_rate=0.5, filter_rate=0.5, activation_bar_ratio=0.5)
+    cfg = dict(top_rate=0.5, filter_rate=0.5, activation_bar_ratio=0.5, min_tokens=10)
     lave = identify(stats, IdentifyConfig(method="lave", **cfg))
     assert lave.neurons("a") == [(0, 1)] and lave.neurons("b") == [(0, 3)]
     lape = identify(stats, IdentifyConfig(method="lape", **cfg))
@@ -166,10 +166,23 @@ def test_identify_refuses_bad_inputs():
     stats = _stats(HAND)
     with pytest.raises(LapeError, match="at least two languages"):
         identify(stats.subset(["a"]))
+    # a language with 5 tokens would get hundreds of "specific" neurons: refused, not served
+    few = _stats(HAND, tokens=5)
+    with pytest.raises(LapeError, match="language 'a' has only 5 recorded tokens"):
+        identify(few)
+    # doubtful (few, but enough) token counts are allowed with a warning recorded in the sidecar
+    warned = identify(_stats(HAND, tokens=500), IdentifyConfig(top_rate=0.375, filter_rate=0.5,
+                                                                activation_bar_ratio=0.5))
+    assert any("a has only 500 recorded tokens" in w for w in warned.meta["warnings"])
+    assert identify(_stats(HAND, tokens=5000), IdentifyConfig(top_rate=0.375, filter_rate=0.5,
+                                                                activation_bar_ratio=0.5)).meta["warnings"] == []
     stats.token_counts[1] = 0
-    with pytest.raises(LapeError, match="language\\(s\\) b have no recorded tokens"):
+    with pytest.raises(LapeError, match="language 'b' has only 0 recorded tokens"):
         identify(stats)
-    with pytest.raises(LapeError, match="unknown identification method 'pv'"):
+    with pytest.raises(LapeError, match="method \\(--method\\) is 'pv': use one of lape, lave, lap, random"):
         IdentifyConfig(method="pv")
-    with pytest.raises(LapeError, match="top_rate must be between 0 and 1"):
-        IdentifyConfig(top_rate=1.5)
+    for bad in (1.5, 0.0, float("nan")):
+        with pytest.raises(LapeError, match="top_rate \\(--top-rate\\)"):
+            IdentifyConfig(top_rate=bad)
+    with pytest.raises(LapeError, match="unknown IdentifyConfig setting"):
+        IdentifyConfig.from_dict({"top_rate": 0.1, "tpo_rate": 0.2})

@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerFast
 
 import lape.models
 from lape.errors import LapeError
-from lape.models import fingerprint, load_model, same_model
+from lape.models import dtype_note, fingerprint, load_model, same_model
 from lape.space import NeuronSpace
 
 
@@ -81,15 +81,31 @@ def test_folder_roundtrip_loads_the_same_weights(tmp_path):
 def test_fingerprint_is_stable_across_dtypes_and_differs_across_weights():
     fp32 = fingerprint(tiny_model("llama", seed=0))
     bf16 = fingerprint(tiny_model("llama", seed=0).to(torch.bfloat16))
+    fp16 = fingerprint(tiny_model("llama", seed=0).to(torch.float16))
     other = fingerprint(tiny_model("llama", seed=1))
-    assert fp32 == bf16
-    assert same_model(fp32, bf16)
+    assert same_model(fp32, bf16) and same_model(fp32, fp16) and same_model(fp16, bf16)
+    assert (fp32["dtype"], bf16["dtype"], fp16["dtype"]) == ("float32", "bfloat16", "float16")
+    assert dtype_note(fp32, fp16) == "made in float32, used in float16" and dtype_note(fp32, fp32) is None
     assert other["checksum"] != fp32["checksum"] and not same_model(fp32, other)
     assert fp32["architecture"] == "LlamaForCausalLM" and fp32["num_layers"] == 3
     n_params = sum(p.numel() for p in tiny_model("llama").parameters())
     assert fp32["num_parameters"] == n_params
     gpt2 = fingerprint(tiny_model("gpt2"))
     assert not same_model(fp32, gpt2)
+
+
+def test_fingerprint_follows_weight_edits():
+    """Never served from a cache on the model object: an edited weight changes the fingerprint."""
+    model = tiny_model("llama")
+    before = fingerprint(model)
+    first = next(model.parameters())
+    with torch.no_grad():
+        first.view(-1)[0] += 1.0
+    after = fingerprint(model)
+    assert not same_model(before, after) and after["checksum"] != before["checksum"]
+    with torch.no_grad():
+        first.view(-1)[0] -= 1.0
+    assert same_model(before, fingerprint(model))
 
 
 def test_unknown_dtype():

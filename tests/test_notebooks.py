@@ -44,7 +44,7 @@ def test_notebooks_use_the_public_api_only():
         nb = nbformat.read(NOTEBOOKS / name, as_version=4)
         code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
         imports = re.findall(r"^\s*(?:from|import)\s+(lape[\w.]*)", code, flags=re.M)
-        assert set(imports) <= {"lape", "lape.plots", "lape.steering"}, (name, imports)
+        assert set(imports) <= {"lape", "lape.plots", "lape.evaluate.steering", "lape.prompts"}, (name, imports)
         assert not re.search(r"\._\w", code), name  # no private helpers
 
 

@@ -150,7 +150,7 @@ def test_diagonal_random_baseline_evaluates_only_each_rows_own_language(tmp_path
     assert "NaN" not in (tmp_path / "ppl" / "ppl.json").read_text()
     back = PerplexityResult.load(tmp_path / "ppl")
     assert math.isnan(back.random_nll[0][1]) and back.random_nll[0][0] == pytest.approx(diag.random_nll[0][0])
-    with pytest.raises(LapeError, match="unknown random_baseline 'some'"):
+    with pytest.raises(LapeError, match="random_baseline \\(--random-baseline\\) is 'some'"):
         PerplexityConfig(random_baseline="some")
 
 

@@ -40,9 +40,10 @@ def _act_modules(model, family):
     return [layer.mlp.act_fn for layer in model.model.layers]
 
 
-def _expected(model, family, batches):
+def _expected(model, family, batches, first=False):
     """Counts and sums from the test's own forward hooks on the activation modules, over the
-    given ``(ids [B, T], mask [B, T])`` batches, keeping only positions with mask 1."""
+    given ``(ids [B, T], mask [B, T])`` batches, keeping only positions with mask 1 and (unless
+    ``first``) leaving out the first position of every sequence (the BOS / attention sink)."""
     modules = _act_modules(model, family)
     n_layers, width = len(modules), WIDTH[family]
     fire = torch.zeros(n_layers, width, dtype=torch.int64)
@@ -56,7 +57,9 @@ def _expected(model, family, batches):
         with torch.no_grad():
             for ids, mask in batches:
                 model(input_ids=ids, attention_mask=mask)
-                real = mask.bool()
+                real = mask.bool().clone()
+                if not first:
+                    real[:, 0] = False
                 tokens += int(real.sum())
                 for layer in range(n_layers):
                     a = captured[layer][real].double()  # (real tokens, neurons)
@@ -101,7 +104,7 @@ def test_counts_and_sums_match_own_hooks_with_padding(family):
     for k, seqs in enumerate(corpus.values()):
         batches = [_stack(seqs[i:i + 2]) for i in range(0, len(seqs), 2)]
         fire, sums, pos, tokens = _expected(model, family, batches)
-        assert tokens == sum(int(s.attention_mask.sum()) for s in seqs)
+        assert tokens == sum(int(s.attention_mask.sum()) - 1 for s in seqs)  # all but the first position
         assert int(stats.token_counts[k]) == tokens
         assert torch.equal(stats.fire_counts[k], fire)
         torch.testing.assert_close(stats.act_sums[k], sums, rtol=1e-5, atol=1e-4)
@@ -112,6 +115,9 @@ def test_counts_and_sums_match_own_hooks_with_padding(family):
     fire_pad, *_ = _expected(model, family, [_stack([full])])
     fire_real, *_ = _expected(model, family, [_stack(a[-1:])])
     assert not torch.equal(fire_pad, fire_real)
+    # ... and so would the first position of each sequence, which is left out
+    with_first, *_ = _expected(model, family, [_stack(a[i:i + 2]) for i in range(0, len(a), 2)], first=True)
+    assert not torch.equal(with_first, stats.fire_counts[0])
 
 
 def test_sequences_of_different_lengths_in_the_last_partial_batch_are_padded():
@@ -119,7 +125,7 @@ def test_sequences_of_different_lengths_in_the_last_partial_batch_are_padded():
     seqs = [*_seqs(3, 6, seed=4), Seq(random_ids(1, 3, seed=5)[0], torch.ones(3, dtype=torch.long))]
     stats = record(model, {"a": seqs, "b": seqs[:2]}, RecordConfig(batch_size=3), progress=False)
     fire, _, pos, tokens = _expected(model, "llama", [_stack(seqs[:3]), _stack(seqs[3:])])
-    assert int(stats.token_counts[0]) == tokens == 21
+    assert int(stats.token_counts[0]) == tokens == 21 - 4  # the first position of 4 sequences left out
     assert torch.equal(stats.fire_counts[0], fire)
     torch.testing.assert_close(stats.fire_sums[0], pos, rtol=1e-5, atol=1e-4)
 
@@ -185,16 +191,57 @@ def test_resume_after_interruption_gives_identical_counts(tmp_path):
     assert torch.equal(again.token_counts, reference.token_counts)
 
 
-def test_changed_inputs_are_not_served_from_the_cache(tmp_path):
+def test_changed_corpus_is_not_served_from_the_cache(tmp_path):
+    """The cache key covers the sequences themselves, not only the settings."""
     model = tiny_model("llama")
     corpus = {"a": _seqs(2, 5, seed=10), "b": _seqs(2, 5, seed=11)}
-    record(model, corpus, RecordConfig(batch_size=2), out=tmp_path, progress=False)
+    first = record(model, corpus, RecordConfig(batch_size=2), out=tmp_path, progress=False)
     calls, handle = _count_calls(model.base_model)
-    try:  # another seed changes the cache key: both languages are recounted
-        record(model, corpus, RecordConfig(batch_size=2, seed=1), out=tmp_path, progress=False)
+    try:  # the same settings over other text of "a": recounted, not served from the cache
+        changed = record(model, {"a": _seqs(2, 5, seed=12), "b": corpus["b"]}, RecordConfig(batch_size=2),
+                         out=tmp_path, progress=False)
+        again = record(model, {"a": _seqs(2, 5, seed=12), "b": corpus["b"]}, RecordConfig(batch_size=2),
+                       out=tmp_path, progress=False)
     finally:
         handle.remove()
-    assert len(calls) == 2
+    assert len(calls) == 2 and again.from_cache  # two languages counted once, then skipped
+    assert not torch.equal(changed.fire_counts[0], first.fire_counts[0])
+    assert torch.equal(changed.fire_counts[1], first.fire_counts[1])
+
+
+class _Tok:
+    """One token per character (code point mod 90 + 3), BOS 1, EOS 2, PAD 0: fits the tiny models."""
+
+    bos_token_id, eos_token_id, pad_token_id, name_or_path = 1, 2, 0, "tiny-chars"
+
+    def __call__(self, texts, add_special_tokens=True):
+        return {"input_ids": [[ord(c) % 90 + 3 for c in t] for t in texts]}
+
+
+def test_text_changed_behind_an_unchanged_manifest_is_recounted(tmp_path):
+    """Replacing en.txt behind the same manifest changes the key (issue: stale statistics)."""
+    from lape.corpora import load_corpus, load_manifest
+
+    (tmp_path / "en.txt").write_text("the cat sat on the mat\nand looked at the dog\n" * 4)
+    (tmp_path / "fr.txt").write_text("le chat est sur le tapis\net regarde le chien\n" * 4)
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("languages:\n  en: {train: {kind: text, path: en.txt}}\n  fr: {train: {kind: text, path: fr.txt}}\n")
+    model = tiny_model("llama")
+
+    def run(budget=None):
+        corpus = load_corpus(load_manifest(manifest), _Tok(), tokens_per_language=budget or 60, seq_len=16)
+        return record(model, corpus, RecordConfig(), out=tmp_path / "stats", progress=False)
+
+    first = run()
+    assert run().from_cache
+    (tmp_path / "en.txt").write_text("a completely different english text\nwith other words\n" * 4)
+    second = run()
+    assert not second.from_cache and not torch.equal(second.fire_counts[0], first.fire_counts[0])
+    # the sidecar describes what was recorded (the streams' budget), not the default config
+    third = run(budget=40)
+    assert not third.from_cache
+    assert ActivationStats.load(tmp_path / "stats").meta["config"]["tokens_per_language"] == 40
+    assert third.meta["config"]["seq_len"] == 16 and third.meta["config"]["languages"] == ["en", "fr"]
 
 
 def test_language_without_tokens_is_refused():
@@ -214,7 +261,7 @@ def test_stats_save_load_roundtrip_and_fingerprint_check(tmp_path):
     for name in ("fire_counts", "token_counts", "act_sums", "fire_sums"):
         assert torch.equal(getattr(back, name), getattr(stats, name))
         assert getattr(back, name).dtype == getattr(stats, name).dtype
-    assert back.meta["token_counts"] == {"a": 10, "b": 10}
+    assert back.meta["token_counts"] == {"a": 8, "b": 8}  # 2 x 5 tokens, the first of each left out
     assert back.meta["num_layers"] == 3 and back.meta["neurons_per_layer"] == WIDTH["llama"]
 
     other = tiny_model("llama", seed=1)

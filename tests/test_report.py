@@ -26,6 +26,7 @@ from test_plots import (
 )
 
 from lape import artifacts, plots, report
+from lape.errors import LapeError
 from lape.masks import NeuronSets
 
 EVIL = "<script>alert('x')</script> & \"quoted\""
@@ -143,12 +144,28 @@ def test_unreadable_folder_gives_a_note(tmp_path):
     run = make_run(tmp_path, parts=("neurons",))
     (run / "ppl").mkdir()  # interrupted: no ppl.json
     page = report.write_report(run).read_text(encoding="utf-8")
+    assert '<section id="ppl">' not in page and "ppl/ (no lape artifact)" in page
+    make_ppl().save(run / "ppl")
+    (run / "ppl" / "ppl.json").write_text((run / "ppl" / "ppl.json").read_text().replace('"nll"', '"nl"'))
+    page = report.write_report(run).read_text(encoding="utf-8")
     assert '<section id="ppl">' in page and "could not be read" in page
 
 
-def test_registry_is_extensible(tmp_path):
+def test_artifacts_are_found_by_their_sidecar_not_their_folder_name(tmp_path):
+    """The README tour writes steering into runs/x/steer: the report must still show it."""
     run = make_run(tmp_path, parts=("neurons",))
-    (run / "regions").mkdir()
+    make_steering((1.0,), text="Bonjour").save(run / "steer")
+    make_sets().save(run / "neurons-agnostic")
+    page = report.write_report(run).read_text(encoding="utf-8")
+    assert '<section id="steer"><h2>Steering the output language' in page
+    assert '<section id="neurons"><h2>' in page and "neurons-agnostic/ (another neurons artifact; shown: neurons/)" in page
+
+
+def test_registry_is_extensible(tmp_path):
+    from lape.masks import ParamRegions
+
+    run = make_run(tmp_path, parts=("neurons",))
+    ParamRegions(["core"], {"w": torch.zeros(1, 2, 3, dtype=torch.bool)}).save(run / "regions")
     seen = []
 
     def render_regions(folder, ctx):
@@ -164,8 +181,11 @@ def test_registry_is_extensible(tmp_path):
 def test_empty_run_and_missing_run(tmp_path):
     (tmp_path / "empty").mkdir()
     assert "no results yet" in report.write_report(tmp_path / "empty").read_text(encoding="utf-8")
-    with pytest.raises(Exception, match="does not exist"):
+    with pytest.raises(LapeError, match="does not exist"):
         report.write_report(tmp_path / "nope")
+    (tmp_path / "file.html").write_text("x")
+    with pytest.raises(LapeError, match="is a file: pass the run folder"):
+        report.write_report(tmp_path / "file.html")
 
 
 def test_save_figure_writes_png_and_svg(tmp_path):
@@ -196,19 +216,37 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+_SIZES = """<script>window.addEventListener("load", () => {
+  const imgs = [...document.querySelectorAll("figure img")];
+  document.body.setAttribute("data-rendered",
+    imgs.map(i => `${i.naturalWidth}x${i.naturalHeight}:${i.getBoundingClientRect().width}`).join(" "));
+});</script>"""
+
+
 def test_report_screenshot(full_run, tmp_path):
+    """In headless Chromium every figure decodes and is laid out with a non-zero size, and the page
+    is not blank (a broken data URI, a missing image or a collapsed layout fails)."""
     import matplotlib.image
 
     browser = _chromium()
     if browser is None:
         pytest.skip("chromium not installed: apt-get install chromium")
-    run, _ = full_run
+    run, page = full_run
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2000"]
+    probe = tmp_path / "probe.html"  # the report plus a script that records each figure's rendered size
+    probe.write_text(page.replace("</body>", _SIZES + "</body>"), encoding="utf-8")
+    dom = subprocess.run([*flags, "--virtual-time-budget=10000", "--dump-dom", f"file://{probe}"], timeout=90,
+                         capture_output=True, text=True, check=False).stdout
+    found = re.search(r'data-rendered="([^"]*)"', dom)
+    assert found, "chromium did not run the page"
+    sizes = [re.fullmatch(r"(\d+)x(\d+):([\d.]+)", x) for x in found.group(1).split()]
+    assert len(sizes) == page.count("<figure><img") >= 5
+    assert all(m and int(m.group(1)) > 100 and int(m.group(2)) > 100 and float(m.group(3)) > 100 for m in sizes), sizes
     shot = tmp_path / "shot.png"
-    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000",
-           f"file://{(run / 'report.html').resolve()}"]
-    subprocess.run(cmd, timeout=60, capture_output=True, check=False)
+    subprocess.run([*flags, f"--screenshot={shot}", f"file://{(run / 'report.html').resolve()}"], timeout=60,
+                   capture_output=True, check=False)
     assert shot.is_file(), "chromium wrote no screenshot"
     data = shot.read_bytes()
     assert data[:8] == PNG_MAGIC

@@ -204,10 +204,7 @@ class Steerer:
         if not (isinstance(strength, (int, float)) and math.isfinite(strength) and strength >= 0):
             raise LapeError(f"steering strength {strength!r} is not a finite number >= 0: give e.g. 1.5")
         deactivate = []
-        if source == target:
-            raise LapeError(f"source and target are both {target!r}: steer towards another language, or "
-                            "pass --from none")
-        if source and source != "none":
+        if source and source != "none" and source != target:  # steering towards the source: nothing to switch off
             self._check_lang(source, "source")
             deactivate = [source]
         return {"deactivate": deactivate, "activate": [target], "strength": strength}
@@ -243,6 +240,8 @@ class Steerer:
 
     def steer(self, prompt: str, to: str, source: str | None = "en", strength: float | None = None) -> SteerOutput:
         """The unsteered and the steered continuation of one prompt."""
+        if source == to:
+            raise LapeError(f"source and target are both {to!r}: steer towards another language, or pass --from none")
         self._request(to, source, self.config.strength if strength is None else strength)  # checks first
         plain = self.generate([prompt])[0]
         steered = self.generate([prompt], target=to, source=source, strength=strength)[0]
