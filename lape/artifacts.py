@@ -37,7 +37,8 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -336,12 +337,44 @@ class Artifact:
         return load(path, model=model, kind=cls.KIND)  # type: ignore[return-value]
 
 
+@contextmanager
+def _locked(folder: Path, kind: str, wait: bool = True, shared: bool = False) -> Iterator[bool]:
+    """An advisory lock (``flock``) on ``folder/.KIND.lock``: exclusive while an artifact is
+    written or repaired, shared while it is read. Two processes saving into one folder write one
+    after the other (the last one wins, both complete) and a reader never sees half a swap.
+    Yields whether the lock was taken (``wait=False`` may not get it)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): saves are still atomic per file
+        yield True
+        return
+    try:
+        f = open(folder / f".{kind}.lock", "a+b")  # noqa: SIM115 - closed in finally
+    except OSError:  # a read-only folder: nothing will be written
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        f.close()
+
+
 def save(folder: str | Path, artifact: Artifact) -> Path:
     """Write ``artifact`` into ``folder``: new files beside the old, then swapped in (tensors,
     then the sidecar), so the previous result stays loadable until the new one is complete."""
+    folder = ensure_folder(folder)
+    with _locked(folder, artifact.KIND):
+        return _save(folder, artifact)
+
+
+def _save(folder: Path, artifact: Artifact) -> Path:
     from safetensors.torch import save as st_save
 
-    folder = ensure_folder(folder)
     kind = artifact.KIND
     artifact.validate()
     tensors = artifact.tensors()  # may complete the sidecar (labels, counts)
@@ -436,8 +469,6 @@ def load(folder: str | Path, model: torch.nn.Module | None = None, kind: str | N
         LapeError: a missing, incomplete, damaged or hand-broken artifact; another kind or
             format version; values out of range; or a model whose fingerprint differs.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load as st_load
 
     folder = Path(folder)
     if not folder.exists():
@@ -447,10 +478,21 @@ def load(folder: str | Path, model: torch.nn.Module | None = None, kind: str | N
     kind = kind or kind_of(folder)
     if kind is None:
         raise LapeError(f"{folder} holds no lape artifact: pass a folder written by lape")
-    try:
-        _finish_interrupted_swap(folder, kind)
-    except OSError:
-        pass  # a read-only folder: load what is there
+    if (folder / f"{kind}.json.new").exists() or (folder / f"{kind}.safetensors.new").exists():
+        with _locked(folder, kind, wait=False) as mine:
+            if mine:  # not while another process is writing
+                try:
+                    _finish_interrupted_swap(folder, kind)
+                except OSError:
+                    pass  # a read-only folder: load what is there
+    with _locked(folder, kind, shared=True):
+        return _load(folder, kind, model)
+
+
+def _load(folder: Path, kind: str, model: torch.nn.Module | None) -> Artifact:
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
     meta_path = folder / f"{kind}.json"
     if not meta_path.is_file():
         found = sorted(p.stem for p in folder.glob("*.json"))

@@ -466,7 +466,7 @@ def _neuron_slices(model: nn.Module, neurons: NeuronSpace, layer: int, names: se
         copies = _out_features(mod) // width
         slices.append(NeuronSlice(f"{parent_path}.{name}.weight", 1 if _is_conv1d(mod) else 0, copies))
         if getattr(mod, "bias", None) is not None:
-            pass
+            slices.append(NeuronSlice(f"{parent_path}.{name}.bias", 0, copies))
     # a tensor outside named_parameters() (shared and listed elsewhere) cannot be edited by name
     return tuple(s for s in slices if s.name in names)
 

@@ -237,8 +237,9 @@ def freeze(model: nn.Module, masks: Masks, *, label: str | None = None) -> Froze
     try:
         for name, param, mask in _resolve(model, masks, label):
             entries.append(_Entry(name, param, mask, param.detach()[mask]))
-            # return a new tensor: autograd hooks must not edit the incoming gradient in place
-            hooks.append(param.register_hook(lambda grad, mask=mask: grad.masked_fill(mask, 0)))
+            if param.requires_grad:  # no gradient, no hook: the optimizer skips it anyway
+                # return a new tensor: autograd hooks must not edit the incoming gradient in place
+                hooks.append(param.register_hook(lambda grad, mask=mask: grad.masked_fill(mask, 0)))
     except BaseException:
         FrozenWeights(entries, hooks).remove()
         raise

@@ -66,7 +66,8 @@ def test_save_load_roundtrip(tmp_path):
     model = tiny_model("llama")
     tensors, meta = _tensors(), _meta(model)
     folder = Thing(tensors, {"a": [1.5, float("nan")]}, meta).save(tmp_path / "art")
-    assert sorted(p.name for p in folder.iterdir()) == ["rows.csv", "rows.json", "thing.json", "thing.safetensors"]
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
+        "rows.csv", "rows.json", "thing.json", "thing.safetensors"]
     assert artifacts.exists(folder, "thing") and not artifacts.exists(folder, "other")
     assert artifacts.kind_of(folder) == "thing"
     back = Thing.load(folder, model=model)
@@ -117,6 +118,29 @@ def test_failed_rewrite_keeps_the_previous_artifact(tmp_path, monkeypatch, fail_
         assert torch.equal(back.data["counts"], _tensors()["counts"])
         assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert not [p for p in folder.iterdir() if p.name.endswith((".new", ".tmp"))]
+
+
+def test_concurrent_writers_to_one_folder_leave_one_complete_artifact(tmp_path):
+    """Two processes saving into one --out take turns (flock): the result is one of them, whole."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_save_many, args=(tmp_path / "art", n)) for n in (1, 2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    back = Thing.load(tmp_path / "art")
+    n = int(back.data["counts"][0])
+    assert n in (1, 2) and torch.equal(back.data["counts"], torch.full((5000,), n, dtype=torch.int64))
+    assert not [p for p in (tmp_path / "art").iterdir() if p.name.endswith((".new", ".tmp"))]
+
+
+def _save_many(folder, n):
+    for _ in range(15):
+        Thing({"counts": torch.full((5000,), n, dtype=torch.int64)}, {"n": n}, _meta()).save(folder)
+        assert int(Thing.load(folder).data["counts"][0]) in (1, 2)
 
 
 def test_damaged_or_edited_artifacts_are_refused(tmp_path):

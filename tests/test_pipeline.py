@@ -45,7 +45,9 @@ CONFIG = DemoConfig(languages=("en", "fr", "ja"), tokens_per_language=1024, ppl_
 CLI_ARGS = ["--languages", "en", "fr", "ja", "--tokens-per-language", "1024", "--ppl-tokens-per-language", "128",
             "--steer-prompts", "2", "--seq-len", "128"]
 REPORT_FIGURES = {"layer_distribution", "overlap_heatmap", "probability_heatmap", "ppl_heatmaps", "steering_bars"}
-ARTIFACT_DIRS = ["stats", "neurons", "neurons-agnostic", "ppl", "steering", ".stages"]
+ARTIFACT_DIRS = ["stats", "neurons", "neurons-agnostic", "ppl", "steering"]
+ARTIFACT_KINDS = {"record": ("stats", "stats"), "identify": ("neurons", "neurons"), "ppl": ("ppl", "ppl"),
+                  "steering": ("steering", "steering")}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -78,7 +80,7 @@ class DemoRun:
     interrupted_in: list[str]  # the stage functions that saw the KeyboardInterrupt
     after_interrupt: list[str]  # the run folder's entries (and stage markers) after the interrupt
     summary: dict  # what the resumed run_demo returned
-    record_calls: int  # calls of record() in the resumed run
+    record_calls: int  # recording passes in the resumed run
 
 
 @pytest.fixture(scope="module")
@@ -95,17 +97,17 @@ def demo_run(tmp_path_factory) -> DemoRun:
         mp.setattr(lape.evaluate.perplexity, "ppl_matrix", interrupt)
         with pytest.raises(KeyboardInterrupt):
             run_demo(CONFIG, out=run, progress=False)
-    after = sorted([p.name for p in run.iterdir()] + [f".stages/{p.name}" for p in (run / ".stages").iterdir()])
+    after = sorted(p.name for p in run.iterdir())
 
-    record = record_module.record
+    tally = record_module.tally  # the recording pass itself (record() is called and answers from its cache)
     record_calls: list[int] = []
 
-    def counted_record(*args, **kwargs):
+    def counted_tally(*args, **kwargs):
         record_calls.append(1)
-        return record(*args, **kwargs)
+        return tally(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(record_module, "record", counted_record)
+        mp.setattr(record_module, "tally", counted_tally)
         summary = run_demo(CONFIG, out=run, progress=False)
     return DemoRun(run, interrupted_in, after, summary, len(record_calls))
 
@@ -132,10 +134,11 @@ def no_recompute(monkeypatch) -> Iterator[list[str]]:
             raise AssertionError(f"{name} was called on an up-to-date run")
         return fail
 
-    monkeypatch.setattr(record_module, "record", forbid("record"))
-    monkeypatch.setattr(lape.entropy, "identify", forbid("identify"))
-    monkeypatch.setattr(lape.evaluate.perplexity, "ppl_matrix", forbid("ppl_matrix"))
-    monkeypatch.setattr(lape.evaluate.steering.Steerer, "evaluate", forbid("Steerer.evaluate"))
+    # the stages are called and must answer from their caches: forbid the work inside them
+    monkeypatch.setattr(record_module, "tally", forbid("record"))
+    monkeypatch.setattr(lape.entropy, "select_by_entropy", forbid("identify"))
+    monkeypatch.setattr(lape.evaluate.perplexity, "corpus_nll", forbid("ppl_matrix"))
+    monkeypatch.setattr(lape.evaluate.steering.Steerer, "_evaluate", forbid("Steerer.evaluate"))
     load_model = lape.models.load_model
     handles = []
 
@@ -154,8 +157,7 @@ def no_recompute(monkeypatch) -> Iterator[list[str]]:
 def test_interrupted_run_resumes(demo_run):
     assert demo_run.interrupted_in == ["ppl_matrix"]
     # record and identify had finished; the perplexity stage left nothing behind; no report yet
-    assert demo_run.after_interrupt == sorted([".stages", ".stages/identify.json", ".stages/record.json",
-                                               "demo.json", "neurons", "neurons-agnostic", "plots", "stats"])
+    assert demo_run.after_interrupt == sorted(["demo.json", "neurons", "neurons-agnostic", "plots", "stats"])
     summary = demo_run.summary
     assert summary["skipped"] == ["record", "identify"] and summary["ran"] == ["ppl", "steering"]
     assert demo_run.record_calls == 0
@@ -164,12 +166,14 @@ def test_interrupted_run_resumes(demo_run):
 def test_run_writes_every_artifact(demo_run):
     run, summary = demo_run.run, demo_run.summary
     assert Path(summary["report"]) == run / "report.html"
-    for stage in STAGES:
-        assert artifacts.read_json(run / ".stages" / f"{stage}.json")["key"]
+    for stage in STAGES:  # every stage's sidecar holds the key it is skipped by
+        folder, kind = ARTIFACT_KINDS[stage]
+        assert len(artifacts.read_json(run / folder / f"{kind}.json")["cache_key"]) == 16
     assert artifacts.read_json(run / "demo.json")["languages"] == ["en", "fr", "ja"]
 
     stats = ActivationStats.load(run / "stats")
-    assert stats.languages == ["en", "fr", "ja"] and stats.token_counts.tolist() == [1024] * 3
+    # 1024 tokens in 8 sequences of 128; the first position of each is not counted
+    assert stats.languages == ["en", "fr", "ja"] and stats.token_counts.tolist() == [1024 - 8] * 3
     assert stats.meta["config"]["seq_len"] == 128
     sets = NeuronSets.load(run / "neurons")
     assert sets.labels == ["en", "fr", "ja"] and sets.shape == stats.shape == (18, 2048)
@@ -206,7 +210,7 @@ def test_second_run_recomputes_nothing(demo_run, tmp_path, no_recompute):
     summary = run_demo(CONFIG, out=run, progress=False)
     assert summary["ran"] == [] and summary["skipped"] == STAGES
     assert no_recompute == []
-    assert files(run) == before  # artifacts and stage markers untouched
+    assert files(run) == before  # artifacts untouched
     assert (run / "report.html").is_file()
 
 
