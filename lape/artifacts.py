@@ -583,8 +583,10 @@ def run_stage(cls: type[A], out: str | Path | None, key: str, compute: Callable[
         return hit
     if out is not None:
         ensure_folder(out)  # fail before the work, not after
+    t0 = time.perf_counter()
     art = compute()
     art.meta["cache_key"] = key
+    art.meta.setdefault("seconds", round(time.perf_counter() - t0, 2))  # how long the stage took when it ran
     art.from_cache = False  # type: ignore[attr-defined]
     if out is not None:
         art.save(out)

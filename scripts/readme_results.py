@@ -78,6 +78,7 @@ def ppl_section(run: Path, prefix: str) -> str:
     r = PerplexityResult.load(run / "ppl")
     diag = r.diagonal_summary()
     wins = sum(d["own_above_off_diagonal"] for d in diag)
+    hardest = sum(d["own_hit_hardest"] for d in diag)
     above_random = sum(d["own_delta_ppl"] > 5 * max(d["random_own_delta_ppl"], 0.01) for d in diag)
     table = _table(["deactivated", "base PPL", "own PPL change", "mean off-diagonal change", "random set, own change"],
                    [[d["language"], f"{r.base_ppl[r.languages.index(d['language'])]:.1f}",
@@ -88,7 +89,8 @@ def ppl_section(run: Path, prefix: str) -> str:
     return "\n".join([
         "### Perplexity when a language's neurons are switched off", "",
         f"Held-out text, {tokens} tokens per language. A language's own neurons raise its perplexity "
-        f"more than the row's off-diagonal mean in **{wins} of {len(diag)}** languages, and more than "
+        f"more than any other evaluated language's in **{hardest} of {len(diag)}** rows, more than the row's "
+        f"off-diagonal mean in {wins} of {len(diag)}, and more than "
         f"5x the change from a random set of equal size per layer in {above_random} of {len(diag)}.", "",
         table, "", *[f"![{k}]({v})" for k, v in figs.items()], ""])
 
@@ -154,9 +156,12 @@ def main() -> None:
         import json
 
         parts.append(neuron_section(demo, "demo", "`lape demo` (default settings)"))
-        # each stage's time when it last ran (a stage marker keeps it; a re-run skips the stage)
-        stages = {m.stem: json.loads(m.read_text())["seconds"] for m in sorted((demo / ".stages").glob("*.json"),
-                                                                               key=lambda m: m.stat().st_mtime)}
+        # each stage's time when it ran, from its artifact's sidecar (a re-run skips the stage and keeps it)
+        stages = {}
+        for stage, kind in (("record", "stats"), ("identify", "neurons"), ("ppl", "ppl"), ("steering", "steering")):
+            sidecar = demo / kind / f"{kind}.json"
+            if sidecar.is_file() and json.loads(sidecar.read_text()).get("seconds") is not None:
+                stages[stage] = json.loads(sidecar.read_text())["seconds"]
         total = None
         if args.bench_json:  # benchmarks/bench_demo.py's first-run total (model load and report included)
             for line in Path(args.bench_json).read_text().splitlines():
