@@ -41,13 +41,22 @@ KNOWN_SITES: list[tuple[str, str]] = [
 _DOWN_NAMES = ("down_proj", "c_proj", "dense_4h_to_h", "fc2", "fc_out", "w2", "wo")
 
 
-def _in_features(module: nn.Module) -> int | None:
+def _features(module: nn.Module, side: str) -> int | None:
+    """``in`` or ``out`` width of a linear layer (``nn.Linear`` or GPT-2's ``Conv1D``), else ``None``."""
     if isinstance(module, nn.Linear):
-        return module.in_features
+        return module.in_features if side == "in" else module.out_features
     weight = getattr(module, "weight", None)
     if type(module).__name__ == "Conv1D" and weight is not None:  # GPT-2: weight is [in, out]
-        return int(weight.shape[0])
+        return int(weight.shape[0 if side == "in" else 1])
     return None
+
+
+def _in_features(module: nn.Module) -> int | None:
+    return _features(module, "in")
+
+
+def _out_features(module: nn.Module) -> int | None:
+    return _features(module, "out")
 
 
 def _decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -250,15 +259,6 @@ def describe_model(model: nn.Module, pattern: str | None = None) -> dict[str, An
 # Known up/gate projections (inputs of the neuron) beside a down projection, tried before a guess.
 _UP_NAMES = ("gate_proj", "up_proj", "gate_up_proj", "c_fc", "dense_h_to_4h", "fc1", "fc_in",
              "w1", "w3", "wi", "wi_0", "wi_1")
-
-
-def _out_features(module: nn.Module) -> int | None:
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    weight = getattr(module, "weight", None)
-    if type(module).__name__ == "Conv1D" and weight is not None:  # GPT-2: weight is [in, out]
-        return int(weight.shape[1])
-    return None
 
 
 def _is_conv1d(module: nn.Module) -> bool:

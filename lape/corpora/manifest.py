@@ -247,6 +247,11 @@ def _validate(path: Path, raw: Any) -> Manifest:
             else:
                 for i, src in enumerate(_as_list(spec)):
                     _check_source(fail, f"{at}, source {i + 1}", src, path.parent)
+        plain = {k: _as_list(entry[k]) for k in splits if not (isinstance(entry[k], dict) and "from" in entry[k])}
+        if "train" in plain and "valid" in plain and plain["train"] == plain["valid"]:
+            raise fail(f"{where}: 'valid' reads the same sources as 'train', so held-out results would be "
+                       "measured on training text: give it other text, or derive it with "
+                       "'valid: {from: train, share: 0.1}'")
         for base, total in shares.items():
             if total >= 1.0:
                 raise fail(f"{where}: splits derived from {base!r} take {total:g} of it, "
