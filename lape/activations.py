@@ -89,6 +89,7 @@ class ActivationStats(artifacts.Artifact):
     meta: dict[str, Any] = field(default_factory=dict)
 
     KIND: ClassVar[str] = "stats"
+    DESCRIPTION: ClassVar[str] = "activation stats"
     REQUIRED: ClassVar[tuple[str, ...]] = ("languages",)
     TENSORS: ClassVar[tuple[str, ...]] = ("fire_counts", "token_counts", "act_sums", "fire_sums")
 

@@ -297,6 +297,7 @@ class Artifact:
     KIND: ClassVar[str] = ""
     REQUIRED: ClassVar[tuple[str, ...]] = ()
     TENSORS: ClassVar[tuple[str, ...]] = ()  # tensor names that must be present
+    DESCRIPTION: ClassVar[str] = ""  # what messages call it (default: the kind)
     meta: dict[str, Any]
 
     def __init_subclass__(cls, **kw: Any) -> None:
@@ -326,6 +327,13 @@ class Artifact:
         """What a later stage's cache key records about this artifact as its input."""
         return {"kind": self.KIND, "digest": content_hash({"tensors": tensor_digest(self.tensors()),
                                                            "payload": self.payload()})}
+
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Refuse a model this artifact was not made with (by its fingerprint, naming both models);
+        an artifact without a fingerprint (built by hand) is accepted."""
+        if self.meta.get("fingerprint"):
+            what = f"the {self.DESCRIPTION or self.KIND}" + (f" ({self.meta['method']})" if self.meta.get("method") else "")
+            check_fingerprint(self.meta, model, what=what)
 
     def save(self, path: str | Path) -> Path:
         """Write the artifact into folder ``path`` (see the module docstring for the guarantees)."""

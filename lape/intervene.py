@@ -32,7 +32,6 @@ import torch
 from torch import nn
 
 from .activations import ActivationStats
-from .artifacts import check_fingerprint
 from .errors import LapeError
 from .hooks import activation_hooks
 from .masks import Neuron, NeuronSets
@@ -218,8 +217,8 @@ def intervene(
     sets = _resolve(neurons, space.shape)
     if check_model and sets.labels:
         sets.check_model(model, space)
-    if stats is not None and check_model and stats.meta.get("fingerprint"):
-        check_fingerprint(stats.meta, model, what="the activation stats")
+    if stats is not None and check_model:
+        stats.check_model(model)
     all_edits = build_edits(sets, deactivate=deactivate, activate=activate, scale=scale, stats=stats,
                             value=value, strength=strength, layers=layers) + list(edits)
     by_layer: dict[int, list[Edit]] = defaultdict(list)

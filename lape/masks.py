@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .artifacts import Artifact, check_fingerprint
+from .artifacts import Artifact
 from .errors import LapeError
 from .space import NeuronSpace, ParamSpace
 
@@ -45,11 +45,6 @@ class LabelledMasks(Artifact):
         self.meta["labels"] = list(self.labels)
         self.meta["counts"] = self.counts()
 
-    def check_model(self, model: nn.Module) -> None:
-        """Refuse a model these masks were not made for (fingerprint)."""
-        if self.meta.get("fingerprint"):
-            check_fingerprint(self.meta, model, what=f"{self.KIND} ({self.meta.get('method', 'unknown method')})")
-
 
 @dataclass
 class NeuronSets(LabelledMasks):
@@ -71,6 +66,7 @@ class NeuronSets(LabelledMasks):
     meta: dict[str, Any] = field(default_factory=dict)
 
     KIND: ClassVar[str] = "neurons"
+    DESCRIPTION: ClassVar[str] = "neuron sets"
     WHAT: ClassVar[str] = "neuron set"
     TENSORS: ClassVar[tuple[str, ...]] = ("masks",)
 

@@ -123,7 +123,7 @@ def layer_distribution(sets: NeuronSets, shares: tuple[float | None, float | Non
               frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     title = f"{method_label(sets.meta.get('method', 'selected'))} neurons per layer"
     if shares is not None:
-        title += f"\nbottom third {_pct(shares[0])}, top third {_pct(shares[1])} of all"
+        title += f"\nbottom third {pct(shares[0])}, top third {pct(shares[1])} of all"
     ax.set_title(title, fontsize=10)
     return fig
 
@@ -492,5 +492,6 @@ def _num(v: float, signed: bool) -> str:
     return f"{v:{sign}.2f}"
 
 
-def _pct(v: float | None) -> str:
+def pct(v: float | None) -> str:
+    """A share as a whole percentage (``0.25`` -> ``25%``); a dash when missing."""
     return "–" if v is None or not math.isfinite(v) else f"{100 * v:.0f}%"

@@ -225,10 +225,6 @@ def _dec(value: float | None, digits: int = 2, signed: bool = False) -> str:
     return f"{value:{'+' if signed else ''},.{digits}f}"
 
 
-def _pct(value: float | None) -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{100 * value:.0f}%"
-
-
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, caption: str = "",
            row_classes: Sequence[str] | None = None, cell_classes: Callable[[int, int], str] | None = None,
            left: int | set[int] = 1) -> str:
@@ -351,7 +347,7 @@ def render_stats(folder: Path, ctx: ReportContext) -> str:
         "processes": meta.get("world_size"),
     }
     fired = (stats.fire_counts > 0).to(float).mean((1, 2)).tolist()  # neurons that fired at all
-    rows = [(_Raw(_lang(lang)), n, _pct(f)) for lang, n, f in zip(stats.languages, tokens, fired, strict=True)]
+    rows = [(_Raw(_lang(lang)), n, plots.pct(f)) for lang, n, f in zip(stats.languages, tokens, fired, strict=True)]
     body = ('<div class="row">' + _facts(facts)
             + _table(["language", "tokens", "neurons that fired"], rows, caption="Tokens per language")
             + (_kv_table(meta["config"], caption="Recording settings") if meta.get("config") else "")
@@ -371,7 +367,7 @@ def render_neurons(folder: Path, ctx: ReportContext) -> str:
             facts[k] = v
     summary_table = _table(
         ["set", "neurons", "bottom third", "top third"],
-        [(r["set"], r["neurons"], _pct(r["bottom_third"]), _pct(r["top_third"])) for r in summary],
+        [(r["set"], r["neurons"], plots.pct(r["bottom_third"]), plots.pct(r["top_third"])) for r in summary],
         row_classes=["" for _ in summary[:-1]] + ["total"],
         caption=f"{method} neurons per set and their share in the bottom and top third of the layers")
 
@@ -465,7 +461,7 @@ def render_steering(folder: Path, ctx: ReportContext) -> str:
     strengths = list(dict.fromkeys(float(r["strength"]) for r in ev.rows))
     table = _table(
         ["target", "strength", "steered success", "unsteered success", "steered distinct-2", "identified languages"],
-        [(_Raw(_lang(r["target"])), r["strength"], _pct(r.get("steered_success")), _pct(r.get("unsteered_success")),
+        [(_Raw(_lang(r["target"])), r["strength"], plots.pct(r.get("steered_success")), plots.pct(r.get("unsteered_success")),
           _dec(r.get("steered_distinct_2")), r.get("identified") or {}) for r in ev.rows],
         caption="Per target language and strength (success: target language identified and not degenerate)",
         left={0, 5})

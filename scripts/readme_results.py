@@ -17,6 +17,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from lape.plots import pct
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -29,10 +31,6 @@ def _table(header: list[str], rows: list[list[object]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(out)
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.0f}%"
 
 
 def _copy_figures(run: Path, prefix: str, names: list[str]) -> dict[str, str]:
@@ -48,8 +46,8 @@ def _copy_figures(run: Path, prefix: str, names: list[str]) -> dict[str, str]:
 
 
 def neuron_section(run: Path, prefix: str, title: str) -> str:
-    from lape.masks import NeuronSets
     from lape.activations import ActivationStats
+    from lape.masks import NeuronSets
     from lape.report import neuron_summary
 
     sets = NeuronSets.load(run / "neurons")
@@ -57,7 +55,7 @@ def neuron_section(run: Path, prefix: str, title: str) -> str:
     rows = neuron_summary(sets)
     tokens = dict(zip(stats.languages, stats.token_counts.tolist()))
     table = _table(["set", "neurons", "bottom third of layers", "top third of layers", "tokens recorded"],
-                   [[r["set"], r["neurons"], _pct(r["bottom_third"]), _pct(r["top_third"]),
+                   [[r["set"], r["neurons"], pct(r["bottom_third"]), pct(r["top_third"]),
                      f"{tokens.get(r['set'], sum(tokens.values())):,}"] for r in rows])
     tps = stats.meta.get("tokens_per_second")
     figs = _copy_figures(run, prefix, ["layer_distribution", "overlap_heatmap", "probability_heatmap"])
@@ -105,9 +103,9 @@ def steering_section(run: Path, prefix: str, title: str, folder: str = "steering
                      f"of {sum(r['strength'] == st for r in rows)}" for st in strengths)
     table = _table(["target", "strength", "steered success", "unsteered success", "target language identified",
                     "distinct-2", "degenerate"],
-                   [[r["target"], f"{r['strength']:g}", _pct(r["steered_success"]), _pct(r["unsteered_success"]),
-                     _pct(r["steered_target_language"]), f"{r['steered_distinct_2']:.2f}",
-                     _pct(r["steered_degenerate"])] for r in rows])
+                   [[r["target"], f"{r['strength']:g}", pct(r["steered_success"]), pct(r["unsteered_success"]),
+                     pct(r["steered_target_language"]), f"{r['steered_distinct_2']:.2f}",
+                     pct(r["steered_degenerate"])] for r in rows])
     ex = [e for e in ev.examples if e["strength"] == rows[0]["strength"]][:: max(1, len(rows) // 6 or 1)][:6]
     ex_table = _table(["prompt", "unsteered", "target", "steered"],
                       [[e["prompt"], f"[{e['unsteered_language']}] {e['unsteered'].strip()[:70]}", e["target"],

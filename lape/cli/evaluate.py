@@ -33,11 +33,11 @@ def cmd_ppl(args: argparse.Namespace) -> int:
 def _steerer(args: argparse.Namespace):
     """The model, neuron sets and stats of a steering command, checked against each other."""
     from ..activations import ActivationStats
-    from ..evaluate.steering import SteerConfig, Steerer
+    from ..evaluate.steering import SteerConfig, Steerer, source_language
     from ..masks import NeuronSets
 
     config = config_from_args(SteerConfig, args)
-    source = None if args.source == "none" else args.source
+    source = source_language(args.source)
     sets = NeuronSets.load(args.neurons)
     stats = ActivationStats.load(args.stats)
     targets = [args.to] if isinstance(args.to, str) else list(args.to or [])

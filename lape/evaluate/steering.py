@@ -32,7 +32,7 @@ from ..errors import LapeError
 from ..intervene import VALUE_RULES, batch_edits, intervene
 from ..langid import identify_language, langid_version
 from ..masks import NeuronSets
-from ..models import fingerprint
+from ..models import fingerprint, input_device
 from ..space import NeuronSpace
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,11 @@ class SteerConfig(StageConfig):
     min_chars: int = option(20, min=1)  # shortest output language ID is trusted on
     batch_size: int = option(96, min=1, max=4096, key=False)  # prompts generated together (each with its own
     # target): a decoding step reads the whole 262k x 640 LM head, so wide batches cost little extra
+
+
+def source_language(source: str | None) -> str | None:
+    """The source language whose neurons are switched off: ``None`` (or ``"none"``) for none."""
+    return None if source in (None, "", "none") else source
 
 
 def distinct_n(tokens: Sequence[int], n: int = 2) -> float:
@@ -160,8 +165,7 @@ class Steerer:
         self.model, self.tokenizer, self.sets, self.stats, self.config = model, tokenizer, sets, stats, config
         self.space = NeuronSpace.of(model)
         sets.check_model(model, self.space)
-        if stats.meta.get("fingerprint"):
-            artifacts.check_fingerprint(stats.meta, model, what="the activation stats")
+        stats.check_model(model)
         if stats.shape != sets.shape:
             raise LapeError(f"the stats ({stats.shape[0]} x {stats.shape[1]}) do not match the neuron sets "
                             f"({sets.shape[0]} x {sets.shape[1]}): use stats and neurons of one model")
@@ -204,7 +208,8 @@ class Steerer:
         if not (isinstance(strength, (int, float)) and math.isfinite(strength) and strength >= 0):
             raise LapeError(f"steering strength {strength!r} is not a finite number >= 0: give e.g. 1.5")
         deactivate = []
-        if source and source != "none" and source != target:  # steering towards the source: nothing to switch off
+        source = source_language(source)
+        if source and source != target:  # steering towards the source: nothing to switch off
             self._check_lang(source, "source")
             deactivate = [source]
         return {"deactivate": deactivate, "activate": [target], "strength": strength}
@@ -219,7 +224,7 @@ class Steerer:
             enc = tok(prompts, return_tensors="pt", padding=True)
         finally:
             tok.padding_side = old_side
-        device = self.model.get_input_embeddings().weight.device
+        device = input_device(self.model)
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=enc.input_ids.to(device), attention_mask=enc.attention_mask.to(device),
@@ -359,8 +364,8 @@ def repl(steerer: Steerer, target: str | None = None, source: str | None = "en",
             elif cmd == "to" and arg in steerer.sets.labels:
                 state["to"], state["on"] = arg, True
                 output_fn(f"target -> {arg}")
-            elif cmd == "from" and (arg in steerer.sets.labels or arg == "none"):
-                state["from"] = None if arg == "none" else arg
+            elif cmd == "from" and (arg in steerer.sets.labels or source_language(arg) is None):
+                state["from"] = source_language(arg)
                 output_fn(f"source -> {arg}")
             elif cmd == "strength":
                 try:
