@@ -1,8 +1,8 @@
 """Figures of lape results: functions from result objects to matplotlib ``Figure``s.
 
-Every function takes a result object (:class:`~lape.neurons.NeuronSets`,
-:class:`~lape.record.ActivationStats`, :class:`~lape.perplexity.PerplexityResult`,
-:class:`~lape.steering.SteeringEval`) and returns a new :class:`matplotlib.figure.Figure`.
+Every function takes a result object (:class:`~lape.masks.NeuronSets`,
+:class:`~lape.activations.ActivationStats`, :class:`~lape.evaluate.perplexity.PerplexityResult`,
+:class:`~lape.evaluate.steering.SteeringEval`) and returns a new :class:`matplotlib.figure.Figure`.
 Nothing here computes a statistic beyond layout (which neurons fit on the axis, which strength is
 the default) or writes a file: :mod:`lape.report` saves figures and holds the numbers behind them.
 
@@ -357,7 +357,7 @@ def steering_bars(ev: SteeringEval, strength: float | None = None) -> Figure:
     """Per target language: steered vs unsteered success rate (bars, %).
 
     Args:
-        ev: from :meth:`lape.steering.Steerer.evaluate`.
+        ev: from :meth:`lape.evaluate.steering.Steerer.evaluate`.
         strength: which strength's rows to show (default: :func:`default_strength`).
 
     Example:
