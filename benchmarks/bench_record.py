@@ -18,8 +18,8 @@ import torch
 from common import ROOT, Report, builtin_batches, interleaved, parser, peak_rss_mb, reset_peak_rss
 
 from lape import load_model, record
-from lape.space import NeuronSpace
 from lape.activations import RecordConfig
+from lape.space import NeuronSpace
 
 
 class _Seq:

@@ -35,7 +35,7 @@ from . import artifacts
 from .config import StageConfig, option
 from .errors import LapeError
 from .hooks import activation_hooks
-from .models import fingerprint, input_device, model_id_of
+from .models import check_positions, fingerprint, input_device, model_id_of
 from .runningstats import RunningSums, dist_info, from_rank0, shard, tally
 from .space import NeuronSpace
 
@@ -256,6 +256,7 @@ def record(
         languages=tuple(languages), split=described.get("split", config.split),
         tokens_per_language=described.get("budget", config.tokens_per_language),
         seq_len=described.get("seq_len", config.seq_len), seed=described.get("seed", config.seed))
+    check_positions(model, config.seq_len)
     fp = fingerprint(model)
     inputs = {"corpus": {lang: corpus_key(corpus[lang]) for lang in languages}}
     key = artifacts.stage_key(ActivationStats.KIND, model_fingerprint=fp, config=config.key_dict(), inputs=inputs)

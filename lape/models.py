@@ -246,7 +246,8 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise LapeError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): "
                         "repair the file or copy the model folder again") from None
     except UnicodeDecodeError:
-        raise LapeError(f"{path} is not a UTF-8 text file: repair the file or copy the model folder again") from None
+        raise LapeError(f"{path} is not a UTF-8 text file: repair the file or copy the model folder "
+                        "again") from None
     except OSError as exc:
         raise LapeError(f"{path} cannot be read ({exc.strerror or exc.__class__.__name__}): "
                         "check its permissions") from None
@@ -307,10 +308,10 @@ def _check_folder(folder: Path, name: str, trust_remote_code: bool, *, model: bo
             kwargs["use_safetensors"] = True  # never fall back to a pickle lying beside them
         elif pickles := sorted(f for f in files if f in _WEIGHTS_PICKLE):
             if not trust_remote_code:
-                raise LapeError(f"{name} holds only a pickle checkpoint ({pickles[0]}, no model.safetensors), "
-                                "and loading a pickle can run code hidden in it: convert it to safetensors "
-                                "(load and save_pretrained it where you trust it), or pass --trust-remote-code "
-                                "(trust_remote_code=True) to accept the risk")
+                raise LapeError(f"{name} holds only a pickle checkpoint ({pickles[0]}, no "
+                                "model.safetensors), and loading a pickle can run code hidden in it: "
+                                "convert it to safetensors (load and save_pretrained it where you trust "
+                                "it), or pass --trust-remote-code (trust_remote_code=True) to accept the risk")
             kwargs["use_safetensors"] = False
         elif not code:  # custom code may load its weights its own way
             ggufs = sorted(f for f in files if f.endswith(".gguf"))
@@ -356,7 +357,8 @@ def _resolve(spec: str, what: str, trust_remote_code: bool, revision: str | None
         return _Source(str(folder), str(path), f"{what} file {spec}", folder)
     if path.is_dir():
         name = f"{what} folder {spec}"
-        return _Source(str(path), str(path), name, path, _check_folder(path, name, trust_remote_code, model=model))
+        checked = _check_folder(path, name, trust_remote_code, model=model)
+        return _Source(str(path), str(path), name, path, checked)
     if path.exists():
         raise LapeError(f"{what} path {spec} is a file, not a folder: point to the Hugging Face folder that "
                         "holds it (config.json + weights), or to a .gguf file")
@@ -401,6 +403,17 @@ def _resolve_hub(spec: str, what: str, trust_remote_code: bool, revision: str | 
 def input_device(model: torch.nn.Module) -> torch.device:
     """The device of the model's input embedding (where token ids go, also under ``device_map``)."""
     return model.get_input_embeddings().weight.device
+
+
+def check_positions(model: torch.nn.Module, seq_len: int) -> None:
+    """Refuse sequences longer than the model's position range (``max_position_embeddings`` or
+    GPT-2's ``n_positions``) before any memory is allocated for them."""
+    cfg = getattr(model.config, "text_config", None) or model.config
+    limit = next((getattr(cfg, k) for k in ("max_position_embeddings", "n_positions", "max_sequence_length")
+                  if isinstance(getattr(cfg, k, None), int)), None)
+    if limit is not None and seq_len > limit:
+        raise LapeError(f"seq_len {seq_len} is longer than {type(model).__name__} can attend over ({limit} "
+                        f"positions): use --seq-len {min(limit, 512)} or less")
 
 
 def model_id_of(model: torch.nn.Module) -> str:
@@ -500,11 +513,13 @@ def _model_error(spec: str, src: _Source, exc: ValueError) -> LapeError | ValueE
         import transformers
 
         kind = text.split("model type `", 1)[-1].split("`", 1)[0] if "model type `" in text else "?"
-        return LapeError(f"{src.name} has model type {kind!r}, which transformers {transformers.__version__} "
-                         "does not know: upgrade transformers (pip install -U transformers)")
+        return LapeError(f"{src.name} has model type {kind!r}, which transformers "
+                         f"{transformers.__version__} does not know: upgrade transformers "
+                         "(pip install -U transformers)")
     if "Unrecognized model in" in text or "model_type" in text:
         return LapeError(f"{src.name} names no model type transformers knows ({_short(exc, 100)}): "
-                         "add \"model_type\" to its config.json, or save the model again with save_pretrained")
+                         "add \"model_type\" to its config.json, or save the model again with "
+                         "save_pretrained")
     if "trust_remote_code" in text:
         return LapeError(f"{src.name} needs its own Python code, and custom code runs on this machine when "
                          "it loads: read the code, then pass --trust-remote-code (trust_remote_code=True) "
@@ -757,4 +772,5 @@ def load_tokenizer(spec: str, *, revision: str | None = None, trust_remote_code:
 
     A local folder needs only the tokenizer's files (no config or weights).
     """
-    return _load_tokenizer_of(_resolve(spec, "tokenizer", trust_remote_code, revision), trust_remote_code, revision)
+    src = _resolve(spec, "tokenizer", trust_remote_code, revision)
+    return _load_tokenizer_of(src, trust_remote_code, revision)

@@ -11,7 +11,7 @@ import huggingface_hub.constants
 import pytest
 import torch
 from tiny_models import tiny_model
-from tokenizers import Tokenizer, models
+from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 import lape.models
@@ -31,10 +31,9 @@ def _error(call, *needles: str) -> str:
 
 
 def _save_tokenizer(folder) -> None:
-    vocab = {"<unk>": 0, "a": 1, "b": 2}
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
-                                  unk_token="<unk>")
-    tok.save_pretrained(folder)
+    backend = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1, "b": 2}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>").save_pretrained(folder)
 
 
 def _save_tiny(folder, *, pickle: bool = False, tokenizer: bool = True) -> torch.nn.Module:
@@ -273,8 +272,8 @@ def test_missing_path_under_an_existing_folder_is_a_path(hub_env, monkeypatch, t
 def test_ambiguous_missing_relative_path_names_both_possibilities(monkeypatch, tmp_path, offline):
     monkeypatch.chdir(tmp_path)
     t0 = time.perf_counter()
-    _error(lambda: load_model("nope_dir/x"), "no folder nope_dir/x here", "not in the local Hugging Face cache",
-           "hub cannot be reached", "check the path")
+    _error(lambda: load_model("nope_dir/x"), "no folder nope_dir/x here",
+           "not in the local Hugging Face cache", "hub cannot be reached", "check the path")
     assert time.perf_counter() - t0 < 10
 
 
@@ -406,11 +405,37 @@ def test_load_tokenizer_of_a_tokenizer_only_folder(tmp_path):
 
 def test_load_tokenizer_errors(tmp_path, monkeypatch, offline):
     monkeypatch.chdir(tmp_path)
-    _error(lambda: load_tokenizer("nope_dir/x"), "tokenizer nope_dir/x was not found", "no folder nope_dir/x here",
-           "builtin")
+    _error(lambda: load_tokenizer("nope_dir/x"), "tokenizer nope_dir/x was not found",
+           "no folder nope_dir/x here", "builtin")
     _error(lambda: load_tokenizer("/no/such/file.gguf"), "tokenizer file /no/such/file.gguf does not exist")
     (tmp_path / "empty").mkdir()
     _error(lambda: load_tokenizer("empty"), "tokenizer folder empty has no tokenizer")
     _save_tokenizer(tmp_path / "tok")
     (tmp_path / "tok" / "tokenizer_config.json").write_text("{")
     _error(lambda: load_tokenizer("tok"), "tokenizer_config.json is not valid JSON", "line 1")
+
+
+def test_sequences_longer_than_the_position_range_are_refused_before_work():
+    """--seq-len 100000000 used to try to allocate hundreds of GB; now the config refuses it, and a
+    length the config allows but the model cannot attend over is refused by record()."""
+    import torch
+    from tiny_models import tiny_model
+
+    from lape.activations import RecordConfig, record
+    from lape.models import check_positions
+
+    with pytest.raises(LapeError, match="setting seq_len \\(--seq-len\\) is 100000000: it must be at most"):
+        RecordConfig(seq_len=100_000_000)
+    model = tiny_model("gpt2")  # n_positions 1024
+    check_positions(model, 1024)
+    with pytest.raises(LapeError, match="longer than GPT2LMHeadModel can attend over \\(1024 positions\\)"):
+        check_positions(model, 4096)
+
+    class Seq:
+        input_ids, attention_mask = torch.ones(8, dtype=torch.long), torch.ones(8, dtype=torch.long)
+
+    class Stream(list):
+        seq_len = 4096
+
+    with pytest.raises(LapeError, match="--seq-len"):
+        record(model, {"a": Stream([Seq()]), "b": Stream([Seq()])}, progress=False)

@@ -35,7 +35,7 @@ from ..errors import LapeError
 from ..head import check_head, logits_from_hidden
 from ..intervene import intervene
 from ..masks import NeuronSets
-from ..models import fingerprint, input_device
+from ..models import check_positions, fingerprint, input_device
 from ..space import NeuronSpace
 
 logger = logging.getLogger(__name__)
@@ -227,6 +227,7 @@ def ppl_matrix(
 
     space = space or NeuronSpace.of(model)
     sets.check_model(model, space)
+    check_positions(model, max([getattr(s, "seq_len", 0) for s in corpus.values()], default=0))
     languages = list(corpus)
     rows = list(rows) if rows is not None else list(sets.labels)
     for row in rows:
