@@ -190,16 +190,28 @@ def identify(stats: ActivationStats, config: IdentifyConfig = IdentifyConfig(), 
 
 
 def language_agnostic(stats: ActivationStats, min_probability: float | None = None,
-                      activation_bar_ratio: float = 0.95) -> NeuronSets:
+                      activation_bar_ratio: float = 0.95, *, out: str | Path | None = None) -> NeuronSets:
     """Neurons that fire with high probability in *every* language (label ``"all"``).
 
     Args:
         min_probability: the bar every language must pass; default the ``activation_bar_ratio``
             percentile of all probabilities (the same bar LAPE uses for membership).
+        out: a folder to save the set into; a set there made from the same stats and bar is
+            returned without recomputation.
     """
-    probs = stats.probabilities()
-    bar = kth_quantile(probs, activation_bar_ratio) if min_probability is None else min_probability
-    mask = (probs > bar).all(0)
-    meta = {"method": "agnostic", "threshold": bar, "model_id": stats.meta.get("model_id"),
-            "fingerprint": stats.meta.get("fingerprint", {})}
-    return NeuronSets(["all"], mask.unsqueeze(0), meta)
+    settings = {"min_probability": min_probability, "activation_bar_ratio": activation_bar_ratio}
+    inputs = {"stats": stats.identity()}
+    key = artifacts.stage_key(NeuronSets.KIND, model_fingerprint=stats.meta.get("fingerprint"),
+                              config={"method": "agnostic", **settings}, inputs=inputs)
+
+    def compute() -> NeuronSets:
+        probs = stats.probabilities()
+        bar = kth_quantile(probs, activation_bar_ratio) if min_probability is None else min_probability
+        mask = (probs > bar).all(0)
+        meta = artifacts.sidecar(
+            NeuronSets.KIND, model_id=stats.meta.get("model_id"), model_fingerprint=stats.meta.get("fingerprint"),
+            num_layers=stats.shape[0], neurons_per_layer=stats.shape[1], languages=list(stats.languages),
+            config=settings, inputs=inputs, method="agnostic", threshold=bar)
+        return NeuronSets(["all"], mask.unsqueeze(0), meta)
+
+    return artifacts.run_stage(NeuronSets, out, key, compute)

@@ -99,6 +99,10 @@ def build_edits(
 ) -> list[Edit]:
     """Turn labelled neuron sets and a request into per-layer :class:`Edit`\\ s (see :func:`intervene`)."""
     layer_filter = None if layers is None else set(layers)
+    outside = sorted(x for x in layer_filter or () if not 0 <= x < sets.shape[0])
+    if outside:
+        raise LapeError(f"layers {outside} are outside the neuron space (layers 0..{sets.shape[0] - 1}): "
+                        "restrict edits to existing layers")
     edits: list[Edit] = []
 
     def per_layer(mask: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:

@@ -98,8 +98,8 @@ def run_demo(config: DemoConfig = DemoConfig(), out: str | Path = "runs/demo", p
     stats = timer.run("record", lambda: record(model, corpus, rcfg, out=run / "stats", progress=progress))
 
     sets = timer.run("identify", lambda: identify(stats, IdentifyConfig(seed=config.seed), out=run / "neurons"))
+    language_agnostic(stats, out=run / "neurons-agnostic")
     if not getattr(sets, "from_cache", False) or not (run / "plots").is_dir():
-        language_agnostic(stats).save(run / "neurons-agnostic")
         save_neuron_plots(run / "neurons", run / "stats", out=run / "plots")
 
     pcfg = PerplexityConfig(tokens_per_language=config.ppl_tokens_per_language, seq_len=config.seq_len,

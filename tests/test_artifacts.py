@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-
 from dataclasses import dataclass, field
 from typing import ClassVar
 

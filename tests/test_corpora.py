@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from lape import corpora
-from lape.langid import LANGID_ACCEPT
 from lape.corpora import (
     batches,
     build_builtin_corpus,
@@ -23,6 +22,7 @@ from lape.corpora import (
     show_manifest,
 )
 from lape.errors import LapeError
+from lape.langid import LANGID_ACCEPT
 
 BOS, EOS, PAD = 1, 2, 0
 
@@ -291,16 +291,50 @@ def test_hf_source_saved_locally(tmp_path):
 
 
 def test_show_manifest(tmp_path):
-    m = make_text_corpus(tmp_path, n=50, langs=("en",))
-    (tmp_path / "long.txt").write_text("y" * 300 + "\n", encoding="utf-8")
+    import hashlib
+
+    def held_out(doc: str, share: float) -> bool:  # the documented rule: sha256 position below the share
+        return int.from_bytes(hashlib.sha256(doc.encode("utf-8")).digest()[:8], "big") / 2.0**64 < share
+
+    long_doc = ("long  document " * 25).strip()  # 374 characters, two spaces inside
+    assert not held_out(long_doc, 0.2)  # it stays in train: the first train document, the sample
+    rng = random.Random(0)
+    en = [long_doc] + [f"en document {i} " + "x" * rng.randrange(5, 40) for i in range(50)]
+    fr = [f"  fr doc {i} " + "z" * rng.randrange(1, 9) for i in range(30)]
+    (tmp_path / "en.txt").write_text("\n".join(en) + "\n\n   \n", encoding="utf-8")  # blank lines: dropped
+    (tmp_path / "fr.txt").write_text("\n".join(fr) + "\n", encoding="utf-8")
+    m = write_manifest(tmp_path, "name: tiny\nlanguages:\n"
+                       "  en:\n    source: written  for\n      this test\n    license: CC0-1.0\n"
+                       "    train: {kind: text, path: en.txt}\n    valid: {from: train, share: 0.2}\n"
+                       "  fr:\n    license: test\n    note: short lines\n"
+                       "    train: {kind: text, path: fr.txt}\n    valid: {from: train, share: 0.25}\n")
     text = show_manifest(m, CharTokenizer())
-    docs = list(iter_documents(m, "en", "train"))
-    assert "en" in text.splitlines()
-    assert f"{len(docs):>7,} docs" in text and f"{sum(map(len, docs)):,} tokens" in text
-    assert "0.2 of train by document hash" in text
-    sample = next(line for line in text.splitlines() if "sample:" in line)
-    assert sample.strip() == f"sample: {docs[0]}"
-    assert "tokens" not in show_manifest(m)
+    lines = text.splitlines()
+    assert lines[0].startswith(f"manifest tiny ({m}") and lines[0].endswith(f"hash {load_manifest(m).hash()})")
+    assert lines[1:3] == ["2 languages: en fr", "default languages: en fr"]
+
+    def split_lines(docs: list[str], share: float, file: str) -> list[str]:
+        docs = [d.strip() for d in docs]
+        valid = [d for d in docs if held_out(d, share)]
+        train = [d for d in docs if not held_out(d, share)]
+        assert train and valid
+        row = "  {:<9}{:>7,} docs {:>10,} tokens  [{}]"  # one token a character (CharTokenizer)
+        return [row.format("train", len(train), sum(map(len, train)), f"text {file} (lines)"),
+                row.format("valid", len(valid), sum(map(len, valid)), f"{share:g} of train by document hash")]
+
+    first_fr = next(d.strip() for d in fr if not held_out(d.strip(), 0.25))
+    assert lines[3:] == [
+        "", "en", "  source: written for this test", "  license: CC0-1.0",
+        *split_lines(en, 0.2, "en.txt"),
+        "  sample: " + " ".join(long_doc.split())[:80] + "...",  # whitespace collapsed, cut at 80
+        "", "fr", "  license: test", "  note: short lines",
+        *split_lines(fr, 0.25, "fr.txt"),
+        f"  sample: {first_fr}",
+    ]
+    plain = show_manifest(m).splitlines()  # without a tokenizer: documents only
+    n_train = sum(not held_out(d, 0.2) for d in en)
+    assert plain[7] == f"  train    {n_train:>7,} docs  [text en.txt (lines)]"
+    assert not any("tokens" in line for line in plain)
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from lape.activations import ActivationStats
 from lape.entropy import (
     IdentifyConfig,
     identify,
@@ -16,7 +17,6 @@ from lape.entropy import (
     select_by_entropy,
 )
 from lape.errors import LapeError
-from lape.activations import ActivationStats
 
 
 def _stats(probs: list[list[list[float]]], tokens: int = 100, fire_sums=None) -> ActivationStats:

@@ -9,11 +9,11 @@ import pytest
 import torch
 from tiny_models import WIDTH, random_ids, tiny_model
 
+from lape.activations import ActivationStats
 from lape.errors import LapeError
 from lape.intervene import batch_edits, intervene
-from lape.models import fingerprint
 from lape.masks import NeuronSets
-from lape.activations import ActivationStats
+from lape.models import fingerprint
 
 NEURONS = {"x": [(0, 3), (0, 17), (1, 5), (2, 0), (2, 40)], "y": [(1, 5), (1, 6), (2, 11)]}
 
@@ -189,22 +189,46 @@ def test_hooks_are_removed_after_an_exception(shared):
 
 def test_intervention_reaches_every_step_of_generate():
     model = tiny_model("llama")
-    ids = random_ids(1, 5, seed=3)
-    gen = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
+    prompt_len, steps = 5, 6
+    ids = random_ids(1, prompt_len, seed=3)
+    gen = dict(max_new_tokens=steps, do_sample=False, pad_token_id=0, eos_token_id=None)
+    fixed = {"x": 40.0, "y": -40.0}  # (1, 5) is in both sets: the later edit (y) wins
+    want = {(layer, i): value for label, value in fixed.items() for layer, i in NEURONS[label]}
     with torch.no_grad():
         plain = model.generate(ids, **gen)
-        with intervene(model, NEURONS, deactivate=[], check_model=False):
-            nothing = model.generate(ids, **gen)
-        with intervene(model, NEURONS, activate={"x": 40.0, "y": -40.0}, check_model=False):
-            steered = model.generate(ids, **gen)
-            # greedy decoding by hand, full forward every step (no cache): the same tokens
-            manual = ids
-            for _ in range(6):
-                nxt = model(manual).logits[:, -1].argmax(-1, keepdim=True)
-                manual = torch.cat([manual, nxt], 1)
-    assert torch.equal(nothing, plain)
-    assert not torch.equal(steered, plain)
+        before = _Capture(model)  # registered before lape's hooks: sees the unedited activations
+        try:
+            with intervene(model, NEURONS, activate=fixed, check_model=False):
+                after = _Capture(model)  # registered after lape's hooks: sees the edited ones
+                try:
+                    steered = model.generate(ids, **gen)
+                finally:
+                    after.remove()
+                # greedy decoding by hand, full forward every step (no cache): the same tokens
+                manual = ids
+                for _ in range(steps):
+                    nxt = model(manual).logits[:, -1].argmax(-1, keepdim=True)
+                    manual = torch.cat([manual, nxt], 1)
+        finally:
+            before.remove()
+    assert steered.shape == (1, prompt_len + steps)
+    for layer in range(3):
+        calls = after.seen[layer]
+        # one forward per decoding step: the prompt, then one new position per generated token
+        # (the last generated token is not fed back)
+        assert [c.shape[1] for c in calls] == [prompt_len] + [1] * (steps - 1)
+        edited = [i for (la, i) in want if la == layer]
+        others = [i for i in range(WIDTH["llama"]) if i not in edited]
+        assert edited
+        for step, (call, raw) in enumerate(zip(calls, before.seen[layer][:steps], strict=True)):
+            for i in edited:  # the set value at every position of every step
+                assert torch.equal(call[..., i], torch.full_like(call[..., i], want[(layer, i)])), (layer, step, i)
+                assert not torch.equal(raw[..., i], call[..., i])
+            assert torch.equal(call[..., others], raw[..., others])  # the rest untouched
+    assert not torch.equal(steered[:, prompt_len:], plain[:, prompt_len:])  # steering changed the tokens
     assert torch.equal(steered, manual)
+    with torch.no_grad():  # and the hooks are gone afterwards
+        assert torch.equal(model.generate(ids, **gen), plain)
 
 
 def test_neuron_sets_of_another_model_are_refused():

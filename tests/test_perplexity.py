@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from tiny_models import FAMILIES, WIDTH, random_ids, tiny_model
 
-import lape.evaluate.perplexity as perplexity
+from lape.entropy import random_like
 from lape.errors import LapeError
-from lape.models import fingerprint
-from lape.masks import NeuronSets
 from lape.evaluate.perplexity import PerplexityConfig, PerplexityResult, ppl_matrix, sequence_nll
+from lape.masks import NeuronSets
+from lape.models import fingerprint
 
 
 @dataclass
@@ -91,20 +91,12 @@ def _zeroed(model, mask):
     return model
 
 
-def test_ppl_matrix_rows_columns_base_and_random_baseline(monkeypatch):
+def test_ppl_matrix_rows_columns_base_and_random_baseline():
     model = tiny_model("llama")
     corpus = _corpus({"a": 3, "b": 2, "c": 2})
     sets = NeuronSets.from_neurons(
         {"a": [(0, 1), (0, 2), (2, 9)], "b": [(1, 4), (1, 5), (1, 6), (2, 30)], "c": [(0, 40)]},
         (3, WIDTH["llama"]), {"fingerprint": fingerprint(model), "method": "lape"})
-    used = []  # what ppl_matrix asks intervene to deactivate
-    real = perplexity.intervene
-
-    def spy(model, neurons, deactivate=(), **kw):
-        used.append((neurons, list(deactivate)))
-        return real(model, neurons, deactivate=deactivate, **kw)
-
-    monkeypatch.setattr(perplexity, "intervene", spy)
     cfg = PerplexityConfig(batch_size=2, chunk_size=4, seed=3)
     res = ppl_matrix(model, corpus, sets, cfg, rows=["a", "b"], progress=False)
     assert res.rows == ["a", "b"] and res.languages == ["a", "b", "c"]
@@ -114,18 +106,19 @@ def test_ppl_matrix_rows_columns_base_and_random_baseline(monkeypatch):
     for j, lang in enumerate(res.languages):
         assert math.isclose(res.base_nll[j], _mean_nll(model, corpus[lang]), rel_tol=1e-5)
 
-    assert [d for _, d in used] == [["a"], ["a"], ["b"], ["b"]]
+    # the random control: seeded by the config, as many neurons per layer as each row's set
+    randoms = random_like(sets, seed=cfg.seed)
     for i, row in enumerate(res.rows):
-        own, rnd = used[2 * i][0], used[2 * i + 1][0]
-        assert own is sets
-        # the random control: as many neurons per layer as the row's set, but other neurons
-        assert rnd.mask(row).sum(1).tolist() == sets.mask(row).sum(1).tolist()
-        assert not torch.equal(rnd.mask(row), sets.mask(row))
-        zeroed, zeroed_rnd = _zeroed(model, sets.mask(row)), _zeroed(model, rnd.mask(row))
+        assert randoms.mask(row).sum(1).tolist() == sets.mask(row).sum(1).tolist()
+        assert not torch.equal(randoms.mask(row), sets.mask(row))
+        # deactivating a set gives the perplexity of the model with those down-projection columns zeroed
+        zeroed, zeroed_rnd = _zeroed(model, sets.mask(row)), _zeroed(model, randoms.mask(row))
         for j, lang in enumerate(res.languages):
             assert math.isclose(res.nll[i][j], _mean_nll(zeroed, corpus[lang]), rel_tol=1e-5)
             assert math.isclose(res.random_nll[i][j], _mean_nll(zeroed_rnd, corpus[lang]), rel_tol=1e-5)
-    assert res.nll[1] != res.base_nll  # deactivation changed something
+            assert not math.isclose(res.nll[i][j], res.random_nll[i][j], rel_tol=1e-6)
+    for i in range(2):  # deactivation changed every language's perplexity
+        assert all(not math.isclose(v, b, rel_tol=1e-6) for v, b in zip(res.nll[i], res.base_nll))
 
 
 def test_diagonal_random_baseline_evaluates_only_each_rows_own_language(tmp_path):

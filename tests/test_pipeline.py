@@ -23,15 +23,15 @@ import torch
 
 import lape
 import lape.entropy
-import lape.models
 import lape.evaluate.perplexity
 import lape.evaluate.steering
+import lape.models
 from lape import artifacts, cli
-from lape.masks import NeuronSets
-from lape.evaluate.perplexity import PerplexityResult
-from lape.pipeline import DemoConfig, run_demo
 from lape.activations import ActivationStats
+from lape.evaluate.perplexity import PerplexityResult
 from lape.evaluate.steering import SteeringEval
+from lape.masks import NeuronSets
+from lape.pipeline import DemoConfig, run_demo
 
 pytestmark = pytest.mark.slow
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from lape import plots
-from lape.errors import LapeError
-from lape.masks import NeuronSets
-from lape.evaluate.perplexity import PerplexityResult
 from lape.activations import ActivationStats
+from lape.errors import LapeError
+from lape.evaluate.perplexity import PerplexityResult
 from lape.evaluate.steering import SteeringEval
+from lape.masks import NeuronSets
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LANGS = ["en", "fr", "ja"]
@@ -130,7 +130,7 @@ def test_select_neurons_groups_by_first_label_and_subsamples():
     assert [c[0] for c in cols] == ["en"] * 5 + ["fr"] * 3 + ["ja"] * 2
     few = plots.select_neurons(sets, max_neurons=4)
     assert len(few) == 4 and few[0] == cols[0] and few[-1] == cols[-1]
-    with pytest.raises(LapeError):
+    with pytest.raises(LapeError, match="^max_neurons must be at least 1, got 0$"):
         plots.select_neurons(sets, max_neurons=0)
 
 

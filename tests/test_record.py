@@ -8,9 +8,9 @@ import pytest
 import torch
 from tiny_models import WIDTH, random_ids, tiny_model
 
+from lape.activations import ActivationStats, RecordConfig, record
 from lape.errors import LapeError
 from lape.models import fingerprint
-from lape.activations import ActivationStats, RecordConfig, record
 
 
 @dataclass

@@ -38,7 +38,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
     if args.languages:  # LAPE over the languages of interest only
         stats = stats.subset(args.languages)
     sets = identify(stats, config, out=out)
-    language_agnostic(stats).save(Path(args.out).with_name(Path(args.out).name + "-agnostic"))
+    language_agnostic(stats, out=Path(args.out).with_name(Path(args.out).name + "-agnostic"))
     logger.info("%s neurons per language: %s -> %s", sets.meta["method"],
                 ", ".join(f"{k} {v}" for k, v in sets.counts().items()), args.out)
     return 0

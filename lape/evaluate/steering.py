@@ -165,6 +165,10 @@ class Steerer:
         self.model, self.tokenizer, self.sets, self.stats, self.config = model, tokenizer, sets, stats, config
         self.space = NeuronSpace.of(model)
         sets.check_model(model, self.space)
+        outside = [layer for layer in config.layers or () if layer >= self.space.num_layers]
+        if outside:
+            raise LapeError(f"steering layers {outside} do not exist: {type(model).__name__} has layers 0.."
+                            f"{self.space.num_layers - 1}; pass --layers within that range")
         stats.check_model(model)
         if stats.shape != sets.shape:
             raise LapeError(f"the stats ({stats.shape[0]} x {stats.shape[1]}) do not match the neuron sets "
@@ -205,8 +209,9 @@ class Steerer:
         if target is None:
             return {}
         self._check_lang(target, "target")
-        if not (isinstance(strength, (int, float)) and math.isfinite(strength) and strength >= 0):
-            raise LapeError(f"steering strength {strength!r} is not a finite number >= 0: give e.g. 1.5")
+        if not isinstance(strength, (int, float)) or isinstance(strength, bool):
+            raise LapeError(f"steering strength {strength!r} is not a number: give e.g. 1.5")
+        self.config.replace(strength=float(strength))  # the same bounds as --strength
         deactivate = []
         source = source_language(source)
         if source and source != target:  # steering towards the source: nothing to switch off
