@@ -212,6 +212,15 @@ def corpus_key(stream: Iterable[Any]) -> Any:
     return artifacts.tensor_digest({"sequences": torch.cat(ids) if ids else torch.zeros(0, dtype=torch.long)})
 
 
+def check_corpus(corpus: Mapping[str, Iterable[Any]]) -> None:
+    """Refuse, before any model pass, a language whose stream yields no sequence (an empty or
+    fully filtered source), so that a bad language found late costs no finished work."""
+    for lang, stream in corpus.items():
+        if next(iter(stream), None) is None:
+            raise LapeError(f"language {lang!r} has no text to run: check its source in the manifest "
+                            "(or leave the language out)")
+
+
 def describe_corpus(corpus: Mapping[str, Iterable[Any]]) -> dict[str, Any]:
     """What the sidecar says about the streams it was computed from (budget, seq_len, ...)."""
     first = next(iter(corpus.values()))
@@ -257,6 +266,7 @@ def record(
         tokens_per_language=described.get("budget", config.tokens_per_language),
         seq_len=described.get("seq_len", config.seq_len), seed=described.get("seed", config.seed))
     check_positions(model, config.seq_len)
+    check_corpus(corpus)
     fp = fingerprint(model)
     inputs = {"corpus": {lang: corpus_key(corpus[lang]) for lang in languages}}
     key = artifacts.stage_key(ActivationStats.KIND, model_fingerprint=fp, config=config.key_dict(), inputs=inputs)

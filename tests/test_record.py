@@ -244,12 +244,21 @@ def test_text_changed_behind_an_unchanged_manifest_is_recounted(tmp_path):
     assert third.meta["config"]["seq_len"] == 16 and third.meta["config"]["languages"] == ["en", "fr"]
 
 
-def test_language_without_tokens_is_refused():
+def test_language_without_text_is_refused_before_any_model_pass():
     model = tiny_model("llama")
-    with pytest.raises(LapeError) as err:
-        record(model, {"a": _seqs(1, 4, seed=12), "b": []}, progress=False)
+    calls, handle = _count_calls(model.base_model)
+    try:
+        with pytest.raises(LapeError) as err:
+            record(model, {"a": _seqs(1, 4, seed=12), "b": []}, progress=False)
+    finally:
+        handle.remove()
     msg = str(err.value)
-    assert "'b' gave no tokens" in msg and "train split" in msg and "\n" not in msg
+    assert "'b' has no text to run" in msg and "\n" not in msg
+    assert calls == []  # "a" was not recorded first
+    # a sequence whose only counted position would be the first one leaves nothing to count
+    with pytest.raises(LapeError, match="'b' gave no tokens to count"):
+        record(model, {"a": _seqs(1, 4, seed=12), "b": [Seq(torch.tensor([5]), torch.ones(1, dtype=torch.long))]},
+               progress=False)
 
 
 def test_stats_save_load_roundtrip_and_fingerprint_check(tmp_path):

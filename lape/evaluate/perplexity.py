@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import artifacts
-from ..activations import corpus_key
+from ..activations import check_corpus, corpus_key
 from ..config import StageConfig, option
 from ..corpora import batches
 from ..entropy import random_like
@@ -228,6 +228,7 @@ def ppl_matrix(
     space = space or NeuronSpace.of(model)
     sets.check_model(model, space)
     check_positions(model, max([getattr(s, "seq_len", 0) for s in corpus.values()], default=0))
+    check_corpus(corpus)
     languages = list(corpus)
     rows = list(rows) if rows is not None else list(sets.labels)
     for row in rows:
