@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import tiny_model
+from tiny_models import tiny_model_folder
 
 import lape
 from lape.activations import ActivationStats, RecordConfig
@@ -29,39 +29,12 @@ from lape.cli import build_parser, main
 from lape.entropy import IdentifyConfig
 from lape.masks import NeuronSets
 
-SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0-3: pad, bos, eos as in tiny_models._COMMON
-CHARS = "abcdefghijklmnopqrstuvwxyz .,"
 TOKENS, SEQ_LEN = 600, 64  # recording: 10 sequences per language (9 x 64 + 24 tokens)
 PPL = ["--tokens-per-language", "200", "--seq-len", "32", "--batch-size", "4"]
 STEER = ["--max-new-tokens", "12", "--min-chars", "5"]
 IDENTIFY = ["--top-rate", "0.2", "--filter-rate", "0.8", "--activation-bar-ratio", "0.8"]  # both languages get neurons
 IDENTIFY_CONFIG = IdentifyConfig(top_rate=0.2, filter_rate=0.8, activation_bar_ratio=0.8)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _tokenizer():
-    """A character-level ``PreTrainedTokenizerFast`` whose ids fit the tiny model's 96 entries."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {tok: i for i, tok in enumerate([*SPECIALS, *CHARS])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # one token a character
-    core.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", unk_token="<unk>")
-
-
-def _documents(letters: str, n: int, seed: int) -> list[str]:
-    """``n`` one-line documents of pseudo-words over ``letters`` (a language of its own)."""
-    g = torch.Generator().manual_seed(seed)
-    docs = []
-    for _ in range(n):
-        words = ["".join(letters[i] for i in torch.randint(len(letters), (int(torch.randint(2, 7, (), generator=g)),),
-                                                           generator=g).tolist())
-                 for _ in range(int(torch.randint(3, 8, (), generator=g)))]
-        docs.append(" ".join(words) + ".")
-    return docs
 
 
 def _held_out(doc: str, share: float = 0.2) -> bool:
@@ -72,6 +45,16 @@ def _held_out(doc: str, share: float = 0.2) -> bool:
 def cli(*argv: str) -> int:
     """``lape ARGV`` in this process, without progress bars."""
     return main(["-q", *argv])
+
+
+def _rerun_is_skipped(args: list[str], out: Path, info_logs) -> None:
+    """The same command again: logged as skipped, and no file of ``out`` rewritten."""
+    before = _files(out)
+    info_logs.clear()
+    assert cli(*args) == 0
+    assert "up to date for these inputs: skipped" in info_logs.text
+    assert _files(out) == before
+    info_logs.clear()
 
 
 def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
@@ -97,25 +80,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, one_thread) -> Path:
     work = tmp_path_factory.mktemp("cli")
-    tiny_model("llama").save_pretrained(work / "model")
-    _tokenizer().save_pretrained(work / "model")
-    texts = work / "texts"
-    texts.mkdir()
-    (texts / "aa.txt").write_text("\n".join(_documents("abcdefghijklm", 60, seed=1)) + "\n")
-    (texts / "bb.txt").write_text("\n".join(_documents("nopqrstuvwxyz", 60, seed=2)) + "\n")
-    (work / "corpus.yaml").write_text(
-        "name: tiny-two-languages\n"
-        "languages:\n"
-        "  aa:\n"
-        "    source: generated pseudo-words over a-m\n"
-        "    license: CC0\n"
-        "    train: {kind: text, path: texts/aa.txt}\n"
-        "    valid: {from: train, share: 0.2}\n"
-        "  bb:\n"
-        "    source: generated pseudo-words over n-z\n"
-        "    license: CC0\n"
-        "    train: {kind: text, path: texts/bb.txt}\n"
-        "    valid: {from: train, share: 0.2}\n")
+    tiny_model_folder(work, docs=(60, 60), valid_share=0.2, license=True)
     (work / "prompts.txt").write_text("abc def\nkalm gib\n\nmeld hag fic\n")
     assert cli("record", "--model", str(work / "model"), "--corpus", str(work / "corpus.yaml"),
                "--out", str(work / "stats"), "--tokens-per-language", str(TOKENS), "--seq-len", str(SEQ_LEN),
@@ -178,12 +143,7 @@ def test_identify_writes_the_library_sets_skips_reruns_and_recomputes_on_change(
     assert torch.equal(agnostic.masks, lape.language_agnostic(stats).masks)
 
     before = _files(out)
-    info_logs.clear()
-    assert cli(*args) == 0  # the same inputs: nothing recomputed, nothing rewritten
-    assert "up to date for these inputs: skipped" in info_logs.text
-    assert _files(out) == before
-
-    info_logs.clear()
+    _rerun_is_skipped(args, out, info_logs)  # the same inputs: nothing recomputed, nothing rewritten
     assert cli(*args, "--top-rate", "0.1") == 0  # another top rate: computed and saved again
     assert f"{out} is up to date" not in info_logs.text  # (the agnostic set does not depend on it)
     again = NeuronSets.load(out)
@@ -214,13 +174,7 @@ def test_ppl_matrix_equals_the_library_call_and_reruns_skip(work, loaded, info_l
     assert (out / "delta_ppl.csv").read_text().splitlines()[0] == "deactivated,aa,bb"
     assert "perplexity matrix (2 x 2)" in info_logs.text
 
-    before = _files(out)
-    info_logs.clear()
-    assert cli(*args) == 0
-    assert "up to date for these inputs: skipped" in info_logs.text
-    assert _files(out) == before
-
-    info_logs.clear()
+    _rerun_is_skipped(args, out, info_logs)
     assert cli(*args, "--random-baseline", "none") == 0
     assert "skipped" not in info_logs.text
     none = PerplexityResult.load(out)
@@ -270,13 +224,7 @@ def test_steer_eval_equals_the_library_call_and_reruns_skip(work, loaded, info_l
         assert line in info_logs.text
     assert (out / "summary.csv").is_file()
 
-    before = _files(out)
-    info_logs.clear()
-    assert cli(*args) == 0
-    assert "up to date for these inputs: skipped" in info_logs.text
-    assert _files(out) == before
-
-    info_logs.clear()
+    _rerun_is_skipped(args, out, info_logs)
     assert cli(*args, "--limit", "2") == 0
     assert "skipped" not in info_logs.text
     fewer = SteeringEval.load(out)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import tiny_model
+from tiny_models import tiny_model_folder
 
 from lape.activations import ActivationStats
 
@@ -23,33 +23,7 @@ SEQ_LEN = 32
 # sequences 0, 2, 4 (a full batch and a batch of one), rank 1 takes 1, 3 (one full batch).
 TOKENS = 150
 # "bb" runs out of text first: 3 sequences (32, 32 and a padded one), rank 1 gets only one.
-SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0-3: pad, bos, eos as in tiny_models._COMMON
-CHARS = "abcdefghijklmnopqrstuvwxyz .,"
 TIMEOUT = 300
-
-
-def _tokenizer():
-    """A character-level ``PreTrainedTokenizerFast`` whose ids fit the tiny model's 96 entries."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {tok: i for i, tok in enumerate([*SPECIALS, *CHARS])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # one token a character
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", unk_token="<unk>")
-
-
-def _documents(letters: str, n: int, seed: int) -> list[str]:
-    """``n`` one-line documents of pseudo-words over ``letters`` (a language of its own)."""
-    g = torch.Generator().manual_seed(seed)
-    docs = []
-    for _ in range(n):
-        words = ["".join(letters[i] for i in torch.randint(len(letters), (int(torch.randint(2, 7, (), generator=g)),),
-                                                           generator=g).tolist())
-                 for _ in range(int(torch.randint(3, 8, (), generator=g)))]
-        docs.append(" ".join(words) + ".")
-    return docs
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -70,22 +44,7 @@ def _record_args(work: Path, out: str) -> list[str]:
 def work(tmp_path_factory) -> Path:
     """A model folder, a manifest, and the stats of one process (``one``) and two ranks (``two``)."""
     work = tmp_path_factory.mktemp("distributed")
-    model = tiny_model("llama")
-    model.save_pretrained(work / "model")
-    _tokenizer().save_pretrained(work / "model")
-    texts = work / "texts"
-    texts.mkdir()
-    (texts / "aa.txt").write_text("\n".join(_documents("abcdefghijklm", 40, seed=1)) + "\n")
-    (texts / "bb.txt").write_text("\n".join(_documents("nopqrstuvwxyz", 3, seed=2)) + "\n")
-    (work / "corpus.yaml").write_text(
-        "name: tiny-two-languages\n"
-        "languages:\n"
-        "  aa:\n"
-        "    source: generated pseudo-words over a-m\n"
-        "    train: {kind: text, path: texts/aa.txt}\n"
-        "  bb:\n"
-        "    source: generated pseudo-words over n-z\n"
-        "    train: {kind: text, path: texts/bb.txt}\n")
+    tiny_model_folder(work, docs=(40, 3))
     _run([sys.executable, "-m", "lape", *_record_args(work, "one")], cwd=work)
     torchrun = Path(sys.executable).with_name("torchrun")  # the module is its fallback
     launcher = [str(torchrun)] if torchrun.is_file() else [sys.executable, "-m", "torch.distributed.run"]

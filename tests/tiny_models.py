@@ -53,3 +53,52 @@ def tiny_model(family: str = "llama", seed: int = 0) -> torch.nn.Module:
 def random_ids(batch: int, seq: int, seed: int = 0, vocab: int = 96) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, vocab, (batch, seq), generator=g)
+
+
+CHAR_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0-3: pad, bos, eos as in _COMMON
+CHARS = "abcdefghijklmnopqrstuvwxyz .,"
+
+
+def char_tokenizer():
+    """A character-level ``PreTrainedTokenizerFast`` whose ids fit the tiny models' 96 entries, to
+    save beside a tiny model as a Hugging Face folder."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate([*CHAR_SPECIALS, *CHARS])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # one token a character
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>")
+
+
+def pseudo_documents(letters: str, n: int, seed: int) -> list[str]:
+    """``n`` one-line documents of pseudo-words over ``letters`` (a language of its own)."""
+    g = torch.Generator().manual_seed(seed)
+    docs = []
+    for _ in range(n):
+        words = ["".join(letters[i] for i in torch.randint(len(letters), (int(torch.randint(2, 7, (), generator=g)),),
+                                                           generator=g).tolist())
+                 for _ in range(int(torch.randint(3, 8, (), generator=g)))]
+        docs.append(" ".join(words) + ".")
+    return docs
+
+
+def tiny_model_folder(work, docs: tuple[int, int] = (60, 60), valid_share: float | None = None,
+                      license: bool = False) -> None:
+    """A tiny LLaMA saved as a Hugging Face folder (``work/model``, character tokenizer) and a
+    two-language ``text`` manifest (``work/corpus.yaml``) of pseudo-words: ``aa`` over a-m and
+    ``bb`` over n-z, with ``docs`` documents each, and a ``valid`` split derived by hash when
+    ``valid_share`` is given."""
+    tiny_model("llama").save_pretrained(work / "model")
+    char_tokenizer().save_pretrained(work / "model")
+    (work / "texts").mkdir()
+    lines = ["name: tiny-two-languages", "languages:"]
+    for (code, letters), n, seed in zip((("aa", "abcdefghijklm"), ("bb", "nopqrstuvwxyz")), docs, (1, 2)):
+        (work / "texts" / f"{code}.txt").write_text("\n".join(pseudo_documents(letters, n, seed=seed)) + "\n")
+        lines += [f"  {code}:", f"    source: generated pseudo-words over {letters[0]}-{letters[-1]}"]
+        lines += ["    license: CC0"] if license else []
+        lines += [f"    train: {{kind: text, path: texts/{code}.txt}}"]
+        lines += [f"    valid: {{from: train, share: {valid_share}}}"] if valid_share is not None else []
+    (work / "corpus.yaml").write_text("\n".join(lines) + "\n")
