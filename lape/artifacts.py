@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -45,6 +44,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 
 from .errors import LapeError
+from .files import _write_error, atomic_write_bytes, atomic_write_text, ensure_folder
 from .models import describe_fingerprint, fingerprint, same_model
 
 logger = logging.getLogger(__name__)
@@ -66,54 +66,6 @@ def _version() -> str:
 
 # --------------------------------------------------------------------------------------------
 # Files
-
-
-def _write_error(path: Path, exc: OSError) -> LapeError:
-    reason = exc.strerror or type(exc).__name__
-    return LapeError(f"cannot write {path} ({reason}): choose a writable output folder (--out) "
-                     "with free space")
-
-
-def ensure_folder(folder: str | Path) -> Path:
-    """Create ``folder`` (and its parents), with a one-line error when that is impossible."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise LapeError(f"output {folder} is a file, not a folder: choose another --out")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _write_error(folder, exc) from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise LapeError(f"output folder {folder} is not writable: choose another --out")
-    return folder
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    ensure_folder(path.parent)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are ordinary files
-        os.replace(tmp, path)
-    except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise _write_error(path, exc) from None
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` (UTF-8) atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _standard(obj: Any) -> Any:

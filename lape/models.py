@@ -24,9 +24,7 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import socket
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -35,6 +33,7 @@ from typing import Any
 import torch
 
 from .errors import LapeError
+from .files import atomic_folder
 
 logger = logging.getLogger(__name__)
 
@@ -613,9 +612,7 @@ def _dequantise_to(gguf_path: Path, folder: Path) -> None:
         raise LapeError(f"GGUF file {gguf_path} could not be loaded as a causal LM "
                         f"({str(exc).splitlines()[0][:120]}): use a GGUF of a supported "
                         "architecture or a Hugging Face folder") from None
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
-    try:
+    with atomic_folder(folder, CACHE_MARKER) as tmp:
         config = model.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
@@ -641,12 +638,6 @@ def _dequantise_to(gguf_path: Path, folder: Path) -> None:
             "source": str(gguf_path), "source_key": _file_key(gguf_path),
             "architecture": type(model).__name__, "cache_format": _CACHE_FORMAT,
             "seconds": round(time.perf_counter() - t0, 1)}, indent=2))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("cached de-quantised model in %s (%.0f s)", folder, time.perf_counter() - t0)
 
 

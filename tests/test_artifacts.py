@@ -12,7 +12,7 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
-from lape import artifacts
+from lape import artifacts, files
 from lape.errors import LapeError
 from lape.models import fingerprint
 
@@ -105,8 +105,9 @@ def test_failed_rewrite_keeps_the_previous_artifact(tmp_path, monkeypatch, fail_
 
     if fail_at == "swap":
         monkeypatch.setattr(os, "replace", failing_swap)
-    else:
+    else:  # every file lape writes goes through lape.files (artifacts imports the same function)
         monkeypatch.setattr(artifacts, "atomic_write_bytes", full_disk)
+        monkeypatch.setattr(files, "atomic_write_bytes", full_disk)
     with pytest.raises(LapeError, match="No space left on device"):
         Thing({"counts": torch.ones(3, dtype=torch.int64)}, None, _meta()).save(folder)
     monkeypatch.undo()

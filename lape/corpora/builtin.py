@@ -8,15 +8,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 import re
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from ..errors import LapeError
+from ..files import atomic_folder
 from ..langid import LANGID_ACCEPT, classify, langid_version
 from ..models import cache_dir
 from .manifest import bucket
@@ -135,13 +133,18 @@ def build_builtin_corpus(force: bool = False) -> Path:
     """
     folder = cache_dir() / "corpora" / BUILTIN_VERSION
     if not force and (folder / "build.json").is_file():
-        return folder
+        try:
+            built_with = json.loads((folder / "build.json").read_text(encoding="utf-8")).get("langid")
+        except (OSError, ValueError):
+            built_with = None
+        if built_with == langid_version():
+            return folder
+        logger.info("the built-in corpus was cleaned with %s, not %s: building it again", built_with,
+                    langid_version())
     data = _dataset_build_dir()
     t0 = time.perf_counter()
     logger.info("building the built-in corpus (%d languages) in %s", len(BUILTIN_SOURCES), folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
-    try:
+    with atomic_folder(folder, "build.json") as tmp:
         stats: dict[str, Any] = {}
         for code in BUILTIN_SOURCES:
             kept, info = _builtin_paragraphs(code, data)
@@ -163,25 +166,5 @@ def build_builtin_corpus(force: bool = False) -> Path:
                  "valid_share": BUILTIN_VALID_SHARE, "min_chars": MIN_PARAGRAPH_CHARS, "langid": langid_version(),
                  "seconds": round(time.perf_counter() - t0, 1), "languages": stats}
         (tmp / "build.json").write_text(json.dumps(build, indent=2) + "\n", encoding="utf-8")
-        _replace_folder(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("built-in corpus ready in %.1f s", time.perf_counter() - t0)
     return folder
-
-
-def _replace_folder(tmp: Path, folder: Path) -> None:
-    """Move a complete ``tmp`` folder to ``folder``, replacing an old one."""
-    old = None
-    if folder.exists():
-        old = folder.with_name(f"{folder.name}.old-{os.getpid()}-{time.time_ns()}")
-        os.replace(folder, old)
-    try:
-        os.replace(tmp, folder)
-    except OSError:
-        if not (folder / "build.json").is_file():  # not a concurrent build that just finished
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,102 @@
+"""Writing files and folders so that a reader never sees half of one.
+
+Every file lape writes goes to a temporary name in the same folder and is then ``os.replace``d
+into place; a folder (a model cache, the built-in corpus) is built under a temporary name beside
+its destination and renamed when complete. A failure (a full disk, a killed process) leaves
+the previous file or folder as it was. Errors of the file system become one-line
+:class:`~lape.errors.LapeError` messages naming the path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import LapeError
+
+
+def _write_error(path: Path, exc: OSError) -> LapeError:
+    reason = exc.strerror or type(exc).__name__
+    return LapeError(f"cannot write {path} ({reason}): choose a writable output folder (--out) "
+                     "with free space")
+
+
+def ensure_folder(folder: str | Path) -> Path:
+    """Create ``folder`` (and its parents), with a one-line error when that is impossible."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise LapeError(f"output {folder} is a file, not a folder: choose another --out")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_error(folder, exc) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise LapeError(f"output folder {folder} is not writable: choose another --out")
+    return folder
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    ensure_folder(path.parent)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are ordinary files
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise _write_error(path, exc) from None
+    except BaseException:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextmanager
+def atomic_folder(folder: str | Path, marker: str) -> Iterator[Path]:
+    """Build a folder under a temporary name beside ``folder``; on success it replaces ``folder``.
+
+    Args:
+        folder: the destination.
+        marker: a file the finished folder holds (written last by the caller); a concurrent
+            build that finished first is kept.
+
+    Yields:
+        The temporary folder to fill. On an exception it is removed and ``folder`` is untouched.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
+    try:
+        yield tmp
+        old = None
+        if folder.exists():
+            old = folder.with_name(f"{folder.name}.old-{os.getpid()}-{time.time_ns()}")
+            os.replace(folder, old)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not (folder / marker).is_file():  # not a concurrent build that just finished
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
