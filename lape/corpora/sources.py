@@ -86,13 +86,17 @@ def sources_key(manifest: Manifest | str | Path, lang: str, split: str) -> dict[
     entry = m.entry(lang)
     sources, lo, hi = _resolve_split(entry, split)
     parts: list[Any] = [{"split": split, "hash_range": [lo, hi], "manifest": m.hash()}]
+    used: dict[str, str] = {}
     for src in sources:
         kind = src["kind"]
         files: list[Path] = []
         if kind == "text":
             for pattern in _as_list(src["path"]):
                 files += _text_files(LapeError, f"manifest {m.path}, language {lang!r}", str(pattern), m.path.parent)
-        elif kind == "builtin":
+        elif kind == "builtin":  # cleaned with the pinned language identifier: say which
+            from ..langid import langid_version
+
+            used["langid"] = langid_version()
             code, bsplit = str(src.get("language", lang)), src["split"]
             files = [UDHR_DIR / f"{code}.txt"] if bsplit == "parallel" else [build_builtin_corpus() / code / f"{bsplit}.txt"]
         else:
@@ -102,7 +106,7 @@ def sources_key(manifest: Manifest | str | Path, lang: str, split: str) -> dict[
                 files = sorted(p for p in local.rglob("*") if p.is_file() and p.suffix in (".arrow", ".json"))
         hashes = {str(f): source_file_hash(f) for f in files if f.is_file()}
         parts.append({"source": dict(src), "files": hashes})
-    return {"content": content_hash(parts)}
+    return {"content": content_hash([*parts, used]), **used}
 
 
 def _resolve_split(entry: Mapping[str, Any], split: str) -> tuple[list[dict], float, float]:
