@@ -506,3 +506,16 @@ def test_a_device_this_machine_lacks_is_refused(work, tmp_path, capsys, command,
     assert message in _one_line_error(rc, err)
     if "--out" in argv:
         assert not Path(argv[argv.index("--out") + 1]).exists()  # refused before any work
+
+
+def test_an_output_folder_that_cannot_be_made_fails_before_the_model_loads(work, capsys, monkeypatch):
+    """/proc accepts no new folders although it is writable for root: refused before loading."""
+    import lape.models
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(lape.models, "load_model", no_load)
+    rc = cli("record", "--model", str(work / "model"), "--corpus", str(work / "corpus.yaml"), "--out", "/proc/lape-x")
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("lape: error: cannot write /proc/lape-x") and err.count("\n") == 1

@@ -49,7 +49,13 @@ def out_folder(path: str | None, what: str = "--out") -> Path | None:
         raise LapeError(f"{what} {path} lies under a file ({parent}): choose another {what}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise LapeError(f"{what} {path} cannot be created ({parent} is not writable): choose another {what}")
-    return ensure_folder(p) if p.exists() else p
+    if p.exists():
+        return ensure_folder(p)
+    missing = [q for q in [p, *p.parents] if not q.exists()]  # p first, the outermost missing last
+    ensure_folder(p)  # a folder that cannot be made fails here, before any work ...
+    for q in missing:  # ... and a command that fails later leaves no empty folders behind
+        q.rmdir()
+    return p
 
 
 def manifest(spec: str):
