@@ -518,4 +518,4 @@ def test_an_output_folder_that_cannot_be_made_fails_before_the_model_loads(work,
     monkeypatch.setattr(lape.models, "load_model", no_load)
     rc = cli("record", "--model", str(work / "model"), "--corpus", str(work / "corpus.yaml"), "--out", "/proc/lape-x")
     err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("lape: error: cannot write /proc/lape-x") and err.count("\n") == 1
+    assert rc == 2 and err.startswith("lape: error: ") and "/proc/lape-x" in err and err.count("\n") == 1
