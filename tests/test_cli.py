@@ -519,3 +519,29 @@ def test_an_output_folder_that_cannot_be_made_fails_before_the_model_loads(work,
     rc = cli("record", "--model", str(work / "model"), "--corpus", str(work / "corpus.yaml"), "--out", "/proc/lape-x")
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("lape: error: ") and "/proc/lape-x" in err and err.count("\n") == 1
+
+
+def test_bad_manifests_languages_and_targets_are_refused_before_the_model_loads(work, tmp_path, model_loads, capsys):
+    """A bad language found late used to cost the recording of the languages before it; a wrong
+    steering target used to cost the unsteered generation first."""
+    bad = work / "bad-missing.yaml"  # beside texts/, where its relative paths resolve
+    bad.write_text((work / "corpus.yaml").read_text().replace("texts/bb.txt", "texts/missing.txt"))
+    model = ["--model", str(work / "model")]
+    cases = [
+        (["record", *model, "--corpus", str(bad), "--out", str(tmp_path / "r")], "missing.txt"),
+        (["record", *model, "--corpus", str(work / "corpus.yaml"), "--out", str(tmp_path / "r"),
+          "--languages", "aa", "xx"], "'xx'"),
+        (["ppl", *model, "--corpus", str(bad), "--neurons", str(work / "neurons"), "--out", str(tmp_path / "p")],
+         "missing.txt"),
+        (["steer", *model, "--neurons", str(work / "neurons"), "--stats", str(work / "stats"), "--to", "xx", "hi"],
+         "'xx' has no neuron set"),
+        (["steer", *model, "--neurons", str(work / "neurons"), "--stats", str(work / "stats"), "--to", "aa",
+          "--from", "aa", "hi"], "both 'aa'"),
+        (["steer-eval", *model, "--neurons", str(work / "neurons"), "--stats", str(work / "stats"),
+          "--prompts", str(tmp_path / "none.txt"), "--out", str(tmp_path / "s")], "none.txt does not exist"),
+    ]
+    for argv, needle in cases:
+        assert cli(*argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("lape: error: ") and needle in err and err.count("\n") == 1, (argv, err)
+    assert model_loads == []
