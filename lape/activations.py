@@ -36,7 +36,7 @@ from .config import StageConfig, option
 from .errors import LapeError
 from .hooks import activation_hooks
 from .models import check_positions, fingerprint, input_device, model_id_of
-from .runningstats import RunningSums, dist_info, from_rank0, shard, tally
+from .runningstats import RunningSums, cached_on_rank0, dist_info, shard, tally
 from .space import NeuronSpace
 
 logger = logging.getLogger(__name__)
@@ -272,15 +272,9 @@ def record(
     key = artifacts.stage_key(ActivationStats.KIND, model_fingerprint=fp, config=config.key_dict(), inputs=inputs)
     rank, world = dist_info()
     device = input_device(model)
-    done = artifacts.cached(ActivationStats, out, key) if rank == 0 else None
-    if world > 1:  # rank 0 decides for all: ranks that disagreed would wait forever in all_reduce
-        done = from_rank0(done, ActivationStats, device)
+    done = cached_on_rank0(ActivationStats, out, key, device)
     if done is not None:
-        logger.info("stats in %s are complete for these inputs: skipped", out)
-        done.from_cache = True  # type: ignore[attr-defined]
         return done
-    if out is not None and rank == 0:
-        artifacts.ensure_folder(out)
     base = model.base_model  # skips the LM head: no vocabulary logits while recording
 
     def step(stat: FiringCounts, batch: tuple[torch.Tensor, torch.Tensor]) -> int:

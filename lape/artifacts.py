@@ -54,7 +54,7 @@ A = TypeVar("A", bound="Artifact")
 
 # the module that defines each artifact kind (imported when a folder of that kind is loaded)
 _KIND_MODULES = {"stats": "lape.activations", "neurons": "lape.masks", "regions": "lape.masks", "ppl": "lape.evaluate.perplexity",
-                 "steering": "lape.evaluate.steering"}
+                 "steering": "lape.evaluate.steering", "importance": "lape.regions.importance"}
 _TYPES: dict[str, type[Artifact]] = {}
 
 

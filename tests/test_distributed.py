@@ -119,7 +119,8 @@ stats = record(model, streams, config, out=work / "split" / f"rank{{rank}}", pro
 (work / f"result-rank{{rank}}.json").write_text(json.dumps({{
     "rank": rank, "fire": int(stats.fire_counts.sum()), "tokens": stats.token_counts.tolist(),
     "world": stats.meta["world_size"]}}))
-torch.distributed.destroy_process_group()
+from lape.cli.common import finish_distributed
+finish_distributed()  # as `lape record` does: barrier, leave the group, exit before gloo's threads can abort
 """
 
 

@@ -103,8 +103,21 @@ def init_distributed(args: argparse.Namespace) -> None:
 
 
 def finish_distributed() -> None:
+    """Leave the process group (all ranks together), then end the process at once.
+
+    Gloo's C++ worker threads can outlive ``destroy_process_group`` and abort the interpreter's
+    finalisation ("terminate called without an active exception", SIGABRT) after the work is
+    done, which torchrun reports as a failed run. A rank whose results are written therefore
+    flushes its output and exits with ``os._exit(0)``.
+    """
+    import sys
+
     import torch
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
