@@ -15,8 +15,8 @@ if [[ ! -f "$ROOT/demo/report.html" ]]; then
   python benchmarks/bench_demo.py --out "$ROOT/demo" --json "$ROOT/bench_demo.jsonl"
 fi
 python scripts/readme_results.py --demo "$ROOT/demo" --full "$ROOT/full" --bench-json "$ROOT/bench_demo.jsonl" \
-  --steer-main "$ROOT/full/steering13-final|Steering on held-out prompts (default settings; sets of the 13 languages of interest)" \
+  --steer-main "$ROOT/full/steering13-final|Steering on the builtin:heldout prompts (development prompts; default settings; sets of the 13 languages of interest)" \
   --steer-extra \
     "$ROOT/full/steer13-parallel-final|Steering on the prompts used to choose the defaults (UDHR openings), strength sweep" \
     "$ROOT/full/steer13-parallel-nongram|The same without the 4-gram ban (repetition penalty 1.1 only)" \
-    "$ROOT/full/steering|Held-out prompts, sets identified over all 38 languages (default settings)"
+    "$ROOT/full/steering|The builtin:heldout prompts, sets identified over all 38 languages (default settings)"
