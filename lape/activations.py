@@ -26,7 +26,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -35,11 +35,12 @@ from . import artifacts
 from .config import StageConfig, option
 from .errors import LapeError
 from .hooks import activation_hooks
-from .models import check_positions, fingerprint, input_device, model_id_of
-from .runningstats import RunningSums, cached_on_rank0, dist_info, shard, tally
+from .models import check_positions, input_device
+from .runningstats import RunningSums, dist_info, shard, stage_cache, tally
 from .space import NeuronSpace
 
 logger = logging.getLogger(__name__)
+C = TypeVar("C", bound=StageConfig)
 MAX_SEQ_LEN = 1 << 16  # longer sequences than any model here can attend over; refused early
 
 
@@ -221,6 +222,21 @@ def check_corpus(corpus: Mapping[str, Iterable[Any]]) -> None:
                             "(or leave the language out)")
 
 
+def corpus_config(model: nn.Module, corpus: Mapping[str, Iterable[Any]], config: C) -> tuple[C, dict[str, Any]]:
+    """``config`` with its corpus fields (split, budget, seq_len, seed, languages) replaced by what
+    the streams actually hold, after checking the sequences fit the model and no language is
+    empty (the sidecar then describes what was computed, not what a default said), and the
+    stage inputs ``{"corpus": {language: corpus key}}`` for the cache key."""
+    described = describe_corpus(corpus)
+    config = config.replace(
+        languages=tuple(corpus), split=described.get("split", config.split),
+        tokens_per_language=described.get("budget", config.tokens_per_language),
+        seq_len=described.get("seq_len", config.seq_len), seed=described.get("seed", config.seed))
+    check_positions(model, config.seq_len)
+    check_corpus(corpus)
+    return config, {"corpus": {lang: corpus_key(stream) for lang, stream in corpus.items()}}
+
+
 def describe_corpus(corpus: Mapping[str, Iterable[Any]]) -> dict[str, Any]:
     """What the sidecar says about the streams it was computed from (budget, seq_len, ...)."""
     first = next(iter(corpus.values()))
@@ -260,21 +276,12 @@ def record(
     languages = list(corpus)
     if not languages:
         raise LapeError("no languages to record: give the corpus at least one language")
-    described = describe_corpus(corpus)
-    config = config.replace(
-        languages=tuple(languages), split=described.get("split", config.split),
-        tokens_per_language=described.get("budget", config.tokens_per_language),
-        seq_len=described.get("seq_len", config.seq_len), seed=described.get("seed", config.seed))
-    check_positions(model, config.seq_len)
-    check_corpus(corpus)
-    fp = fingerprint(model)
-    inputs = {"corpus": {lang: corpus_key(corpus[lang]) for lang in languages}}
-    key = artifacts.stage_key(ActivationStats.KIND, model_fingerprint=fp, config=config.key_dict(), inputs=inputs)
-    rank, world = dist_info()
-    device = input_device(model)
-    done = cached_on_rank0(ActivationStats, out, key, device)
+    config, inputs = corpus_config(model, corpus, config)
+    key, done = stage_cache(ActivationStats, model, config, inputs, out)
     if done is not None:
         return done
+    rank, world = dist_info()
+    device = input_device(model)
     base = model.base_model  # skips the LM head: no vocabulary logits while recording
 
     def step(stat: FiringCounts, batch: tuple[torch.Tensor, torch.Tensor]) -> int:
@@ -314,10 +321,8 @@ def record(
         torch.stack([results[lang]["act_sums"] for lang in languages]),
         torch.stack([results[lang]["fire_sums"] for lang in languages]),
     )
-    stats.meta = artifacts.sidecar(
-        ActivationStats.KIND, model_id=model_id_of(model), model_fingerprint=fp,
-        num_layers=space.num_layers, neurons_per_layer=space.neurons_per_layer,
-        languages=languages, token_counts=dict(zip(languages, stats.token_counts.tolist())),
+    stats.meta = artifacts.model_sidecar(
+        ActivationStats.KIND, model, space, languages=languages, token_counts=dict(zip(languages, stats.token_counts.tolist())),
         config=config.to_dict(), inputs=inputs, cache_key=key, counted_positions="all but the first of each sequence",
         neuron_space=space.describe(), seconds=round(report.seconds, 2),
         tokens_per_second=round(report.per_second * world, 1), world_size=world,

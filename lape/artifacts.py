@@ -223,12 +223,13 @@ def sidecar(
     return meta
 
 
-def model_sidecar(kind: str, model: torch.nn.Module, **fields: Any) -> dict[str, Any]:
-    """:func:`sidecar` for a result computed on ``model`` (id, fingerprint and neuron space filled in)."""
+def model_sidecar(kind: str, model: torch.nn.Module, space: Any = None, **fields: Any) -> dict[str, Any]:
+    """:func:`sidecar` for a result computed on ``model`` (id, fingerprint and neuron space filled
+    in; ``space`` is the model's :class:`~lape.space.NeuronSpace` when it needed ``pattern=``)."""
     from .models import model_id_of
     from .space import NeuronSpace
 
-    space = NeuronSpace.of(model)
+    space = space or NeuronSpace.of(model)
     return sidecar(kind, model_id=model_id_of(model), model_fingerprint=fingerprint(model),
                    num_layers=space.num_layers, neurons_per_layer=space.neurons_per_layer, **fields)
 

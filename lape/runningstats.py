@@ -132,6 +132,18 @@ def cached_on_rank0(cls: type[artifacts.A], out: str | Path | None, key: str, de
     return None
 
 
+def stage_cache(cls: type[artifacts.A], model: torch.nn.Module, config: Any, inputs: Mapping[str, Any],
+                out: str | Path | None) -> tuple[str, artifacts.A | None]:
+    """The cache key of a heavy pass over ``model`` (:func:`lape.artifacts.stage_key` of the
+    model's fingerprint, ``config.key_dict()`` and ``inputs``) and the finished artifact in
+    ``out`` made with it, decided by rank 0 (:func:`cached_on_rank0`), or ``None``."""
+    from .models import fingerprint, input_device
+
+    key = artifacts.stage_key(cls.KIND, model_fingerprint=fingerprint(model), config=config.key_dict(),
+                              inputs=inputs)
+    return key, cached_on_rank0(cls, out, key, input_device(model))
+
+
 def _broadcast_bytes(data: bytes, device: torch.device) -> bytes:
     dist = torch.distributed
     length = torch.tensor([len(data)], device=device)

@@ -2,36 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
-from tiny_models import WIDTH, random_ids, tiny_model
+from tiny_models import (
+    WIDTH,
+    Interrupted,
+    Seq,
+    interrupt_after,
+    random_ids,
+    random_sequences,
+    tiny_model,
+)
 
 from lape.activations import ActivationStats, RecordConfig, record
 from lape.errors import LapeError
 from lape.models import fingerprint
 
-
-@dataclass
-class Seq:
-    input_ids: torch.Tensor  # LongTensor [T]
-    attention_mask: torch.Tensor  # LongTensor [T]
-
-
-def _seqs(n: int, length: int, seed: int, real_last: int | None = None) -> list[Seq]:
-    """``n`` sequences of ``length`` tokens; the last one has only ``real_last`` real tokens
-    (the rest is padding: pad id 0, mask 0)."""
-    ids = random_ids(n, length, seed=seed)
-    out = []
-    for i in range(n):
-        mask = torch.ones(length, dtype=torch.long)
-        row = ids[i].clone()
-        if i == n - 1 and real_last is not None:
-            mask[real_last:] = 0
-            row[real_last:] = 0
-        out.append(Seq(row, mask))
-    return out
+_seqs = random_sequences
 
 
 def _act_modules(model, family):
@@ -138,10 +125,6 @@ def test_short_sequence_inside_a_full_batch_is_padded():
     assert torch.equal(stats.fire_counts[0], fire)
 
 
-class _Interrupt(RuntimeError):
-    pass
-
-
 def _count_calls(module):
     calls = []
     return calls, module.register_forward_pre_hook(lambda m, a, kw: calls.append(1), with_kwargs=True)
@@ -155,19 +138,8 @@ def test_resume_after_interruption_gives_identical_counts(tmp_path):
     total_batches = 7
 
     n_before_interrupt = 5  # batches 1-5 finish (all of "a", one of "b"); the 6th call raises
-    calls = []
-
-    def interrupt(module, args, kwargs):
-        calls.append(1)
-        if len(calls) == n_before_interrupt + 1:
-            raise _Interrupt("stop")
-
-    handle = model.base_model.register_forward_pre_hook(interrupt, with_kwargs=True)
-    try:
-        with pytest.raises(_Interrupt):
-            record(model, corpus, cfg, out=tmp_path, progress=False)
-    finally:
-        handle.remove()
+    with pytest.raises(Interrupted), interrupt_after(model.base_model, n_before_interrupt):
+        record(model, corpus, cfg, out=tmp_path, progress=False)
     assert not (tmp_path / "stats.json").exists()
     assert (tmp_path / "partial" / "a" / "partial.json").exists()
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import random_ids, tiny_model
+from tiny_models import Interrupted, Seq, interrupt_after, random_sequences, tiny_model
 
 from lape.errors import LapeError
 from lape.masks import ParamRegions
@@ -31,23 +30,7 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-@dataclass
-class Seq:
-    input_ids: torch.Tensor  # LongTensor [T]
-    attention_mask: torch.Tensor  # LongTensor [T]
-
-
-def _seqs(n: int, length: int, seed: int, real_last: int | None = None) -> list[Seq]:
-    """``n`` sequences; the last one has only ``real_last`` real tokens (then pad id 0, mask 0)."""
-    ids = random_ids(n, length, seed=seed)
-    out = []
-    for i in range(n):
-        mask = torch.ones(length, dtype=torch.long)
-        row = ids[i].clone()
-        if i == n - 1 and real_last is not None:
-            mask[real_last:], row[real_last:] = 0, 0
-        out.append(Seq(row, mask))
-    return out
+_seqs = random_sequences
 
 
 def _frozen_model(family: str = "llama", seed: int = 0) -> torch.nn.Module:
@@ -165,28 +148,13 @@ def test_params_and_norms_choose_the_scored_tensors():
         importance(model, corpus, params=["lm_head.weight"], progress=False)
 
 
-class _Interrupt(RuntimeError):
-    pass
-
-
 def test_resume_after_interruption_gives_identical_scores_and_the_cache_skips(tmp_path):
     model = _frozen_model()
     corpus = {"aa": _seqs(4, 6, seed=6, real_last=3), "bb": _seqs(3, 6, seed=7)}
     cfg = ImportanceConfig(batch_size=1, checkpoint_every=1)
     reference = importance(model, corpus, cfg, progress=False)
-    calls = []
-
-    def interrupt(module, args, kwargs):  # batches 1-5 finish (all of "aa", one of "bb")
-        calls.append(1)
-        if len(calls) == 6:
-            raise _Interrupt("stop")
-
-    handle = model.base_model.register_forward_pre_hook(interrupt, with_kwargs=True)
-    try:
-        with pytest.raises(_Interrupt):
-            importance(model, corpus, cfg, out=tmp_path, progress=False)
-    finally:
-        handle.remove()
+    with pytest.raises(Interrupted), interrupt_after(model.base_model, 5):  # all of "aa", one of "bb"
+        importance(model, corpus, cfg, out=tmp_path, progress=False)
     assert not (tmp_path / "importance.json").exists()
     assert not any(p.requires_grad for p in model.parameters())  # restored after the failure too
 

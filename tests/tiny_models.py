@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from dataclasses import dataclass
+
 import torch
 import transformers as T
 
@@ -102,3 +105,46 @@ def tiny_model_folder(work, docs: tuple[int, int] = (60, 60), valid_share: float
         lines += [f"    train: {{kind: text, path: texts/{code}.txt}}"]
         lines += [f"    valid: {{from: train, share: {valid_share}}}"] if valid_share is not None else []
     (work / "corpus.yaml").write_text("\n".join(lines) + "\n")
+
+
+class Interrupted(RuntimeError):
+    """Raised by :func:`interrupt_after` in place of a forward pass."""
+
+
+@contextmanager
+def interrupt_after(module: torch.nn.Module, n: int):
+    """Let ``n`` forward passes of ``module`` run, then raise :class:`Interrupted` (a killed run)."""
+    calls = []
+
+    def hook(mod, args, kwargs):
+        calls.append(1)
+        if len(calls) == n + 1:
+            raise Interrupted("stop")
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@dataclass
+class Seq:
+    """One packed sequence, as a corpus stream yields it."""
+
+    input_ids: torch.Tensor  # LongTensor [T]
+    attention_mask: torch.Tensor  # LongTensor [T]
+
+
+def random_sequences(n: int, length: int, seed: int, real_last: int | None = None) -> list[Seq]:
+    """``n`` random sequences of ``length`` tokens; the last one has only ``real_last`` real
+    tokens (the rest is padding: pad id 0, mask 0)."""
+    ids = random_ids(n, length, seed=seed)
+    out = []
+    for i in range(n):
+        mask = torch.ones(length, dtype=torch.long)
+        row = ids[i].clone()
+        if i == n - 1 and real_last is not None:
+            mask[real_last:], row[real_last:] = 0, 0
+        out.append(Seq(row, mask))
+    return out

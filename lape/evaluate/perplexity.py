@@ -267,7 +267,7 @@ def ppl_matrix(
             rnd.append([random_row[lang] for lang in languages])
         bar.close()
         meta = artifacts.model_sidecar(
-            PerplexityResult.KIND, model, languages=languages, token_counts=tokens, config=config.to_dict(),
+            PerplexityResult.KIND, model, space, languages=languages, token_counts=tokens, config=config.to_dict(),
             inputs=inputs, neurons={"method": sets.meta.get("method"), "counts": sets.counts()},
             random_seed=config.seed)
         return PerplexityResult(rows, languages, base, nll, rnd, tokens, meta)

@@ -313,7 +313,7 @@ class Steerer:
                                  "steered": g.text, "steered_language": g.language,
                                  "success": g.success(target)})
         meta = artifacts.model_sidecar(
-            SteeringEval.KIND, self.model, languages=targets, config=self.config.to_dict(),
+            SteeringEval.KIND, self.model, self.space, languages=targets, config=self.config.to_dict(),
             inputs={**inputs, "prompts": len(prompts)}, source=source, targets=targets, strengths=strengths,
             prompts=len(prompts), langid=langid_version(),
             neurons={"method": self.sets.meta.get("method"), "counts": self.sets.counts()})

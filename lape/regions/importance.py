@@ -56,12 +56,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import artifacts
-from ..activations import MAX_SEQ_LEN, check_corpus, corpus_key, describe_corpus
+from ..activations import MAX_SEQ_LEN, corpus_config
 from ..config import StageConfig, option
 from ..errors import LapeError
 from ..head import check_head, logits_from_hidden
-from ..models import check_positions, fingerprint, input_device, model_id_of
-from ..runningstats import RunningSums, cached_on_rank0, dist_info, shard, tally
+from ..models import fingerprint, input_device, model_id_of
+from ..runningstats import RunningSums, dist_info, shard, stage_cache, tally
 from ..space import ParamSpace
 
 logger = logging.getLogger(__name__)
@@ -312,23 +312,15 @@ def importance(
     corpus = {lang: corpus[lang] for lang in languages}
     if torch.is_inference_mode_enabled():
         raise LapeError("importance needs gradients: call it outside torch.inference_mode()")
-    described = describe_corpus(corpus)
-    config = config.replace(
-        languages=tuple(languages), split=described.get("split", config.split),
-        tokens_per_language=described.get("budget", config.tokens_per_language),
-        seq_len=described.get("seq_len", config.seq_len), seed=described.get("seed", config.seed))
-    check_positions(model, config.seq_len)
-    check_corpus(corpus)
+    config, inputs = corpus_config(model, corpus, config)
     space, names = _param_names(model, params, config.norms)
-    fp = fingerprint(model)
-    inputs = {"corpus": {lang: corpus_key(corpus[lang]) for lang in languages},
-              "params": artifacts.content_hash(names)}
-    key = artifacts.stage_key(ParamImportance.KIND, model_fingerprint=fp, config=config.key_dict(), inputs=inputs)
-    rank, world = dist_info()
-    device = input_device(model)
-    done = cached_on_rank0(ParamImportance, out, key, device)
+    inputs["params"] = artifacts.content_hash(names)
+    key, done = stage_cache(ParamImportance, model, config, inputs, out)
     if done is not None:
         return done
+    fp = fingerprint(model)
+    rank, world = dist_info()
+    device = input_device(model)
     check_head(model)  # the chunked loss rebuilds the logits from the last hidden state
 
     from ..corpora import batches
