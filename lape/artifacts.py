@@ -533,17 +533,28 @@ def cached(cls: type[A], out: str | Path | None, key: str, model: torch.nn.Modul
     return art if art.meta.get("cache_key") == key else None
 
 
-def run_stage(cls: type[A], out: str | Path | None, key: str, compute: Callable[[], A],
-              model: torch.nn.Module | None = None) -> A:
-    """Return the artifact in ``out`` when its cache key is ``key``; otherwise ``compute()`` it,
-    stamp the key and save it into ``out`` (when given). ``artifact.from_cache`` tells which."""
+def reuse(cls: type[A], out: str | Path | None, key: str, model: torch.nn.Module | None = None) -> A | None:
+    """The start of every stage: the artifact in ``out`` made with ``key`` (logged as skipped,
+    ``from_cache`` set), or ``None`` once ``out`` is known to be writable, so that an output
+    folder that cannot be made fails before the work, not after it."""
     hit = cached(cls, out, key, model)
     if hit is not None:
         logger.info("%s in %s is up to date for these inputs: skipped", cls.KIND, out)
         hit.from_cache = True  # type: ignore[attr-defined]
         return hit
     if out is not None:
-        ensure_folder(out)  # fail before the work, not after
+        ensure_folder(out)
+    return None
+
+
+def run_stage(cls: type[A], out: str | Path | None, key: str, compute: Callable[[], A],
+              model: torch.nn.Module | None = None) -> A:
+    """Return the artifact in ``out`` when its cache key is ``key`` (:func:`reuse`); otherwise
+    ``compute()`` it, stamp the key and save it into ``out`` (when given). ``artifact.from_cache``
+    tells which."""
+    hit = reuse(cls, out, key, model)
+    if hit is not None:
+        return hit
     t0 = time.perf_counter()
     art = compute()
     art.meta["cache_key"] = key

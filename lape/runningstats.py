@@ -117,19 +117,12 @@ def from_rank0(art: artifacts.Artifact | None, cls: type[artifacts.A], device: t
 def cached_on_rank0(cls: type[artifacts.A], out: str | Path | None, key: str, device: torch.device
                     ) -> artifacts.A | None:
     """The finished artifact in ``out`` made with ``key``, decided by rank 0 and sent to every rank
-    (``None``: compute it). Outside ``torchrun`` this is :func:`lape.artifacts.cached`. Creates
-    ``out`` on rank 0 when the work is still to be done, so an unwritable folder fails first."""
+    (``None``: compute it). Outside ``torchrun`` this is :func:`lape.artifacts.reuse`."""
     rank, world = dist_info()
-    done = artifacts.cached(cls, out, key) if rank == 0 else None
+    done = artifacts.reuse(cls, out, key) if rank == 0 else None
     if world > 1:  # rank 0 decides for all: ranks that disagreed would wait forever in all_reduce
         done = from_rank0(done, cls, device)
-    if done is not None:
-        logger.info("%s in %s is complete for these inputs: skipped", cls.KIND, out)
-        done.from_cache = True  # type: ignore[attr-defined]
-        return done
-    if out is not None and rank == 0:
-        artifacts.ensure_folder(out)
-    return None
+    return done
 
 
 def stage_cache(cls: type[artifacts.A], model: torch.nn.Module, config: Any, inputs: Mapping[str, Any],

@@ -125,7 +125,7 @@ def test_record_counts_equal_the_library_call_and_reruns_skip(work, loaded, info
     assert cli("record", "--model", str(work / "model"), "--corpus", str(work / "corpus.yaml"),
                "--out", str(work / "stats"), "--tokens-per-language", str(TOKENS), "--seq-len", str(SEQ_LEN),
                "--batch-size", "4") == 0
-    assert "complete for these inputs: skipped" in info_logs.text
+    assert "stats in " + str(work / "stats") + " is up to date for these inputs: skipped" in info_logs.text
     assert _files(work / "stats") == before
 
 
