@@ -244,7 +244,7 @@ class Artifact:
     A subclass sets ``KIND`` and implements :meth:`tensors` (written to ``KIND.safetensors``)
     and/or :meth:`payload` (stored in the sidecar under ``"result"``), :meth:`_from_saved`,
     and :meth:`validate` (value ranges; raise :class:`LapeError`). ``tables()`` gives CSV/JSON
-    exports written beside it. ``REQUIRED`` names sidecar keys that must be present.
+    exports written beside it; ``derived_meta()`` sidecar fields computed from the content. ``REQUIRED`` names sidecar keys that must be present.
     """
 
     KIND: ClassVar[str] = ""
@@ -266,6 +266,10 @@ class Artifact:
         return None
 
     def tables(self) -> dict[str, list[dict[str, Any]]]:
+        return {}
+
+    def derived_meta(self) -> dict[str, Any]:
+        """Sidecar fields that follow from the content (labels, counts, tensor names), added on save."""
         return {}
 
     @classmethod
@@ -338,8 +342,8 @@ def _save(folder: Path, artifact: Artifact) -> Path:
 
     kind = artifact.KIND
     artifact.validate()
-    tensors = artifact.tensors()  # may complete the sidecar (labels, counts)
-    meta = dict(artifact.meta)
+    tensors = artifact.tensors()
+    meta = {**artifact.meta, **artifact.derived_meta()}
     meta.setdefault("fingerprint", {})
     meta.update(format=f"lape.{kind}", format_version=FORMAT_VERSION, lape_version=_version())
     files: dict[str, str] = {}

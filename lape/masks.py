@@ -41,9 +41,8 @@ class LabelledMasks(Artifact):
         """Members (neurons or parameters) per label."""
         raise NotImplementedError
 
-    def _sidecar(self) -> None:
-        self.meta["labels"] = list(self.labels)
-        self.meta["counts"] = self.counts()
+    def derived_meta(self) -> dict[str, Any]:
+        return {"labels": list(self.labels), "counts": self.counts()}
 
 
 @dataclass
@@ -133,11 +132,10 @@ class NeuronSets(LabelledMasks):
 
     # artifact ------------------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
-        self._sidecar()
-        self.meta.setdefault("num_layers", self.shape[0])
-        self.meta.setdefault("neurons_per_layer", self.shape[1])
-        self.meta.setdefault("fingerprint", {})
         return {"masks": self.masks}
+
+    def derived_meta(self) -> dict[str, Any]:
+        return {**super().derived_meta(), "num_layers": self.shape[0], "neurons_per_layer": self.shape[1]}
 
     @classmethod
     def _from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], payload: Any) -> NeuronSets:
@@ -191,10 +189,10 @@ class ParamRegions(LabelledMasks):
         return ParamRegions(labels, {n: m[idx].clone() for n, m in self.masks.items()}, dict(self.meta))
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        self._sidecar()
-        self.meta.setdefault("fingerprint", {})
-        self.meta["tensor_names"] = list(self.masks)
         return dict(self.masks)
+
+    def derived_meta(self) -> dict[str, Any]:
+        return {**super().derived_meta(), "tensor_names": list(self.masks)}
 
     @classmethod
     def _from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], payload: Any) -> ParamRegions:

@@ -156,10 +156,10 @@ class ParamImportance(artifacts.Artifact):
 
     # artifact ------------------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
-        self.meta["languages"] = list(self.languages)
-        self.meta["tensor_names"] = list(self.scores)
-        self.meta.setdefault("fingerprint", {})
         return dict(self.scores)
+
+    def derived_meta(self) -> dict[str, Any]:
+        return {"languages": list(self.languages), "tensor_names": list(self.scores)}
 
     @classmethod
     def _from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], payload: Any) -> ParamImportance:
