@@ -33,20 +33,14 @@ def cmd_ppl(args: argparse.Namespace) -> int:
 def _steerer(args: argparse.Namespace):
     """The model, neuron sets and stats of a steering command, checked against each other."""
     from ..activations import ActivationStats
-    from ..evaluate.steering import SteerConfig, Steerer, source_language
+    from ..evaluate.steering import SteerConfig, Steerer, check_languages, source_language
     from ..masks import NeuronSets
 
     config = config_from_args(SteerConfig, args)
     source = source_language(args.source)
     sets = NeuronSets.load(args.neurons)
     stats = ActivationStats.load(args.stats)
-    targets = [args.to] if isinstance(args.to, str) else list(args.to or [])
-    for lang in [*targets, *([source] if source else [])]:
-        if lang not in sets.labels:
-            raise LapeError(f"language {lang!r} has no neuron set in {args.neurons}: choose one of "
-                            f"{', '.join(sets.labels)}")
-    if source and source in targets:
-        raise LapeError(f"--from and --to are both {source!r}: steer towards another language, or pass --from none")
+    check_languages(sets, [args.to] if isinstance(args.to, str) else list(args.to or []), source)
     model, tok = common.load(args)
     return Steerer(model, tok, sets, stats, config), source
 

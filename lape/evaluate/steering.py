@@ -74,6 +74,17 @@ def source_language(source: str | None) -> str | None:
     return None if source in (None, "", "none") else source
 
 
+def check_languages(sets: NeuronSets, targets: Iterable[str], source: str | None) -> None:
+    """Refuse, before any generation, targets or a source without a neuron set, and a source
+    that is also a target (nothing would be switched)."""
+    source = source_language(source)
+    for lang, what in [*((t, "target") for t in targets), *([(source, "source")] if source else [])]:
+        if lang not in sets.labels:
+            raise LapeError(f"{what} language {lang!r} has no neuron set: choose one of {', '.join(sets.labels)}")
+    if source and source in targets:
+        raise LapeError(f"source and target are both {source!r}: steer towards another language, or pass --from none")
+
+
 def distinct_n(tokens: Sequence[int], n: int = 2) -> float:
     """Distinct n-grams / all n-grams; 0.0 when there are fewer than ``n`` tokens (nothing to judge)."""
     grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
@@ -174,10 +185,6 @@ class Steerer:
             raise LapeError(f"the stats ({stats.shape[0]} x {stats.shape[1]}) do not match the neuron sets "
                             f"({sets.shape[0]} x {sets.shape[1]}): use stats and neurons of one model")
 
-    def _check_lang(self, lang: str, what: str) -> None:
-        if lang not in self.sets.labels:
-            raise LapeError(f"{what} language {lang!r} has no neuron set: choose one of {', '.join(self.sets.labels)}")
-
     def generate(self, prompts: Sequence[str], target: str | Sequence[str | None] | None = None,
                  source: str | None = None, strength: float | Sequence[float] | None = None,
                  progress: bool = False) -> list[Generation]:
@@ -208,15 +215,12 @@ class Steerer:
         """The :func:`batch_edits` request of one prompt: deactivate the source, activate the target."""
         if target is None:
             return {}
-        self._check_lang(target, "target")
+        source = source_language(source)
+        check_languages(self.sets, [target] if source != target else [], source)  # to the source: nothing to switch off
         if not isinstance(strength, (int, float)) or isinstance(strength, bool):
             raise LapeError(f"steering strength {strength!r} is not a number: give e.g. 1.5")
         self.config.replace(strength=float(strength))  # the same bounds as --strength
-        deactivate = []
-        source = source_language(source)
-        if source and source != target:  # steering towards the source: nothing to switch off
-            self._check_lang(source, "source")
-            deactivate = [source]
+        deactivate = [source] if source and source != target else []
         return {"deactivate": deactivate, "activate": [target], "strength": strength}
 
     def _generate(self, prompts: list[str]) -> list[Generation]:
@@ -250,8 +254,7 @@ class Steerer:
 
     def steer(self, prompt: str, to: str, source: str | None = "en", strength: float | None = None) -> SteerOutput:
         """The unsteered and the steered continuation of one prompt."""
-        if source == to:
-            raise LapeError(f"source and target are both {to!r}: steer towards another language, or pass --from none")
+        check_languages(self.sets, [to], source)
         self._request(to, source, self.config.strength if strength is None else strength)  # checks first
         plain = self.generate([prompt])[0]
         steered = self.generate([prompt], target=to, source=source, strength=strength)[0]
@@ -342,8 +345,7 @@ def repl(steerer: Steerer, target: str | None = None, source: str | None = "en",
     Reads prompts and ``:commands`` from ``input_fn`` until ``:quit`` or end of input.
     """
     labels = steerer.sets.labels
-    if target is not None and target not in labels:
-        raise LapeError(f"target language {target!r} has no neuron set: choose one of {', '.join(labels)}")
+    check_languages(steerer.sets, [target] if target is not None else [], None)
     if source not in labels:  # e.g. no English set: steer by activation only
         source = None
     default_target = next((lab for lab in labels if lab != source), labels[0])
