@@ -58,13 +58,6 @@ def out_folder(path: str | None, what: str = "--out") -> Path | None:
     return p
 
 
-def manifest(spec: str):
-    """The validated manifest (every source checked) before a model is loaded."""
-    from ..corpora import load_manifest
-
-    return load_manifest(spec)
-
-
 def corpus(m: Any, tokenizer: Any, split: str, tokens: int | None, seq_len: int, seed: int,
            languages: Sequence[str] | None) -> dict[str, Any]:
     """One stream per language of a manifest's split."""
@@ -72,14 +65,6 @@ def corpus(m: Any, tokenizer: Any, split: str, tokens: int | None, seq_len: int,
 
     return load_corpus(m, tokenizer, split=split, tokens_per_language=tokens, seq_len=seq_len, seed=seed,
                        languages=list(languages) if languages else None)
-
-
-def check_languages(m: Any, languages: Sequence[str] | None, split: str) -> None:
-    """Refuse unknown languages or a missing split before the model loads."""
-    for lang in languages or m.languages:
-        if split not in m.split_names(lang):
-            raise LapeError(f"language {lang!r} of manifest {m.path} has no split {split!r} (declared: "
-                            f"{', '.join(m.split_names(lang))}): use one of those")
 
 
 def init_distributed(args: argparse.Namespace) -> None:

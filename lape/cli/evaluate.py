@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import add_config_args, config_from_args
+from ..corpora import load_manifest
 from ..errors import LapeError
 from . import common
 from .common import logger
@@ -16,10 +17,10 @@ def cmd_ppl(args: argparse.Namespace) -> int:
 
     config = config_from_args(PerplexityConfig, args)
     out = common.out_folder(args.out)
-    m = common.manifest(args.corpus)
+    m = load_manifest(args.corpus)  # every source checked before the model loads
     sets = NeuronSets.load(args.neurons)
     languages = args.languages or sets.labels
-    common.check_languages(m, languages, config.split)
+    m.with_split(config.split, languages)
     model, tok = common.load(args)
     sets.check_model(model)
     streams = common.corpus(m, tok, config.split, config.tokens_per_language, config.seq_len, config.seed, languages)

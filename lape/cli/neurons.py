@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..config import add_config_args, config_from_args
+from ..corpora import load_manifest
 from . import common
 from .common import logger
 
@@ -15,8 +16,8 @@ def cmd_record(args: argparse.Namespace) -> int:
 
     config = config_from_args(RecordConfig, args)
     out = common.out_folder(args.out)
-    m = common.manifest(args.corpus)
-    common.check_languages(m, config.languages, config.split)
+    m = load_manifest(args.corpus)  # every source checked before the model loads
+    m.with_split(config.split, config.languages)
     common.init_distributed(args)
     model, tok = common.load(args)
     streams = common.corpus(m, tok, config.split, config.tokens_per_language, config.seq_len, config.seed,

@@ -154,6 +154,16 @@ class Manifest:
         """The splits the language declares, in manifest order."""
         return [k for k in self.entry(lang) if k in SPLITS]
 
+    def with_split(self, split: str, languages: list[str] | None = None) -> list[str]:
+        """``languages`` (default: all of the manifest's), after checking that each is in the
+        manifest and declares ``split``; a one-line error names the first that does not."""
+        codes = list(self.languages) if languages is None else [str(c) for c in languages]
+        for code in codes:
+            if split not in self.split_names(code):
+                raise LapeError(f"language {code!r} of manifest {self.path} has no split {split!r} "
+                                f"(declared: {', '.join(self.split_names(code))}): use one of those")
+        return codes
+
     def _check_language(self, lang: str) -> None:
         if lang not in self.entries:
             raise LapeError(f"language {lang!r} is not in manifest {self.path} (available: "

@@ -238,15 +238,7 @@ def load_corpus(manifest: Manifest | str | Path, tokenizer: Any, split: str = "t
         >>> input_ids, mask = next(batches(streams["fr"], 4))   # [4, 256] each
     """
     m = load_manifest(manifest)
-    codes = list(m.languages) if languages is None else [str(c) for c in languages]
-    unknown = [c for c in codes if c not in m.entries]
-    if unknown:
-        raise LapeError(f"language {unknown[0]!r} is not in manifest {m.path} (available: "
-                        f"{', '.join(m.languages)}): pick from those or add an entry")
-    for code in codes:
-        if split not in m.split_names(code):
-            raise LapeError(f"language {code!r} of manifest {m.path} has no split {split!r} "
-                            f"(declared: {', '.join(m.split_names(code))}): use one of those")
+    codes = m.with_split(split, languages)
     if tokens_per_language is not None and tokens_per_language <= 0:
         raise LapeError(f"tokens_per_language must be positive, got {tokens_per_language}")
     return {code: LanguageStream(m, code, split, tokenizer, tokens_per_language, seq_len, seed)

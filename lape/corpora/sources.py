@@ -44,11 +44,8 @@ def iter_documents(manifest: Manifest | str | Path, lang: str, split: str) -> It
         >>> docs = list(iter_documents("builtin", "fr", "valid"))
     """
     m = load_manifest(manifest)
+    m.with_split(split, [lang])
     entry = m.entry(lang)
-    if split not in entry or split not in SPLITS:
-        raise LapeError(f"language {lang!r} of manifest {m.path} has no split {split!r} "
-                        f"(declared: {', '.join(m.split_names(lang))}): use one of those or "
-                        "declare it")
     sources, lo, hi = _resolve_split(entry, split)
     where = f"manifest {m.path}, language {lang!r}, split {split!r}"
     n = 0
