@@ -84,8 +84,8 @@ def run_demo(config: DemoConfig = DemoConfig(), out: str | Path = "runs/demo", p
     languages = list(config.languages or manifest.default_languages)
     ppl_languages = list(config.ppl_languages or languages)
     targets = list(config.steer_targets or [lang for lang in languages if lang != "en"])
-    for lang in {*languages, *ppl_languages, *targets}:
-        manifest.entry(lang)
+    manifest.with_split("train", [*languages, *targets])
+    manifest.with_split("valid", ppl_languages)
     prompts = load_prompts(config.prompt_set, limit=config.steer_prompts)
     model, tok = load_model(config.model)
     artifacts.write_json(run / "demo.json", {"settings": config.to_dict(), "languages": languages,
