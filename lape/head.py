@@ -21,7 +21,16 @@ from .models import input_device
 
 
 def logits_from_hidden(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """The model's vocabulary logits for final hidden states ``(..., hidden)``."""
+    """The model's vocabulary logits for final hidden states ``(..., hidden)``.
+
+    The first call on a model checks the rebuilt head against ``model(...).logits``
+    (:func:`check_head`), so no caller can forget it.
+    """
+    check_head(model)
+    return _head(model, hidden)
+
+
+def _head(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     logits = model.get_output_embeddings()(hidden)
     cap = getattr(getattr(model.config, "text_config", None) or model.config, "final_logit_softcapping", None)
     if cap:
@@ -39,7 +48,7 @@ def check_head(model: nn.Module, tokens: int = 6) -> None:
     with torch.inference_mode():
         full = model(input_ids=ids, use_cache=False).logits.float()
         hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state
-        mine = logits_from_hidden(model, hidden).float()
+        mine = _head(model, hidden).float()
     scale = full.abs().max().clamp(min=1e-6)
     if full.shape != mine.shape or float((full - mine).abs().max() / scale) > 1e-3:
         raise LapeError(f"{type(model).__name__} computes its logits in a way lape does not rebuild (e.g. a "

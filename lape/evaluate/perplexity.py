@@ -32,7 +32,7 @@ from ..config import StageConfig, option
 from ..corpora import batches
 from ..entropy import random_like
 from ..errors import LapeError
-from ..head import check_head, logits_from_hidden
+from ..head import logits_from_hidden
 from ..intervene import intervene
 from ..masks import NeuronSets
 from ..models import check_positions, fingerprint, input_device
@@ -84,7 +84,6 @@ def sequence_nll(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
 
 def corpus_nll(model: nn.Module, sequences: Iterable[Any], config: PerplexityConfig) -> tuple[float, int]:
     """Mean NLL (nats/token) and token count over a language's sequences."""
-    check_head(model)
     device = input_device(model)
     total, n = 0.0, 0
     with torch.inference_mode():
@@ -239,7 +238,6 @@ def ppl_matrix(
     key = artifacts.stage_key(PerplexityResult.KIND, model_fingerprint=fp, config=config.key_dict(), inputs=inputs)
 
     def compute() -> PerplexityResult:
-        check_head(model)
         mode = config.random_baseline
         randoms = random_like(sets, seed=config.seed) if mode != "none" else None
         # the languages each row's random set is evaluated on

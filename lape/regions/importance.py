@@ -59,7 +59,7 @@ from .. import artifacts
 from ..activations import MAX_SEQ_LEN, corpus_config
 from ..config import StageConfig, option
 from ..errors import LapeError
-from ..head import check_head, logits_from_hidden
+from ..head import logits_from_hidden
 from ..models import fingerprint, input_device, model_id_of
 from ..runningstats import RunningSums, dist_info, shard, stage_cache, tally
 from ..space import ParamSpace
@@ -321,7 +321,6 @@ def importance(
     fp = fingerprint(model)
     rank, world = dist_info()
     device = input_device(model)
-    check_head(model)  # the chunked loss rebuilds the logits from the last hidden state
 
     from ..corpora import batches
 
