@@ -44,7 +44,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 
 from .errors import LapeError
-from .files import _write_error, atomic_write_bytes, atomic_write_text, ensure_folder
+from .files import _write_error, atomic_write_bytes, atomic_write_text, ensure_folder, read_json
 from .models import describe_fingerprint, fingerprint, same_model
 
 logger = logging.getLogger(__name__)
@@ -99,23 +99,6 @@ def to_json(obj: Any) -> str:
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented standard JSON (NaN as ``null``), atomically."""
     atomic_write_text(path, to_json(obj) + "\n")
-
-
-def read_json(path: str | Path) -> Any:
-    """Read a JSON file, with a one-line error if it is missing, unreadable or malformed."""
-    path = Path(path)
-    if path.is_dir():
-        raise LapeError(f"{path} is a folder, not a JSON file: pass the file")
-    if not path.is_file():
-        raise LapeError(f"{path} does not exist: run the step that writes it first")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise LapeError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}): delete it and "
-                        "re-run the step that writes it") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LapeError(f"{path} could not be read ({getattr(exc, 'strerror', None) or type(exc).__name__}): "
-                        "check the file") from None
 
 
 def write_table(path: str | Path, rows: list[dict[str, Any]]) -> None:

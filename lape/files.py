@@ -9,6 +9,7 @@ the previous file or folder as it was. Errors of the file system become one-line
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .errors import LapeError
 
@@ -100,3 +102,27 @@ def atomic_folder(folder: str | Path, marker: str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_json(path: str | Path, fix: str = "delete it and re-run the step that writes it",
+              obj: bool = False) -> Any:
+    """Read a JSON file, with a one-line error naming the file, the problem and ``fix`` when it is
+    missing, unreadable or malformed (or, with ``obj``, not a JSON object)."""
+    path = Path(path)
+    if path.is_dir():
+        raise LapeError(f"{path} is a folder, not a JSON file: pass the file")
+    if not path.is_file():
+        raise LapeError(f"{path} does not exist: run the step that writes it first")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise LapeError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): "
+                        f"{fix}") from None
+    except UnicodeDecodeError:
+        raise LapeError(f"{path} is not a UTF-8 text file: {fix}") from None
+    except OSError as exc:
+        raise LapeError(f"{path} cannot be read ({exc.strerror or type(exc).__name__}): check its "
+                        "permissions") from None
+    if obj and not isinstance(data, dict):
+        raise LapeError(f"{path} holds a JSON {type(data).__name__}, not an object: {fix}")
+    return data

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from .errors import LapeError
-from .files import atomic_folder
+from .files import atomic_folder, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -239,21 +239,7 @@ def _short(exc: BaseException, limit: int = 160) -> str:
 
 def _read_json(path: Path) -> dict[str, Any]:
     """A JSON object file of a model folder; a one-line error naming the file and the problem."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise LapeError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): "
-                        "repair the file or copy the model folder again") from None
-    except UnicodeDecodeError:
-        raise LapeError(f"{path} is not a UTF-8 text file: repair the file or copy the model folder "
-                        "again") from None
-    except OSError as exc:
-        raise LapeError(f"{path} cannot be read ({exc.strerror or exc.__class__.__name__}): "
-                        "check its permissions") from None
-    if not isinstance(data, dict):
-        raise LapeError(f"{path} holds a JSON {type(data).__name__}, not an object: repair the file or "
-                        "copy the model folder again")
-    return data
+    return read_json(path, fix="repair the file or copy the model folder again", obj=True)
 
 
 _WEIGHTS_SAFE = ("model.safetensors", "model.safetensors.index.json")
