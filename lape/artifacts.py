@@ -45,7 +45,7 @@ import torch
 
 from .errors import LapeError
 from .files import _write_error, atomic_write_bytes, atomic_write_text, ensure_folder, read_json
-from .models import describe_fingerprint, fingerprint, same_model
+from .models import describe_fingerprint, dtype_note, fingerprint, same_model
 
 logger = logging.getLogger(__name__)
 
@@ -497,6 +497,9 @@ def check_fingerprint(meta: Mapping[str, Any], model: torch.nn.Module, what: str
     """Refuse an artifact made with another model, naming both models."""
     fp = fingerprint(model)
     theirs = meta.get("fingerprint") or {}
+    note = dtype_note(theirs, fp)
+    if note and same_model(theirs, fp):  # the same weights: allowed, but worth knowing
+        logger.info("%s: the same model, %s", what, note)
     if not same_model(theirs, fp):
         raise LapeError(f"{what} was made with {meta.get('model_id')} [{describe_fingerprint(theirs)}], "
                         f"not this model [{describe_fingerprint(fp)}]: re-run it on this model or load "

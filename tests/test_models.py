@@ -161,3 +161,18 @@ def test_builtin_fast_tokenizer_equals_auto_tokenizer(builtin):
     a, b = tok(texts, padding=True, return_tensors="pt"), auto(texts, padding=True, return_tensors="pt")
     assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.attention_mask, b.attention_mask)
     tok.padding_side = "right"
+
+
+def test_artifacts_of_the_same_weights_load_in_another_dtype_with_a_note(tmp_path, caplog):
+    """`lape steer --dtype float16` used to refuse neurons recorded in float32 as another model."""
+    import logging
+
+    from lape.masks import NeuronSets
+
+    model = tiny_model("llama")
+    sets = NeuronSets.from_neurons({"a": [(0, 1)]}, (3, 48), {"fingerprint": fingerprint(model)})
+    sets.save(tmp_path / "n")
+    with caplog.at_level(logging.INFO, logger="lape.artifacts"):
+        back = NeuronSets.load(tmp_path / "n", model=model.to(torch.float16))
+    assert back.neurons("a") == [(0, 1)]
+    assert "the same model, made in float32, used in float16" in caplog.text
