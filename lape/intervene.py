@@ -86,6 +86,14 @@ def activation_values(stats: ActivationStats, lang: str, rule: str = "firing_mea
     return table[k].to(torch.float32)
 
 
+def check_layers(layers: Iterable[int], num_layers: int) -> None:
+    """Refuse edits restricted to layers the model does not have (they would silently edit nothing)."""
+    outside = sorted(x for x in layers if not 0 <= x < num_layers)
+    if outside:
+        raise LapeError(f"layers {outside} are outside the neuron space (layers 0..{num_layers - 1}): "
+                        "restrict edits to existing layers (--layers)")
+
+
 def build_edits(
     sets: NeuronSets,
     *,
@@ -99,10 +107,7 @@ def build_edits(
 ) -> list[Edit]:
     """Turn labelled neuron sets and a request into per-layer :class:`Edit`\\ s (see :func:`intervene`)."""
     layer_filter = None if layers is None else set(layers)
-    outside = sorted(x for x in layer_filter or () if not 0 <= x < sets.shape[0])
-    if outside:
-        raise LapeError(f"layers {outside} are outside the neuron space (layers 0..{sets.shape[0] - 1}): "
-                        "restrict edits to existing layers")
+    check_layers(layer_filter or (), sets.shape[0])
     edits: list[Edit] = []
 
     def per_layer(mask: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:

@@ -29,7 +29,7 @@ from .. import artifacts
 from ..activations import ActivationStats
 from ..config import StageConfig, option
 from ..errors import LapeError
-from ..intervene import VALUE_RULES, batch_edits, intervene
+from ..intervene import VALUE_RULES, batch_edits, check_layers, intervene
 from ..langid import identify_language, langid_version
 from ..masks import NeuronSets
 from ..models import fingerprint, input_device
@@ -176,10 +176,7 @@ class Steerer:
         self.model, self.tokenizer, self.sets, self.stats, self.config = model, tokenizer, sets, stats, config
         self.space = NeuronSpace.of(model)
         sets.check_model(model, self.space)
-        outside = [layer for layer in config.layers or () if layer >= self.space.num_layers]
-        if outside:
-            raise LapeError(f"steering layers {outside} do not exist: {type(model).__name__} has layers 0.."
-                            f"{self.space.num_layers - 1}; pass --layers within that range")
+        check_layers(config.layers or (), self.space.num_layers)  # before any generation
         stats.check_model(model)
         if stats.shape != sets.shape:
             raise LapeError(f"the stats ({stats.shape[0]} x {stats.shape[1]}) do not match the neuron sets "
