@@ -22,7 +22,6 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     languages = args.languages or sets.labels
     m.with_split(config.split, languages)
     model, tok = common.load(args)
-    sets.check_model(model)
     streams = common.corpus(m, tok, config.split, config.tokens_per_language, config.seq_len, config.seed, languages)
     result = ppl_matrix(model, streams, sets.subset([lang for lang in sets.labels if lang in languages]), config,
                         out=out, progress=not args.quiet)
