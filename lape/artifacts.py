@@ -515,6 +515,11 @@ def cached(cls: type[A], out: str | Path | None, key: str, model: torch.nn.Modul
     (also when it is damaged: the stage then computes it again)."""
     if out is None or not exists(out, cls.KIND):
         return None
+    try:  # the sidecar first: tensors (gigabytes for importance) are read only when the key matches
+        if read_json(Path(out) / f"{cls.KIND}.json").get("cache_key") != key:
+            return None
+    except (LapeError, AttributeError):
+        pass  # an unreadable or hand-broken sidecar: load() below says what is wrong
     try:
         art = cls.load(out, model=model)
     except LapeError as exc:
