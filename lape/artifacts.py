@@ -371,14 +371,16 @@ def kind_of(folder: str | Path) -> str | None:
     folder = Path(folder)
     if not folder.is_dir():
         return None
-    for p in sorted(folder.glob("*.json")):
+    for kind in sorted({*_KIND_MODULES, *_TYPES}):  # the sidecars only, not the exported tables
+        p = folder / f"{kind}.json"
+        if not p.is_file():
+            continue
         try:
             meta = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        fmt = meta.get("format") if isinstance(meta, dict) else None
-        if isinstance(fmt, str) and fmt == f"lape.{p.stem}":
-            return p.stem
+        if isinstance(meta, dict) and meta.get("format") == f"lape.{kind}":
+            return kind
     return None
 
 
