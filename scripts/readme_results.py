@@ -175,7 +175,7 @@ def main() -> None:
 
             ev = SteeringEval.load(demo / "steering")
             good = [r["target"] for r in ev.rows if r["steered_success"] >= 0.8]
-            parts.append(f"Demo steering ({ev.meta.get('prompts')} held-out prompts per target, strength "
+            parts.append(f"Demo steering ({ev.meta.get('prompts')} `builtin:heldout` development prompts per target, strength "
                          f"{ev.rows[0]['strength']:g}): {len(good)} of {len(ev.rows)} targets at >= 80% success "
                          f"({', '.join(good)}).\n")
     readme = ROOT / "README.md"
