@@ -9,12 +9,13 @@ cd "$(dirname "$0")/.."
 ROOT=${1:-runs/readme}
 if [[ "${2:-}" == "--fresh" ]]; then rm -rf "$ROOT"; fi
 mkdir -p "$ROOT"
+START=$(git rev-parse --short HEAD)
 bash scripts/run_full.sh "$ROOT/full"
 if [[ ! -f "$ROOT/demo/report.html" ]]; then
   rm -rf "$ROOT/demo"
   python benchmarks/bench_demo.py --out "$ROOT/demo" --json "$ROOT/bench_demo.jsonl"
 fi
-python scripts/readme_results.py --demo "$ROOT/demo" --full "$ROOT/full" --bench-json "$ROOT/bench_demo.jsonl" \
+python scripts/readme_results.py --runs-from "$START" --demo "$ROOT/demo" --full "$ROOT/full" --bench-json "$ROOT/bench_demo.jsonl" \
   --steer-main "$ROOT/full/steering13-final|Steering on the builtin:heldout prompts (development prompts; default settings; sets of the 13 languages of interest)" \
   --steer-extra \
     "$ROOT/full/steer13-parallel-final|Steering on the prompts used to choose the defaults (UDHR openings), strength sweep" \
