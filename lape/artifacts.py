@@ -54,7 +54,9 @@ A = TypeVar("A", bound="Artifact")
 
 # the module that defines each artifact kind (imported when a folder of that kind is loaded)
 _KIND_MODULES = {"stats": "lape.activations", "neurons": "lape.masks", "regions": "lape.masks", "ppl": "lape.evaluate.perplexity",
-                 "steering": "lape.evaluate.steering", "importance": "lape.regions.importance"}
+                 "steering": "lape.evaluate.steering", "importance": "lape.regions.importance",
+                 "region_ppl": "lape.regions.ablate", "perturb": "lape.regions.perturb",
+                 "forgetting": "lape.regions.train"}
 _TYPES: dict[str, type[Artifact]] = {}
 
 

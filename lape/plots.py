@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .evaluate.perplexity import PerplexityResult
     from .evaluate.steering import SteeringEval
     from .masks import NeuronSets
+    from .regions.ablate import RegionPerplexity
 
 logger = logging.getLogger(__name__)
 
@@ -331,6 +332,37 @@ def ppl_heatmaps(result: PerplexityResult, metric: str = "delta_ppl") -> Figure:
     axes[1].set_ylabel("")
     fig.suptitle(_METRIC_TITLES[metric], fontsize=11)
     _colorbar(fig, im, list(axes), _METRIC_TITLES[metric])
+    return fig
+
+
+def region_removal(result: RegionPerplexity) -> Figure:
+    """Region removal: NLL change per evaluated language, the controls (core, random, bottom,
+    and extra rows such as core with massive dimensions kept) beside the monolingual matrix,
+    each panel on its own colour scale (core removal is orders of magnitude above the rest).
+
+    Example:
+        >>> fig = region_removal(lape.load("runs/demo/regions-ppl"))
+    """
+    import matplotlib
+
+    m = _ppl_matrix(result, False, "delta_nll")
+    groups = [("controls", [i for i, r in enumerate(result.rows) if not r.startswith("mono:")]),
+              ("monolingual regions", [i for i, r in enumerate(result.rows) if r.startswith("mono:")])]
+    groups = [(name, idx) for name, idx in groups if idx]
+    w = 1.6 + 0.55 * len(result.languages)
+    fig = _figure(len(groups) * w + 1.0, 1.6 + 0.45 * max(len(idx) for _, idx in groups))
+    axes = fig.subplots(1, len(groups), squeeze=False)[0]
+    for ax, (name, idx) in zip(axes, groups, strict=True):
+        sub = m[idx]
+        norm, cmap = _ppl_norm([sub], "delta_nll")
+        im = ax.imshow(np.ma.masked_invalid(sub), cmap=matplotlib.colormaps[cmap].with_extremes(bad=_MISSING),
+                       norm=norm)
+        _annotate(ax, sub, im, [[_num(v, True) for v in row] for row in sub.tolist()], max(sub.shape))
+        _ticks(ax, result.languages, [result.rows[i] for i in idx])
+        ax.set_xlabel("evaluated language")
+        ax.set_ylabel("removed region")
+        ax.set_title(f"{name}: NLL change (nats/token)", fontsize=10)
+        _colorbar(fig, im, ax, "NLL change")
     return fig
 
 

@@ -132,22 +132,50 @@ class PerplexityResult(artifacts.Artifact):
         """PPL change, ``exp(nll) - exp(base_nll)``: the paper's heatmap."""
         return self._delta(self.random_nll if random else self.nll, self.base_nll, True)
 
-    def diagonal_summary(self) -> list[dict[str, Any]]:
-        """Per deactivated language that is also evaluated: its own PPL change, the mean change
-        of the other evaluated languages, the random set's own change, and two tests:
-        ``own_above_off_diagonal`` (own change > that mean) and ``own_hit_hardest`` (own change
-        is the largest of the row)."""
+    def row_language(self, row: str) -> str | None:
+        """The evaluated language a row belongs to (its own column), or None for a control row."""
+        return row if row in self.languages else None
+
+    def diagonal_summary(self, metric: str = "ppl") -> list[dict[str, Any]]:
+        """The row test. Per deactivated row that belongs to an evaluated language: its own
+        change, the mean change of the other evaluated languages, the random set's own change,
+        and two tests: ``own_above_off_diagonal`` (own change > that mean) and ``own_hit_hardest``
+        (own change is the largest of the row). ``metric``: ``"ppl"`` (PPL change, the paper's
+        heatmap; keys ``*_delta_ppl``) or ``"nll"`` (nats/token; keys ``*_delta_nll``), which
+        can rank a row differently because the columns start from different perplexities."""
+        d, dr = ((self.delta_ppl(), self.delta_ppl(random=True)) if metric == "ppl"
+                 else (self.delta_nll(), self.delta_nll(random=True)))
         out = []
-        dp, dr = self.delta_ppl(), self.delta_ppl(random=True)
         for i, row in enumerate(self.rows):
-            if row not in self.languages:
+            lang = self.row_language(row)
+            if lang is None:
                 continue
-            j = self.languages.index(row)
-            off = [v for k, v in enumerate(dp[i]) if k != j]
+            j = self.languages.index(lang)
+            off = [v for k, v in enumerate(d[i]) if k != j]
             mean_off = sum(off) / max(len(off), 1)
-            out.append({"language": row, "own_delta_ppl": dp[i][j], "off_diagonal_mean_delta_ppl": mean_off,
-                        "random_own_delta_ppl": dr[i][j], "own_above_off_diagonal": dp[i][j] > mean_off,
-                        "own_hit_hardest": all(dp[i][j] > v for v in off)})
+            out.append({"row": row, "language": lang, f"own_delta_{metric}": d[i][j],
+                        f"off_diagonal_mean_delta_{metric}": mean_off, f"random_own_delta_{metric}": dr[i][j],
+                        "own_above_off_diagonal": d[i][j] > mean_off,
+                        "own_hit_hardest": all(d[i][j] > v for v in off)})
+        return out
+
+    def column_summary(self) -> list[dict[str, Any]]:
+        """The column test. Per evaluated language that has its own row: is that row's change
+        the largest of the column, among the rows of languages (control rows left out)? Within
+        a column PPL and NLL rank alike, so the test is the same in either; the figures are
+        delta NLL (nats/token)."""
+        d = self.delta_nll()
+        own = {self.row_language(row): i for i, row in enumerate(self.rows) if self.row_language(row) is not None}
+        out = []
+        for j, lang in enumerate(self.languages):
+            if lang not in own:
+                continue
+            i = own[lang]
+            others = [(self.rows[k], d[k][j]) for k in own.values() if k != i]
+            worst = max(others, key=lambda kv: kv[1], default=(None, math.nan))
+            out.append({"language": lang, "own_row": self.rows[i], "own_delta_nll": d[i][j],
+                        "largest_other_row": worst[0], "largest_other_delta_nll": worst[1],
+                        "own_hit_hardest": all(d[i][j] > v for _, v in others)})
         return out
 
     def summary_line(self) -> str:
@@ -155,15 +183,18 @@ class PerplexityResult(artifacts.Artifact):
         d = self.diagonal_summary()
         hardest = sum(r["own_hit_hardest"] for r in d)
         above = sum(r["own_above_off_diagonal"] for r in d)
+        c = self.column_summary()
+        columns = sum(r["own_hit_hardest"] for r in c)
         return (f"own language's PPL rises most of its row in {hardest} of {len(d)} rows "
-                f"(more than the row's mean over other languages in {above} of {len(d)})")
+                f"(more than the row's mean over other languages in {above} of {len(d)}); "
+                f"each language is hurt most by its own row in {columns} of {len(c)} columns")
 
     def payload(self) -> dict[str, Any]:
         return {"rows": self.rows, "languages": self.languages, "base_nll": self.base_nll,
                 "nll": self.nll, "random_nll": self.random_nll, "tokens": self.tokens,
                 "base_ppl": self.base_ppl, "delta_nll": self.delta_nll(), "delta_ppl": self.delta_ppl(),
                 "random_delta_nll": self.delta_nll(True), "random_delta_ppl": self.delta_ppl(True),
-                "diagonal": self.diagonal_summary()}
+                "diagonal": self.diagonal_summary(), "columns": self.column_summary()}
 
     to_dict = payload
 
@@ -172,6 +203,7 @@ class PerplexityResult(artifacts.Artifact):
         out = {name: [{"deactivated": r, **dict(zip(self.languages, vals))} for r, vals in zip(self.rows, d[name])]
                for name in ("nll", "delta_nll", "delta_ppl", "random_delta_ppl", "random_nll")}
         out["diagonal"] = d["diagonal"]
+        out["columns"] = d["columns"]
         return out
 
     @classmethod

@@ -1,0 +1,212 @@
+"""Removing linguistic regions: per-language perplexity with a region's weights removed
+(Zhang et al., ACL 2024, step 4; the paper's evaluation script is not released).
+
+For every row (a region label of a :class:`~lape.masks.ParamRegions`, or an extra named mask
+such as the core region with its massive-dimension entries kept) the region's entries are
+removed with :func:`lape.weights.edit_weights`, every language of the held-out corpus is
+evaluated, and the weights are put back bit-exactly (also after an exception or Ctrl-C).
+
+**Removal** is ``op="remove"`` by default: entries set to 0, except the weights of norms that
+compute ``x * (1 + w)`` (Gemma 1-3 RMSNorm), which are set to -1 so that their scale becomes 0
+as for every other architecture (zeroing ``w`` would leave the scale at 1 and remove nothing).
+``op="zero"`` writes 0 everywhere, the released code's literal ``param[mask] = 0``.
+
+The result is a :class:`RegionPerplexity`, a perplexity matrix whose rows are regions:
+
+* the controls ``core`` / ``random`` / ``bottom`` against every language
+  (:meth:`RegionPerplexity.control_summary`: PPL ratio to the unmodified model);
+* the monolingual regions ``mono:xx`` as a language x language matrix with the row test
+  (is a region's own language hit hardest in its row?) and the column test (is each language
+  hurt most by its own region, among the monolingual rows?), from the shared
+  :class:`~lape.evaluate.perplexity.PerplexityResult`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .. import artifacts
+from ..activations import check_corpus, corpus_key
+from ..config import StageConfig, option
+from ..errors import LapeError
+from ..evaluate.perplexity import PerplexityConfig, PerplexityResult, corpus_nll
+from ..masks import ParamRegions
+from ..models import check_positions, fingerprint
+from ..weights import edit_weights
+
+logger = logging.getLogger(__name__)
+MONO = "mono:"
+
+
+@dataclass(frozen=True)
+class AblateConfig(StageConfig):
+    """Settings of :func:`ablate_regions`."""
+
+    tokens_per_language: int = option(2048, gt=0)  # held-out tokens per language
+    seq_len: int = option(256, min=2, max=1 << 16)  # packed sequence length
+    batch_size: int = option(4, min=1, max=4096)  # sequences per forward pass
+    chunk_size: int = option(512, min=1, key=False)  # positions whose vocabulary logits exist at once
+    seed: int = option(0, min=0)  # corpus shuffling
+    split: str = "valid"  # held-out split
+    op: str = option("remove", choices=("remove", "zero"))  # remove: 0, or -1 for x*(1+w) norm weights; zero: 0
+
+
+@dataclass
+class RegionPerplexity(PerplexityResult):
+    """Mean NLL per language, unmodified and with each region removed (rows: regions).
+
+    ``random_nll`` is all NaN: the random control is a row of its own (``random``).
+    """
+
+    KIND: ClassVar[str] = "region_ppl"
+    DESCRIPTION: ClassVar[str] = "region removal perplexity"
+
+    def row_language(self, row: str) -> str | None:
+        """``mono:xx`` belongs to language ``xx`` (when evaluated); other rows are controls."""
+        lang = row[len(MONO):] if row.startswith(MONO) else None
+        return lang if lang in self.languages else None
+
+    def ppl_ratio(self, row: str) -> list[float]:
+        """``PPL with the row removed / PPL of the unmodified model`` per language."""
+        i = self.rows.index(row)
+        return [math.exp(v - b) for v, b in zip(self.nll[i], self.base_nll)]
+
+    def control_summary(self) -> list[dict[str, Any]]:
+        """Per non-monolingual row: the geometric mean, smallest and largest PPL ratio over the
+        languages, and the number of languages whose PPL at least doubles."""
+        out = []
+        for row in self.rows:
+            if row.startswith(MONO):
+                continue
+            ratios = [r for r in self.ppl_ratio(row) if not math.isnan(r)]
+            if not ratios:
+                continue
+            out.append({"row": row, "geomean_ppl_ratio": math.exp(statistics.fmean(math.log(r) for r in ratios)),
+                        "min_ppl_ratio": min(ratios), "max_ppl_ratio": max(ratios),
+                        "languages_doubled": sum(r >= 2 for r in ratios), "languages": len(ratios),
+                        "entries": (self.meta.get("entries") or {}).get(row)})
+        return out
+
+    def summary_line(self) -> str:
+        parts = [f"{c['row']} x{c['geomean_ppl_ratio']:.3g}" for c in self.control_summary()]
+        line = "PPL / unmodified (geometric mean over languages): " + (", ".join(parts) or "no control rows")
+        if any(r.startswith(MONO) for r in self.rows):
+            d, c = self.diagonal_summary("nll"), self.column_summary()
+            line += (f"; monolingual regions hit their own language hardest in {sum(r['own_hit_hardest'] for r in d)} "
+                     f"of {len(d)} rows and {sum(r['own_hit_hardest'] for r in c)} of {len(c)} columns (delta NLL)")
+        return line
+
+    def payload(self) -> dict[str, Any]:
+        return {**super().payload(), "diagonal_nll": self.diagonal_summary("nll"), "controls": self.control_summary()}
+
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        d = self.payload()
+        out = {name: [{"removed": r, **dict(zip(self.languages, vals))} for r, vals in zip(self.rows, d[name])]
+               for name in ("nll", "delta_nll", "delta_ppl")}
+        out["ppl_ratio"] = [{"removed": r, **dict(zip(self.languages, self.ppl_ratio(r)))} for r in self.rows]
+        out.update(diagonal=d["diagonal_nll"], columns=d["columns"], controls=d["controls"])
+        return out
+
+
+def ablate_regions(
+    model: nn.Module,
+    corpus: Mapping[str, Iterable[Any]],
+    regions: ParamRegions,
+    config: AblateConfig = AblateConfig(),
+    *,
+    rows: Iterable[str] | None = None,
+    extra: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> RegionPerplexity:
+    """Perplexity of every language, unmodified and with each region removed in turn.
+
+    Args:
+        model: the model the regions were selected on (fingerprint checked).
+        corpus: ``{language: sequences}`` of the held-out split (see :func:`lape.load_corpus`).
+        regions: the regions (:func:`lape.regions.select_regions`).
+        config: evaluation settings and the removal op.
+        rows: region labels to remove, in order (default: every label).
+        extra: more rows, ``{row name: {parameter name: bool mask}}`` (e.g. the core region
+            without its massive-dimension entries, :func:`lape.regions.dims.without_dims`).
+        out: a folder to save the result into; a result there made from the same model, text,
+            regions, rows and settings is returned without recomputation.
+        progress: show a progress bar.
+
+    Returns:
+        :class:`RegionPerplexity`; the model's weights are unchanged afterwards.
+
+    Raises:
+        LapeError: regions of another model, an unknown row, an empty region, a row name
+            given twice, or a language without text.
+
+    Example:
+        >>> res = ablate_regions(model, valid, regions, rows=["core", "random", "bottom"])
+        >>> res.summary_line()
+    """
+    from tqdm.auto import tqdm
+
+    regions.check_model(model)
+    check_positions(model, max([getattr(s, "seq_len", 0) for s in corpus.values()], default=0))
+    check_corpus(corpus)
+    extra = dict(extra or {})
+    rows = list(rows) if rows is not None else list(regions.labels)
+    masks: dict[str, Mapping[str, torch.Tensor]] = {}
+    for row in rows:
+        masks[row] = regions.mask(row)  # an unknown label fails here, before any work
+    for name, mask in extra.items():
+        if name in masks:
+            raise LapeError(f"row {name!r} is given twice (a region label and an extra mask): rename the extra mask")
+        masks[name] = mask
+    entries = {row: sum(int(m.sum()) for m in mask.values()) for row, mask in masks.items()}
+    empty = [row for row, n in entries.items() if n == 0]
+    if empty:
+        raise LapeError(f"region {empty[0]!r} is empty, so removing it measures nothing: select it with a larger "
+                        "top_rate (a monolingual region can be empty when languages share their top entries)")
+    languages = list(corpus)
+    inputs = {"corpus": {lang: corpus_key(corpus[lang]) for lang in languages}, "regions": regions.identity(),
+              "rows": rows, "extra": {name: artifacts.tensor_digest(dict(m)) for name, m in extra.items()}}
+    key = artifacts.stage_key(RegionPerplexity.KIND, model_fingerprint=fingerprint(model),
+                              config=config.key_dict(), inputs=inputs)
+    pcfg = PerplexityConfig(seq_len=config.seq_len, batch_size=config.batch_size, chunk_size=config.chunk_size)
+
+    def compute() -> RegionPerplexity:
+        all_rows = list(masks)
+        bar = tqdm(total=len(languages) * (1 + len(all_rows)), desc="region removal", unit="eval",
+                   disable=not progress)
+        tokens: dict[str, int] = {}
+
+        def evaluate(lang: str) -> float:
+            nll, n = corpus_nll(model, corpus[lang], pcfg)
+            tokens[lang] = n
+            bar.update(1)
+            return nll
+
+        base = [evaluate(lang) for lang in languages]
+        nll = []
+        for row in all_rows:
+            bar.set_postfix_str(row)
+            with edit_weights(model, masks[row], op=config.op):  # type: ignore[arg-type]
+                nll.append([evaluate(lang) for lang in languages])
+        bar.close()
+        meta = artifacts.model_sidecar(
+            RegionPerplexity.KIND, model, languages=languages, token_counts=tokens, config=config.to_dict(),
+            inputs=inputs, entries=entries, extra_rows=list(extra),
+            regions={"method": regions.meta.get("method"), "config": regions.meta.get("config"),
+                     "counts": regions.counts()},
+            removal="0, or -1 for the weights of x*(1+w) norms (Gemma)" if config.op == "remove" else "0")
+        nan = [[math.nan] * len(languages) for _ in all_rows]
+        return RegionPerplexity(all_rows, languages, base, nll, nan, tokens, meta)
+
+    result = artifacts.run_stage(RegionPerplexity, out, key, compute, model=model)
+    logger.info("[regions] %s", result.summary_line())
+    return result

@@ -1,0 +1,80 @@
+"""A bridge from LAPE neurons to linguistic regions: do the weights of a language's neurons fall
+in the core or monolingual regions more often than chance?
+
+A neuron ``(layer, i)`` owns its down projection's input column and its up/gate projections'
+output rows (and bias entries; :meth:`lape.space.ParamSpace.neuron_mask`). For a neuron set
+``N`` (e.g. LAPE's French neurons) and a region ``R``:
+
+* ``param_share``: the share of the set's owned parameters that lie in ``R``;
+* ``touched``: the share of the set's neurons with at least one owned parameter in ``R``;
+
+each next to its **chance** value, the expectation for a random set with the same number of
+neurons in every layer (computed exactly from the layer's neurons, no sampling):
+``chance = sum_layer n_layer * mean over the layer's neurons / sum_layer n_layer``.
+``enrichment = observed / chance``: above 1, the set's weights sit in the region more than a
+random set's would.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import LapeError
+from ..masks import NeuronSets, ParamRegions
+from ..space import ParamSpace
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")
+
+
+def region_overlap(sets: NeuronSets, regions: ParamRegions, space: ParamSpace,
+                   set_labels: list[str] | None = None, region_labels: list[str] | None = None) -> list[dict[str, Any]]:
+    """One row per (neuron set, region): observed and chance shares and their ratio.
+
+    Args:
+        sets: neuron sets (LAPE languages, key neurons, ...) of the model ``space`` maps.
+        regions: parameter regions of the same model.
+        space: the model's :class:`ParamSpace`.
+        set_labels, region_labels: which labels to compare (default all).
+
+    Returns:
+        Rows ``{"set", "region", "neurons", "param_share", "param_share_chance",
+        "param_enrichment", "touched", "touched_chance", "touched_enrichment"}``.
+
+    Raises:
+        LapeError: the sets' shape is not the space's, or an unknown label.
+
+    Example:
+        >>> rows = region_overlap(lape_sets, regions, ParamSpace.of(model), region_labels=["core"])
+    """
+    shape = (space.num_layers, space.neurons_per_layer)
+    if tuple(sets.shape) != shape:
+        raise LapeError(f"the neuron sets are {tuple(sets.shape)} but the regions' model has {shape} "
+                        "(layers x neurons): use sets and regions made for the same model")
+    set_labels = list(set_labels or sets.labels)
+    region_labels = list(region_labels or regions.labels)
+    per_neuron = torch.tensor([space.params_per_neuron(layer) for layer in range(space.num_layers)],
+                              dtype=torch.float64)[:, None]  # (L, 1)
+    counts = regions.subset(region_labels).neuron_counts(space).to(torch.float64)  # (R, L, N)
+    share = counts / per_neuron  # share of each neuron's parameters in each region
+    touched = (counts > 0).to(torch.float64)
+    rows = []
+    for s in set_labels:
+        mask = sets.mask(s)  # (L, N) bool
+        n_layer = mask.sum(1).to(torch.float64)  # (L,)
+        n = float(n_layer.sum())
+        for k, r in enumerate(region_labels):
+            if n == 0:
+                obs_p = obs_t = chance_p = chance_t = float("nan")
+            else:
+                obs_p = float(share[k][mask].sum()) / n
+                obs_t = float(touched[k][mask].sum()) / n
+                chance_p = float((n_layer * share[k].mean(1)).sum()) / n
+                chance_t = float((n_layer * touched[k].mean(1)).sum()) / n
+            rows.append({"set": s, "region": r, "neurons": int(n), "param_share": obs_p,
+                         "param_share_chance": chance_p, "param_enrichment": _ratio(obs_p, chance_p),
+                         "touched": obs_t, "touched_chance": chance_t, "touched_enrichment": _ratio(obs_t, chance_t)})
+    return rows
