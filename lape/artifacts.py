@@ -56,7 +56,8 @@ A = TypeVar("A", bound="Artifact")
 _KIND_MODULES = {"stats": "lape.activations", "neurons": "lape.masks", "regions": "lape.masks", "ppl": "lape.evaluate.perplexity",
                  "steering": "lape.evaluate.steering", "importance": "lape.regions.importance",
                  "region_ppl": "lape.regions.ablate", "perturb": "lape.regions.perturb",
-                 "forgetting": "lape.regions.train"}
+                 "forgetting": "lape.regions.train",
+                 "region_overlap": "lape.regions.bridge"}
 _TYPES: dict[str, type[Artifact]] = {}
 
 

@@ -4,8 +4,9 @@ dataclass (``RecordConfig`` -> ``--tokens-per-language``, ...), so the CLI and t
 drift apart.
 
 Groups: :mod:`.data` (``data show``, ``data build-builtin``), :mod:`.neurons` (``record``,
-``identify``, ``plot``), :mod:`.evaluate` (``ppl``, ``steer``, ``steer-eval``) and :mod:`.run`
-(``info``, ``demo``, ``report``).
+``identify``, ``plot``), :mod:`.evaluate` (``ppl``, ``steer``, ``steer-eval``), :mod:`.regions`
+(``regions importance|select|ablate|dims|perturb|train|bridge``) and :mod:`.run` (``info``,
+``demo``, ``report``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import data, evaluate, neurons, run
+    from . import data, evaluate, neurons, regions, run
 
     p = _Parser(prog="lape", description="Find, measure and steer the language-specific parts of "
                 "large language models.")
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    for group in (run, data, neurons, evaluate):
+    for group in (run, data, neurons, evaluate, regions):
         group.register(sub)
     return p
 

@@ -17,13 +17,60 @@ random set's would.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 
+from .. import artifacts
 from ..errors import LapeError
 from ..masks import NeuronSets, ParamRegions
 from ..space import ParamSpace
+
+
+@dataclass
+class RegionOverlap(artifacts.Artifact):
+    """The rows of :func:`region_overlap` as a saved result (``bridge.csv`` beside it).
+
+    Example:
+        >>> RegionOverlap(region_overlap(sets, regions, space), meta).save("runs/demo/regions-bridge")
+    """
+
+    rows: list[dict[str, Any]]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    KIND: ClassVar[str] = "region_overlap"
+    DESCRIPTION: ClassVar[str] = "neuron set / region overlap"
+
+    def payload(self) -> Any:
+        return self.rows
+
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        return {"bridge": self.rows}
+
+    @classmethod
+    def _from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], payload: Any) -> RegionOverlap:
+        return cls(list(payload or []), meta)
+
+    def validate(self) -> None:
+        for r in self.rows:
+            if not 0 <= r.get("param_share", 0) <= 1 or not 0 <= r.get("touched", 0) <= 1:
+                raise LapeError("an overlap share lies outside [0, 1]: the artifact was edited or damaged; "
+                                "re-run lape regions bridge")
+
+
+def overlap_result(sets: NeuronSets, regions: ParamRegions, space: ParamSpace,
+                   region_labels: list[str] | None = None) -> RegionOverlap:
+    """:func:`region_overlap` with a sidecar naming both inputs (for ``save``)."""
+    rows = region_overlap(sets, regions, space, region_labels=region_labels)
+    meta = artifacts.sidecar(RegionOverlap.KIND, model_id=regions.meta.get("model_id"),
+                             model_fingerprint=regions.meta.get("fingerprint") or {},
+                             num_layers=space.num_layers, neurons_per_layer=space.neurons_per_layer,
+                             languages=list(sets.labels),
+                             inputs={"neurons": sets.identity(), "regions": regions.identity()},
+                             neurons={"method": sets.meta.get("method"), "counts": sets.counts()},
+                             chance="a random set with the same number of neurons in every layer (exact expectation)")
+    return RegionOverlap(rows, meta)
 
 
 def _ratio(a: float, b: float) -> float:

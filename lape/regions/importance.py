@@ -203,7 +203,8 @@ class GradientSums(RunningSums):
 
 
 def batch_gradients(model: nn.Module, params: Mapping[str, nn.Parameter], input_ids: torch.Tensor,
-                    attention_mask: torch.Tensor, chunk_size: int = 512) -> tuple[dict[str, torch.Tensor | None], int]:
+                    attention_mask: torch.Tensor, chunk_size: int = 512
+                    ) -> tuple[dict[str, torch.Tensor | None], int, float]:
     """Gradients of one batch's causal-LM loss (mean next-token cross entropy over real targets).
 
     Args:
@@ -212,27 +213,30 @@ def batch_gradients(model: nn.Module, params: Mapping[str, nn.Parameter], input_
         chunk_size: positions whose vocabulary logits exist at once.
 
     Returns:
-        ``({name: gradient in the parameter's dtype, or None if unused}, predicted tokens)``;
-        ``({}, 0)`` when the batch has no target.
+        ``({name: gradient in the parameter's dtype, or None if unused}, predicted tokens, loss)``
+        with the loss (mean NLL, nats/token) at the weights the gradient is taken at;
+        ``({}, 0, nan)`` when the batch has no target.
     """
     valid = (attention_mask[:, 1:] * attention_mask[:, :-1]).reshape(-1).bool()  # (B*(T-1),)
     n = int(valid.sum())
     if n == 0:
-        return {}, 0
+        return {}, 0, float("nan")
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
                               use_cache=False).last_hidden_state  # (B, T, H)
     h = hidden[:, :-1].reshape(-1, hidden.shape[-1])[valid]  # (n, H): the positions that predict
     targets = input_ids[:, 1:].reshape(-1)[valid]  # (n,)
     parts = []  # d loss / d h, one chunk of positions at a time: chunk x vocabulary logits at most
+    total = 0.0
     for s in range(0, n, chunk_size):
         leaf = h[s:s + chunk_size].detach().requires_grad_(True)  # (chunk, H)
         logits = logits_from_hidden(model, leaf).float()  # (chunk, V)
         loss = F.cross_entropy(logits, targets[s:s + chunk_size], reduction="sum") / n
         parts.append(torch.autograd.grad(loss, leaf)[0])
+        total += float(loss)
     dh = torch.cat(parts)  # (n, H)
     names = list(params)
     grads = torch.autograd.grad(h, [params[k] for k in names], grad_outputs=dh, allow_unused=True)
-    return dict(zip(names, grads)), n
+    return dict(zip(names, grads)), n, total
 
 
 @contextmanager
@@ -327,7 +331,7 @@ def importance(
     with gradients_for(model, names) as wanted:
         def step(stat: GradientSums, batch: tuple[torch.Tensor, torch.Tensor]) -> int:
             ids, mask = batch
-            grads, n = batch_gradients(model, wanted, ids.to(device), mask.to(device), config.chunk_size)
+            grads, n, _ = batch_gradients(model, wanted, ids.to(device), mask.to(device), config.chunk_size)
             if n:
                 stat.add(grads, n)
             return int(mask.sum())

@@ -1,0 +1,158 @@
+"""``lape regions ...``: Zhang et al.'s linguistic regions.
+
+``importance`` (per-language theta x gradient), ``select`` (core / bottom / random /
+monolingual regions), ``ablate`` (perplexity with each region removed), ``dims`` (massive
+activation dimensions and where the core region sits), ``perturb`` (one weight x4 on a massive
+vs an ordinary dimension), ``train`` (further pre-training with a region frozen) and ``bridge``
+(LAPE neurons against the regions).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import add_config_args, config_from_args
+from ..corpora import load_manifest
+from . import common
+from .common import logger
+
+
+def _eval_languages(args: argparse.Namespace, manifest, regions_languages: list[str]) -> list[str]:
+    """``--languages``, or the manifest's default languages followed by the regions' own."""
+    if args.languages:
+        return list(args.languages)
+    return list(dict.fromkeys([*manifest.default_languages, *regions_languages]))
+
+
+def cmd_importance(args: argparse.Namespace) -> int:
+    from ..regions import ImportanceConfig, importance
+
+    config = config_from_args(ImportanceConfig, args)
+    out = common.out_folder(args.out)
+    m = load_manifest(args.corpus)  # every source checked before the model loads
+    m.with_split(config.split, config.languages)
+    common.init_distributed(args)
+    model, tok = common.load(args)
+    streams = common.corpus(m, tok, config.split, config.tokens_per_language, config.seq_len, config.seed,
+                            config.languages)
+    imp = importance(model, streams, config, out=out, progress=not args.quiet)
+    logger.info("importance of %d tensors over %s (%s predicted tokens) -> %s", len(imp.scores),
+                ", ".join(imp.languages), f"{sum(imp.meta['token_counts'].values()):,}", args.out)
+    common.finish_distributed()
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from ..regions import ParamImportance, RegionConfig, select_regions
+
+    config = config_from_args(RegionConfig, args)
+    out = common.out_folder(args.out)
+    regions = select_regions(ParamImportance.load(args.importance), config, out=out)
+    logger.info("regions (entries): %s -> %s", ", ".join(f"{k} {v:,}" for k, v in regions.counts().items()),
+                args.out)
+    return 0
+
+
+def _massive_rows(args, model, regions, manifest, tok) -> dict:
+    """The extra removal rows: the core region with its massive-dimension entries kept."""
+    from ..regions.dims import find_massive_dims, residual_axes, without_dims
+
+    streams = common.corpus(manifest, tok, "valid", 4096, 256, 0, [manifest.default_languages[0]])
+    massive = find_massive_dims(model, next(iter(streams.values())))
+    if not massive.dims:
+        logger.info("no massive-activation dimension found (none above %gx the median): no extra row", massive.ratio)
+        return {}
+    logger.info("massive-activation dimensions: %s", ", ".join(map(str, massive.dims)))
+    return {"core-keep-massive": without_dims(regions.mask("core"), residual_axes(model), massive.dims)}
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from ..masks import ParamRegions
+    from ..plots import region_removal
+    from ..regions.ablate import AblateConfig, ablate_regions
+    from ..report import save_figure
+
+    config = config_from_args(AblateConfig, args)
+    out = common.out_folder(args.out)
+    m = load_manifest(args.corpus)
+    regions = ParamRegions.load(args.regions)
+    languages = _eval_languages(args, m, list(regions.meta.get("languages") or []))
+    m.with_split(config.split, languages)
+    rows = args.rows or list(regions.labels)
+    for row in rows:
+        regions.mask(row)  # an unknown label fails before the model loads
+    model, tok = common.load(args)
+    regions.check_model(model)
+    extra = _massive_rows(args, model, regions, m, tok) if args.keep_massive and "core" in regions.labels else {}
+    streams = common.corpus(m, tok, config.split, config.tokens_per_language, config.seq_len, config.seed, languages)
+    result = ablate_regions(model, streams, regions, config, rows=rows, extra=extra, out=out,
+                            progress=not args.quiet)
+    if out is not None:
+        save_figure(region_removal(result), Path(out) / "removal")
+    logger.info("%s -> %s", result.summary_line(), args.out)
+    return 0
+
+
+def cmd_bridge(args: argparse.Namespace) -> int:
+    from ..masks import NeuronSets, ParamRegions
+    from ..regions.bridge import overlap_result
+    from ..space import ParamSpace
+
+    regions = ParamRegions.load(args.regions)
+    sets = NeuronSets.load(args.neurons)
+    model, _ = common.load(args)  # the neuron-to-weight map comes from the model
+    regions.check_model(model)
+    sets.check_model(model)
+    out = common.out_folder(args.out)
+    result = overlap_result(sets, regions, ParamSpace.of(model), region_labels=args.region_labels)
+    if out is not None:
+        result.save(out)
+    for r in result.rows:
+        logger.info("%-6s in %-10s params %6.2f%% (chance %6.2f%%, x%.2f)", r["set"], r["region"],
+                    100 * r["param_share"], 100 * r["param_share_chance"], r["param_enrichment"])
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..regions import ImportanceConfig, RegionConfig
+    from ..regions.ablate import AblateConfig
+    from . import _Parser
+
+    group = sub.add_parser("regions", help="linguistic regions (Zhang et al. 2024): importance, select, ablate, "
+                           "dims, perturb, train, bridge")
+    rsub = group.add_subparsers(dest="regions_command", required=True, metavar="STEP", parser_class=_Parser)
+
+    s = rsub.add_parser("importance", help="per-language parameter importance theta x summed gradient")
+    common.add_model_args(s)
+    s.add_argument("--corpus", default="builtin", help="a data manifest (YAML) or builtin")
+    s.add_argument("--out", required=True, help="output folder, e.g. runs/x/importance")
+    add_config_args(s, ImportanceConfig)
+    s.set_defaults(fn=cmd_importance)
+
+    s = rsub.add_parser("select", help="core, bottom, random and monolingual regions from an importance")
+    s.add_argument("importance", help="folder written by lape regions importance")
+    s.add_argument("--out", required=True, help="output folder, e.g. runs/x/regions")
+    add_config_args(s, RegionConfig)
+    s.set_defaults(fn=cmd_select)
+
+    s = rsub.add_parser("ablate", help="perplexity per language with each region removed")
+    s.add_argument("regions", help="folder written by lape regions select")
+    common.add_model_args(s)
+    s.add_argument("--corpus", default="builtin")
+    s.add_argument("--out", required=True)
+    s.add_argument("--rows", nargs="+", default=None, help="regions to remove (default: all)")
+    s.add_argument("--languages", nargs="+", default=None,
+                   help="evaluated languages (default: the manifest's default languages and the regions')")
+    s.add_argument("--keep-massive", action="store_true",
+                   help="add a row: the core region with its massive-activation-dimension entries kept")
+    add_config_args(s, AblateConfig)
+    s.set_defaults(fn=cmd_ablate)
+
+    s = rsub.add_parser("bridge", help="share of each neuron set's weights in each region, against chance")
+    s.add_argument("regions", help="folder written by lape regions select")
+    s.add_argument("--neurons", required=True, help="neuron sets (lape identify, or any NeuronSets folder)")
+    common.add_model_args(s, required=False)
+    s.add_argument("--region-labels", nargs="+", default=None, help="regions to compare (default: all)")
+    s.add_argument("--out", default=None, help="folder to save the result into (bridge.csv beside it)")
+    s.set_defaults(fn=cmd_bridge)

@@ -1,0 +1,352 @@
+"""Frozen further pre-training: frozen entries bit-exact, the model restored (also after an
+interrupt), the loss curve against an independent AdamW loop on Hugging Face's own loss, NLL
+before/after, the cache, bad inputs, the artifact and the figure."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from tiny_models import Seq, random_sequences, tiny_model
+
+from lape import artifacts
+from lape.errors import LapeError
+from lape.evaluate.perplexity import PerplexityConfig, corpus_nll
+from lape.masks import ParamRegions
+from lape.regions.train import (
+    ForgettingResult,
+    TrainConfig,
+    continued_pretraining,
+    forgetting_figure,
+    learning_rate,
+    plot_forgetting,
+    training_batches,
+)
+from lape.space import ParamSpace
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: tiny models gain nothing from more (see tests/test_regions.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _model(family: str = "llama") -> torch.nn.Module:
+    model = tiny_model(family)
+    model.requires_grad_(False)  # as lape.load_model leaves it
+    return model
+
+
+def _regions(model, rate: float = 0.2, seed: int = 0) -> ParamRegions:
+    """Hand-made "core" and "random" regions over every decoder-block tensor, norms included."""
+    g = torch.Generator().manual_seed(seed)
+    space = ParamSpace.of(model)
+    masks = {n: torch.rand(2, *space.info(n).shape, generator=g) < rate for n in space.names()}
+    return ParamRegions(["core", "random"], masks)
+
+
+def _corpora(n_train: int = 4, length: int = 10):
+    train = {"aa": random_sequences(n_train, length, seed=1, real_last=6)}
+    valid = {"aa": random_sequences(2, length, seed=2), "bb": random_sequences(2, length, seed=3, real_last=5)}
+    return train, valid
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _count_calls(module):
+    calls = []
+    return calls, module.register_forward_pre_hook(lambda m, a, kw: calls.append(1), with_kwargs=True)
+
+
+# --------------------------------------------------------------------------------------------
+# freezing and restoring
+
+
+def test_frozen_entries_stay_bit_identical_while_the_rest_of_their_tensors_train():
+    model = _model()
+    regions = _regions(model)
+    space = ParamSpace.of(model)
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    seen = []  # the weights at every forward pass: training steps and the evaluation after them
+    handle = model.base_model.register_forward_pre_hook(
+        lambda m, a, kw: seen.append({n: p.detach().clone() for n, p in model.named_parameters()}),
+        with_kwargs=True)
+    # weight decay moves entries whose gradient is zero: only after_step keeps them in place
+    config = TrainConfig(train_language="aa", freeze=("core",), steps=4, batch_size=2, lr=0.05, weight_decay=0.1,
+                         warmup_steps=1)
+    train, valid = _corpora()
+    try:
+        res = continued_pretraining(model, train, valid, regions, config, progress=False)
+    finally:
+        handle.remove()
+
+    core = regions.mask("core")
+    frozen = {n: core[n] for n in space.names(norms=False)}
+    assert res.frozen_params == [sum(int(m.sum()) for m in frozen.values())]
+    trained = [w for w in seen if not torch.equal(w["model.layers.0.mlp.up_proj.weight"],
+                                                  original["model.layers.0.mlp.up_proj.weight"])]
+    assert len(trained) >= 4  # 3 training steps after the first, then the evaluation
+    for weights in trained:
+        for n, m in frozen.items():
+            assert torch.equal(weights[n][m], original[n][m]), n
+        assert torch.equal(weights["model.embed_tokens.weight"], original["model.embed_tokens.weight"])
+    last = trained[-1]
+    for n, m in frozen.items():  # the other entries of the same tensors did train
+        assert not torch.equal(last[n][~m], original[n][~m]), n
+    norm = [n for n in space.names() if space.info(n).is_norm]
+    assert norm and any(not torch.equal(last[n][core[n]], original[n][core[n]]) for n in norm)  # norms not frozen
+    assert _same({n: p for n, p in model.named_parameters()}, original)
+
+
+def test_model_is_restored_with_flags_grads_and_mode():
+    model = _model()
+    model.train()
+    named = dict(model.named_parameters())
+    up = named["model.layers.0.mlp.up_proj.weight"]
+    up.requires_grad_(True)
+    marker = torch.full_like(up, 7.0)
+    up.grad = marker
+    flags = {n: p.requires_grad for n, p in named.items()}
+    before = _state(model)
+    train, valid = _corpora()
+    config = TrainConfig(train_language="aa", freeze=("none", "core"), steps=3, batch_size=2, lr=0.02)
+    res = continued_pretraining(model, train, valid, _regions(model), config, progress=False)
+
+    assert _same(_state(model), before)  # bit-identical
+    assert {n: p.requires_grad for n, p in named.items()} == flags
+    assert up.grad is marker and all(p.grad is None for n, p in named.items() if p is not up)
+    assert model.training
+    assert res.settings == ["none", "core"] and res.frozen_params[0] == 0 < res.frozen_params[1]
+    for row in res.after_nll:  # each setting did train
+        assert all(a != b for a, b in zip(row, res.before_nll))
+    assert len(res.losses) == 2 and all(len(row) == 3 for row in res.losses)
+
+
+def test_an_interrupt_mid_training_leaves_the_model_as_it_was():
+    model = _model()
+    before = _state(model)
+    params = dict(model.named_parameters())
+    changed = []
+
+    def hook(module, args, kwargs):  # Ctrl-C in the second setting's training, weights moved
+        if any(not torch.equal(params[k], before[k]) for k in params):
+            changed.append(1)
+            if len(changed) == 8:
+                raise KeyboardInterrupt
+
+    handle = model.base_model.register_forward_pre_hook(hook, with_kwargs=True)
+    train, valid = _corpora()
+    config = TrainConfig(train_language="aa", freeze=("none", "core"), steps=3, batch_size=2, lr=0.02)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            continued_pretraining(model, train, valid, _regions(model), config, progress=False)
+    finally:
+        handle.remove()
+    assert len(changed) == 8
+    assert _same(_state(model), before)
+    assert not any(p.requires_grad for p in model.parameters()) and all(p.grad is None for p in model.parameters())
+
+
+# --------------------------------------------------------------------------------------------
+# what training does
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_training_lowers_the_trained_languages_nll(family):
+    model = _model(family)
+    text = random_sequences(2, 12, seed=5)
+    train = {"aa": text}  # two sequences, cycled: the model learns them by heart
+    valid = {"aa": text, "bb": random_sequences(2, 12, seed=6)}
+    config = TrainConfig(train_language="aa", freeze=("none",), steps=6, batch_size=2, lr=0.01, warmup_steps=1)
+    res = continued_pretraining(model, train, valid, None, config, progress=False)
+    before, after = dict(zip(res.languages, res.before_nll)), dict(zip(res.languages, res.after_nll[0]))
+    assert after["aa"] < before["aa"] - 0.2
+    assert after["bb"] != before["bb"]
+    assert res.losses[0][-1] < res.losses[0][0]
+    row = res.forgetting_rows()[0]
+    assert row["trained_delta_nll"] == pytest.approx(after["aa"] - before["aa"])
+    assert row["others_mean_delta_nll"] == pytest.approx(after["bb"] - before["bb"])
+
+
+def _schedule(lr: float, steps: int, warmup: int, s: int) -> float:
+    """Written out again, independently of lape.regions.train.learning_rate."""
+    if s < warmup:
+        return lr * (s + 1) / (warmup + 1)
+    return lr * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (steps - warmup)))
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_loss_curve_and_before_nll_match_an_independent_loop(family):
+    """Every step's batch holds all three training sequences (one padded), so the mean loss does
+    not depend on their order: a plain AdamW loop on ``model(..., labels=).loss`` must give the
+    same losses, and the "before" NLL is corpus_nll of the untouched model."""
+    model = _model(family)
+    seqs = random_sequences(3, 9, seed=7, real_last=5)
+    valid = {"aa": random_sequences(2, 9, seed=8), "bb": random_sequences(3, 9, seed=9, real_last=4)}
+    config = TrainConfig(train_language="aa", freeze=("none",), steps=4, batch_size=3, lr=0.01,
+                         weight_decay=0.1, warmup_steps=1, grad_clip=0.5, chunk_size=5)
+    want_before = {lang: corpus_nll(model, s, PerplexityConfig(batch_size=3, chunk_size=5)) for lang, s in valid.items()}
+    res = continued_pretraining(model, {"aa": seqs}, valid, None, config, progress=False)
+
+    assert res.before_nll == pytest.approx([want_before[lang][0] for lang in res.languages], rel=1e-9)
+    assert res.tokens == {lang: want_before[lang][1] for lang in valid}
+
+    ref = copy.deepcopy(model)
+    names = ParamSpace.of(ref).names()
+    named = dict(ref.named_parameters())
+    params = [named[n] for n in names]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    ids = torch.stack([s.input_ids for s in seqs])
+    mask = torch.stack([s.attention_mask for s in seqs])
+    losses = []
+    for step in range(config.steps):
+        loss = ref(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+        losses.append(loss.item())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 0.5)
+        for group in opt.param_groups:
+            group["lr"] = _schedule(0.01, 4, 1, step)
+        opt.step()
+        opt.zero_grad()
+    assert res.losses[0] == pytest.approx(losses, rel=1e-5)  # measured: 1e-7
+    assert losses[-1] < losses[0] - 0.05  # the comparison covers real updates
+    with torch.no_grad():
+        want_after = {lang: corpus_nll(ref, s, PerplexityConfig(batch_size=3))[0] for lang, s in valid.items()}
+    assert res.after_nll[0] == pytest.approx([want_after[lang] for lang in res.languages], rel=1e-5)
+
+
+def test_learning_rate_warms_up_then_decays():
+    config = TrainConfig(train_language="aa", steps=6, warmup_steps=2, lr=0.3)
+    lrs = [learning_rate(config, s) for s in range(6)]
+    assert lrs == pytest.approx([_schedule(0.3, 6, 2, s) for s in range(6)])
+    assert lrs[0] > 0 and lrs[0] < lrs[1] < lrs[2] == pytest.approx(0.3) and lrs[2] > lrs[3] > lrs[5] > 0
+
+
+def test_training_batches_cycle_a_short_stream_in_seeded_order():
+    seqs = [Seq(torch.full((4,), 10 + i), torch.ones(4, dtype=torch.long)) for i in range(3)]
+    config = TrainConfig(train_language="aa", steps=4, batch_size=2, seed=3)
+    got = training_batches(seqs, config)
+    assert len(got) == 4 and all(ids.shape == (2, 4) for ids, _ in got)
+    order = [int(ids[i, 0]) - 10 for ids, _ in got for i in range(2)]
+    assert sorted(order[:3]) == [0, 1, 2] and sorted(order[3:6]) == [0, 1, 2]  # each pass a permutation
+    again = training_batches(seqs, config)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(got, again))
+    others = [[int(ids[i, 0]) for ids, _ in training_batches(seqs, config.replace(seed=s)) for i in range(2)]
+              for s in range(4, 10)]
+    assert any(o != [x + 10 for x in order] for o in others)
+    long = [Seq(torch.full((4,), i), torch.ones(4, dtype=torch.long)) for i in range(20)]
+    used = {int(ids[i, 0]) for ids, _ in training_batches(long, config) for i in range(2)}
+    assert used == set(range(8))  # only the first steps x batch_size sequences
+
+
+# --------------------------------------------------------------------------------------------
+# cache, bad inputs
+
+
+def test_second_call_is_cached_and_a_changed_setting_recomputes(tmp_path):
+    model = _model()
+    regions = _regions(model)
+    train, valid = _corpora()
+    config = TrainConfig(train_language="aa", freeze=("none", "random"), steps=2, batch_size=2, lr=0.02)
+    out = tmp_path / "forgetting"
+    first = continued_pretraining(model, train, valid, regions, config, out=out, progress=False)
+    assert first.from_cache is False
+    assert (out / "delta_nll.csv").is_file() and (out / "losses.csv").is_file()
+    calls, handle = _count_calls(model.base_model)
+    try:
+        again = continued_pretraining(model, train, valid, regions, config.replace(chunk_size=3), out=out,
+                                      progress=False)
+        assert again.from_cache is True and not calls
+        assert again.after_nll == first.after_nll and again.losses == first.losses
+        loaded = ForgettingResult.load(out, model=model)
+        assert loaded.payload() == first.payload()
+        more = continued_pretraining(model, train, valid, regions, config.replace(steps=3), out=out, progress=False)
+        assert more.from_cache is False and calls and len(more.losses[0]) == 3
+    finally:
+        handle.remove()
+
+
+def test_bad_inputs_are_refused_before_any_training():
+    model = _model()
+    regions = _regions(model)
+    train, valid = _corpora()
+    good = TrainConfig(train_language="aa", steps=1, batch_size=2)
+    calls, handle = _count_calls(model.base_model)
+    try:
+        with pytest.raises(LapeError, match="train_language"):
+            continued_pretraining(model, train, valid, regions, TrainConfig(), progress=False)
+        with pytest.raises(LapeError, match="'zz' is not in the train corpus"):
+            continued_pretraining(model, train, valid, regions, good.replace(train_language="zz"), progress=False)
+        with pytest.raises(LapeError, match="'cor' is not a region"):
+            continued_pretraining(model, train, valid, regions, good.replace(freeze=("none", "cor")), progress=False)
+        with pytest.raises(LapeError, match="no regions were given"):
+            continued_pretraining(model, train, valid, None, good, progress=False)
+        with pytest.raises(LapeError, match="at least one language"):
+            continued_pretraining(model, train, {}, regions, good, progress=False)
+        with torch.inference_mode(), pytest.raises(LapeError, match="inference_mode"):
+            continued_pretraining(model, train, valid, regions, good, progress=False)
+    finally:
+        handle.remove()
+    assert not calls
+    for bad in (dict(betas=(0.9,)), dict(betas=(0.9, 1.5)), dict(freeze=("none", "none")), dict(freeze=()),
+                dict(lr=0.0), dict(steps=0)):
+        with pytest.raises(LapeError):
+            TrainConfig(**bad)
+    assert TrainConfig.from_dict(good.to_dict()) == good
+
+
+# --------------------------------------------------------------------------------------------
+# the artifact and the figure
+
+
+def _result() -> ForgettingResult:
+    return ForgettingResult(["none", "core"], ["aa", "bb", "cc"], "aa", [3.0, 4.0, 5.0],
+                            [[2.0, 4.5, 5.5], [2.2, 4.1, 5.1]], [[3.1, 2.5, 2.1], [3.1, 2.6, 2.2]], [0, 120],
+                            {"aa": 30, "bb": 40, "cc": 50}, {"lr_per_step": [0.1, 0.2, 0.1]})
+
+
+def test_result_tables_summary_round_trip_and_validation(tmp_path):
+    res = _result()
+    rows = {r["setting"]: r for r in res.tables()["delta_nll"]}
+    assert rows["none"]["aa"] == pytest.approx(-1.0) and rows["none"]["trained_delta_nll"] == pytest.approx(-1.0)
+    assert rows["none"]["others_mean_delta_nll"] == pytest.approx(0.5)
+    assert rows["core"]["others_mean_delta_nll"] == pytest.approx(0.1) and rows["core"]["frozen_params"] == 120
+    assert res.tables()["losses"][1] == {"step": 1, "lr": 0.2, "none": 2.5, "core": 2.6}
+    assert "other 2 languages none +0.500, core +0.100" in res.summary_line()
+    res.save(tmp_path / "f")
+    assert ForgettingResult.load(tmp_path / "f").payload() == res.payload()
+    assert isinstance(artifacts.load(tmp_path / "f"), ForgettingResult)  # found by the sidecar's kind
+    for broken in (dict(after_nll=[[2.0, 4.5]] * 2), dict(losses=[[1.0], [1.0, 2.0]]), dict(frozen_params=[0]),
+                   dict(before_nll=[-1.0, 4.0, 5.0]), dict(settings=["none", "none"])):
+        bad = _result()
+        for k, v in broken.items():
+            setattr(bad, k, v)
+        with pytest.raises(LapeError):
+            bad.validate()
+
+
+def test_plot_shows_bars_per_setting_and_language_and_the_loss_curves(tmp_path):
+    res = _result()
+    fig = forgetting_figure(res)
+    bars_ax, loss_ax = fig.axes[:2]
+    heights = [b.get_height() for c in bars_ax.containers for b in c]
+    assert heights == pytest.approx([v for row in res.delta_nll() for v in row])
+    assert [t.get_text() for t in bars_ax.get_xticklabels()] == ["aa\n(trained)", "bb", "cc"]
+    assert [list(line.get_ydata()) for line in loss_ax.lines] == res.losses
+    path = plot_forgetting(res, tmp_path / "plots" / "forgetting")
+    assert path.suffix == ".png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(LapeError, match=".gif"):
+        plot_forgetting(res, tmp_path / "f.gif")
