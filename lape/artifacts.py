@@ -57,7 +57,7 @@ _KIND_MODULES = {"stats": "lape.activations", "neurons": "lape.masks", "regions"
                  "steering": "lape.evaluate.steering", "importance": "lape.regions.importance",
                  "region_ppl": "lape.regions.ablate", "perturb": "lape.regions.perturb",
                  "forgetting": "lape.regions.train",
-                 "region_overlap": "lape.regions.bridge"}
+                 "region_overlap": "lape.regions.bridge", "dims": "lape.regions.dims"}
 _TYPES: dict[str, type[Artifact]] = {}
 
 

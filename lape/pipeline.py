@@ -1,4 +1,5 @@
-"""``lape demo``: record -> identify -> perplexity -> steering -> report, each stage cached.
+"""``lape demo``: record -> identify -> perplexity -> steering -> linguistic regions -> report,
+each stage cached.
 
 This module only chains library calls. Every stage is given ``out=`` and skips itself when the
 artifact there was made from the same inputs (its sidecar's cache key: model fingerprint,
@@ -39,6 +40,9 @@ class DemoConfig(StageConfig):
     seq_len: int = option(256, min=2, max=1 << 16)  # packed sequence length (256 is ~20% faster per token than 512 on CPU)
     batch_size: int = option(8, min=1, max=4096)  # sequences per forward pass while recording
     seed: int = option(0, min=0)  # corpus shuffling, random baseline
+    regions: bool = True  # run the linguistic-regions stages (lape.regions.run) after steering
+    regions_tokens_per_language: int = option(1024, gt=0)  # importance budget per language (the paper's six)
+    regions_eval_tokens: int = option(256, gt=0)  # held-out tokens per language for region removal
 
 
 class _Timer:
@@ -117,6 +121,14 @@ def run_demo(config: DemoConfig = DemoConfig(), out: str | Path = "runs/demo", p
                                                         progress=progress, out=run / "steering"))
     good = sum(r["steered_success"] >= 0.8 for r in ev.rows)
     logger.info("[steering] %d/%d target languages steered with >= 80%% success", good, len(ev.rows))
+
+    if config.regions:
+        from .regions.run import RegionsRunConfig, run_regions
+
+        rcfg_regions = RegionsRunConfig(tokens_per_language=config.regions_tokens_per_language,
+                                        eval_tokens_per_language=config.regions_eval_tokens, seq_len=config.seq_len,
+                                        seed=config.seed)
+        run_regions(model, tok, manifest, run, rcfg_regions, neurons=sets, progress=progress, timer=timer.run)
 
     report = write_report(run)
     total = round(time.perf_counter() - t0, 1)

@@ -533,12 +533,22 @@ def find_artifacts(run: Path) -> tuple[dict[str, list[Path]], list[str]]:
     return found, empty
 
 
+def _methods(found: Mapping[str, list[Path]]) -> str:
+    """What the run's results come from, for the subtitle."""
+    names = []
+    if found.keys() & {"stats", "neurons", "ppl", "steering"} or not found:
+        names.append("Language-specific neurons (LAPE, Tang et al., ACL 2024)")
+    if found.keys() & {"importance", "regions", "region_ppl", "dims", "perturb", "forgetting", "region_overlap"}:
+        names.append("linguistic regions (Zhang et al., ACL 2024)")
+    return " and ".join(names)
+
+
 def _header(run: Path, present: Sequence[tuple[str, str]], found: Mapping[str, list[Path]],
             skipped: Sequence[str]) -> str:
     from . import __version__
 
     parts = [f"<header><h1>lape report <span class=\"path\">{_e(run.name)}</span></h1>",
-             f'<p class="subtitle">Language-specific neurons (LAPE, Tang et al., ACL 2024) · '
+             f'<p class="subtitle">{_e(_methods(found))} · '
              f"lape {_e(__version__)} · {_e(time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))}</p>"]
     if present:
         parts.append('<nav class="toc">' + "".join(f'<a href="#{_e(k)}">{_e(t)}</a>' for k, t in present)
@@ -574,7 +584,7 @@ def write_report(run: str | Path, sections: Sequence[tuple[str, SectionRenderer]
     Args:
         run: a run folder (as written by ``lape demo``) holding any of ``stats/``, ``neurons/``,
             ``ppl/``, ``steering/`` and ``demo.json``.
-        sections: the section registry to use (default :data:`SECTIONS`).
+        sections: the section registry to use (default :func:`all_sections`).
 
     Returns:
         The path of ``report.html``.
@@ -593,7 +603,8 @@ def write_report(run: str | Path, sections: Sequence[tuple[str, SectionRenderer]
         raise LapeError(f"run folder {run} does not exist: pass the folder lape demo wrote (e.g. runs/demo)")
     found, empty = find_artifacts(run)
     ctx = ReportContext(run, run / "plots", found=found)
-    registry = list(SECTIONS if sections is None else sections)
+    default, titles = all_sections()
+    registry = list(default if sections is None else sections)
     known = {kind for kind, _ in registry}
     rendered, present = [], []
     skipped = [f"{name}/ (no lape artifact)" for name in empty]
@@ -612,7 +623,7 @@ def write_report(run: str | Path, sections: Sequence[tuple[str, SectionRenderer]
             html_section = _section(folder.name, folder.name,
                                     f'<p class="fail">This folder could not be read: {_e(exc)}</p>')
         rendered.append(html_section)
-        present.append((folder.name, _SECTION_TITLES.get(kind, kind)))
+        present.append((folder.name, titles.get(kind, kind)))
     for line in skipped:
         logger.info("report: not shown: %s", line)
     if not rendered:
@@ -680,3 +691,12 @@ padding:0 6px;border-radius:4px;background:#e8eef7;color:#24406b}
 details{margin:4px 0 12px}
 summary{cursor:pointer;color:var(--accent);font-size:13px}
 """
+
+
+def all_sections() -> tuple[list[tuple[str, SectionRenderer]], dict[str, str]]:
+    """Every method's sections in report order, and their navigation titles: LAPE's
+    (:data:`SECTIONS`), then linguistic regions' (:mod:`lape.regions.report`, imported here
+    because it builds on this module)."""
+    from .regions import report as regions_report
+
+    return [*SECTIONS, *regions_report.SECTIONS], {**_SECTION_TITLES, **regions_report.TITLES}

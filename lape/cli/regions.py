@@ -94,6 +94,37 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..masks import ParamRegions
+    from ..regions.train import TrainConfig, continued_pretraining, forgetting_figure
+    from ..report import save_figure
+
+    config = config_from_args(TrainConfig, args)
+    if not config.train_language:
+        raise LapeError("lape regions train needs --train-language (the language to continue pre-training on)")
+    out = common.out_folder(args.out)
+    m = load_manifest(args.corpus)
+    regions = ParamRegions.load(args.regions) if args.regions else None
+    if regions is None and any(s != "none" for s in config.freeze):
+        raise LapeError(f"--freeze {' '.join(config.freeze)} needs --regions (a folder written by lape regions "
+                        "select), or use --freeze none")
+    languages = _eval_languages(args, m, [config.train_language, *((regions.meta.get("languages") or [])
+                                                                   if regions else [])])
+    m.with_split("train", [config.train_language])
+    m.with_split("valid", languages)
+    model, tok = common.load(args)
+    if regions is not None:
+        regions.check_model(model)
+    train = common.corpus(m, tok, "train", config.steps * config.batch_size * config.seq_len, config.seq_len,
+                          config.seed, [config.train_language])
+    valid = common.corpus(m, tok, "valid", config.eval_tokens_per_language, config.seq_len, config.seed, languages)
+    result = continued_pretraining(model, train, valid, regions, config, out=out, progress=not args.quiet)
+    if out is not None:
+        save_figure(forgetting_figure(result), Path(out) / "forgetting")
+    logger.info("%s -> %s", result.summary_line(), args.out)
+    return 0
+
+
 def cmd_bridge(args: argparse.Namespace) -> int:
     from ..masks import NeuronSets, ParamRegions
     from ..regions.bridge import overlap_result
@@ -105,9 +136,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     regions.check_model(model)
     sets.check_model(model)
     out = common.out_folder(args.out)
-    result = overlap_result(sets, regions, ParamSpace.of(model), region_labels=args.region_labels)
-    if out is not None:
-        result.save(out)
+    result = overlap_result(sets, regions, ParamSpace.of(model), region_labels=args.region_labels, out=out)
     for r in result.rows:
         logger.info("%-6s in %-10s params %6.2f%% (chance %6.2f%%, x%.2f)", r["set"], r["region"],
                     100 * r["param_share"], 100 * r["param_share_chance"], r["param_enrichment"])
@@ -117,6 +146,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     from ..regions import ImportanceConfig, RegionConfig
     from ..regions.ablate import AblateConfig
+    from ..regions.train import TrainConfig
     from . import _Parser
 
     group = sub.add_parser("regions", help="linguistic regions (Zhang et al. 2024): importance, select, ablate, "
@@ -148,6 +178,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="add a row: the core region with its massive-activation-dimension entries kept")
     add_config_args(s, AblateConfig)
     s.set_defaults(fn=cmd_ablate)
+
+    s = rsub.add_parser("train", help="continued pre-training on one language with a region frozen (forgetting)")
+    common.add_model_args(s)
+    s.add_argument("--regions", default=None, help="folder written by lape regions select (for --freeze core/random)")
+    s.add_argument("--corpus", default="builtin")
+    s.add_argument("--out", required=True)
+    s.add_argument("--languages", nargs="+", default=None,
+                   help="evaluated languages (default: the manifest's default languages and the regions')")
+    add_config_args(s, TrainConfig)
+    s.set_defaults(fn=cmd_train)
 
     s = rsub.add_parser("bridge", help="share of each neuron set's weights in each region, against chance")
     s.add_argument("regions", help="folder written by lape regions select")

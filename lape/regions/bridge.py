@@ -18,6 +18,7 @@ random set's would.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -60,17 +61,25 @@ class RegionOverlap(artifacts.Artifact):
 
 
 def overlap_result(sets: NeuronSets, regions: ParamRegions, space: ParamSpace,
-                   region_labels: list[str] | None = None) -> RegionOverlap:
-    """:func:`region_overlap` with a sidecar naming both inputs (for ``save``)."""
-    rows = region_overlap(sets, regions, space, region_labels=region_labels)
-    meta = artifacts.sidecar(RegionOverlap.KIND, model_id=regions.meta.get("model_id"),
-                             model_fingerprint=regions.meta.get("fingerprint") or {},
-                             num_layers=space.num_layers, neurons_per_layer=space.neurons_per_layer,
-                             languages=list(sets.labels),
-                             inputs={"neurons": sets.identity(), "regions": regions.identity()},
-                             neurons={"method": sets.meta.get("method"), "counts": sets.counts()},
-                             chance="a random set with the same number of neurons in every layer (exact expectation)")
-    return RegionOverlap(rows, meta)
+                   region_labels: list[str] | None = None, *, out: str | Path | None = None) -> RegionOverlap:
+    """:func:`region_overlap` as a :class:`RegionOverlap` with a sidecar naming both inputs;
+    given ``out=``, saved there, and returned from there when made from the same inputs."""
+    inputs = {"neurons": sets.identity(), "regions": regions.identity(), "region_labels": region_labels,
+              "space": [space.model_class, space.num_layers, space.neurons_per_layer]}
+    fp = regions.meta.get("fingerprint") or {}
+    key = artifacts.stage_key(RegionOverlap.KIND, model_fingerprint=fp, config={}, inputs=inputs)
+
+    def compute() -> RegionOverlap:
+        rows = region_overlap(sets, regions, space, region_labels=region_labels)
+        meta = artifacts.sidecar(RegionOverlap.KIND, model_id=regions.meta.get("model_id"), model_fingerprint=fp,
+                                 num_layers=space.num_layers, neurons_per_layer=space.neurons_per_layer,
+                                 languages=list(sets.labels), inputs=inputs,
+                                 neurons={"method": sets.meta.get("method"), "counts": sets.counts()},
+                                 chance="a random set with the same number of neurons in every layer "
+                                        "(exact expectation)")
+        return RegionOverlap(rows, meta)
+
+    return artifacts.run_stage(RegionOverlap, out, key, compute)
 
 
 def _ratio(a: float, b: float) -> float:

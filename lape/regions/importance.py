@@ -232,7 +232,7 @@ def batch_gradients(model: nn.Module, params: Mapping[str, nn.Parameter], input_
         logits = logits_from_hidden(model, leaf).float()  # (chunk, V)
         loss = F.cross_entropy(logits, targets[s:s + chunk_size], reduction="sum") / n
         parts.append(torch.autograd.grad(loss, leaf)[0])
-        total += float(loss)
+        total += float(loss.detach())
     dh = torch.cat(parts)  # (n, H)
     names = list(params)
     grads = torch.autograd.grad(h, [params[k] for k in names], grad_outputs=dh, allow_unused=True)

@@ -1,0 +1,188 @@
+"""The report's linguistic-regions sections: region sizes, removal, dimension dependence, the
+single-parameter perturbation, frozen further pre-training and the LAPE bridge.
+
+Each renderer gets the folder holding one artifact (found by its sidecar's kind) and returns a
+``<section>``; :data:`SECTIONS` is appended to :data:`lape.report.SECTIONS`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from .. import plots
+from ..masks import ParamRegions
+from ..report import ReportContext, _dec, _facts, _lang, _Raw, _section, _table
+
+
+def _yes(flag: bool) -> _Raw:
+    return _Raw('<span class="ok">yes</span>' if flag else '<span class="fail">no</span>')
+
+
+def _pct(v: float | None, digits: int = 2) -> str:
+    return "–" if v is None or not math.isfinite(v) else f"{100 * v:.{digits}f}%"
+
+
+def render_importance(folder: Path, ctx: ReportContext) -> str:
+    """What the importance was accumulated on (the sidecar only: the scores are not read)."""
+    from .. import artifacts
+
+    meta = artifacts.read_json(folder / "importance.json")
+    config = meta.get("config") or {}
+    rows = [(_Raw(_lang(lang)), meta.get("token_counts", {}).get(lang), (meta.get("batches") or {}).get(lang))
+            for lang in meta.get("languages") or []]
+    facts = {"tensors scored": len(meta.get("tensor_names") or []), "split": config.get("split"),
+             "sequence length": config.get("seq_len"), "batch size": config.get("batch_size"),
+             "norm weights": config.get("norms"), "seconds": meta.get("seconds"),
+             "tokens/s": meta.get("tokens_per_second"), "model dtype": meta.get("model_dtype")}
+    body = (_facts(facts) + _table(["language", "predicted tokens", "batches"], rows,
+                                   caption="Per language: S = θ · Σ_batches ∂loss/∂θ, signed (float32)"))
+    return _section(folder.name, "Parameter importance", body)
+
+
+def render_regions(folder: Path, ctx: ReportContext) -> str:
+    """Region sizes per tensor type (summed over layers)."""
+    regions = ParamRegions.load(folder)
+    meta = regions.meta
+    sizes, numel = meta.get("sizes") or {}, meta.get("numel") or {}
+    types = list(numel)
+    labels = list(regions.labels)
+    rows = []
+    for t in types:
+        total = sum(numel[t].values())
+        rows.append((t, total, *(_pct(sum((sizes.get(lab) or {}).get(t, {}).values()) / total) for lab in labels)))
+    counts = regions.counts()
+    config = meta.get("config") or {}
+    facts = {"languages": meta.get("languages"), "top rate per tensor": config.get("top_rate"),
+             "norm weights selected": config.get("norms"), "random seed": config.get("seed"),
+             "block parameters": sum(sum(v.values()) for v in numel.values()),
+             "core entries": counts.get("core")}
+    body = (_facts(facts)
+            + '<p class="note">Selection is per tensor (the paper\'s released scripts): core = the top entries of '
+              "the importance |θ·ΣG| summed over languages; bottom = the smallest; random = a seeded uniform draw; "
+              "mono:xx = xx's top entries in no other language's top set.</p>"
+            + _table(["tensor type", "entries", *labels], rows, caption="Share of each tensor type in each region"))
+    return _section(folder.name, "Linguistic regions", body)
+
+
+def render_removal(folder: Path, ctx: ReportContext) -> str:
+    """Perplexity with each region removed: controls and the monolingual matrix."""
+    from .ablate import RegionPerplexity
+
+    res = RegionPerplexity.load(folder)
+    fig = ctx.figure(plots.region_removal(res), "region_removal",
+                     "NLL change per evaluated language when a region is removed (left: core and its controls; "
+                     "right: monolingual regions)")
+    control_rows = [r for r in res.rows if not r.startswith("mono:")]
+    ppl = _table(["language", "PPL", *(f"PPL, {r} removed" for r in control_rows)],
+                 [(_Raw(_lang(lang)), _dec(math.exp(b)),
+                   *(_dec(math.exp(res.nll[res.rows.index(r)][j])) for r in control_rows))
+                  for j, (lang, b) in enumerate(zip(res.languages, res.base_nll))],
+                 caption="Perplexity per language, unmodified and with each control row removed")
+    controls = _table(["removed", "entries", "PPL ratio (geometric mean)", "min", "max", "languages ≥ 2x"],
+                      [(c["row"], c["entries"], _dec(c["geomean_ppl_ratio"], 3), _dec(c["min_ppl_ratio"], 3),
+                        _dec(c["max_ppl_ratio"], 3), f"{c['languages_doubled']} / {c['languages']}")
+                       for c in res.control_summary()], caption="PPL with the region removed / unmodified")
+    parts = [_facts({"evaluated languages": len(res.languages), "removal": res.meta.get("removal"),
+                     "tokens per language": (res.meta.get("config") or {}).get("tokens_per_language")}),
+             fig, '<div class="row">' + controls + ppl + "</div>"]
+    diag, cols = res.diagonal_summary("nll"), res.column_summary()
+    if diag:
+        parts.append('<div class="row">' + _table(
+            ["region", "own Δ NLL", "mean Δ NLL of the others", "own hit hardest (row)"],
+            [(d["row"], _dec(d["own_delta_nll"], 3, True), _dec(d["off_diagonal_mean_delta_nll"], 3, True),
+              _yes(d["own_hit_hardest"])) for d in diag], caption="Row test: what a monolingual region's removal hurts")
+            + _table(["language", "own region's Δ NLL", "largest other region", "its Δ NLL", "own hurts most (column)"],
+                     [(c["language"], _dec(c["own_delta_nll"], 3, True), c["largest_other_row"],
+                       _dec(c["largest_other_delta_nll"], 3, True), _yes(c["own_hit_hardest"])) for c in cols],
+                     caption="Column test: which monolingual region hurts a language most") + "</div>")
+    parts.append(f'<p class="note">{res.summary_line()}</p>')
+    return _section(folder.name, "Removing regions", "".join(parts))
+
+
+def render_dims(folder: Path, ctx: ReportContext) -> str:
+    """Massive activation dimensions and where the core region sits."""
+    from .dims import DimensionResult, dimension_figure
+
+    res = DimensionResult.load(folder)
+    fig = ctx.figure(dimension_figure(res.profile, res.massive), "region_dimensions",
+                     f"Where the {res.profile.label} region sits along the residual stream, per tensor type "
+                     "(entries per hidden channel over a uniform spread; massive channels marked)")
+    s = res.profile.summary()
+    facts = {"massive channels": res.massive.dims or "none", "threshold": f"{res.massive.ratio:g} x median peak",
+             f"{res.profile.label} entries on them": _pct(s["dims_share"]),
+             "share of all entries on them (chance)": _pct(s["dims_chance"]),
+             "top 1% rows hold": _pct(s["row_top_share"]), "top 1% columns hold": _pct(s["col_top_share"])}
+    rows = [(r["type"], r["residual_axis"], _pct(r.get("dims_share")), _pct(r.get("dims_chance")),
+             r.get("top_channel"), _dec(r.get("top_channel_enrichment"), 1), _pct(r["row_top_share"]),
+             _pct(r["col_top_share"])) for r in res.profile.to_rows()]
+    table = _table(["tensor type", "residual axis", "on massive dims", "chance", "top channel", "its enrichment",
+                    "top 1% rows", "top 1% columns"], rows, caption=f"{res.profile.label} region per tensor type")
+    body = _facts(facts) + fig + table + f'<p class="note">{res.massive.summary_line()}</p>'
+    return _section(folder.name, "Dimension dependence", body)
+
+
+def render_perturb(folder: Path, ctx: ReportContext) -> str:
+    """One weight scaled on a massive vs an ordinary channel."""
+    from .perturb import CONDITIONS, PerturbResult
+
+    res = PerturbResult.load(folder)
+    entries = _table(["condition", "tensor", "index", "layer", "channel", "value", "scaled to"],
+                     [(c, res.entries[c]["tensor"], str(list(res.entries[c]["index"])), res.entries[c]["layer"],
+                       res.entries[c]["dim"], _dec(res.entries[c]["value"], 4), _dec(res.entries[c]["scaled"], 4))
+                      for c in CONDITIONS], caption=f"The two entries (x{res.factor:g})", left=3)
+    ppl = _table(["language", "PPL", "massive entry scaled", "ordinary entry scaled"],
+                 [(_Raw(_lang(lang)), _dec(b), _dec(m), _dec(o)) for lang, b, m, o in
+                  zip(res.languages, res.ppl("base"), res.ppl("massive"), res.ppl("ordinary"))],
+                 caption="Perplexity per language")
+    body = '<div class="row">' + entries + ppl + "</div>" + f'<p class="note">{res.summary_line()}</p>'
+    return _section(folder.name, "Single-parameter perturbation", body)
+
+
+def render_forgetting(folder: Path, ctx: ReportContext) -> str:
+    """Further pre-training on one language with a region frozen: what the others forget."""
+    from .train import ForgettingResult, forgetting_figure
+
+    res = ForgettingResult.load(folder)
+    fig = ctx.figure(forgetting_figure(res), "forgetting",
+                     f"NLL change per language after continued pre-training on {res.train_language}, per setting")
+    rows = res.forgetting_rows()
+    table = _table(["setting", "frozen entries", f"Δ NLL {res.train_language}", "mean Δ NLL of the others",
+                    "final loss"],
+                   [(r["setting"], r["frozen_params"], _dec(r["trained_delta_nll"], 3, True),
+                     _dec(r["others_mean_delta_nll"], 3, True), _dec(r["final_loss"], 3)) for r in rows],
+                   caption="Forgetting (nats/token; positive: worse than before training)")
+    config = res.meta.get("config") or {}
+    facts = {"trained language": res.train_language, "steps": config.get("steps"),
+             "batch": config.get("batch_size"), "sequence length": config.get("seq_len"), "lr": config.get("lr")}
+    return _section(folder.name, "Freezing against forgetting",
+                    _facts(facts) + fig + table + f'<p class="note">{res.summary_line()}</p>')
+
+
+def render_bridge(folder: Path, ctx: ReportContext) -> str:
+    """The share of each neuron set's weights in each region, against chance."""
+    from .bridge import RegionOverlap
+
+    res = RegionOverlap.load(folder)
+    by_set: dict[str, dict[str, dict]] = defaultdict(dict)
+    for r in res.rows:
+        by_set[r["set"]][r["region"]] = r
+    regions = list(dict.fromkeys(r["region"] for r in res.rows))
+    shown = [g for g in regions if g in ("core", "random", "bottom")]
+    rows = []
+    for s, cells in by_set.items():
+        own = cells.get(f"mono:{s}")
+        rows.append((s, next(iter(cells.values()))["neurons"],
+                     *(f"{_pct(cells[g]['param_share'])} (x{_dec(cells[g]['param_enrichment'], 2)})" for g in shown),
+                     f"{_pct(own['param_share'])} (x{_dec(own['param_enrichment'], 2)})" if own else "–"))
+    table = _table(["neuron set", "neurons", *(f"in {g}" for g in shown), "in own mono region"], rows,
+                   caption="Share of each set's neuron weights (down column, gate/up rows) in a region, and its "
+                           "ratio to a random set with the same count per layer")
+    return _section(folder.name, "LAPE neurons and regions", table)
+
+
+SECTIONS = [("importance", render_importance), ("regions", render_regions), ("region_ppl", render_removal), ("dims", render_dims),
+            ("perturb", render_perturb), ("forgetting", render_forgetting), ("region_overlap", render_bridge)]
+TITLES = {"importance": "Importance", "regions": "Regions", "region_ppl": "Region removal", "dims": "Dimensions", "perturb": "Perturbation",
+          "forgetting": "Forgetting", "region_overlap": "Neurons x regions"}
