@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..config import add_config_args, config_from_args
 from ..corpora import load_manifest
+from ..errors import LapeError
 from . import common
 from .common import logger
 
