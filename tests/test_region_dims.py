@@ -221,7 +221,12 @@ def test_find_massive_dims_finds_a_planted_channel_and_where_it_starts():
     torch.testing.assert_close(torch.tensor(massive.peak_per_layer, dtype=torch.float32), peaks, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(torch.tensor(massive.peak, dtype=torch.float32), peaks.amax(0), rtol=1e-5, atol=1e-5)
     assert massive.median == pytest.approx(float(torch.quantile(torch.tensor(massive.peak), 0.5)))
-    assert massive.peak_per_layer[0][c] < massive.threshold < massive.peak_per_layer[1][c]
+    medians = peaks.median(1).values  # per layer; the hidden size is even: torch's lower median ...
+    assert massive.layer_median == pytest.approx(torch.quantile(peaks, 0.5, dim=1).tolist(), rel=1e-5)
+    assert massive.peak_per_layer[0][c] < 100 * massive.layer_median[0]  # not yet massive after layer 0
+    assert massive.peak_per_layer[1][c] > 100 * massive.layer_median[1]  # massive from layer 1 on
+    assert massive.times[c] == pytest.approx(float((peaks[:, c] / torch.quantile(peaks, 0.5, dim=1)).max()), rel=1e-5)
+    assert float(medians.min()) > 0
     # the position and token of the peak: the real position where channel c is largest in any layer
     i, t = max(((i, t) for i, o in enumerate(outputs) for t in range(o.shape[1])),
                key=lambda it: float(outputs[it[0]][:, it[1], c].abs().max()))
@@ -263,8 +268,8 @@ def test_find_massive_dims_ignores_padding_and_finds_nothing_in_a_plain_model():
 
 
 def test_massive_dims_round_trip_and_ordinary_dim():
-    m = MassiveDims([2], [1.0, 3.0, 500.0, 2.0, 2.0], 2.0, 100.0, {2: 1}, {2: 0}, {2: 1}, [], 3)
-    assert m.threshold == 200.0
+    m = MassiveDims([2], [1.0, 3.0, 500.0, 2.0, 2.0], 2.0, 100.0, {2: 1}, {2: 0}, {2: 1}, [], 3,
+                    [2.0], [0.5, 1.5, 250.0, 1.0, 1.0])
     # channels by (peak, index): 0, 3, 4, 1, 2; the middle one is channel 4
     assert m.ordinary_dim() == 4
     back = MassiveDims.from_dict(json.loads(json.dumps(m.to_dict())))
@@ -616,3 +621,19 @@ def test_perturb_refuses_bad_inputs():
     with pytest.raises(LapeError) as e:
         perturb(model, {"aa": []}, massive, progress=False)
     _one_line_error(e, "'aa'")
+
+
+def test_massive_is_judged_against_each_layers_median():
+    """A channel 500x its layer's median at layer 0 is massive even though later layers' medians
+    (the residual stream grows with depth) exceed its peak; a channel large only where everything
+    is large is not."""
+    from lape.regions.dims import _PeakTracker
+
+    tracker = _PeakTracker(layers=2, hidden=6)
+    tracker.peak = torch.tensor([[1.0, 1.0, 2.0, 500.0, 1.0, 1.0],
+                                 [1000.0, 900.0, 1100.0, 400.0, 5000.0, 1000.0]], dtype=torch.float64)
+    m = tracker.result(ratio=100.0, n_seqs=1)
+    assert m.layer_median == [1.0, 1000.0]  # torch's quantile interpolates: (1 + 1) / 2 and (1000 + 1000) / 2
+    assert m.dims == [3] and m.first_layer == {3: 0}
+    assert m.times[3] == pytest.approx(500.0) and m.times[4] == pytest.approx(5.0)
+    assert m.peak[3] < m.median  # one median over all layers would have missed it

@@ -55,12 +55,11 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
-def _massive_rows(args, model, regions, manifest, tok) -> dict:
+def _massive_rows(model, regions, streams) -> dict:
     """The extra removal rows: the core region with its massive-dimension entries kept."""
     from ..regions.dims import find_massive_dims, residual_axes, without_dims
 
-    streams = common.corpus(manifest, tok, "valid", 4096, 256, 0, [manifest.default_languages[0]])
-    massive = find_massive_dims(model, next(iter(streams.values())))
+    massive = find_massive_dims(model, streams)
     if not massive.dims:
         logger.info("no massive-activation dimension found (none above %gx the median): no extra row", massive.ratio)
         return {}
@@ -85,12 +84,59 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         regions.mask(row)  # an unknown label fails before the model loads
     model, tok = common.load(args)
     regions.check_model(model)
-    extra = _massive_rows(args, model, regions, m, tok) if args.keep_massive and "core" in regions.labels else {}
     streams = common.corpus(m, tok, config.split, config.tokens_per_language, config.seq_len, config.seed, languages)
+    extra = _massive_rows(model, regions, streams) if args.keep_massive and "core" in regions.labels else {}
     result = ablate_regions(model, streams, regions, config, rows=rows, extra=extra, out=out,
                             progress=not args.quiet)
     if out is not None:
         save_figure(region_removal(result), Path(out) / "removal")
+    logger.info("%s -> %s", result.summary_line(), args.out)
+    return 0
+
+
+def cmd_dims(args: argparse.Namespace) -> int:
+    from ..masks import ParamRegions
+    from ..regions.dims import DimsConfig, dimension_dependence, dimension_figure
+    from ..report import save_figure
+
+    config = config_from_args(DimsConfig, args)
+    out = common.out_folder(args.out)
+    m = load_manifest(args.corpus)
+    regions = ParamRegions.load(args.regions)
+    regions.mask(config.label)  # an unknown label fails before the model loads
+    languages = _eval_languages(args, m, list(regions.meta.get("languages") or []))
+    m.with_split(config.split, languages)
+    model, tok = common.load(args)
+    regions.check_model(model)
+    streams = common.corpus(m, tok, config.split, config.tokens_per_language, config.seq_len, config.seed, languages)
+    result = dimension_dependence(model, streams, regions, config, out=out)
+    if out is not None:
+        save_figure(dimension_figure(result.profile, result.massive), Path(out) / "dimensions")
+    logger.info("%s -> %s", result.summary_line(), args.out)
+    return 0
+
+
+def cmd_perturb(args: argparse.Namespace) -> int:
+    from ..regions import ParamImportance
+    from ..regions.dims import find_massive_dims
+    from ..regions.perturb import PerturbConfig, perturb
+
+    config = config_from_args(PerturbConfig, args)
+    out = common.out_folder(args.out)
+    m = load_manifest(args.corpus)
+    languages = list(args.languages or m.default_languages)
+    m.with_split(config.split, languages)
+    imp = ParamImportance.load(args.importance) if args.importance else None
+    model, tok = common.load(args)
+    if imp is not None:
+        imp.check_model(model)
+    streams = common.corpus(m, tok, config.split, config.tokens_per_language, config.seq_len, config.seed, languages)
+    massive = find_massive_dims(model, streams, ratio=args.ratio)
+    if not massive.dims:
+        raise LapeError(f"no massive-activation dimension above {args.ratio:g}x the median: lower --ratio "
+                        f"({massive.summary_line()})")
+    result = perturb(model, streams, massive, config, scores=imp, ordinary_dim=args.ordinary_dim, out=out,
+                     progress=not args.quiet)
     logger.info("%s -> %s", result.summary_line(), args.out)
     return 0
 
@@ -147,6 +193,8 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     from ..regions import ImportanceConfig, RegionConfig
     from ..regions.ablate import AblateConfig
+    from ..regions.dims import DimsConfig
+    from ..regions.perturb import PerturbConfig
     from ..regions.train import TrainConfig
     from . import _Parser
 
@@ -179,6 +227,28 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="add a row: the core region with its massive-activation-dimension entries kept")
     add_config_args(s, AblateConfig)
     s.set_defaults(fn=cmd_ablate)
+
+    s = rsub.add_parser("dims", help="massive activation dimensions and where a region sits along the residual")
+    s.add_argument("regions", help="folder written by lape regions select")
+    common.add_model_args(s)
+    s.add_argument("--corpus", default="builtin")
+    s.add_argument("--out", required=True)
+    s.add_argument("--languages", nargs="+", default=None,
+                   help="text to find massive dimensions on (default: the manifest's default languages and the regions')")
+    add_config_args(s, DimsConfig)
+    s.set_defaults(fn=cmd_dims)
+
+    s = rsub.add_parser("perturb", help="scale one weight on a massive vs an ordinary dimension; PPL per language")
+    common.add_model_args(s)
+    s.add_argument("--corpus", default="builtin")
+    s.add_argument("--out", required=True)
+    s.add_argument("--importance", default=None,
+                   help="importance folder: pick each channel's most important entry (default: the largest |weight|)")
+    s.add_argument("--languages", nargs="+", default=None, help="evaluated languages (default: the manifest's default)")
+    s.add_argument("--ratio", type=float, default=100.0, help="massive: peak |h| above this x the median (default: 100)")
+    s.add_argument("--ordinary-dim", type=int, default=None, help="the control channel (default: the median one)")
+    add_config_args(s, PerturbConfig)
+    s.set_defaults(fn=cmd_perturb)
 
     s = rsub.add_parser("train", help="continued pre-training on one language with a region frozen (forgetting)")
     common.add_model_args(s)

@@ -128,17 +128,25 @@ def residual_axes(model: nn.Module, space: ParamSpace | None = None) -> dict[str
 class MassiveDims:
     """Hidden channels with massive activations (Sun et al. 2024), found by :func:`find_massive_dims`.
 
+    A channel is massive when, at the output of some decoder layer, its peak ``|h|`` exceeds
+    ``ratio`` times that layer's median channel peak. The comparison is per layer because the
+    residual stream grows with depth (Gemma 3 270M: the median channel peak rises from 3.5 after
+    layer 0 to about 1,800 after layer 17), so one median over all layers would hide a channel
+    that is 850x its layer's median at layer 0.
+
     Attributes:
         dims: the massive channels, largest peak first.
         peak: per hidden channel, the largest ``|hidden state|`` over the real positions of the
             sequences and the outputs of every decoder layer.
-        median: the median of ``peak`` over channels.
-        ratio: a channel is massive when its peak exceeds ``ratio * median``.
-        first_layer: per massive channel, the first decoder layer whose output exceeds that.
+        median: the median of ``peak`` over channels (descriptive).
+        ratio: the factor over a layer's median channel peak that makes a channel massive.
+        first_layer: per massive channel, the first decoder layer where it exceeds that.
         positions: per massive channel, the position in its sequence (0: first token) of its peak.
         tokens: per massive channel, the token id at that position.
         peak_per_layer: ``[layers][hidden]``: the peak of each layer's output alone.
         sequences: how many sequences were run.
+        layer_median: per layer, the median channel peak.
+        times: per channel, the largest ``peak_per_layer[l][c] / layer_median[l]`` over layers.
     """
 
     dims: list[int]
@@ -150,11 +158,8 @@ class MassiveDims:
     tokens: dict[int, int] = field(default_factory=dict)
     peak_per_layer: list[list[float]] = field(default_factory=list)
     sequences: int = 0
-
-    @property
-    def threshold(self) -> float:
-        """``ratio * median``: the peak a massive channel exceeds."""
-        return self.ratio * self.median
+    layer_median: list[float] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
 
     @property
     def hidden_size(self) -> int:
@@ -171,14 +176,14 @@ class MassiveDims:
         d = asdict(self)
         if not per_layer:
             d.pop("peak_per_layer")
-        d["threshold"] = self.threshold
         return d
 
     def brief(self) -> dict[str, Any]:
         """What a sidecar records: the massive channels, their peaks and where they appear
         (without the per-channel peaks of every channel)."""
-        return {"dims": list(self.dims), "dims_peak": [self.peak[c] for c in self.dims], "median": self.median,
-                "ratio": self.ratio, "threshold": self.threshold, "first_layer": dict(self.first_layer),
+        return {"dims": list(self.dims), "dims_peak": [self.peak[c] for c in self.dims],
+                "dims_times_layer_median": [self.times[c] for c in self.dims] if self.times else [],
+                "ratio": self.ratio, "first_layer": dict(self.first_layer),
                 "positions": dict(self.positions), "tokens": dict(self.tokens), "sequences": self.sequences}
 
     @classmethod
@@ -189,18 +194,16 @@ class MassiveDims:
 
         return cls([int(c) for c in d["dims"]], [float(v) for v in d["peak"]], float(d["median"]),
                    float(d["ratio"]), ints(d.get("first_layer")), ints(d.get("positions")), ints(d.get("tokens")),
-                   [[float(v) for v in row] for row in d.get("peak_per_layer") or []], int(d.get("sequences", 0)))
+                   [[float(v) for v in row] for row in d.get("peak_per_layer") or []], int(d.get("sequences", 0)),
+                   [float(v) for v in d.get("layer_median") or []], [float(v) for v in d.get("times") or []])
 
     def summary_line(self) -> str:
         """One line: which channels are massive, where, and how large."""
         if not self.dims:
-            return (f"no channel's peak |h| exceeds {self.ratio:g} x the median ({self.median:.3g}) "
+            return (f"no channel's peak |h| exceeds {self.ratio:g} x its layer's median channel peak "
                     f"over {self.sequences} sequences")
-        def times(c: int) -> str:
-            return f"{self.peak[c] / self.median:.0f}x" if self.median > 0 else "above a zero"
-
-        parts = [f"{c} (peak {self.peak[c]:.3g} = {times(c)} median, from layer {self.first_layer[c]}, "
-                 f"position {self.positions[c]})" for c in self.dims[:5]]
+        parts = [f"{c} (peak {self.peak[c]:.3g}, {self.times[c]:.0f}x its layer's median, from layer "
+                 f"{self.first_layer[c]}, position {self.positions[c]})" for c in self.dims[:5]]
         more = f" and {len(self.dims) - 5} more" if len(self.dims) > 5 else ""
         return f"{len(self.dims)} massive channel(s): " + ", ".join(parts) + more
 
@@ -227,13 +230,15 @@ def find_massive_dims(model: nn.Module, sequences: Iterable[Any] | Mapping[str, 
     ``max_sequences`` sequences and takes, per hidden channel, the largest ``|h|`` over the real
     (``attention_mask == 1``) positions of the outputs of decoder layers ``0 .. L-1`` (read by
     forward hooks on the layers: the embeddings and the final norm do not count). A channel is
-    massive when that peak exceeds ``ratio`` times the median channel's peak.
+    massive when, at some layer's output, its peak exceeds ``ratio`` times that layer's median
+    channel peak (see :class:`MassiveDims` for why per layer).
 
     Args:
         model: a Hugging Face causal LM.
         sequences: objects with 1-D ``input_ids`` and ``attention_mask`` (a corpus stream), or
             ``{language: sequences}`` (taken from the languages in turn).
-        ratio: the factor over the median peak (Sun et al. report 100x to 10,000x).
+        ratio: the factor over a layer's median channel peak (Sun et al. report 100x to 10,000x
+            over the median magnitude).
         max_sequences: at most this many sequences are run.
         batch_size: sequences per forward pass.
         space: the model's :class:`ParamSpace`, if already built (for the layer list).
@@ -252,7 +257,7 @@ def find_massive_dims(model: nn.Module, sequences: Iterable[Any] | Mapping[str, 
     from ..corpora import batches
 
     if not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and ratio > 0):
-        raise LapeError(f"ratio={ratio} must be a positive number: a channel is massive above ratio x the median peak")
+        raise LapeError(f"ratio={ratio} must be a positive number: a channel is massive above ratio x its layer's median channel peak")
     if max_sequences < 1:
         raise LapeError(f"max_sequences={max_sequences} must be at least 1: the number of sequences to run")
     seqs = _take(sequences, max_sequences)
@@ -303,14 +308,16 @@ class _PeakTracker:
 
     def result(self, ratio: float, n_seqs: int) -> MassiveDims:
         peak, layer_of = self.peak.max(0)  # (H,): over layers; the first layer on ties
-        median = float(torch.quantile(peak, 0.5))
-        threshold = ratio * median
-        dims = [int(c) for c in torch.argsort(-peak, stable=True) if float(peak[c]) > threshold]
-        first = {c: int((self.peak[:, c] > threshold).nonzero()[0]) for c in dims}
+        layer_median = torch.quantile(self.peak, 0.5, dim=1)  # (L,)
+        scale = layer_median.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
+        times_per_layer = self.peak / scale  # (L, H): each layer's peak over that layer's median
+        times = times_per_layer.max(0).values  # (H,)
+        dims = [int(c) for c in torch.argsort(-peak, stable=True) if float(times[c]) > ratio]
+        first = {c: int((times_per_layer[:, c] > ratio).nonzero()[0]) for c in dims}
         positions = {c: int(self.pos[layer_of[c], c]) for c in dims}
         tokens = {c: int(self.tok[layer_of[c], c]) for c in dims}
-        return MassiveDims(dims, peak.tolist(), median, float(ratio), first, positions, tokens,
-                           self.peak.tolist(), n_seqs)
+        return MassiveDims(dims, peak.tolist(), float(torch.quantile(peak, 0.5)), float(ratio), first, positions,
+                           tokens, self.peak.tolist(), n_seqs, layer_median.tolist(), times.tolist())
 
 
 # --------------------------------------------------------------------------------------------
@@ -656,7 +663,7 @@ class DimensionResult(artifacts.Artifact):
 
     def tables(self) -> dict[str, list[dict[str, Any]]]:
         m = self.massive
-        massive_rows = [{"dim": c, "peak": m.peak[c], "times_median": m.peak[c] / m.median if m.median else None,
+        massive_rows = [{"dim": c, "peak": m.peak[c], "times_layer_median": m.times[c] if m.times else None,
                          "first_layer": m.first_layer.get(c), "position": m.positions.get(c), "token": m.tokens.get(c)}
                         for c in m.dims]
         return {"dims_profile": self.profile.to_rows(), "massive_dims": massive_rows}
@@ -748,11 +755,13 @@ def dimension_figure(profile: DimensionProfile, massive: MassiveDims | None = No
         ax.spines[["top", "right"]].set_visible(False)
     if massive is not None:
         ax = axs[-1]
-        ax.semilogy(x, np.maximum(np.asarray(massive.peak, dtype=float), 1e-12), lw=0.8, color="#444444")
-        ax.axhline(massive.threshold, color="#d62728", lw=0.6, ls="--")
+        times = massive.times or [p / massive.median if massive.median else 0.0 for p in massive.peak]
+        ax.semilogy(x, np.maximum(np.asarray(times, dtype=float), 1e-12), lw=0.8, color="#444444")
+        ax.axhline(massive.ratio, color="#d62728", lw=0.6, ls="--")
         _mark(ax, marked)
-        ax.set_ylabel("peak |h|", fontsize=8)
-        ax.set_title(f"activation peak per channel (threshold {massive.ratio:g} x median)", fontsize=8)
+        ax.set_ylabel("x layer median", fontsize=8)
+        ax.set_title(f"activation peak per channel over its layer's median channel peak (massive above "
+                     f"{massive.ratio:g}x)", fontsize=8)
         ax.spines[["top", "right"]].set_visible(False)
     axs[-1].set_xlabel("hidden channel")
     fig.suptitle(f"region {profile.label!r} along the residual stream (massive channels in red)", fontsize=10)
