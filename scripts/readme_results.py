@@ -93,6 +93,99 @@ def ppl_section(run: Path, prefix: str) -> str:
         table, "", *[f"![{k}]({v})" for k, v in figs.items()], ""])
 
 
+def regions_section(run: Path, prefix: str) -> str:
+    """Linguistic regions: sizes, removal (controls and the monolingual matrix), dimension
+    dependence, the single-parameter perturbation, forgetting, and the bridge to LAPE neurons."""
+    import json
+    import math
+
+    from lape import load
+
+    imp = json.loads((run / "importance" / "importance.json").read_text())
+    regions = load(run / "regions")
+    numel = regions.meta["numel"]
+    sizes = regions.meta["sizes"]
+    total = sum(sum(v.values()) for v in numel.values())
+    size_rows = [[t, f"{sum(numel[t].values()):,}", f"{sum(sizes['core'].get(t, {}).values()):,}",
+                  pct(sum(sizes['core'].get(t, {}).values()) / sum(numel[t].values()))] for t in numel]
+    cfg = imp["config"]
+    lines = ["### Linguistic regions (Zhang et al.)", "",
+             f"Importance `theta x sum of gradients` over {', '.join(imp['languages'])} "
+             f"({', '.join(f'{k} {v:,}' for k, v in imp['token_counts'].items())} predicted tokens; seq_len "
+             f"{cfg['seq_len']}, batch {cfg['batch_size']}; {imp['tokens_per_second']:.0f} tokens/s forward+backward); "
+             f"regions = the top/bottom/random {regions.meta['config']['top_rate']:.0%} of every decoder-block tensor "
+             f"({total:,} parameters). Core region size per tensor type:", "",
+             _table(["tensor type", "entries", "core", "share"], size_rows), ""]
+    if (run / "region-ppl").is_dir():
+        r = load(run / "region-ppl")
+        controls = [c for c in r.control_summary()]
+        ctrl_rows = [r_ for r_ in r.rows if not r_.startswith("mono:")]
+        table = _table(["language", "PPL", *(f"{c} removed" for c in ctrl_rows)],
+                       [[lang, f"{math.exp(b):.1f}", *(f"{math.exp(r.nll[r.rows.index(c)][j]):,.1f}" for c in ctrl_rows)]
+                        for j, (lang, b) in enumerate(zip(r.languages, r.base_nll))])
+        diag, cols = r.diagonal_summary("nll"), r.column_summary()
+        mono = _table(["removed", *r.languages],
+                      [[row, *(f"{v:+.3f}" for v in vals)] for row, vals in zip(r.rows, r.delta_nll())
+                       if row.startswith("mono:")])
+        figs = _copy_figures(run, prefix, ["region_removal"])
+        lines += ["#### Removing regions", "",
+                  f"Held-out text, {r.meta['config']['tokens_per_language']} tokens per language; removal = "
+                  f"{r.meta['removal']}. PPL ratio to the unmodified model, geometric mean over "
+                  f"{len(r.languages)} languages: "
+                  + ", ".join(f"**{c['row']} x{c['geomean_ppl_ratio']:.3g}** (>= 2x in {c['languages_doubled']} of "
+                              f"{c['languages']})" for c in controls) + ".", "", table, "",
+                  f"Monolingual regions (NLL change, nats/token): the region's own language is hit hardest in its "
+                  f"row in **{sum(d['own_hit_hardest'] for d in diag)} of {len(diag)}**, and each language is hurt "
+                  f"most by its own region (column test) in **{sum(c['own_hit_hardest'] for c in cols)} of "
+                  f"{len(cols)}**.", "", mono, "", *[f"![{k}]({v})" for k, v in figs.items()], ""]
+    if (run / "region-dims").is_dir():
+        d = load(run / "region-dims")
+        s_ = d.profile.summary()
+        figs = _copy_figures(run, prefix, ["region_dimensions"])
+        prof = _table(["tensor type", "core on massive channels", "chance", "top channel", "x chance",
+                       "top 1% rows hold", "top 1% columns hold"],
+                      [[x["type"], pct(x.get("dims_share")), pct(x.get("dims_chance")), x.get("top_channel", "–"),
+                        f"{x['top_channel_enrichment']:.1f}" if x.get("top_channel_enrichment") else "–",
+                        pct(x["row_top_share"]), pct(x["col_top_share"])] for x in d.profile.to_rows()
+                       if x["residual_axis"] is not None])
+        lines += ["#### Dimension dependence", "", d.massive.summary_line() + ".",
+                  f"The core region puts {pct(s_['dims_share'])} of its residual-axis entries on these channels "
+                  f"(chance {pct(s_['dims_chance'])}); the top 1% of rows hold {pct(s_['row_top_share'])} of its "
+                  f"entries and the top 1% of columns {pct(s_['col_top_share'])} (uniform: about 1%).", "", prof, "",
+                  *[f"![{k}]({v})" for k, v in figs.items()], ""]
+    if (run / "region-perturb").is_dir():
+        p_ = load(run / "region-perturb")
+        rows = [[lang, f"{b:.1f}", f"{m:,.1f}", f"{o:.1f}"] for lang, b, m, o in
+                zip(p_.languages, p_.ppl("base"), p_.ppl("massive"), p_.ppl("ordinary"))]
+        lines += ["#### One weight x4", "", p_.summary_line() + ".", "",
+                  _table(["language", "PPL", "massive-channel weight x4", "ordinary-channel weight x4"], rows), ""]
+    if (run / "region-train").is_dir():
+        f_ = load(run / "region-train")
+        figs = _copy_figures(run, prefix, ["forgetting"])
+        rows = [[r_["setting"], f"{r_['frozen_params']:,}", f"{r_['trained_delta_nll']:+.3f}",
+                 f"{r_['others_mean_delta_nll']:+.4f}"] for r_ in f_.forgetting_rows()]
+        c = f_.meta["config"]
+        lines += ["#### Freezing against forgetting", "",
+                  f"{c['steps']} AdamW steps (lr {c['lr']:g}, batch {c['batch_size']} x {c['seq_len']} tokens) on "
+                  f"{f_.train_language} text, decoder blocks trained, the region frozen by restoring its values after "
+                  "every step; NLL change on held-out text (nats/token):", "",
+                  _table(["frozen", "entries", f"{f_.train_language} (trained)", "mean of the others"], rows), "",
+                  *[f"![{k}]({v})" for k, v in figs.items()], ""]
+    if (run / "region-bridge").is_dir():
+        b = load(run / "region-bridge")
+        by = {}
+        for r_ in b.rows:
+            by.setdefault(r_["set"], {})[r_["region"]] = r_
+        rows = [[s, cells["core"]["neurons"], f"{pct(cells['core']['param_share'])} (x{cells['core']['param_enrichment']:.2f})",
+                 (f"{pct(cells[f'mono:{s}']['param_share'])} (x{cells[f'mono:{s}']['param_enrichment']:.2f})"
+                  if f"mono:{s}" in cells else "–")] for s, cells in by.items()]
+        lines += ["#### LAPE neurons and the regions", "",
+                  "Share of each LAPE set's neuron weights (down-projection column, gate/up rows) inside a region, and "
+                  "its ratio to a random set with the same number of neurons per layer:", "",
+                  _table(["LAPE set", "neurons", "in core", "in own monolingual region"], rows), ""]
+    return "\n".join(lines) + "\n"
+
+
 def steering_section(run: Path, prefix: str, title: str, folder: str = "steering", figures: bool = True) -> str:
     from lape.evaluate.steering import SteeringEval
 
@@ -149,6 +242,8 @@ def main() -> None:
         parts.append(neuron_section(full, "full", "Language-specific neurons, all built-in languages"))
         if (full / "ppl").is_dir():
             parts.append(ppl_section(full, "full"))
+        if (full / "regions").is_dir():
+            parts.append(regions_section(full, "regions"))
     for i, spec in enumerate(([args.steer_main] if args.steer_main else []) + args.steer_extra):
         folder, title = spec.split("|", 1)
         parts.append(steering_section(Path(folder).parent, "steer", title, folder=Path(folder).name,
@@ -160,8 +255,12 @@ def main() -> None:
         parts.append(neuron_section(demo, "demo", "`lape demo` (default settings)"))
         # each stage's time when it ran, from its artifact's sidecar (a re-run skips the stage and keeps it)
         stages = {}
-        for stage, kind in (("record", "stats"), ("identify", "neurons"), ("ppl", "ppl"), ("steering", "steering")):
-            sidecar = demo / kind / f"{kind}.json"
+        for stage, folder, kind in (("record", "stats", "stats"), ("identify", "neurons", "neurons"),
+                                    ("ppl", "ppl", "ppl"), ("steering", "steering", "steering"),
+                                    ("importance", "importance", "importance"), ("regions", "regions", "regions"),
+                                    ("region-dims", "region-dims", "dims"), ("region-ppl", "region-ppl", "region_ppl"),
+                                    ("region-perturb", "region-perturb", "perturb")):
+            sidecar = demo / folder / f"{kind}.json"
             if sidecar.is_file() and json.loads(sidecar.read_text()).get("seconds") is not None:
                 stages[stage] = json.loads(sidecar.read_text())["seconds"]
         total = None

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The full run behind the README's results: LAPE on all 38 built-in languages, the perplexity
-# matrix, and steering on 12 targets with the sets of the 13 languages of interest. Every step is
-# cached, so re-running continues where it stopped. About an hour on 2 CPU cores.
+# matrix, steering on 12 targets with the sets of the 13 languages of interest, and the
+# linguistic-regions experiments. Every step is cached, so re-running continues where it stopped.
+# About 1.5 hours on 2 CPU cores.
 # Usage: bash scripts/run_full.sh [RUN_FOLDER]
 set -euo pipefail
 RUN=${1:-runs/full}
@@ -24,4 +25,18 @@ lape steer-eval --neurons "$RUN/neurons13" --stats "$RUN/stats" --prompts builti
   --to $TARGETS --strengths 1.5 1 --out "$RUN/steering13-final"
 lape steer-eval --neurons "$RUN/neurons" --stats "$RUN/stats" --prompts builtin:heldout \
   --to $TARGETS --out "$RUN/steering"                                     # the 38-language sets
+# linguistic regions (Zhang et al.) on the paper's six languages; removal evaluated on the 13
+REGION_LANGS="ar es ru zh ko vi"
+lape regions importance --model builtin --languages $REGION_LANGS --tokens-per-language 4096 --seq-len 512 \
+  --batch-size 4 --out "$RUN/importance"
+lape regions select "$RUN/importance" --out "$RUN/regions"
+lape regions dims "$RUN/regions" --model builtin --languages $LANGS13 --tokens-per-language 512 --out "$RUN/region-dims"
+lape regions ablate "$RUN/regions" --model builtin --keep-massive --languages $LANGS13 --tokens-per-language 512 \
+  --out "$RUN/region-ppl"
+lape regions perturb --model builtin --importance "$RUN/importance" --languages $LANGS13 --tokens-per-language 512 \
+  --out "$RUN/region-perturb"
+lape regions train --model builtin --regions "$RUN/regions" --train-language ar --freeze none core random \
+  --steps 24 --batch-size 4 --seq-len 256 --lr 1e-4 --languages en $REGION_LANGS --eval-tokens-per-language 512 \
+  --out "$RUN/region-train"
+lape regions bridge "$RUN/regions" --neurons "$RUN/neurons13" --out "$RUN/region-bridge"
 lape report "$RUN"
