@@ -41,7 +41,8 @@ class DemoConfig(StageConfig):
     batch_size: int = option(8, min=1, max=4096)  # sequences per forward pass while recording
     seed: int = option(0, min=0)  # corpus shuffling, random baseline
     regions: bool = True  # run the linguistic-regions stages (lape.regions.run) after steering
-    regions_tokens_per_language: int = option(1024, gt=0)  # importance budget per language (the paper's six)
+    regions_languages: tuple[str, ...] | None = None  # importance languages (None: the paper's six the corpus has)
+    regions_tokens_per_language: int = option(1024, gt=0)  # importance budget per language
     regions_eval_tokens: int = option(256, gt=0)  # held-out tokens per language for region removal
 
 
@@ -125,7 +126,8 @@ def run_demo(config: DemoConfig = DemoConfig(), out: str | Path = "runs/demo", p
     if config.regions:
         from .regions.run import RegionsRunConfig, run_regions
 
-        rcfg_regions = RegionsRunConfig(tokens_per_language=config.regions_tokens_per_language,
+        rcfg_regions = RegionsRunConfig(languages=config.regions_languages,
+                                        tokens_per_language=config.regions_tokens_per_language,
                                         eval_tokens_per_language=config.regions_eval_tokens, seq_len=config.seq_len,
                                         seed=config.seed)
         run_regions(model, tok, manifest, run, rcfg_regions, neurons=sets, progress=progress, timer=timer.run)

@@ -25,18 +25,5 @@ lape steer-eval --neurons "$RUN/neurons13" --stats "$RUN/stats" --prompts builti
   --to $TARGETS --strengths 1.5 1 --out "$RUN/steering13-final"
 lape steer-eval --neurons "$RUN/neurons" --stats "$RUN/stats" --prompts builtin:heldout \
   --to $TARGETS --out "$RUN/steering"                                     # the 38-language sets
-# linguistic regions (Zhang et al.) on the paper's six languages; removal evaluated on the 13
-REGION_LANGS="ar es ru zh ko vi"
-lape regions importance --model builtin --languages $REGION_LANGS --tokens-per-language 4096 --seq-len 512 \
-  --batch-size 4 --out "$RUN/importance"
-lape regions select "$RUN/importance" --out "$RUN/regions"
-lape regions dims "$RUN/regions" --model builtin --languages $LANGS13 --tokens-per-language 512 --out "$RUN/region-dims"
-lape regions ablate "$RUN/regions" --model builtin --keep-massive --languages $LANGS13 --tokens-per-language 512 \
-  --out "$RUN/region-ppl"
-lape regions perturb --model builtin --importance "$RUN/importance" --languages $LANGS13 --tokens-per-language 512 \
-  --out "$RUN/region-perturb"
-lape regions train --model builtin --regions "$RUN/regions" --train-language ar --freeze none core random \
-  --steps 24 --batch-size 4 --seq-len 256 --lr 1e-4 --languages en $REGION_LANGS --eval-tokens-per-language 512 \
-  --out "$RUN/region-train"
-lape regions bridge "$RUN/regions" --neurons "$RUN/neurons13" --out "$RUN/region-bridge"
+bash "$(dirname "$0")/run_regions.sh" "$RUN"   # linguistic regions (Zhang et al.)
 lape report "$RUN"

@@ -26,6 +26,8 @@ import lape.entropy
 import lape.evaluate.perplexity
 import lape.evaluate.steering
 import lape.models
+import lape.regions.bridge
+import lape.regions.select
 from lape import artifacts, cli
 from lape.activations import ActivationStats
 from lape.evaluate.perplexity import PerplexityResult
@@ -39,15 +41,22 @@ pytestmark = pytest.mark.slow
 # submodule as the attribute lape.record (so `import lape.record as m` gives the function too)
 record_module = importlib.import_module("lape.activations")
 
-STAGES = ["record", "identify", "ppl", "steering"]
+REGION_STAGES = ["importance", "regions", "region-dims", "region-ppl", "region-perturb", "region-bridge"]
+STAGES = ["record", "identify", "ppl", "steering", *REGION_STAGES]
 CONFIG = DemoConfig(languages=("en", "fr", "ja"), tokens_per_language=1024, ppl_tokens_per_language=128,
-                    steer_prompts=2, seq_len=128)
+                    steer_prompts=2, seq_len=128, regions_languages=("fr", "ja"), regions_tokens_per_language=128,
+                    regions_eval_tokens=128)
 CLI_ARGS = ["--languages", "en", "fr", "ja", "--tokens-per-language", "1024", "--ppl-tokens-per-language", "128",
-            "--steer-prompts", "2", "--seq-len", "128"]
-REPORT_FIGURES = {"layer_distribution", "overlap_heatmap", "probability_heatmap", "ppl_heatmaps", "steering_bars"}
-ARTIFACT_DIRS = ["stats", "neurons", "neurons-agnostic", "ppl", "steering"]
+            "--steer-prompts", "2", "--seq-len", "128", "--regions-languages", "fr", "ja",
+            "--regions-tokens-per-language", "128", "--regions-eval-tokens", "128"]
+REPORT_FIGURES = {"layer_distribution", "overlap_heatmap", "probability_heatmap", "ppl_heatmaps", "steering_bars",
+                  "region_removal", "region_dimensions"}
+ARTIFACT_DIRS = ["stats", "neurons", "neurons-agnostic", "ppl", "steering", *REGION_STAGES]
 ARTIFACT_KINDS = {"record": ("stats", "stats"), "identify": ("neurons", "neurons"), "ppl": ("ppl", "ppl"),
-                  "steering": ("steering", "steering")}
+                  "steering": ("steering", "steering"), "importance": ("importance", "importance"),
+                  "regions": ("regions", "regions"), "region-dims": ("region-dims", "dims"),
+                  "region-ppl": ("region-ppl", "region_ppl"), "region-perturb": ("region-perturb", "perturb"),
+                  "region-bridge": ("region-bridge", "region_overlap")}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -139,6 +148,8 @@ def no_recompute(monkeypatch) -> Iterator[list[str]]:
     monkeypatch.setattr(lape.entropy, "select_by_entropy", forbid("identify"))
     monkeypatch.setattr(lape.evaluate.perplexity, "corpus_nll", forbid("ppl_matrix"))
     monkeypatch.setattr(lape.evaluate.steering.Steerer, "_evaluate", forbid("Steerer.evaluate"))
+    monkeypatch.setattr(lape.regions.select, "tensor_regions", forbid("select_regions"))
+    monkeypatch.setattr(lape.regions.bridge, "region_overlap", forbid("region_overlap"))
     load_model = lape.models.load_model
     handles = []
 
@@ -159,7 +170,7 @@ def test_interrupted_run_resumes(demo_run):
     # record and identify had finished; the perplexity stage left nothing behind; no report yet
     assert demo_run.after_interrupt == sorted(["demo.json", "neurons", "neurons-agnostic", "plots", "stats"])
     summary = demo_run.summary
-    assert summary["skipped"] == ["record", "identify"] and summary["ran"] == ["ppl", "steering"]
+    assert summary["skipped"] == ["record", "identify"] and summary["ran"] == ["ppl", "steering", *REGION_STAGES]
     assert demo_run.record_calls == 0
 
 
@@ -243,8 +254,32 @@ def test_demo_without_english_steers_by_activation_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(lape.evaluate.perplexity, "ppl_matrix", ppl_stub)
     config = DemoConfig(languages=("fr", "ja"), tokens_per_language=256, ppl_tokens_per_language=128,
-                        steer_prompts=1, seq_len=128)
+                        steer_prompts=1, seq_len=128, regions=False)
     summary = run_demo(config, out=tmp_path / "run", progress=False)
-    assert summary["ran"] == STAGES
+    assert summary["ran"] == STAGES[:4]
     ev = SteeringEval.load(tmp_path / "run" / "steering")
     assert ev.meta["source"] is None and [r["target"] for r in ev.rows] == ["fr", "ja"]
+
+
+def test_regions_stage_writes_its_artifacts_and_report_sections(demo_run):
+    """The regions stage on the built-in model: importance over the chosen languages, regions whose
+    core removal hurts more than random, massive channels (Gemma 3 has them), and the report."""
+    from lape.regions import ParamImportance
+
+    run = demo_run.run
+    imp = artifacts.read_json(run / "importance" / "importance.json")
+    assert imp["languages"] == ["fr", "ja"] and set(imp["token_counts"]) == {"fr", "ja"}
+    removal = lape.load(run / "region-ppl")
+    assert removal.languages == ["fr", "ja", "en"]  # the importance languages, then English
+    ratio = {c["row"]: c["geomean_ppl_ratio"] for c in removal.control_summary()}
+    assert ratio["core"] > 10 * ratio["random"] and ratio["core"] > 10 * ratio["bottom"]
+    dims = lape.load(run / "region-dims")
+    assert dims.massive.dims, dims.massive.summary_line()
+    assert "core-keep-massive" in removal.rows
+    assert lape.load(run / "region-perturb").entries["massive"]["dim"] == dims.massive.dims[0]
+    bridge = lape.load(run / "region-bridge")
+    assert {r["set"] for r in bridge.rows} == {"en", "fr", "ja"}
+    page = (run / "report.html").read_text(encoding="utf-8")
+    for section in ("importance", "regions", "region-ppl", "region-dims", "region-perturb", "region-bridge"):
+        assert f'<section id="{section}">' in page, section
+    assert ParamImportance.load(run / "importance").languages == ["fr", "ja"]
