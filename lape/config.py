@@ -105,9 +105,12 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type[StageConfig], ski
         flag, default, hint = _flag(f.name), f.default, str(hints[f.name])
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        elif default is None or "tuple" in hint:
+        elif "tuple" in hint:
             item = int if "int" in hint else float if "float" in hint else str
             parser.add_argument(flag, nargs="+", type=item, default=default, metavar="X")
+        elif default is None:  # an optional single value (PerturbConfig.layer: int | None)
+            item = int if "int" in hint else float if "float" in hint else str
+            parser.add_argument(flag, type=item, default=None, metavar="X")
         else:
             parser.add_argument(flag, type=type(default), default=default, help=f"(default: {default})")
 

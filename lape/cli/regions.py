@@ -19,6 +19,18 @@ from . import common
 from .common import logger
 
 
+def _save_figure(result, out, stem: str, make) -> None:
+    """Write ``out/STEM.png|svg`` unless the result came from the cache and both files are there."""
+    from ..report import save_figure
+
+    if out is None:
+        return
+    path = Path(out) / stem
+    if getattr(result, "from_cache", False) and all((Path(out) / f"{stem}.{ext}").is_file() for ext in ("png", "svg")):
+        return
+    save_figure(make(result), path)
+
+
 def _eval_languages(args: argparse.Namespace, manifest, regions_languages: list[str]) -> list[str]:
     """``--languages``, or the manifest's default languages followed by the regions' own."""
     if args.languages:
@@ -61,7 +73,7 @@ def _massive_rows(model, regions, streams) -> dict:
 
     massive = find_massive_dims(model, streams)
     if not massive.dims:
-        logger.info("no massive-activation dimension found (none above %gx the median): no extra row", massive.ratio)
+        logger.info("no massive-activation dimension found (none above %gx its layer's median channel peak): no extra row", massive.ratio)
         return {}
     logger.info("massive-activation dimensions: %s", ", ".join(map(str, massive.dims)))
     return {"core-keep-massive": without_dims(regions.mask("core"), residual_axes(model), massive.dims)}
@@ -71,7 +83,6 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from ..masks import ParamRegions
     from ..plots import region_removal
     from ..regions.ablate import AblateConfig, ablate_regions
-    from ..report import save_figure
 
     config = config_from_args(AblateConfig, args)
     out = common.out_folder(args.out)
@@ -88,8 +99,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     extra = _massive_rows(model, regions, streams) if args.keep_massive and "core" in regions.labels else {}
     result = ablate_regions(model, streams, regions, config, rows=rows, extra=extra, out=out,
                             progress=not args.quiet)
-    if out is not None:
-        save_figure(region_removal(result), Path(out) / "removal")
+    _save_figure(result, out, "removal", region_removal)
     logger.info("%s -> %s", result.summary_line(), args.out)
     return 0
 
@@ -97,7 +107,6 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 def cmd_dims(args: argparse.Namespace) -> int:
     from ..masks import ParamRegions
     from ..regions.dims import DimsConfig, dimension_dependence, dimension_figure
-    from ..report import save_figure
 
     config = config_from_args(DimsConfig, args)
     out = common.out_folder(args.out)
@@ -110,8 +119,7 @@ def cmd_dims(args: argparse.Namespace) -> int:
     regions.check_model(model)
     streams = common.corpus(m, tok, config.split, config.tokens_per_language, config.seq_len, config.seed, languages)
     result = dimension_dependence(model, streams, regions, config, out=out)
-    if out is not None:
-        save_figure(dimension_figure(result.profile, result.massive), Path(out) / "dimensions")
+    _save_figure(result, out, "dimensions", lambda r: dimension_figure(r.profile, r.massive))
     logger.info("%s -> %s", result.summary_line(), args.out)
     return 0
 
@@ -133,7 +141,7 @@ def cmd_perturb(args: argparse.Namespace) -> int:
     streams = common.corpus(m, tok, config.split, config.tokens_per_language, config.seq_len, config.seed, languages)
     massive = find_massive_dims(model, streams, ratio=args.ratio)
     if not massive.dims:
-        raise LapeError(f"no massive-activation dimension above {args.ratio:g}x the median: lower --ratio "
+        raise LapeError(f"no massive-activation dimension above {args.ratio:g}x its layer's median channel peak: lower --ratio "
                         f"({massive.summary_line()})")
     result = perturb(model, streams, massive, config, scores=imp, ordinary_dim=args.ordinary_dim, out=out,
                      progress=not args.quiet)
@@ -144,7 +152,6 @@ def cmd_perturb(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from ..masks import ParamRegions
     from ..regions.train import TrainConfig, continued_pretraining, forgetting_figure
-    from ..report import save_figure
 
     config = config_from_args(TrainConfig, args)
     if not config.train_language:
@@ -166,8 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                           config.seed, [config.train_language])
     valid = common.corpus(m, tok, "valid", config.eval_tokens_per_language, config.seq_len, config.seed, languages)
     result = continued_pretraining(model, train, valid, regions, config, out=out, progress=not args.quiet)
-    if out is not None:
-        save_figure(forgetting_figure(result), Path(out) / "forgetting")
+    _save_figure(result, out, "forgetting", forgetting_figure)
     logger.info("%s -> %s", result.summary_line(), args.out)
     return 0
 
