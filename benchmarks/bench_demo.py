@@ -1,4 +1,5 @@
-"""`lape demo` stage times: record, identify, perplexity, steering, report.
+"""`lape demo` stage times: record, identify, perplexity, steering, the linguistic-regions stages
+(importance, regions, dimensions, removal, perturbation, bridge), report.
 
 Full mode runs the demo with its default settings into a fresh folder and checks the target:
 the whole demo finishes in under 10 minutes on a 2-core CPU machine. ``--quick`` runs a tiny
@@ -26,7 +27,8 @@ def main() -> None:
     config = DemoConfig()
     if args.quick:
         config = DemoConfig(languages=("en", "fr"), tokens_per_language=512, ppl_tokens_per_language=64,
-                            steer_prompts=2, seq_len=128)
+                            steer_prompts=2, seq_len=128, regions_languages=("en", "fr"),
+                            regions_tokens_per_language=128, regions_eval_tokens=64)
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.out) if args.out else Path(tmp) / "demo"
         summary = run_demo(config, out=run, progress=False)
