@@ -27,6 +27,8 @@ KEY_FIGURES = {
     "bench_load.py": ["first load", "cached load"],
     "bench_steer.py": ["steered / plain tokens/s"],
     "bench_demo.py": ["total (with model load and report)", "second run (everything cached)"],
+    "bench_regions.py": ["importance / plain forward+backward", "peak RSS growth", "peak RSS above model / bound",
+                         "ablation apply+restore / forward", "restore bit-exact"],
 }
 
 

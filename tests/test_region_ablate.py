@@ -18,13 +18,7 @@ from lape.regions.bridge import region_overlap
 from lape.regions.importance import ParamImportance
 from lape.space import ParamSpace
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(family: str = "llama", seed: int = 0) -> torch.nn.Module:

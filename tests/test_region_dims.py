@@ -36,13 +36,7 @@ from lape.space import ParamSpace
 HIDDEN = 32  # every tiny model's hidden size
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models gain nothing from more (see test_regions.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _one_line_error(exc: pytest.ExceptionInfo, *words: str) -> None:

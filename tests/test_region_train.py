@@ -26,14 +26,7 @@ from lape.regions.train import (
 )
 from lape.space import ParamSpace
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models gain nothing from more (see tests/test_regions.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(family: str = "llama") -> torch.nn.Module:

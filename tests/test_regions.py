@@ -19,15 +19,7 @@ from lape.regions import ImportanceConfig, ParamImportance, RegionConfig, import
 from lape.regions.select import extreme_mask, random_mask
 from lape.space import ParamSpace
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models gain nothing from more, and OpenMP threads spin-wait for
-    a busy core (a tiny backward pass took 5 s instead of 25 ms with 2 threads beside a benchmark)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 _seqs = random_sequences

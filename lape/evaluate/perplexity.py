@@ -93,6 +93,34 @@ def corpus_nll(model: nn.Module, sequences: Iterable[Any], config: PerplexityCon
     return (total / n if n else float("nan")), n
 
 
+class LanguageNLL:
+    """Evaluate the languages of a held-out corpus one at a time, under whatever edit is active,
+    with one progress bar over all evaluations; remembers each language's token count.
+
+    Example:
+        >>> evaluate = LanguageNLL(model, valid, config, total=2 * len(valid), desc="perplexity")
+        >>> base = [evaluate(lang) for lang in valid]
+        >>> evaluate.close(); evaluate.tokens
+    """
+
+    def __init__(self, model: nn.Module, corpus: Mapping[str, Iterable[Any]], config: PerplexityConfig, *,
+                 total: int, desc: str, progress: bool = True) -> None:
+        from tqdm.auto import tqdm
+
+        self.model, self.corpus, self.config = model, corpus, config
+        self.tokens: dict[str, int] = {}
+        self.bar = tqdm(total=total, desc=desc, unit="eval", disable=not progress)
+
+    def __call__(self, lang: str) -> float:
+        """Mean NLL (nats/token) of one language."""
+        nll, self.tokens[lang] = corpus_nll(self.model, self.corpus[lang], self.config)
+        self.bar.update(1)
+        return nll
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 @dataclass
 class PerplexityResult(artifacts.Artifact):
     """Mean NLL per evaluated language, unmodified and under each deactivation.
@@ -254,8 +282,6 @@ def ppl_matrix(
     Returns:
         :class:`PerplexityResult`.
     """
-    from tqdm.auto import tqdm
-
     space = space or NeuronSpace.of(model)
     sets.check_model(model, space)
     check_positions(model, max([getattr(s, "seq_len", 0) for s in corpus.values()], default=0))
@@ -276,15 +302,7 @@ def ppl_matrix(
         random_cols = {row: [lang for lang in languages if mode == "full" or (mode == "diagonal" and lang == row)]
                        for row in rows}
         n_evals = len(languages) * (1 + len(rows)) + sum(len(c) for c in random_cols.values())
-        bar = tqdm(total=n_evals, desc="perplexity", unit="eval", disable=not progress)
-        tokens: dict[str, int] = {}
-
-        def evaluate(lang: str) -> float:
-            nll, n = corpus_nll(model, corpus[lang], config)
-            tokens[lang] = n
-            bar.update(1)
-            return nll
-
+        evaluate = LanguageNLL(model, corpus, config, total=n_evals, desc="perplexity", progress=progress)
         base = [evaluate(lang) for lang in languages]
         nll, rnd = [], []
         for row in rows:
@@ -295,7 +313,8 @@ def ppl_matrix(
                 with intervene(model, randoms, deactivate=[row], space=space):
                     random_row.update({lang: evaluate(lang) for lang in random_cols[row]})
             rnd.append([random_row[lang] for lang in languages])
-        bar.close()
+        evaluate.close()
+        tokens = evaluate.tokens
         meta = artifacts.model_sidecar(
             PerplexityResult.KIND, model, space, languages=languages, token_counts=tokens, config=config.to_dict(),
             inputs=inputs, neurons={"method": sets.meta.get("method"), "counts": sets.counts()},

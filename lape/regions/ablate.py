@@ -38,7 +38,7 @@ from .. import artifacts
 from ..activations import check_corpus, corpus_key
 from ..config import StageConfig, option
 from ..errors import LapeError
-from ..evaluate.perplexity import PerplexityConfig, PerplexityResult, corpus_nll
+from ..evaluate.perplexity import LanguageNLL, PerplexityConfig, PerplexityResult
 from ..masks import ParamRegions
 from ..models import check_positions, fingerprint
 from ..weights import edit_weights
@@ -153,8 +153,6 @@ def ablate_regions(
         >>> res = ablate_regions(model, valid, regions, rows=["core", "random", "bottom"])
         >>> res.summary_line()
     """
-    from tqdm.auto import tqdm
-
     regions.check_model(model)
     check_positions(model, max([getattr(s, "seq_len", 0) for s in corpus.values()], default=0))
     check_corpus(corpus)
@@ -181,23 +179,16 @@ def ablate_regions(
 
     def compute() -> RegionPerplexity:
         all_rows = list(masks)
-        bar = tqdm(total=len(languages) * (1 + len(all_rows)), desc="region removal", unit="eval",
-                   disable=not progress)
-        tokens: dict[str, int] = {}
-
-        def evaluate(lang: str) -> float:
-            nll, n = corpus_nll(model, corpus[lang], pcfg)
-            tokens[lang] = n
-            bar.update(1)
-            return nll
-
+        evaluate = LanguageNLL(model, corpus, pcfg, total=len(languages) * (1 + len(all_rows)),
+                               desc="region removal", progress=progress)
         base = [evaluate(lang) for lang in languages]
         nll = []
         for row in all_rows:
-            bar.set_postfix_str(row)
+            evaluate.bar.set_postfix_str(row)
             with edit_weights(model, masks[row], op=config.op):  # type: ignore[arg-type]
                 nll.append([evaluate(lang) for lang in languages])
-        bar.close()
+        evaluate.close()
+        tokens = evaluate.tokens
         meta = artifacts.model_sidecar(
             RegionPerplexity.KIND, model, languages=languages, token_counts=tokens, config=config.to_dict(),
             inputs=inputs, entries=entries, extra_rows=list(extra),

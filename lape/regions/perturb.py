@@ -35,7 +35,7 @@ from .. import artifacts
 from ..activations import check_corpus, corpus_key
 from ..config import StageConfig, option
 from ..errors import LapeError
-from ..evaluate.perplexity import PerplexityConfig, corpus_nll
+from ..evaluate.perplexity import LanguageNLL, PerplexityConfig
 from ..models import check_positions, fingerprint
 from ..space import ParamSpace
 from ..weights import edit_weights
@@ -304,7 +304,6 @@ def perturb(
         >>> res = perturb(model, corpus, massive, PerturbConfig(factor=4.0))
         >>> res.summary_line()
     """
-    from tqdm.auto import tqdm
 
     space = ParamSpace.of(model)
     hidden = hidden_size(model)
@@ -333,15 +332,7 @@ def perturb(
                                   tokens_per_language=config.tokens_per_language)
 
     def compute() -> PerturbResult:
-        bar = tqdm(total=3 * len(languages), desc="perturb", unit="eval", disable=not progress)
-        tokens: dict[str, int] = {}
-
-        def evaluate(lang: str) -> float:
-            nll, n = corpus_nll(model, corpus[lang], ppl_config)
-            tokens[lang] = n
-            bar.update(1)
-            return nll
-
+        evaluate = LanguageNLL(model, corpus, ppl_config, total=3 * len(languages), desc="perturb", progress=progress)
         entries = {c: _entry(model, *picks[c], layer, d, config.factor, score)
                    for c, d in (("massive", dim), ("ordinary", control))}
         base = [evaluate(lang) for lang in languages]
@@ -349,7 +340,8 @@ def perturb(
         for c in CONDITIONS:
             with edit_weights(model, one_hot_mask(model, *picks[c]), op="scale", value=config.factor):
                 nll[c] = [evaluate(lang) for lang in languages]
-        bar.close()
+        evaluate.close()
+        tokens = evaluate.tokens
         meta = artifacts.model_sidecar(
             PerturbResult.KIND, model, languages=languages, token_counts=tokens, config=config.to_dict(),
             inputs=inputs, massive=massive.brief(),
