@@ -742,8 +742,13 @@ def dimension_figure(profile: DimensionProfile, massive: MassiveDims | None = No
         raise LapeError(f"region {profile.label!r} covers no tensor on the residual stream: nothing to plot")
     marked = list(massive.dims) if massive is not None else list(profile.dims)
     n_panels = len(types) + (massive is not None)
-    fig = _figure(8.0, 1.6 + 1.5 * n_panels)
-    axs = fig.subplots(n_panels, 1, sharex=True, squeeze=False)[:, 0]
+    cols = 1 if n_panels < 4 else 2
+    rows = -(-n_panels // cols)
+    fig = _figure(6.5 * cols, 1.4 + 1.6 * rows)
+    axs = fig.subplots(rows, cols, sharex=True, squeeze=False).T.reshape(-1)  # down the first column first
+    for ax in axs[n_panels:]:
+        ax.set_visible(False)
+    axs = axs[:n_panels]
     x = np.arange(profile.hidden_size)
     for ax, t in zip(axs, types):
         enr = np.asarray(profile.enrichment(t), dtype=float)
@@ -763,7 +768,8 @@ def dimension_figure(profile: DimensionProfile, massive: MassiveDims | None = No
         ax.set_title(f"activation peak per channel over its layer's median channel peak (massive above "
                      f"{massive.ratio:g}x)", fontsize=8)
         ax.spines[["top", "right"]].set_visible(False)
-    axs[-1].set_xlabel("hidden channel")
+    for ax in axs[-cols:] if cols == 1 else (axs[rows - 1], axs[-1]):
+        ax.set_xlabel("hidden channel")
     fig.suptitle(f"region {profile.label!r} along the residual stream (massive channels in red)", fontsize=10)
     return fig
 

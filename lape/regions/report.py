@@ -110,7 +110,7 @@ def render_dims(folder: Path, ctx: ReportContext) -> str:
                      f"Where the {res.profile.label} region sits along the residual stream, per tensor type "
                      "(entries per hidden channel over a uniform spread; massive channels marked)")
     s = res.profile.summary()
-    facts = {"massive channels": res.massive.dims or "none", "threshold": f"{res.massive.ratio:g} x median peak",
+    facts = {"massive channels": res.massive.dims or "none", "massive": f"peak above {res.massive.ratio:g}x its layer's median channel peak",
              f"{res.profile.label} entries on them": _pct(s["dims_share"]),
              "share of all entries on them (chance)": _pct(s["dims_chance"]),
              "top 1% rows hold": _pct(s["row_top_share"]), "top 1% columns hold": _pct(s["col_top_share"])}
