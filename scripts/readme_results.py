@@ -124,6 +124,17 @@ def regions_section(run: Path, prefix: str) -> str:
                        [[lang, f"{math.exp(b):.1f}", *(f"{math.exp(r.nll[r.rows.index(c)][j]):,.1f}" for c in ctrl_rows)]
                         for j, (lang, b) in enumerate(zip(r.languages, r.base_nll))])
         diag, cols = r.diagonal_summary("nll"), r.column_summary()
+        geo = {c["row"]: c["geomean_ppl_ratio"] for c in controls}
+        ent = {c["row"]: c["entries"] for c in controls}
+        if "core-keep-massive" in geo:
+            kept = ent["core"] - ent["core-keep-massive"]
+            massive_note = (f"Keeping the {kept:,} core entries that lie on the massive channels (removing the other "
+                            f"{ent['core-keep-massive']:,}) leaves a PPL ratio of x{geo['core-keep-massive']:.3g} "
+                            f"instead of x{geo['core']:.3g}: those {kept / ent['core']:.1%} of the core carry "
+                            + ("most of its effect." if math.log(geo["core-keep-massive"]) < 0.5 * math.log(geo["core"])
+                               else "part of its effect, not most of it."))
+        else:
+            massive_note = "No massive channel was found, so there is no row with them kept."
         mono = _table(["removed", *r.languages],
                       [[row, *(f"{v:+.3f}" for v in vals)] for row, vals in zip(r.rows, r.delta_nll())
                        if row.startswith("mono:")])
@@ -133,7 +144,7 @@ def regions_section(run: Path, prefix: str) -> str:
                   f"{r.meta['removal']}. PPL ratio to the unmodified model, geometric mean over "
                   f"{len(r.languages)} languages: "
                   + ", ".join(f"**{c['row']} x{c['geomean_ppl_ratio']:.3g}** (>= 2x in {c['languages_doubled']} of "
-                              f"{c['languages']})" for c in controls) + ".", "", table, "",
+                              f"{c['languages']})" for c in controls) + ". " + massive_note, "", table, "",
                   f"Monolingual regions (NLL change, nats/token): the region's own language is hit hardest in its "
                   f"row in **{sum(d['own_hit_hardest'] for d in diag)} of {len(diag)}**, and each language is hurt "
                   f"most by its own region (column test) in **{sum(c['own_hit_hardest'] for c in cols)} of "
@@ -165,11 +176,20 @@ def regions_section(run: Path, prefix: str) -> str:
         rows = [[r_["setting"], f"{r_['frozen_params']:,}", f"{r_['trained_delta_nll']:+.3f}",
                  f"{r_['others_mean_delta_nll']:+.4f}"] for r_ in f_.forgetting_rows()]
         c = f_.meta["config"]
+        by_setting = {r_["setting"]: r_ for r_ in f_.forgetting_rows()}
+        if {"none", "core"} <= by_setting.keys():
+            n_, c_ = by_setting["none"]["others_mean_delta_nll"], by_setting["core"]["others_mean_delta_nll"]
+            verdict = (f"Freezing the core changes the other languages' mean NLL by {c_:+.4f} against {n_:+.4f} "
+                       "without freezing" + (f" and {by_setting['random']['others_mean_delta_nll']:+.4f} with a random "
+                                             "1% frozen" if "random" in by_setting else "") + ".")
+        else:
+            verdict = ""
         lines += ["#### Freezing against forgetting", "",
                   f"{c['steps']} AdamW steps (lr {c['lr']:g}, batch {c['batch_size']} x {c['seq_len']} tokens) on "
                   f"{f_.train_language} text, decoder blocks trained, the region frozen by restoring its values after "
                   "every step; NLL change on held-out text (nats/token):", "",
                   _table(["frozen", "entries", f"{f_.train_language} (trained)", "mean of the others"], rows), "",
+                  verdict, "",
                   *[f"![{k}]({v})" for k, v in figs.items()], ""]
     if (run / "region-bridge").is_dir():
         b = load(run / "region-bridge")
