@@ -42,8 +42,8 @@ class DemoConfig(StageConfig):
     seed: int = option(0, min=0)  # corpus shuffling, random baseline
     regions: bool = True  # run the linguistic-regions stages (lape.regions.run) after steering
     regions_languages: tuple[str, ...] | None = None  # importance languages (None: the paper's six the corpus has)
-    regions_tokens_per_language: int = option(1024, gt=0)  # importance budget per language
-    regions_eval_tokens: int = option(256, gt=0)  # held-out tokens per language for region removal
+    regions_tokens_per_language: int = option(512, gt=0)  # importance budget per language (paper: 10,000 x 512)
+    regions_eval_tokens: int = option(192, gt=0)  # held-out tokens per language for region removal and perturbation
 
 
 class _Timer:
