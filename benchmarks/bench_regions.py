@@ -12,7 +12,7 @@ Figures (built-in Gemma 3 270M, built-in corpus, interleaved repetitions):
      (computed from the parameter counts and printed).  Target <= 1x.  The batches are small so
      that one batch's activations and vocabulary-logit chunk (which any backward pass needs, and
      which do not grow with the corpus) are small next to the bound; the peak above the model of
-     one importance batch of 8 x 256 tokens is printed beside them (no target: mostly activations
+     importance on one batch of 8 x 256 tokens is printed beside them (no target: mostly activations
      and the logit chunk).
   3. apply + restore of a 1% region (``edit_weights`` entered and left; 1% random entries of every
      decoder-block tensor), ops ``zero`` and ``remove``, time / one forward pass of the base model
@@ -60,43 +60,34 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def _memory_child(n_batches: int, batch: int, seq_len: int, then: tuple[int, int] | None) -> None:
+def _memory_child(n_batches: int, batch: int, seq_len: int, threads: int) -> None:
     """Run in a subprocess: importance over ``n_batches`` batches of English; print the resident
-    memory after loading the model and the peak during the importance pass (MB). Given ``then``
-    (batch, seq_len), afterwards the peak of one more importance pass over one such batch (MB)."""
-    # one thread: the two children run side by side, and memory does not depend on threads
-    torch.set_num_threads(1)
+    memory after loading the model and the peak during the importance pass (MB)."""
+    torch.set_num_threads(threads)  # memory does not depend on it; 1 when two children share 2 cores
     model, tok = load_model("builtin")
-
-    def seqs(n: int, b: int, t: int) -> list[_Seq]:
-        data = builtin_batches(tok, n, batch=b, seq_len=t)
-        if len(data) != n:
-            raise SystemExit(f"the built-in corpus gave {len(data)} batches of {b}x{t}, not {n}")
-        return _seqs(data)
-
-    first, second = seqs(n_batches, batch, seq_len), seqs(1, *then) if then else None
+    data = builtin_batches(tok, n_batches, batch=batch, seq_len=seq_len)
+    if len(data) != n_batches:
+        raise SystemExit(f"the built-in corpus gave {len(data)} batches of {batch}x{seq_len}, not {n_batches}")
+    seqs = _seqs(data)
     reset_peak_rss(model)  # the pass's peak (model included), not the loading's
     base = _rss_mb()
-    importance(model, {"en": first}, ImportanceConfig(batch_size=batch), out=None, progress=False)
-    peaks = [peak_rss_mb()]
-    if then:
-        reset_peak_rss()  # counts from the resident set now (what the allocator kept is reused)
-        importance(model, {"en": second}, ImportanceConfig(batch_size=then[0]), out=None, progress=False)
-        peaks.append(peak_rss_mb())
-    print(base, *peaks)
+    importance(model, {"en": seqs}, ImportanceConfig(batch_size=batch), out=None, progress=False)
+    print(base, peak_rss_mb())
 
 
-def _run_children(specs: list[tuple[int, ...]]) -> list[list[float]]:
-    """``[resident after loading, peak, (peak of the second pass)]`` of a memory child per
-    ``(batches, batch, seq_len[, batch, seq_len])``, run side by side (each measures its own peak)."""
-    procs = [subprocess.Popen([sys.executable, __file__, "--memory-child", *map(str, s)], cwd=ROOT,
+def _run_children(specs: list[tuple[int, int, int]]) -> list[tuple[float, float]]:
+    """``(resident after loading, peak)`` of a memory child per ``(batches, batch, seq_len)``, run
+    side by side (each measures its own peak), one thread each if there are several."""
+    threads = 1 if len(specs) > 1 else torch.get_num_threads()
+    procs = [subprocess.Popen([sys.executable, __file__, "--memory-child", *map(str, s), str(threads)], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for s in specs]
     out = []
     for s, p in zip(specs, procs):
         stdout, stderr = p.communicate()
         if p.returncode:
             raise SystemExit(f"memory child {s} exited {p.returncode}:\n{stderr[-3000:]}")
-        out.append([float(x) for x in stdout.strip().splitlines()[-1].split()])
+        base, peak = map(float, stdout.strip().splitlines()[-1].split())
+        out.append((base, peak))
     return out
 
 
@@ -190,8 +181,7 @@ def main() -> None:
                "+ 4 B scores)", bound, "MB")
     n, mem_len = (2, 32) if quick else (8, 64)
     same = (batch, seq_len) == (1, mem_len)  # --quick: the timing batches are the memory batches
-    then = () if same else (batch, seq_len)
-    (b1, p1, *pw), (b2, p2) = _run_children([(n, 1, mem_len, *then), (2 * n, 1, mem_len)])
+    (b1, p1), (b2, p2) = _run_children([(n, 1, mem_len), (2 * n, 1, mem_len)])
     above = max(p1 - b1, p2 - b2)
     rep.figure(f"peak RSS importance {n} batches (1x{mem_len})", p1, "MB")
     rep.figure(f"peak RSS importance {2 * n} batches (1x{mem_len})", p2, "MB")
@@ -200,14 +190,14 @@ def main() -> None:
                target="< 5", ok=growth < 5)
     rep.figure("peak RSS above model", above, "MB")
     rep.figure("peak RSS above model / bound", above / bound, "x", target="<= 1", ok=above <= bound)
-    rep.figure(f"peak RSS above model, one importance batch of {batch}x{seq_len} (activations included)",
-               (p1 if same else pw[0]) - b1, "MB")
+    (bw, pw), = [(b1, p1)] if same else _run_children([(1, batch, seq_len)])
+    rep.figure(f"peak RSS above model, importance on {batch}x{seq_len} batches (activations included)",
+               pw - bw, "MB")
     rep.exit()
 
 
 if __name__ == "__main__":
-    if len(sys.argv) in (5, 7) and sys.argv[1] == "--memory-child":
-        nums = [int(a) for a in sys.argv[2:]]
-        _memory_child(*nums[:3], tuple(nums[3:]) if len(nums) == 5 else None)  # type: ignore[arg-type]
+    if len(sys.argv) == 6 and sys.argv[1] == "--memory-child":
+        _memory_child(*(int(a) for a in sys.argv[2:]))
     else:
         main()

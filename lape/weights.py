@@ -160,7 +160,10 @@ def removal_value(model: nn.Module, name: str) -> float:
         >>> removal_value(gemma, "model.layers.0.input_layernorm.weight")
         -1.0
     """
-    params = dict(model.named_parameters(remove_duplicate=False))
+    return _removal_value(model, dict(model.named_parameters(remove_duplicate=False)), name)
+
+
+def _removal_value(model: nn.Module, params: Mapping[str, nn.Parameter], name: str) -> float:
     if name not in params:
         raise LapeError(f"{type(model).__name__} has no parameter {name!r}: see model.named_parameters()")
     module_path, _, attr = name.rpartition(".")
@@ -289,5 +292,6 @@ def _fill_values(model: nn.Module, resolved: list[tuple[str, nn.Parameter, torch
     if value is not None:
         raise LapeError(f'op="{op}" takes no value= (got {value}): use op="set" to write a value')
     if op == "remove":
-        return [removal_value(model, name) for name, _, _ in resolved]
+        params = dict(model.named_parameters(remove_duplicate=False))  # once, not once per tensor
+        return [_removal_value(model, params, name) for name, _, _ in resolved]
     return [0.0] * len(resolved)
