@@ -250,6 +250,7 @@ def main() -> None:
     p.add_argument("--steer-main", default=None, help="the reported steering evaluation (with its figure) as "
                    "FOLDER|TITLE")
     p.add_argument("--steer-extra", nargs="*", default=[], help="more steering evaluations as FOLDER|TITLE")
+    p.add_argument("--demo-note", default="", help="a sentence on how the demo was timed (e.g. what else ran)")
     p.add_argument("--runs-from", default=None, help="the commit the runs started at (regenerate_readme.sh "
                    "passes it), when the tables are written at a later one")
     args = p.parse_args()
@@ -292,7 +293,8 @@ def main() -> None:
         if stages:
             parts.append("Stage times of this demo run: " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items())
                          + (f"; **total {total:.0f} s** with model load and report "
-                            "(`benchmarks/bench_demo.py`; target < 600 s)" if total else "") + ".\n")
+                            "(`benchmarks/bench_demo.py`; target < 600 s)" if total else "") + "."
+                         + (f" {args.demo_note}" if args.demo_note else "") + "\n")
         if (demo / "steering" / "steering.json").is_file():
             from lape.evaluate.steering import SteeringEval
 
