@@ -79,23 +79,32 @@ def _massive_rows(model, regions, streams) -> dict:
     return {"core-keep-massive": without_dims(regions.mask("core"), residual_axes(model), massive.dims)}
 
 
-def cmd_ablate(args: argparse.Namespace) -> int:
+def _regions_and_text(args: argparse.Namespace, config, labels: list[str]) -> tuple:
+    """``(regions, model, held-out streams)`` of an ``ablate``/``dims`` command line: the
+    manifest, the regions of ``args.regions`` and their ``labels`` are checked before the model
+    loads, the regions against the model before any text is packed."""
     from ..masks import ParamRegions
+
+    m = load_manifest(args.corpus)
+    regions = ParamRegions.load(args.regions)
+    for label in labels:
+        regions.mask(label)  # an unknown label fails before the model loads
+    languages = _eval_languages(args, m, list(regions.meta.get("languages") or []))
+    m.with_split(config.split, languages)
+    model, tok = common.load(args)
+    regions.check_model(model)
+    streams = common.corpus(m, tok, config.split, config.tokens_per_language, config.seq_len, config.seed, languages)
+    return regions, model, streams
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
     from ..plots import region_removal
     from ..regions.ablate import AblateConfig, ablate_regions
 
     config = config_from_args(AblateConfig, args)
     out = common.out_folder(args.out)
-    m = load_manifest(args.corpus)
-    regions = ParamRegions.load(args.regions)
-    languages = _eval_languages(args, m, list(regions.meta.get("languages") or []))
-    m.with_split(config.split, languages)
+    regions, model, streams = _regions_and_text(args, config, labels=args.rows or [])
     rows = args.rows or list(regions.labels)
-    for row in rows:
-        regions.mask(row)  # an unknown label fails before the model loads
-    model, tok = common.load(args)
-    regions.check_model(model)
-    streams = common.corpus(m, tok, config.split, config.tokens_per_language, config.seq_len, config.seed, languages)
     extra = _massive_rows(model, regions, streams) if args.keep_massive and "core" in regions.labels else {}
     result = ablate_regions(model, streams, regions, config, rows=rows, extra=extra, out=out,
                             progress=not args.quiet)
@@ -105,19 +114,11 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_dims(args: argparse.Namespace) -> int:
-    from ..masks import ParamRegions
     from ..regions.dims import DimsConfig, dimension_dependence, dimension_figure
 
     config = config_from_args(DimsConfig, args)
     out = common.out_folder(args.out)
-    m = load_manifest(args.corpus)
-    regions = ParamRegions.load(args.regions)
-    regions.mask(config.label)  # an unknown label fails before the model loads
-    languages = _eval_languages(args, m, list(regions.meta.get("languages") or []))
-    m.with_split(config.split, languages)
-    model, tok = common.load(args)
-    regions.check_model(model)
-    streams = common.corpus(m, tok, config.split, config.tokens_per_language, config.seq_len, config.seed, languages)
+    regions, model, streams = _regions_and_text(args, config, labels=[config.label])
     result = dimension_dependence(model, streams, regions, config, out=out)
     _save_figure(result, out, "dimensions", lambda r: dimension_figure(r.profile, r.massive))
     logger.info("%s -> %s", result.summary_line(), args.out)
