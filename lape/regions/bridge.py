@@ -114,7 +114,8 @@ def region_overlap(sets: NeuronSets, regions: ParamRegions, space: ParamSpace,
     region_labels = list(region_labels or regions.labels)
     per_neuron = torch.tensor([space.params_per_neuron(layer) for layer in range(space.num_layers)],
                               dtype=torch.float64)[:, None]  # (L, 1)
-    counts = regions.subset(region_labels).neuron_counts(space).to(torch.float64)  # (R, L, N)
+    idx = [regions._index(label) for label in region_labels]  # refuses an unknown label
+    counts = regions.neuron_counts(space)[idx].to(torch.float64)  # (R, L, N), without copying the masks
     share = counts / per_neuron  # share of each neuron's parameters in each region
     touched = (counts > 0).to(torch.float64)
     rows = []
