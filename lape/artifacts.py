@@ -57,7 +57,8 @@ _KIND_MODULES = {"stats": "lape.activations", "neurons": "lape.masks", "regions"
                  "steering": "lape.evaluate.steering", "importance": "lape.regions.importance",
                  "region_ppl": "lape.regions.ablate", "perturb": "lape.regions.perturb",
                  "forgetting": "lape.regions.train",
-                 "region_overlap": "lape.regions.bridge", "dims": "lape.regions.dims"}
+                 "region_overlap": "lape.regions.bridge", "dims": "lape.regions.dims",
+                 "fluency_reference": "lape.evaluate.fluency", "steering_profile": "lape.evaluate.steer_profile"}
 _TYPES: dict[str, type[Artifact]] = {}
 
 

@@ -106,13 +106,21 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type[StageConfig], ski
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         elif "tuple" in hint:
-            item = int if "int" in hint else float if "float" in hint else str
+            item = _boolean if "bool" in hint else int if "int" in hint else float if "float" in hint else str
             parser.add_argument(flag, nargs="+", type=item, default=default, metavar="X")
         elif default is None:  # an optional single value (PerturbConfig.layer: int | None)
             item = int if "int" in hint else float if "float" in hint else str
             parser.add_argument(flag, type=item, default=None, metavar="X")
         else:
             parser.add_argument(flag, type=type(default), default=default, help=f"(default: {default})")
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "yes", "1"):
+        return True
+    if text.lower() in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
 
 
 def config_from_args(cls: type[C], args: argparse.Namespace, **overrides: Any) -> C:

@@ -10,17 +10,25 @@ the chosen activations edited:
   (``value="firing_mean"``: their mean activation on Japanese tokens where they fired; or
   ``"mean"``: over all Japanese tokens), times ``strength``; a number instead of ``None`` sets
   that fixed value;
-* ``scale={"bio": 2.0}``: neurons multiplied by a factor (key-neuron boost/suppress);
+* ``scale={"bio": 2.0}``: neurons multiplied by a factor (key-neuron boost/suppress, or a soft
+  deactivation with a factor in (0, 1));
+* ``add=["ja"]``: the Japanese neurons' *difference of means* (their mean activation on Japanese
+  tokens minus the mean over the other languages' means) times ``strength`` added to whatever
+  they compute (additive steering, Gurgurov et al. 2025), instead of overwriting it;
 * ``edits=[Edit(...)]``: raw edits, e.g. integrated gradients' scaled path
   ``act * alpha`` with ``alpha`` of shape ``[batch, 1, 1]``.
 
 Neurons come from a :class:`NeuronSets` (LAPE, a baseline, a region's neuron view) or a
 hand-written ``{label: [(layer, index), ...]}``. Interventions nest; the inner one applies
 after the outer one. Every hook is removed on exit, also after an exception.
+
+``skip_first=True`` leaves each sequence's first real token (after left padding) untouched: the
+attention sink, whose huge activations most heads attend to (ReCoVeR never edits position 0).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -37,7 +45,7 @@ from .hooks import activation_hooks
 from .masks import Neuron, NeuronSets
 from .space import NeuronSpace
 
-Op = Literal["set", "mul"]
+Op = Literal["set", "mul", "add"]
 VALUE_RULES = ("firing_mean", "mean")
 
 
@@ -48,7 +56,7 @@ class Edit:
     Attributes:
         layer: the layer.
         index: LongTensor ``[n]`` of neuron indices.
-        op: ``"set"`` (replace) or ``"mul"`` (multiply).
+        op: ``"set"`` (replace), ``"mul"`` (multiply) or ``"add"``.
         value: a float, or a tensor broadcastable to ``(..., n)`` (e.g. ``[n]`` per neuron, or
             ``[batch, 1, 1]`` for one factor per sequence). A NaN in a ``"set"`` tensor keeps
             that activation unchanged (per-sequence edits, see :func:`batch_edits`).
@@ -65,7 +73,10 @@ class Edit:
         if self.op == "set" and not isinstance(value, torch.Tensor):
             return act.index_fill(-1, idx, value)
         sel = act.index_select(-1, idx)
-        new = torch.where(torch.isnan(value), sel, value) if self.op == "set" else sel * value
+        if self.op == "set":
+            new = torch.where(torch.isnan(value), sel, value)
+        else:
+            new = sel * value if self.op == "mul" else sel + value
         return act.index_copy(-1, idx, new.to(act.dtype))
 
 
@@ -86,6 +97,18 @@ def activation_values(stats: ActivationStats, lang: str, rule: str = "firing_mea
     return table[k].to(torch.float32)
 
 
+def difference_of_means(stats: ActivationStats, lang: str, others: Iterable[str] | None = None) -> torch.Tensor:
+    """float32 ``[layers, neurons]``: each neuron's mean activation on ``lang`` minus the mean of
+    its mean activations on ``others`` (default: every other recorded language): the direction
+    additive steering adds (``add=``)."""
+    others = [o for o in (stats.languages if others is None else others) if o != lang]
+    if not others:
+        raise LapeError(f"additive steering towards {lang!r} needs the stats of at least one other language "
+                        "to take the difference from: record two or more languages")
+    means = stats.mean_activation().to(torch.float32)
+    return means[stats.index(lang)] - means[[stats.index(o) for o in others]].mean(0)
+
+
 def check_layers(layers: Iterable[int], num_layers: int) -> None:
     """Refuse edits restricted to layers the model does not have (they would silently edit nothing)."""
     outside = sorted(x for x in layers if not 0 <= x < num_layers)
@@ -100,15 +123,30 @@ def build_edits(
     deactivate: Iterable[str] = (),
     activate: Mapping[str, float | None] | Iterable[str] | None = None,
     scale: Mapping[str, float] | None = None,
+    add: Iterable[str] = (),
     stats: ActivationStats | None = None,
     value: str = "firing_mean",
     strength: float = 1.0,
     layers: Iterable[int] | None = None,
+    exclusive: bool = False,
 ) -> list[Edit]:
-    """Turn labelled neuron sets and a request into per-layer :class:`Edit`\\ s (see :func:`intervene`)."""
+    """Turn labelled neuron sets and a request into per-layer :class:`Edit`\\ s (see :func:`intervene`).
+
+    Order within a layer: deactivate, activate, scale, add (e.g. a soft deactivation of the
+    source, then the target's difference of means added). With ``exclusive=True`` the
+    activated and added labels keep only neurons that no other label of ``sets`` has (to
+    separate close languages such as zh and ja, which share many units)."""
     layer_filter = None if layers is None else set(layers)
     check_layers(layer_filter or (), sets.shape[0])
     edits: list[Edit] = []
+
+    def own(lang: str) -> torch.Tensor:
+        mask = sets.mask(lang)
+        if exclusive:
+            others = [x for x in sets.labels if x != lang]
+            if others:
+                mask = mask & ~torch.stack([sets.mask(x) for x in others]).any(0)
+        return mask
 
     def per_layer(mask: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
         for layer in range(mask.shape[0]):
@@ -124,14 +162,12 @@ def build_edits(
     if activate is not None:
         activate = {lang: None for lang in activate} if not isinstance(activate, Mapping) else activate
         for lang, fixed in activate.items():
-            mask = sets.mask(lang)
+            mask = own(lang)
             if fixed is None:
                 if stats is None:
                     raise LapeError(f"activating {lang!r} neurons needs recorded stats (stats=, --stats) "
                                     "for their values, or a fixed value")
-                if stats.shape != sets.shape:
-                    raise LapeError(f"the stats ({stats.shape[0]} x {stats.shape[1]}) do not match the neuron "
-                                    f"sets ({sets.shape[0]} x {sets.shape[1]}): use stats and neurons of one model")
+                _check_stats(stats, sets)
                 values = activation_values(stats, lang, value) * strength
                 for layer, idx in per_layer(mask):
                     edits.append(Edit(layer, idx, "set", values[layer, idx]))
@@ -141,7 +177,32 @@ def build_edits(
     for lang, factor in (scale or {}).items():
         for layer, idx in per_layer(sets.mask(lang)):
             edits.append(Edit(layer, idx, "mul", float(factor)))
+    for lang in add:
+        if stats is None:
+            raise LapeError(f"adding {lang!r} neurons' direction needs recorded stats (stats=, --stats)")
+        _check_stats(stats, sets)
+        others = [x for x in sets.labels if x in stats.languages and x != lang] or None
+        values = difference_of_means(stats, lang, others) * strength
+        for layer, idx in per_layer(own(lang)):
+            edits.append(Edit(layer, idx, "add", values[layer, idx]))
     return edits
+
+
+def _check_stats(stats: ActivationStats, sets: NeuronSets) -> None:
+    if stats.shape != sets.shape:
+        raise LapeError(f"the stats ({stats.shape[0]} x {stats.shape[1]}) do not match the neuron "
+                        f"sets ({sets.shape[0]} x {sets.shape[1]}): use stats and neurons of one model")
+
+
+def relocate(edits: Iterable[Edit], width: int, generator: torch.Generator) -> list[Edit]:
+    """The same edits on random neurons: each edit moves to as many distinct neurons, drawn
+    uniformly in its own layer, with its values unchanged (the random control of steering:
+    the same per-layer counts, values, rule and strength on neurons chosen by chance)."""
+    moved = []
+    for e in edits:
+        index = torch.randperm(width, generator=generator)[:e.index.numel()]  # value i goes to index[i]
+        moved.append(Edit(e.layer, index, e.op, e.value))
+    return moved
 
 
 def batch_edits(
@@ -154,8 +215,10 @@ def batch_edits(
     layers: Iterable[int] | None = None,
 ) -> list[Edit]:
     """Edits that treat every sequence of a batch differently: ``requests[b]`` holds the
-    :func:`build_edits` arguments (``deactivate``, ``activate``, ``scale``, ``strength``) of
-    sequence ``b``; an empty request leaves that sequence unchanged.
+    :func:`build_edits` arguments (``deactivate``, ``activate``, ``scale``, ``add``,
+    ``strength``, ``layers``) of sequence ``b``, and optionally ``relocate_seed`` (the same
+    edits moved to random neurons, :func:`relocate`); an empty request leaves that sequence
+    unchanged.
 
     Lets one ``generate()`` call steer each prompt towards its own language (and strength), which
     costs little more than steering one: a decoding step is bound by reading the LM head. The
@@ -164,13 +227,21 @@ def batch_edits(
     batch, (num_layers, width) = len(requests), sets.shape
     keep = torch.full((batch, num_layers, width), math.nan)
     factor = torch.ones(batch, num_layers, width)
+    offset = torch.zeros(batch, num_layers, width)
     for b, request in enumerate(requests):
-        request = {"strength": strength, **request}
-        for e in build_edits(sets, stats=stats, value=value, layers=layers, **request):
+        request = {"strength": strength, "layers": layers, "value": value, **request}
+        seed = request.pop("relocate_seed", None)
+        built = build_edits(sets, stats=stats, **request)
+        if seed is not None:
+            built = relocate(built, width, torch.Generator().manual_seed(int(seed)))
+        for e in built:
+            v = e.value if isinstance(e.value, torch.Tensor) else float(e.value)
             if e.op == "set":
-                keep[b, e.layer, e.index] = e.value if isinstance(e.value, torch.Tensor) else float(e.value)
+                keep[b, e.layer, e.index] = v
+            elif e.op == "mul":
+                factor[b, e.layer, e.index] *= v
             else:
-                factor[b, e.layer, e.index] *= e.value
+                offset[b, e.layer, e.index] += v
     edits: list[Edit] = []
     for layer in range(num_layers):
         idx = (~torch.isnan(keep[:, layer])).any(0).nonzero().squeeze(1)
@@ -179,6 +250,9 @@ def batch_edits(
         idx = (factor[:, layer] != 1).any(0).nonzero().squeeze(1)
         if idx.numel():
             edits.append(Edit(layer, idx, "mul", factor[:, layer, idx].unsqueeze(1)))
+        idx = (offset[:, layer] != 0).any(0).nonzero().squeeze(1)
+        if idx.numel():
+            edits.append(Edit(layer, idx, "add", offset[:, layer, idx].unsqueeze(1)))
     return edits
 
 
@@ -190,11 +264,13 @@ def intervene(
     activate: Mapping[str, float | None] | Iterable[str] | None = None,
     scale: Mapping[str, float] | None = None,
     *,
+    add: Iterable[str] = (),
     stats: ActivationStats | None = None,
     value: str = "firing_mean",
     strength: float = 1.0,
     layers: Iterable[int] | None = None,
     edits: Iterable[Edit] = (),
+    skip_first: bool = False,
     space: NeuronSpace | None = None,
     check_model: bool = True,
 ) -> Iterator[list[Edit]]:
@@ -207,11 +283,14 @@ def intervene(
         activate: labels whose neurons are set to their recorded value (``{label: None}``, or an
             iterable of labels) or to a fixed value (``{label: 1.5}``).
         scale: ``{label: factor}``: multiply those neurons (0 suppresses, 2 boosts).
+        add: labels whose difference of means (:func:`difference_of_means`, against the other
+            labels that have stats) times ``strength`` is added to their activations.
         stats: recorded statistics, needed to activate with recorded values.
         value: ``"firing_mean"`` (mean over tokens where the neuron fired) or ``"mean"``.
         strength: multiplies every activation value.
         layers: restrict edits to these layers.
         edits: extra raw edits, applied after the labelled ones.
+        skip_first: leave each sequence's first real token (the attention sink) unedited.
         space: the neuron space (found automatically).
         check_model: refuse neuron sets made on a model with another fingerprint.
 
@@ -228,7 +307,7 @@ def intervene(
         sets.check_model(model, space)
     if stats is not None and check_model:
         stats.check_model(model)
-    all_edits = build_edits(sets, deactivate=deactivate, activate=activate, scale=scale, stats=stats,
+    all_edits = build_edits(sets, deactivate=deactivate, activate=activate, scale=scale, add=add, stats=stats,
                             value=value, strength=strength, layers=layers) + list(edits)
     by_layer: dict[int, list[Edit]] = defaultdict(list)
     for e in all_edits:
@@ -236,10 +315,42 @@ def intervene(
             raise LapeError(f"edit for layer {e.layer} but the model has {space.num_layers} layers")
         by_layer[e.layer].append(e)
 
-    def fn(layer: int, act: torch.Tensor) -> torch.Tensor:
-        for e in by_layer[layer]:
-            act = e.apply(act)
-        return act
+    sink: dict[str, Any] = {}
 
-    with activation_hooks(model, space, fn, layers=sorted(by_layer)):
+    def fn(layer: int, act: torch.Tensor) -> torch.Tensor:
+        edited = act
+        for e in by_layer[layer]:
+            edited = e.apply(edited)
+        if skip_first and act.dim() == 3:
+            rows, cols = _sink_positions(sink, act.shape[0], act.shape[1], act.device)
+            if rows.numel():
+                edited = edited.clone()
+                edited[rows, cols] = act[rows, cols]
+        return edited
+
+    with contextlib.ExitStack() as stack:
+        if skip_first and by_layer:
+            base = getattr(model, "base_model", model)
+            handle = base.register_forward_pre_hook(lambda m, a, kw: sink.update(args=a, kwargs=kw), with_kwargs=True)
+            stack.callback(handle.remove)
+        stack.enter_context(activation_hooks(model, space, fn, layers=sorted(by_layer)))
         yield all_edits
+
+
+def _sink_positions(call: Mapping[str, Any], batch: int, length: int,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, columns)`` of each sequence's first real token inside the current chunk of
+    ``length`` positions, from the model call's ``attention_mask`` (left padding) and
+    ``cache_position`` (decoding steps continue a cache and contain no first token)."""
+    kwargs = call.get("kwargs") or {}
+    mask = kwargs.get("attention_mask")
+    cache_position = kwargs.get("cache_position")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[0] == batch:
+        start = mask.shape[1] - length  # the mask covers the cached positions and this chunk
+        first = mask.to(torch.int64).argmax(1) - start
+    else:
+        start = int(cache_position[0]) if isinstance(cache_position, torch.Tensor) and cache_position.numel() else 0
+        first = torch.full((batch,), -start, dtype=torch.int64)
+    inside = (first >= 0) & (first < length)
+    rows = inside.nonzero().squeeze(1)
+    return rows.to(device), first[inside].to(device)

@@ -36,7 +36,7 @@ class DemoConfig(StageConfig):
     ppl_random_baseline: str = option("diagonal", choices=("full", "diagonal", "none"))  # random sets on their own language only (see PerplexityConfig)
     steer_targets: tuple[str, ...] | None = None  # target languages (None: all but English)
     steer_prompts: int = option(8, min=1)  # English prompts per target language for the steering evaluation
-    prompt_set: str = "builtin:heldout"  # prompts for the steering evaluation
+    prompt_set: str = "builtin:dev"  # prompts for the steering evaluation (the demo is a quick look, not a held-out figure)
     seq_len: int = option(256, min=2, max=1 << 16)  # packed sequence length (256 is ~20% faster per token than 512 on CPU)
     batch_size: int = option(8, min=1, max=4096)  # sequences per forward pass while recording
     seed: int = option(0, min=0)  # corpus shuffling, random baseline

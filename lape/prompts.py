@@ -1,10 +1,12 @@
 """Built-in English prompt sets for steering.
 
+* ``dev``: forty everyday sentence openings written for lape (formerly ``heldout``). They are
+  *development* prompts: steering settings and profiles are chosen on them;
+* ``test``: seventy fresh openings of varied genres (news, recipes, letters, fiction, notices,
+  instructions, ...) written for issue #16. They are scored only once the settings are frozen,
+  so results on them are held-out figures; never choose anything on them;
 * ``parallel``: the opening words of each article of the Universal Declaration of Human Rights,
-  from the built-in corpus's ``parallel`` split (used to choose steering defaults);
-* ``heldout``: forty everyday sentence openings written for lape. Despite the name they are
-  development prompts: they were scored while the steering defaults were chosen, so results on
-  them are not held-out figures (issue #16 adds a fresh test set).
+  from the built-in corpus's ``parallel`` split.
 """
 
 from __future__ import annotations
@@ -13,18 +15,25 @@ from pathlib import Path
 
 from .errors import LapeError
 
-PROMPT_SETS = ("parallel", "heldout")
+PROMPT_SETS = ("dev", "test", "parallel")
+_FILES = {"dev": "dev_en.txt", "test": "test_en.txt"}
 
 
 def _opening(text: str, words: int) -> str:
     return " ".join(text.split()[:words])
 
 
+def _lines(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def builtin_prompts(name: str, words: int = 8) -> list[str]:
-    """An English prompt set: ``parallel`` or ``heldout``."""
+    """An English prompt set: ``dev``, ``test`` or ``parallel``."""
+    if name in _FILES:
+        return _lines(Path(__file__).parent / "data" / "prompts" / _FILES[name])
     if name == "heldout":
-        path = Path(__file__).parent / "data" / "prompts" / "heldout_en.txt"
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        raise LapeError("builtin:heldout was renamed builtin:dev (settings were chosen on it, so it is a "
+                        "development set); use builtin:test for held-out figures")
     if name == "parallel":
         from .corpora import load_manifest, parallel_texts
 
@@ -36,14 +45,14 @@ def builtin_prompts(name: str, words: int = 8) -> list[str]:
 
 
 def load_prompts(spec: str, limit: int | None = None) -> list[str]:
-    """Prompts from a text file (one per line) or ``builtin:parallel`` / ``builtin:heldout``."""
+    """Prompts from a text file (one per line) or ``builtin:dev`` / ``builtin:test`` / ``builtin:parallel``."""
     if spec.startswith("builtin:"):
         prompts = builtin_prompts(spec.split(":", 1)[1])
     else:
         path = Path(spec)
         if not path.is_file():
             raise LapeError(f"prompt file {spec} does not exist: give a text file with one prompt per line")
-        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        prompts = _lines(path)
         if not prompts:
             raise LapeError(f"prompt file {spec} is empty: write one prompt per line")
     return prompts[:limit] if limit else prompts

@@ -196,27 +196,39 @@ def test_steer_prints_the_unsteered_and_the_steered_continuation(work, loaded, c
     assert printed == expected.format() + "\n"
     lines = printed.splitlines()
     assert lines[0] == "prompt     'abc def'"
-    assert lines[1].startswith("unsteered  [") and lines[3].startswith("aa->bb     [")
-    assert lines[2].strip() == repr(expected.unsteered.text.strip())
-    assert lines[4].strip() == repr(expected.steered.text.strip())
+    edited = sum(steerer.sets.counts()[lang] for lang in ("aa", "bb"))  # source off, target set
+    overlap = int((steerer.sets.mask("aa") & steerer.sets.mask("bb")).sum())
+    assert lines[1].startswith("steering   set firing_mean x1.5, source off; ")
+    assert f"; {edited - overlap} neurons in " in lines[1]
+    assert lines[2].startswith("unsteered  [") and lines[4].startswith("aa->bb     [")
+    assert lines[3].strip() == repr(expected.unsteered.text.strip())
+    assert lines[5].strip() == repr(expected.steered.text.strip())
     assert expected.steered.tokens != expected.unsteered.tokens  # steering changed the output
 
 
 def test_steer_eval_equals_the_library_call_and_reruns_skip(work, loaded, info_logs):
+    from lape.evaluate.fluency import FluencyReference, fluency_reference
     from lape.evaluate.steering import SteerConfig, Steerer, SteeringEval
 
     out = work / "steer"
     args = ["steer-eval", "--model", str(work / "model"), "--neurons", str(work / "neurons"), "--stats",
             str(work / "stats"), "--from", "aa", "--to", "bb", "--prompts", str(work / "prompts.txt"),
-            "--strengths", "1", "2", "--out", str(out), *STEER]
+            "--strengths", "1", "2", "--out", str(out), "--corpus", str(work / "corpus.yaml"),
+            "--reference-windows", "6", *STEER]
     assert cli(*args) == 0
     ev = SteeringEval.load(out)
     model, tok = loaded
     steerer = Steerer(model, tok, NeuronSets.load(work / "neurons"), ActivationStats.load(work / "stats"),
                       SteerConfig(max_new_tokens=12, min_chars=5))
     prompts = ["abc def", "kalm gib", "meld hag fic"]
-    direct = steerer.evaluate(prompts, targets=["bb"], source="aa", strengths=[1.0, 2.0], progress=False)
+    windows = lape.load_corpus(work / "corpus.yaml", tok, split="valid", tokens_per_language=6 * 13, seq_len=13,
+                               languages=["bb"])
+    reference = fluency_reference(model, windows)
+    assert FluencyReference.load(work / "fluency-reference").languages == reference.languages  # cached beside
+    direct = steerer.evaluate(prompts, targets=["bb"], source="aa", strengths=[1.0, 2.0], progress=False,
+                              reference=reference)
     assert ev.rows == direct.rows and ev.examples == direct.examples
+    assert all(0 <= r["fluent"] <= 1 and r["fluency_ratio"] > 0 for r in ev.rows)
     assert [(r["target"], r["strength"], r["prompts"]) for r in ev.rows] == [("bb", 1.0, 3), ("bb", 2.0, 3)]
     assert [e["prompt"] for e in ev.examples[:3]] == prompts
     assert any(e["steered"] != e["unsteered"] for e in ev.examples)
@@ -226,7 +238,7 @@ def test_steer_eval_equals_the_library_call_and_reruns_skip(work, loaded, info_l
 
     _rerun_is_skipped(args, out, info_logs)
     assert cli(*args, "--limit", "2") == 0
-    assert "skipped" not in info_logs.text
+    assert "steering in" not in info_logs.text  # other prompts: generated again (the reference is reused)
     fewer = SteeringEval.load(out)
     assert [r["prompts"] for r in fewer.rows] == [2, 2]
     assert fewer.meta["prompts"] == 2
@@ -314,7 +326,8 @@ class _ModelWouldLoad(Exception):
 
 BIG = str(10**12)  # an int that argparse takes (it refuses "1e12" for an int option)
 VALUES = ["0", "-1", "nan", "inf", "1e12", "abc", BIG]
-ZERO_OK = {"--seed", "--strength", "--strengths", "--layers", "--no-repeat-ngram-size"}  # 0 means something
+ZERO_OK = {"--seed", "--strength", "--strengths", "--layers", "--no-repeat-ngram-size", "--source-scale",
+           "--source-scales", "--random-seeds"}  # 0 means something
 BIG_REFUSED = {"--seq-len", "--batch-size", "--max-new-tokens", "--no-repeat-ngram-size", "--layers"}
 KNOWN: set[tuple[str, str, str]] = set()  # (command, option, value) still accepted although meaningless
 
@@ -356,7 +369,8 @@ def _outcome(argv: list[str], capsys) -> tuple[object, str]:
 def _base_commands(work: Path, tmp: Path) -> dict[str, list[str]]:
     model, corpus = str(work / "model"), str(work / "corpus.yaml")
     sets, stats = str(work / "neurons"), str(work / "stats")
-    steer = ["--model", model, "--neurons", sets, "--stats", stats, "--from", "aa", "--max-new-tokens", "4"]
+    steer = ["--model", model, "--neurons", sets, "--stats", stats, "--from", "aa", "--max-new-tokens", "4",
+             "--corpus", corpus, "--reference-windows", "2"]
     return {
         "record": ["record", "--model", model, "--corpus", corpus, "--out", str(tmp / "record"),
                    "--tokens-per-language", "100", "--seq-len", "32"],
@@ -365,6 +379,8 @@ def _base_commands(work: Path, tmp: Path) -> dict[str, list[str]]:
         "steer": ["steer", "abc def", *steer, "--to", "bb"],  # the prompt first: --layers takes 1 or more values
         "steer-eval": ["steer-eval", *steer, "--prompts", str(work / "prompts.txt"), "--out", str(tmp / "steer"),
                        "--limit", "1", "--to", "bb"],
+        "steer-calibrate": ["steer-calibrate", *steer, "--prompts", str(work / "prompts.txt"), "--limit", "1",
+                            "--to", "bb", "--modes", "replace", "--strengths", "1", "--out", str(tmp / "profile")],
         "demo": ["demo", "--out", str(tmp / "demo"), "--model", model, "--corpus", corpus,
                  "--prompt-set", str(work / "prompts.txt")],
         "plot": ["plot", sets, "--out", str(tmp / "plots")],

@@ -17,8 +17,8 @@ from lape.evaluate.steering import (
     distinct_n,
     identify_language,
     max_token_share,
-    repl,
 )
+from lape.evaluate.steer_repl import repl
 from lape.masks import NeuronSets
 
 
@@ -179,12 +179,13 @@ def test_repl_answers_a_scripted_session(steerer):
 
     assert repl(steerer, target="a", source="a", input_fn=input_fn, output_fn=shown.append) == 0
     assert len(asked) == 9  # stopped at :quit
-    x = f"x{steerer.config.strength:g}"  # the default strength until ":strength 2"
-    assert asked[:4] == [f"[a {x}]> ", f"[a {x}]> ", f"[b {x}]> ", "[b x2]> "]
+    # the rule's own strength until ":strength 2" overrides it
+    assert asked[:4] == ["[a]> ", "[a]> ", "[b]> ", "[b x2]> "]
     assert asked[5] == "[off x2]> "
     assert shown[0].startswith("lape steering REPL: target a, source a")
     assert ":to LANG" in shown[1] and ":quit" in shown[1]
-    assert shown[2] == "target -> b" and shown[3] == "strength -> 2"
+    assert shown[2] == f"target -> b: {steerer.config.rule().describe()} (plain settings)"
+    assert shown[3] == "strength -> 2"
     expected = steerer.steer("some prompt", to="b", source="a", strength=2.0)
     assert shown[4] == expected.format()
     assert shown[4].startswith("prompt     'some prompt'") and "a->b" in shown[4]

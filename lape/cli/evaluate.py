@@ -30,9 +30,11 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     return 0
 
 
-def _steerer(args: argparse.Namespace):
-    """The model, neuron sets and stats of a steering command, checked against each other."""
+def _steerer(args: argparse.Namespace, targets: list[str] | None = None):
+    """The model, neuron sets, stats and steering profile of a steering command, checked
+    against each other; with ``targets``, also the fluency reference (held-out text windows)."""
     from ..activations import ActivationStats
+    from ..evaluate.steer_profile import SteeringProfile, find_profile
     from ..evaluate.steering import SteerConfig, Steerer, check_languages, source_language
     from ..masks import NeuronSets
 
@@ -40,44 +42,109 @@ def _steerer(args: argparse.Namespace):
     source = source_language(args.source)
     sets = NeuronSets.load(args.neurons)
     stats = ActivationStats.load(args.stats)
-    check_languages(sets, [args.to] if isinstance(args.to, str) else list(args.to or []), source)
+    wanted = [args.to] if isinstance(args.to, str) else list(args.to or [])
+    check_languages(sets, wanted, source)
+    profile = None
+    if not getattr(args, "no_profile", True):
+        profile = SteeringProfile.load(args.profile) if args.profile else find_profile(args.neurons)
+    manifest = load_manifest(args.corpus) if targets else None
+    if manifest is not None:
+        manifest.with_split("valid", targets)  # every target needs held-out text, checked before the model loads
     model, tok = common.load(args)
-    return Steerer(model, tok, sets, stats, config), source
+    steerer = Steerer(model, tok, sets, stats, config, profile=profile)
+    if profile is not None:
+        logger.info("steering profile of %s: %s", args.profile or args.neurons,
+                    "; ".join(f"{t} {r.describe()}" for t, r in profile.rules.items()))
+    reference = None
+    if manifest is not None:
+        reference = _reference(args, model, tok, manifest, targets, config.max_new_tokens)
+    return steerer, source, reference
+
+
+def _reference(args: argparse.Namespace, model, tok, manifest, targets: list[str], length: int):
+    """Real-text NLL per target (cached in ``--reference``, default RUN/fluency-reference beside
+    the neuron sets)."""
+    from pathlib import Path
+
+    from ..evaluate.fluency import fluency_reference
+
+    out = common.out_folder(args.reference or str(Path(args.neurons).parent / "fluency-reference"), "--reference")
+    windows = common.corpus(manifest, tok, "valid", args.reference_windows * (length + 1), length + 1, 0, targets)
+    return fluency_reference(model, windows, out=out)
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    from ..evaluate.steering import repl
+    from ..evaluate.steer_repl import repl
 
     if not args.interactive and not args.prompt:
         raise LapeError("lape steer needs a prompt (or --interactive)")
     if not args.interactive and not args.to:
         raise LapeError("lape steer needs --to LANG (a language of the neuron sets)")
-    steerer, source = _steerer(args)
+    steerer, source, _ = _steerer(args)
+    reference = None
+    if not args.no_fluency:  # every language of the sets the corpus holds held-out text for
+        manifest = load_manifest(args.corpus)
+        langs = [lang for lang in steerer.sets.labels if lang in manifest.languages
+                 and "valid" in manifest.split_names(lang)]
+        if langs:
+            reference = _reference(args, steerer.model, steerer.tokenizer, manifest, langs,
+                                   steerer.config.max_new_tokens)
     if args.interactive:
-        return repl(steerer, target=args.to, source=source)
-    print(steerer.steer(args.prompt, to=args.to, source=source).format())
+        return repl(steerer, target=args.to, source=source, reference=reference)
+    print(steerer.steer(args.prompt, to=args.to, source=source, reference=reference).format())
     return 0
+
+
+def _targets(args: argparse.Namespace) -> list[str]:
+    from ..evaluate.steering import source_language
+    from ..masks import NeuronSets
+
+    if args.to:
+        return list(args.to)
+    source = source_language(args.source)
+    return [lang for lang in NeuronSets.load(args.neurons).labels if lang != source]
 
 
 def cmd_steer_eval(args: argparse.Namespace) -> int:
     from ..prompts import load_prompts
 
     out = common.out_folder(args.out)
-    if args.limit is not None and args.limit < 1:
-        raise LapeError(f"--limit is {args.limit}: give at least 1 prompt")
     prompts = load_prompts(args.prompts, limit=args.limit)
-    steerer, source = _steerer(args)
-    targets = args.to or [lang for lang in steerer.sets.labels if lang != source]
-    result = steerer.evaluate(prompts, targets=targets, source=source, strengths=args.strengths,
+    steerer, source, reference = _steerer(args, None if args.no_fluency else _targets(args))
+    result = steerer.evaluate(prompts, targets=_targets(args), source=source, strengths=args.strengths,
+                              controls=args.controls, random_seeds=args.random_seeds, reference=reference,
                               progress=not args.quiet, out=out)
     for line in result.summary_lines():
         logger.info(line)
     return 0
 
 
+def cmd_steer_calibrate(args: argparse.Namespace) -> int:
+    from ..evaluate.steer_profile import CalibrateConfig, calibrate
+    from ..prompts import load_prompts
+
+    config = config_from_args(CalibrateConfig, args)
+    out = common.out_folder(args.out or args.neurons, "--out")
+    if args.prompts.endswith(":test"):
+        raise LapeError("builtin:test holds the held-out prompts results are reported on: calibrate on "
+                        "builtin:dev (or your own development prompts)")
+    prompts = load_prompts(args.prompts, limit=args.limit)
+    targets = _targets(args)
+    args.no_profile = True  # calibrate from the plain settings
+    steerer, source, reference = _steerer(args, targets)
+    profile = calibrate(steerer, prompts, targets, reference, source=source, config=config, progress=not args.quiet,
+                        out=out)
+    for t, r in profile.rules.items():
+        score = profile.meta.get("dev_scores", {}).get(t, {})
+        logger.info("%s: %s (dev: fluent success %.0f%%, success %.0f%%)", t, r.describe(),
+                    100 * score.get("fluent_success", 0), 100 * score.get("success", 0))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from ..evaluate.perplexity import PerplexityConfig
-    from ..evaluate.steering import SteerConfig
+    from ..evaluate.steer_profile import CalibrateConfig
+    from ..evaluate.steering import CONTROLS, SteerConfig
 
     s = sub.add_parser("ppl", help="perplexity matrix under deactivation of each language's neurons")
     common.add_model_args(s)
@@ -88,24 +155,66 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(s, PerplexityConfig)
     s.set_defaults(fn=cmd_ppl)
 
-    for name, fn, helptext in (("steer", cmd_steer, "switch the output language of one prompt, or a REPL"),
-                               ("steer-eval", cmd_steer_eval, "steering success over a prompt set")):
+    commands = (("steer", cmd_steer, "switch the output language of one prompt, or a REPL"),
+                ("steer-eval", cmd_steer_eval, "steering success and fluency over a prompt set, with controls"),
+                ("steer-calibrate", cmd_steer_calibrate, "choose a steering rule per language on development "
+                 "prompts (a steering profile saved beside the neuron sets)"))
+    for name, fn, helptext in commands:
         s = sub.add_parser(name, help=helptext)
         common.add_model_args(s, required=False)
         s.add_argument("--neurons", required=True)
         s.add_argument("--stats", required=True)
         s.add_argument("--from", dest="source", default="en", help="source language whose neurons are "
-                       "switched off (default en; 'none' keeps them)")
+                       "scaled down (default en; 'none' keeps them)")
         add_config_args(s, SteerConfig)
+        if name != "steer-calibrate":
+            s.add_argument("--profile", default=None, help="a steering profile folder (default: the one saved "
+                           "beside --neurons, if any)")
+            s.add_argument("--no-profile", action="store_true", help="ignore any steering profile: the plain settings")
+            s.add_argument("--no-fluency", action="store_true", help="skip the fluency figures (and the "
+                           "real-text reference they need)")
         if name == "steer":
             s.add_argument("--to", default=None, help="target language")
-            s.add_argument("--interactive", action="store_true", help="a REPL (:to ja, :strength 2, :off, :help)")
+            s.add_argument("--interactive", action="store_true", help="a REPL (:to ja, :strength 2, :profile, :help)")
             s.add_argument("prompt", nargs="?", default=None)
         else:
             s.add_argument("--to", nargs="+", default=None, help="target languages (default all)")
             s.add_argument("--prompts", required=True, help="a text file (one prompt per line) or "
-                           "builtin:parallel / builtin:heldout")
-            s.add_argument("--limit", type=int, default=None, help="use the first N prompts")
+                           "builtin:dev / builtin:test / builtin:parallel")
+            s.add_argument("--limit", type=_positive, default=None, help="use the first N prompts")
+        s.add_argument("--corpus", default="builtin", help="manifest whose valid split gives the real-text "
+                       "fluency reference")
+        s.add_argument("--reference", default=None, help="folder caching the fluency reference (default: "
+                       "fluency-reference beside --neurons)")
+        s.add_argument("--reference-windows", type=_positive, default=48,
+                       help="held-out text windows per language for the fluency reference")
+        if name == "steer-eval":
             s.add_argument("--strengths", type=float, nargs="+", default=None, help="a strength sweep")
+            s.add_argument("--controls", nargs="+", default=[], choices=CONTROLS,
+                           help="controls beside the steered outputs")
+            s.add_argument("--random-seeds", type=_natural, nargs="+", default=[0, 1, 2],
+                           help="draws of the random control")
             s.add_argument("--out", required=True)
+        if name == "steer-calibrate":
+            add_config_args(s, CalibrateConfig)
+            s.add_argument("--out", default=None, help="where the profile is saved (default: beside the neuron "
+                           "sets, in --neurons, where lape steer finds it)")
         s.set_defaults(fn=fn)
+
+
+def _whole(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value} is below {least}")
+    return value
+
+
+def _positive(text: str) -> int:
+    return _whole(text, 1)
+
+
+def _natural(text: str) -> int:
+    return _whole(text, 0)

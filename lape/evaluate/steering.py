@@ -14,13 +14,15 @@ bigrams / all bigrams) >= 0.5 and no single token makes up more than a third of 
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -34,39 +36,48 @@ from ..langid import identify_language, langid_version
 from ..masks import NeuronSets
 from ..models import fingerprint, input_device
 from ..space import NeuronSpace
+from .fluency import FluencyReference, non_letter_share, text_nll
+from .steer_rule import MODES, SteeringRule
+
+if TYPE_CHECKING:
+    from .steer_profile import SteeringProfile
 
 logger = logging.getLogger(__name__)
+CONTROLS = ("random", "source_on", "source_off", "no_ngram_ban", "plain")
 
 
 @dataclass(frozen=True)
 class SteerConfig(StageConfig):
-    """Settings of steering.
+    """Settings of steering: generation, and the default :class:`SteeringRule` (``mode``,
+    ``strength``, ``value``, ``layers``, ``source_scale``, ``exclusive``) that a calibrated
+    steering profile overrides per target language.
 
-    Defaults were chosen on the built-in model's ``parallel`` prompts (UDHR openings) and are
-    reported on ``heldout`` prompts (README, "Steering"). Two findings set them:
-
-    * ``no_repeat_ngram_size=4``: greedy decoding of a 270M model loops. Even *unsteered*
-      continuations of native Chinese prompts pass the success rule only 75% of the time with
-      repetition penalty 1.1 alone (Japanese 81%, Arabic 88%), a ceiling no neuron setting can
-      beat; forbidding verbatim 4-gram repeats lifts that ceiling to 94-100% in every language
-      while natural text keeps its distinct-2 (0.96-0.99). It applies to unsteered and steered
-      generation alike.
-    * ``strength=1.5`` with ``value="firing_mean"`` on all layers: strength 1 leaves Italian and
-      Portuguese in English; 2 turns Russian and Arabic into markup; the mean over all tokens
-      (``value="mean"``) needs 2-3x the strength and degenerates sooner; the top half of the
-      layers alone barely switches (the bottom layers matter).
+    ``no_repeat_ngram_size=4``: greedy decoding of a 270M model loops. Even *unsteered*
+    continuations of native Chinese prompts pass the success rule only 75% of the time with
+    repetition penalty 1.1 alone (Japanese 81%, Arabic 88%), a ceiling no neuron setting can beat;
+    forbidding verbatim 4-gram repeats lifts it to 94-100% in every language while natural text
+    keeps its distinct-2 (0.96-0.99). It applies to unsteered and steered generation alike.
     """
 
     max_new_tokens: int = option(32, min=1, max=4096)  # continuation length: long enough for language ID
-    strength: float = option(1.5, min=0.0, max=100.0)  # multiplies the activation value of the target's neurons
-    value: str = option("firing_mean", choices=VALUE_RULES)  # firing_mean: mean activation where the neuron
-    # fired; mean: over all tokens
+    mode: str = option("replace", choices=MODES)  # add: + strength x difference of means; replace: set a value
+    strength: float = option(1.5, min=0.0, max=100.0)  # multiplies the added direction or the set value
+    value: str = option("firing_mean", choices=VALUE_RULES)  # replace only: firing_mean (mean activation where
+    # the neuron fired) or mean (over all tokens)
     layers: tuple[int, ...] | None = option(None, min=0)  # restrict edits to these layers (None: all)
+    source_scale: float = option(0.0, min=0.0, max=1.0)  # factor on the source's neurons (0: off, 1: untouched)
+    exclusive: bool = False  # steer with the target's neurons that no other language's set has
+    skip_first: bool = False  # leave each prompt's first token (the attention sink) unedited
     repetition_penalty: float = option(1.1, gt=0.0, max=10.0)  # as in Tang et al.'s generation.py
     no_repeat_ngram_size: int = option(4, min=0, max=64)  # forbid repeating any n-gram of this size (0: off)
     min_chars: int = option(20, min=1)  # shortest output language ID is trusted on
     batch_size: int = option(96, min=1, max=4096, key=False)  # prompts generated together (each with its own
     # target): a decoding step reads the whole 262k x 640 LM head, so wide batches cost little extra
+
+    def rule(self) -> SteeringRule:
+        """The default steering rule these settings describe."""
+        return SteeringRule(mode=self.mode, strength=self.strength, value=self.value, layers=self.layers,
+                            source_scale=self.source_scale, exclusive=self.exclusive)
 
 
 def source_language(source: str | None) -> str | None:
@@ -105,6 +116,7 @@ class Generation:
     language: str | None
     distinct_2: float
     max_token_share: float
+    nll: float | None = None  # mean NLL of the tokens under the unmodified model (when scored)
 
     def success(self, target: str) -> bool:
         """Target language identified and not degenerate (see the module docstring)."""
@@ -113,20 +125,32 @@ class Generation:
 
 @dataclass
 class SteerOutput:
+    """One prompt's unsteered and steered continuation, the rule, and what it edited."""
+
     prompt: str
     target: str
     source: str | None
     unsteered: Generation
     steered: Generation
+    rule: SteeringRule | None = None
+    edited: str = ""  # e.g. "48 neurons in 12 layers (0-17)"
+    from_profile: bool = False
+    reference: FluencyReference | None = None
 
     def format(self) -> str:
-        def show(label: str, g: Generation) -> str:
-            ok = "ok" if g.success(self.target) else "--"
-            return (f"{label:<10} [{g.language or '?'}] {ok} d2={g.distinct_2:.2f}\n"
-                    f"           {g.text.strip()!r}")
+        def show(label: str, g: Generation, lang: str | None) -> str:
+            ok = ("ok" if g.success(self.target) else "--") if label != "unsteered" else "  "
+            extra = ""
+            if self.reference is not None and g.nll is not None and lang in self.reference.languages:
+                extra = f" ppl x{self.reference.ratio(lang, g.nll):.1f} of real {lang} text"
+            return (f"{label:<10} [{g.language or '?'}] {ok} d2={g.distinct_2:.2f}{extra} "
+                    f"non-letters {non_letter_share(g.text):.0%}\n           {g.text.strip()!r}")
         src = self.source or "none"
-        return (f"prompt     {self.prompt!r}\n{show('unsteered', self.unsteered)}\n"
-                f"{show(f'{src}->{self.target}', self.steered)}")
+        how = ""
+        if self.rule is not None:
+            how = f"\nsteering   {self.rule.describe()}; {self.edited}" + (" (profile)" if self.from_profile else "")
+        return (f"prompt     {self.prompt!r}{how}\n{show('unsteered', self.unsteered, self.unsteered.language)}\n"
+                f"{show(f'{src}->{self.target}', self.steered, self.target)}")
 
 
 @dataclass
@@ -172,7 +196,7 @@ class Steerer:
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any, sets: NeuronSets, stats: ActivationStats,
-                 config: SteerConfig = SteerConfig()) -> None:
+                 config: SteerConfig = SteerConfig(), profile: SteeringProfile | None = None) -> None:
         self.model, self.tokenizer, self.sets, self.stats, self.config = model, tokenizer, sets, stats, config
         self.space = NeuronSpace.of(model)
         sets.check_model(model, self.space)
@@ -181,44 +205,64 @@ class Steerer:
         if stats.shape != sets.shape:
             raise LapeError(f"the stats ({stats.shape[0]} x {stats.shape[1]}) do not match the neuron sets "
                             f"({sets.shape[0]} x {sets.shape[1]}): use stats and neurons of one model")
+        if profile is not None:
+            profile.check(model, sets)
+        self.profile = profile
+        self.use_profile = profile is not None  # False: the plain settings of ``config`` for every target
+
+    def rule_for(self, target: str) -> SteeringRule:
+        """The rule that steers towards ``target``: the profile's when one is in use, else the settings'."""
+        if self.use_profile and self.profile is not None and target in self.profile.rules:
+            return self.profile.rules[target]
+        return self.config.rule()
 
     def generate(self, prompts: Sequence[str], target: str | Sequence[str | None] | None = None,
-                 source: str | None = None, strength: float | Sequence[float] | None = None,
-                 progress: bool = False) -> list[Generation]:
+                 source: str | None = None, strength: float | Sequence[float | None] | None = None,
+                 progress: bool = False, *, rule: SteeringRule | Sequence[SteeringRule | None] | None = None,
+                 random_seed: int | Sequence[int | None] | None = None) -> list[Generation]:
         """Greedy continuations of ``prompts``, steered towards ``target`` when given.
 
         ``target`` and ``strength`` are one value for every prompt or one per prompt (a ``None``
         target leaves that prompt unsteered); prompts with different targets share a batch.
+        ``rule`` replaces :meth:`rule_for`; ``random_seed`` gives the random control: the same
+        edits (per-layer counts, values, rule and strength) moved to random neurons, one fixed
+        draw per seed and target language. Both are one value or one per prompt.
         """
         from tqdm.auto import tqdm
 
         cfg = self.config
         n = len(prompts)
-        targets = list(target) if isinstance(target, (list, tuple)) else [target] * n
-        strengths = list(strength) if isinstance(strength, (list, tuple)) else [strength] * n
-        if len(targets) != n or len(strengths) != n:
-            raise LapeError(f"{n} prompts but {len(targets)} targets and {len(strengths)} strengths: give one "
-                            "value or one per prompt")
-        requests = [self._request(t, source, cfg.strength if s is None else s) for t, s in zip(targets, strengths)]
+        per_prompt = [list(v) if isinstance(v, (list, tuple)) else [v] * n
+                      for v in (target, strength, rule, random_seed)]
+        if any(len(v) != n for v in per_prompt):
+            raise LapeError(f"{n} prompts but {len(per_prompt[0])} targets and {len(per_prompt[1])} strengths: give "
+                            "one value or one per prompt")
+        requests = [self._request(t, source, s, r, seed) for t, s, r, seed in zip(*per_prompt)]
         results: list[Generation] = []
         for start in tqdm(range(0, n, cfg.batch_size), desc="generate", unit="batch", disable=not progress):
             chunk = requests[start:start + cfg.batch_size]
-            edits = batch_edits(self.sets, chunk, stats=self.stats, value=cfg.value, layers=cfg.layers)
-            with intervene(self.model, edits=edits, space=self.space, check_model=False):
+            edits = batch_edits(self.sets, chunk, stats=self.stats)
+            with intervene(self.model, edits=edits, space=self.space, check_model=False, skip_first=cfg.skip_first):
                 results += self._generate(list(prompts[start:start + cfg.batch_size]))
         return results
 
-    def _request(self, target: str | None, source: str | None, strength: float) -> dict[str, Any]:
-        """The :func:`batch_edits` request of one prompt: deactivate the source, activate the target."""
+    def _request(self, target: str | None, source: str | None, strength: float | None,
+                 rule: SteeringRule | None = None, random_seed: int | None = None) -> dict[str, Any]:
+        """The :func:`batch_edits` request of one prompt (checked: languages, strength, layers)."""
         if target is None:
             return {}
         source = source_language(source)
         check_languages(self.sets, [target] if source != target else [], source)  # to the source: nothing to switch off
-        if not isinstance(strength, (int, float)) or isinstance(strength, bool):
-            raise LapeError(f"steering strength {strength!r} is not a number: give e.g. 1.5")
-        self.config.replace(strength=float(strength))  # the same bounds as --strength
-        deactivate = [source] if source and source != target else []
-        return {"deactivate": deactivate, "activate": [target], "strength": strength}
+        rule = rule or self.rule_for(target)
+        if strength is not None:
+            if not isinstance(strength, (int, float)) or isinstance(strength, bool):
+                raise LapeError(f"steering strength {strength!r} is not a number: give e.g. 1.5")
+            rule = rule.replace(strength=float(strength))  # the same bounds as --strength
+        check_layers(rule.layers or (), self.space.num_layers)
+        request = rule.request(target, source)
+        if random_seed is not None:
+            request["relocate_seed"] = int(random_seed) * 1009 + self.sets.labels.index(target)
+        return request
 
     def _generate(self, prompts: list[str]) -> list[Generation]:
         tok = self.tokenizer
@@ -249,75 +293,178 @@ class Steerer:
                                    distinct_n(ids, 2), max_token_share(ids)))
         return gens
 
-    def steer(self, prompt: str, to: str, source: str | None = "en", strength: float | None = None) -> SteerOutput:
-        """The unsteered and the steered continuation of one prompt."""
+    def steer(self, prompt: str, to: str, source: str | None = "en", strength: float | None = None,
+              reference: FluencyReference | None = None) -> SteerOutput:
+        """The unsteered and the steered continuation of one prompt, with the rule used, the
+        neurons it edits and (given a ``reference``) both outputs' fluency."""
         check_languages(self.sets, [to], source)
-        self._request(to, source, self.config.strength if strength is None else strength)  # checks first
-        plain = self.generate([prompt])[0]
-        steered = self.generate([prompt], target=to, source=source, strength=strength)[0]
-        return SteerOutput(prompt, to, source, plain, steered)
+        request = self._request(to, source, strength)  # checks first
+        rule = self.rule_for(to) if strength is None else self.rule_for(to).replace(strength=float(strength))
+        plain, steered = self.generate([prompt, prompt], target=[None, to], source=source, strength=[None, strength])
+        if reference is not None:
+            for g, v in zip((plain, steered), text_nll(self.model, [plain.tokens, steered.tokens],
+                                                       getattr(self.tokenizer, "bos_token_id", None))):
+                g.nll = v
+        edits = batch_edits(self.sets, [request], stats=self.stats)
+        return SteerOutput(prompt, to, source, plain, steered, rule, describe_edits(edits),
+                           self.use_profile and self.profile is not None and to in self.profile.rules, reference)
 
     def evaluate(self, prompts: Sequence[str], targets: Iterable[str], source: str | None = "en",
                  strengths: Sequence[float] | None = None, progress: bool = True,
-                 examples_per_target: int = 3, *, out: str | Path | None = None) -> SteeringEval:
-        """Success rate, distinct-2, repetition and identified languages per target and strength.
+                 examples_per_target: int = 3, *, controls: Iterable[str] = (), random_seeds: Sequence[int] = (0,),
+                 reference: FluencyReference | None = None, out: str | Path | None = None) -> SteeringEval:
+        """Success, language, degeneracy and (with ``reference``) fluency per target, next to
+        the unsteered outputs of the same prompts and the chosen controls.
 
-        With ``out=``, the evaluation is saved there, and one made from the same model, neuron
-        sets, stats, prompts and settings is returned without generating again.
+        Args:
+            prompts: English prompt openings (score held-out figures on ``builtin:test`` only).
+            targets: target languages.
+            source: the language whose neurons the rule scales down (``None``: none).
+            strengths: a sweep of strengths (default: each target's rule's own).
+            controls: any of :data:`CONTROLS`: ``random`` (the same edits on random neurons,
+                one draw per seed in ``random_seeds``), ``source_on`` / ``source_off`` (the
+                rule with the source's neurons untouched / switched off), ``no_ngram_ban``
+                (generation without the n-gram ban), ``plain`` (the settings' rule instead
+                of the steering profile).
+            reference: real-text NLL per target (:func:`~lape.evaluate.fluency.fluency_reference`)
+                for the fluency figures (each output scored by the unmodified model).
+            out: save here; an evaluation made from the same inputs is returned from it.
         """
-        targets = list(targets)
-        strengths = list(strengths or [self.config.strength])
+        targets, controls = list(targets), list(controls)
+        strengths = list(strengths) if strengths else [None]
         if not prompts:
             raise LapeError("no prompts to evaluate: give a prompt file with at least one line")
         if not targets:
             raise LapeError("no target languages to evaluate: give --to LANG ...")
-        for t in targets:
-            for st in strengths:
-                self._request(t, source, st)  # checks every target, the source and the strengths first
+        unknown = [c for c in controls if c not in CONTROLS]
+        if unknown:
+            raise LapeError(f"unknown steering control {unknown[0]!r}: use any of {', '.join(CONTROLS)}")
+        if reference is not None:
+            reference.require(targets)
+        jobs = self._jobs(targets, source, strengths, controls, list(random_seeds))  # checks everything first
         inputs = {"neurons": self.sets.identity(), "stats": self.stats.identity(), "prompts": list(prompts),
-                  "targets": targets, "source": source, "strengths": strengths,
-                  "examples_per_target": examples_per_target, "langid": langid_version()}
+                  "targets": targets, "source": source, "strengths": strengths, "controls": controls,
+                  "random_seeds": list(random_seeds), "examples_per_target": examples_per_target,
+                  "langid": langid_version(), "reference": reference.identity() if reference else None,
+                  "profile": self.profile.identity() if self.use_profile and self.profile else None}
         key = artifacts.stage_key(SteeringEval.KIND, model_fingerprint=fingerprint(self.model),
                                   config=self.config.key_dict(), inputs=inputs)
         return artifacts.run_stage(SteeringEval, out, key, lambda: self._evaluate(
-            prompts, targets, source, strengths, progress, examples_per_target, inputs), model=self.model)
+            prompts, targets, source, jobs, reference, progress, examples_per_target, inputs), model=self.model)
 
-    def _evaluate(self, prompts: Sequence[str], targets: list[str], source: str | None, strengths: list[float],
-                  progress: bool, examples_per_target: int, inputs: dict[str, Any]) -> SteeringEval:
-        # every (target, strength) and the unsteered baseline in one batched generate() call
-        jobs = [(None, None)] + [(t, st) for t in targets for st in strengths]
-        n = len(prompts)
-        gens_all = self.generate(list(prompts) * len(jobs), target=[t for t, _ in jobs for _ in range(n)],
-                                 source=source, strength=[st for _, st in jobs for _ in range(n)],
-                                 progress=progress)
-        plain = gens_all[:n]
+    def _jobs(self, targets: list[str], source: str | None, strengths: list[float | None], controls: list[str],
+              seeds: list[int]) -> list[dict[str, Any]]:
+        """One job per (condition, target, strength[, seed]), its rule checked."""
+        jobs = []
+        for t in targets:
+            for st in strengths:
+                rule = self.rule_for(t)
+                if st is not None:
+                    rule = rule.replace(strength=float(st))
+                variants = [("steered", rule, None)]
+                if "plain" in controls and self.use_profile:
+                    variants.append(("plain", self.config.rule() if st is None else
+                                     self.config.rule().replace(strength=float(st)), None))
+                if "source_on" in controls:
+                    variants.append(("source_on", rule.replace(source_scale=1.0), None))
+                if "source_off" in controls:
+                    variants.append(("source_off", rule.replace(source_scale=0.0), None))
+                variants += [("random", rule, seed) for seed in (seeds if "random" in controls else [])]
+                if "no_ngram_ban" in controls:
+                    variants.append(("no_ngram_ban", rule, None))
+                for condition, r, seed in variants:
+                    self._request(t, source, None, r, seed)
+                    jobs.append({"condition": condition, "target": t, "rule": r, "seed": seed})
+        return jobs
+
+    def _evaluate(self, prompts: Sequence[str], targets: list[str], source: str | None, jobs: list[dict[str, Any]],
+                  reference: FluencyReference | None, progress: bool, examples_per_target: int,
+                  inputs: dict[str, Any]) -> SteeringEval:
+        n, prompts = len(prompts), list(prompts)
+        banned = [j for j in jobs if j["condition"] != "no_ngram_ban"]
+        free = [j for j in jobs if j["condition"] == "no_ngram_ban"]
+        outputs: dict[int, list[Generation]] = {}
+        plain_free: list[Generation] = []
+        for group, ban in ((banned, self.config.no_repeat_ngram_size), (free, 0)):
+            if not group:
+                continue
+            steerer = self if ban == self.config.no_repeat_ngram_size else self.with_config(no_repeat_ngram_size=ban)
+            with_plain = [None] + group  # the unsteered outputs of this decoding, in the same call
+            gens = steerer.generate(prompts * len(with_plain),
+                                    target=[None if j is None else j["target"] for j in with_plain for _ in prompts],
+                                    source=source, rule=[None if j is None else j["rule"] for j in with_plain for _ in prompts],
+                                    random_seed=[None if j is None else j["seed"] for j in with_plain for _ in prompts],
+                                    progress=progress)
+            if group is banned:
+                plain = gens[:n]
+            else:
+                plain_free = gens[:n]
+            for k, j in enumerate(group, start=1):
+                outputs[id(j)] = gens[k * n:(k + 1) * n]
+        if not banned:
+            plain = plain_free
+        scored = self._score([plain, plain_free, *outputs.values()], reference, progress)
         rows, examples = [], []
-        for j, (target, strength) in enumerate(jobs[1:], start=1):
-            gens = gens_all[j * n:(j + 1) * n]
-            unsteered_success = _mean(g.success(target) for g in plain)
+        for j in jobs:
+            gens = outputs[id(j)]
+            base = plain_free if j["condition"] == "no_ngram_ban" else plain
+            t = j["target"]
             langs = Counter(g.language or "?" for g in gens)
-            rows.append({
-                "target": target, "strength": strength, "prompts": n,
-                "steered_success": _mean(g.success(target) for g in gens),
-                "unsteered_success": unsteered_success,
-                "steered_target_language": _mean(g.language == target for g in gens),
-                "steered_distinct_2": _mean(g.distinct_2 for g in gens),
-                "unsteered_distinct_2": _mean(g.distinct_2 for g in plain),
-                "steered_repetition": _mean(1 - g.distinct_2 for g in gens),
-                "steered_degenerate": _mean(g.distinct_2 < 0.5 or g.max_token_share > 1 / 3 for g in gens),
-                "identified": dict(langs.most_common()),
-            })
-            for p, g0, g in list(zip(prompts, plain, gens))[:examples_per_target]:
-                examples.append({"target": target, "strength": strength, "prompt": p,
-                                 "unsteered": g0.text, "unsteered_language": g0.language,
-                                 "steered": g.text, "steered_language": g.language,
-                                 "success": g.success(target)})
+            row = {"condition": j["condition"], "seed": j["seed"], "target": t, "strength": j["rule"].strength,
+                   "rule": j["rule"].describe(), "prompts": n,
+                   "steered_success": _mean(g.success(t) for g in gens),
+                   "unsteered_success": _mean(g.success(t) for g in base),
+                   "steered_target_language": _mean(g.language == t for g in gens),
+                   "steered_distinct_2": _mean(g.distinct_2 for g in gens),
+                   "unsteered_distinct_2": _mean(g.distinct_2 for g in base),
+                   "steered_repetition": _mean(1 - g.distinct_2 for g in gens),
+                   "steered_degenerate": _mean(g.distinct_2 < 0.5 or g.max_token_share > 1 / 3 for g in gens),
+                   "non_letter": _median(non_letter_share(g.text) for g in gens),
+                   "identified": dict(langs.most_common())}
+            if reference is not None:
+                row.update({"fluency_ratio": _median(reference.ratio(t, scored[id(g)]) for g in gens),
+                            "fluent": _mean(reference.fluent(t, scored[id(g)], g.text) for g in gens),
+                            "fluent_success": _mean(g.success(t) and reference.fluent(t, scored[id(g)], g.text)
+                                                    for g in gens)})
+            rows.append(row)
+            if j["condition"] == "steered":
+                for p, g0, g in list(zip(prompts, base, gens))[:examples_per_target]:
+                    examples.append({"target": t, "strength": j["rule"].strength, "prompt": p,
+                                     "unsteered": g0.text, "unsteered_language": g0.language,
+                                     "steered": g.text, "steered_language": g.language,
+                                     "success": g.success(t)})
         meta = artifacts.model_sidecar(
             SteeringEval.KIND, self.model, self.space, languages=targets, config=self.config.to_dict(),
-            inputs={**inputs, "prompts": len(prompts)}, source=source, targets=targets, strengths=strengths,
-            prompts=len(prompts), langid=langid_version(),
+            inputs={**inputs, "prompts": len(prompts)}, source=source, targets=targets,
+            strengths=sorted({j["rule"].strength for j in jobs}), prompts=len(prompts), langid=langid_version(),
+            profile={t: self.rule_for(t).to_dict() for t in targets} if self.use_profile and self.profile else None,
+            reference=reference.languages if reference else None,
             neurons={"method": self.sets.meta.get("method"), "counts": self.sets.counts()})
         return SteeringEval(rows, examples, meta)
+
+    def with_config(self, **changes: Any) -> Steerer:
+        """A steerer sharing this one's model, sets, stats and profile, with some settings changed."""
+        other = copy.copy(self)
+        other.config = self.config.replace(**changes)
+        return other
+
+    def _score(self, groups: Iterable[list[Generation]], reference: FluencyReference | None,
+               progress: bool) -> dict[int, float]:
+        """The unmodified model's mean NLL of each generation's tokens, by ``id(generation)``."""
+        if reference is None:
+            return {}
+        gens = [g for group in groups for g in group]
+        nlls = text_nll(self.model, [g.tokens for g in gens], getattr(self.tokenizer, "bos_token_id", None))
+        return {id(g): v for g, v in zip(gens, nlls)}
+
+
+def describe_edits(edits: Sequence[Any]) -> str:
+    """``"48 neurons in 12 layers (0-17)"``: how many activations a list of edits touches."""
+    touched = {(e.layer, int(i)) for e in edits for i in e.index.tolist()}
+    layers = sorted({layer for layer, _ in touched})
+    if not layers:
+        return "no neurons"
+    return f"{len(touched)} neurons in {len(layers)} layers ({layers[0]}-{layers[-1]})"
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -325,69 +472,6 @@ def _mean(values: Iterable[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-_HELP = """commands:
-  :to LANG        switch the target language (e.g. :to ja)
-  :from LANG      switch the source language whose neurons are switched off (:from none keeps them)
-  :strength X     scale the activation value (e.g. :strength 2)
-  :off            show only the unsteered output;  :on  steer again
-  :langs          list the languages
-  :help           this text;  :quit  leave
-anything else is a prompt."""
-
-
-def repl(steerer: Steerer, target: str | None = None, source: str | None = "en",
-         input_fn: Callable[[str], str] = input, output_fn: Callable[[str], None] = print) -> int:
-    """The interactive steering loop of ``lape steer --interactive``.
-
-    Reads prompts and ``:commands`` from ``input_fn`` until ``:quit`` or end of input.
-    """
-    labels = steerer.sets.labels
-    check_languages(steerer.sets, [target] if target is not None else [], None)
-    if source not in labels:  # e.g. no English set: steer by activation only
-        source = None
-    default_target = next((lab for lab in labels if lab != source), labels[0])
-    state: dict[str, Any] = {"to": target or default_target, "from": source,
-                             "strength": steerer.config.strength, "on": True}
-    output_fn(f"lape steering REPL: target {state['to']}, source {state['from']}. :help for commands.")
-    while True:
-        try:
-            line = input_fn(f"[{state['to'] if state['on'] else 'off'} x{state['strength']:g}]> ").strip()
-        except EOFError:
-            return 0
-        if not line:
-            continue
-        if line.startswith(":"):
-            cmd, _, arg = line[1:].partition(" ")
-            arg = arg.strip()
-            if cmd in ("quit", "q", "exit"):
-                return 0
-            if cmd == "help":
-                output_fn(_HELP)
-            elif cmd == "langs":
-                output_fn(" ".join(steerer.sets.labels))
-            elif cmd == "to" and arg in steerer.sets.labels:
-                state["to"], state["on"] = arg, True
-                output_fn(f"target -> {arg}")
-            elif cmd == "from" and (arg in steerer.sets.labels or source_language(arg) is None):
-                state["from"] = source_language(arg)
-                output_fn(f"source -> {arg}")
-            elif cmd == "strength":
-                try:
-                    state["strength"] = float(arg)
-                    output_fn(f"strength -> {state['strength']:g}")
-                except ValueError:
-                    output_fn(f"not a number: {arg!r} (e.g. :strength 2)")
-            elif cmd in ("off", "on"):
-                state["on"] = cmd == "on"
-                output_fn(f"steering {cmd}")
-            elif cmd in ("to", "from"):
-                output_fn(f"unknown language {arg!r}: choose one of {' '.join(steerer.sets.labels)}")
-            else:
-                output_fn(f"unknown command :{cmd} (:help lists them)")
-            continue
-        if state["on"]:
-            output_fn(steerer.steer(line, to=state["to"], source=state["from"],
-                                    strength=state["strength"]).format())
-        else:
-            g = steerer.generate([line])[0]
-            output_fn(f"unsteered  [{g.language or '?'}] {g.text.strip()!r}")
+def _median(values: Iterable[float]) -> float:
+    values = [float(v) for v in values if not math.isnan(float(v))]
+    return statistics.median(values) if values else math.nan

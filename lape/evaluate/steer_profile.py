@@ -1,0 +1,184 @@
+"""Steering profiles: a :class:`SteeringRule` per target language, chosen on development prompts.
+
+:func:`calibrate` searches, per target language, for the rule whose steered outputs are most
+often both a **success** (target language identified, not degenerate) and **fluent** (as
+predictable to the unmodified model as 90% of real text windows of that language, mostly
+letters; :mod:`lape.evaluate.fluency`). The search is coordinate-wise, every target at once:
+
+1. every ``mode`` x ``strength`` candidate (source and layers as in the base settings);
+2. from each target's best so far, every layer window;
+3. from there, every source scale;
+
+a change is kept only when it scores strictly better. Ties go to the earlier candidate, so
+list the plainer settings first. Every candidate's dev scores are kept in the profile.
+
+The profile is saved **beside the neuron sets** (``RUN/neurons/steering_profile.json``), where
+``lape steer`` and ``lape steer-eval`` pick it up; it is refused for another model or other
+neuron sets. Choose on ``builtin:dev`` and report on ``builtin:test``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from .. import artifacts
+from ..config import StageConfig, option
+from ..errors import LapeError
+from ..masks import NeuronSets
+from ..models import fingerprint
+from .steer_rule import MODES, SteeringRule
+
+if TYPE_CHECKING:
+    from .fluency import FluencyReference
+    from .steering import Steerer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SteeringProfile(artifacts.Artifact):
+    """Per target language, the rule :func:`calibrate` chose, with the dev scores behind it."""
+
+    rules: dict[str, SteeringRule]
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    KIND: ClassVar[str] = "steering_profile"
+    DESCRIPTION: ClassVar[str] = "steering profile"
+
+    def payload(self) -> Any:
+        return {"rules": {lang: r.to_dict() for lang, r in self.rules.items()}, "candidates": self.candidates}
+
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        return {"profile": [{"target": lang, "rule": r.describe(), **r.to_dict()} for lang, r in self.rules.items()],
+                "candidates": self.candidates}
+
+    @classmethod
+    def _from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], payload: Any) -> SteeringProfile:
+        if not isinstance(payload, dict) or not isinstance(payload.get("rules"), dict):
+            raise LapeError("the steering profile has no rules: the artifact was edited or damaged; "
+                            "re-run lape steer-calibrate")
+        rules = {lang: SteeringRule.from_dict({k: tuple(v) if k == "layers" and v is not None else v
+                                               for k, v in r.items()}) for lang, r in payload["rules"].items()}
+        return cls(rules, list(payload.get("candidates") or []), meta)
+
+    def check(self, model: nn.Module, sets: NeuronSets) -> None:
+        """Refuse a profile calibrated on another model or other neuron sets."""
+        self.check_model(model)
+        made_for = self.meta.get("neurons")
+        if made_for and made_for != sets.identity():
+            raise LapeError("the steering profile was calibrated for other neuron sets: re-run lape steer-calibrate "
+                            "on these sets, or pass --no-profile")
+
+
+def find_profile(neurons: str | Path) -> SteeringProfile | None:
+    """The profile saved beside the neuron sets in folder ``neurons``, if there is one."""
+    return SteeringProfile.load(neurons) if artifacts.exists(neurons, SteeringProfile.KIND) else None
+
+
+def _windows(spec: str, num_layers: int) -> tuple[int, ...] | None:
+    """``"all"`` -> None; ``"lo-hi"`` -> that inclusive range; ``"lower"``/``"upper"`` halves;
+    ``"skip:k"`` -> all but the first k layers."""
+    if spec == "all":
+        return None
+    if spec == "lower":
+        return tuple(range(num_layers // 2))
+    if spec == "upper":
+        return tuple(range(num_layers // 2, num_layers))
+    if spec.startswith("skip:"):
+        return tuple(range(int(spec[5:]), num_layers))
+    lo, _, hi = spec.partition("-")
+    try:
+        window = tuple(range(int(lo), int(hi) + 1))
+    except ValueError:
+        raise LapeError(f"layer window {spec!r} is not all, lower, upper, skip:K or LO-HI (e.g. 4-17)") from None
+    if not window or window[-1] >= num_layers:
+        raise LapeError(f"layer window {spec!r} is outside layers 0..{num_layers - 1}")
+    return window
+
+
+@dataclass(frozen=True)
+class CalibrateConfig(StageConfig):
+    """The candidates :func:`calibrate` tries (module docstring)."""
+
+    modes: tuple[str, ...] = option(("add", "replace"), choices=MODES)  # edit rules to try
+    strengths: tuple[float, ...] = option((1.0, 1.5, 2.0), gt=0.0, max=100.0)  # strengths to try with each mode
+    layer_windows: tuple[str, ...] = ("all",)  # all, lower, upper, skip:K or LO-HI; tried after the strength
+    source_scales: tuple[float, ...] = option((), min=0.0, max=1.0)  # factors on the source's neurons to try last
+    exclusive_choices: tuple[bool, ...] = (False,)  # steer with exclusive neurons only or not (tried with each window)
+
+
+def calibrate(steerer: Steerer, prompts: Sequence[str], targets: Iterable[str], reference: FluencyReference,
+              source: str | None = "en", config: CalibrateConfig = CalibrateConfig(), *, progress: bool = True,
+              out: str | Path | None = None) -> SteeringProfile:
+    """Choose each target's rule on development ``prompts`` (module docstring).
+
+    Args:
+        steerer: the model, neuron sets and stats; its settings give the base rule.
+        prompts: development prompts (``builtin:dev``), never the ones results are reported on.
+        targets: the target languages.
+        reference: real-text NLL per target (:func:`~lape.evaluate.fluency.fluency_reference`).
+        source: the prompts' language.
+        config: the candidates.
+        out: the neuron sets' folder (the profile is saved beside them); a profile made from
+            the same inputs is returned from it.
+    """
+    targets = list(targets)
+    reference.require(targets)
+    base = steerer.config.rule()
+    windows = [_windows(w, steerer.space.num_layers) for w in config.layer_windows]
+    inputs = {"neurons": steerer.sets.identity(), "stats": steerer.stats.identity(), "prompts": list(prompts),
+              "targets": targets, "source": source, "reference": reference.identity(),
+              "base": base.to_dict(), "steer": steerer.config.key_dict()}
+    key = artifacts.stage_key(SteeringProfile.KIND, model_fingerprint=fingerprint(steerer.model),
+                              config=config.key_dict(), inputs=inputs)
+
+    def compute() -> SteeringProfile:
+        candidates: list[dict[str, Any]] = []
+        best: dict[str, tuple[tuple[float, float, float], SteeringRule]] = {}
+
+        def trial(stage: str, rules: dict[str, SteeringRule]) -> None:
+            trial_steerer = steerer.with_config()
+            trial_steerer.profile, trial_steerer.use_profile = SteeringProfile(rules), True
+            ev = trial_steerer.evaluate(prompts, targets, source=source, reference=reference, progress=progress,
+                                        examples_per_target=0)
+            for row in ev.rows:
+                t, rule = row["target"], rules[row["target"]]
+                score = (row["fluent_success"], row["steered_success"], -row["fluency_ratio"])
+                candidates.append({"stage": stage, "target": t, "rule": rule.describe(), **rule.to_dict(),
+                                   "success": row["steered_success"], "fluent": row["fluent"],
+                                   "fluent_success": row["fluent_success"], "fluency_ratio": row["fluency_ratio"],
+                                   "non_letter": row["non_letter"]})
+                if t not in best or score > best[t][0]:
+                    best[t] = (score, rule)
+            logger.info("[calibrate] %s: mean fluent success %.0f%%", stage,
+                        100 * sum(r["fluent_success"] for r in ev.rows) / len(ev.rows))
+
+        for mode in config.modes:
+            for strength in config.strengths:
+                rule = base.replace(mode=mode, strength=strength)
+                trial(f"{mode} x{strength:g}", dict.fromkeys(targets, rule))
+        for spec, window in zip(config.layer_windows, windows):
+            for exclusive in config.exclusive_choices:
+                if window == base.layers and exclusive == base.exclusive:
+                    continue
+                trial(f"layers {spec}" + (", exclusive" if exclusive else ""),
+                      {t: best[t][1].replace(layers=window, exclusive=exclusive) for t in targets})
+        for scale in config.source_scales:
+            trial(f"source x{scale:g}", {t: best[t][1].replace(source_scale=scale) for t in targets})
+        rules = {t: best[t][1] for t in targets}
+        meta = artifacts.model_sidecar(SteeringProfile.KIND, steerer.model, steerer.space, languages=targets,
+                                       config=config.to_dict(), inputs={**inputs, "prompts": len(prompts)},
+                                       neurons=steerer.sets.identity(), source=source,
+                                       dev_scores={t: dict(zip(("fluent_success", "success", "neg_ratio"), best[t][0]))
+                                                   for t in targets})
+        return SteeringProfile(rules, candidates, meta)
+
+    return artifacts.run_stage(SteeringProfile, out, key, compute, model=steerer.model)
