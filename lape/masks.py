@@ -247,6 +247,28 @@ class ParamRegions(LabelledMasks):
         return self.neuron_counts(space) >= needed[None, :, None]
 
 
+def set_agreement(a: NeuronSets, b: NeuronSets) -> list[dict[str, Any]]:
+    """Per label the two collections share: sizes, shared neurons, the Jaccard overlap
+    ``|A & B| / |A | B|``, and the Jaccard two independent random sets with the same counts per
+    layer would have in expectation (``sum_layer a_l b_l / width`` shared). For stability checks:
+    sets identified on two disjoint halves of the text should agree far above chance."""
+    if a.shape != b.shape:
+        raise LapeError(f"the neuron sets have different shapes ({a.shape} and {b.shape}): compare sets of one model")
+    rows = []
+    width = a.shape[1]
+    for label in (x for x in a.labels if x in b.labels):
+        ma, mb = a.mask(label), b.mask(label)
+        shared, union = int((ma & mb).sum()), int((ma | mb).sum())
+        expected = float((ma.sum(1).double() * mb.sum(1).double()).sum() / width)
+        size_a, size_b = int(ma.sum()), int(mb.sum())
+        rows.append({"label": label, "size_a": size_a, "size_b": size_b, "shared": shared,
+                     "jaccard": shared / union if union else float("nan"),
+                     "chance_jaccard": expected / (size_a + size_b - expected) if size_a + size_b else float("nan")})
+    if not rows:
+        raise LapeError(f"the neuron sets share no label ({', '.join(a.labels)} vs {', '.join(b.labels)})")
+    return rows
+
+
 def parse_neuron_list(text: str) -> list[Neuron]:
     """Parse ``"3:17, 5:1024"`` or ``"(3,17) (5,1024)"`` into ``[(3, 17), (5, 1024)]``."""
     pairs = re.findall(r"(\d+)\s*[:,]\s*(\d+)", text)

@@ -378,7 +378,7 @@ def default_strength(ev: SteeringEval) -> float | None:
         >>> default_strength(ev)
         1.0
     """
-    strengths = [r["strength"] for r in ev.rows]
+    strengths = [r["strength"] for r in ev.steered()]
     configured = (ev.meta.get("config") or {}).get("strength")
     if configured is not None and any(math.isclose(s, configured) for s in strengths):
         return float(configured)
@@ -386,7 +386,9 @@ def default_strength(ev: SteeringEval) -> float | None:
 
 
 def steering_bars(ev: SteeringEval, strength: float | None = None) -> Figure:
-    """Per target language: steered vs unsteered success rate (bars, %).
+    """Per target language: success of the unsteered outputs, of the random control (mean over
+    its draws, when evaluated) and of the steered outputs, and the steered outputs' fluent
+    success (when fluency was measured), in %.
 
     Args:
         ev: from :meth:`lape.evaluate.steering.Steerer.evaluate`.
@@ -395,18 +397,27 @@ def steering_bars(ev: SteeringEval, strength: float | None = None) -> Figure:
     Example:
         >>> fig = steering_bars(SteeringEval.load("runs/demo/steering"))
     """
-    strength = default_strength(ev) if strength is None else strength
-    rows = [r for r in ev.rows if strength is not None and math.isclose(r["strength"], strength)]
+    profile = bool(ev.meta.get("profile"))
+    strength = None if profile else default_strength(ev) if strength is None else strength
+    rows = [r for r in ev.steered() if strength is None or math.isclose(r["strength"], strength)]
+    rows = list({r["target"]: r for r in rows}.values())  # one row per target
     targets = [str(r["target"]) for r in rows]
+    random = {t: [r["steered_success"] for r in ev.steered("random") if r["target"] == t and
+                  (strength is None or math.isclose(r["strength"], strength))] for t in targets}
+    series = [("unsteered", [r["unsteered_success"] for r in rows], "#bbbbbb")]
+    if all(random.values()):
+        series.append(("random neurons", [float(np.mean(random[t])) for t in targets], "#92c5de"))
+    series.append(("steered", [r["steered_success"] for r in rows], "#d6604d"))
+    if all("fluent_success" in r for r in rows) and rows:
+        series.append(("steered and fluent", [r["fluent_success"] for r in rows], "#67001f"))
     x = np.arange(len(rows))
-    fig = _figure(max(3.4, 1.4 + 0.45 * len(rows)), 3.3)
+    fig = _figure(max(3.4, 1.4 + 0.2 * len(series) * len(rows)), 3.3)
     ax = fig.add_subplot()
-    width = 0.38
-    series = (("unsteered", "unsteered_success", "#bbbbbb"), ("steered", "steered_success", "#d6604d"))
-    for k, (name, key, color) in enumerate(series):
-        vals = np.array([100 * float(r[key]) for r in rows])
-        bars = ax.bar(x + (k - 0.5) * width, vals, width, label=name, color=color)
-        ax.bar_label(bars, labels=[f"{v:.0f}" for v in vals], fontsize=7, padding=1)
+    width = 0.8 / len(series)
+    for k, (name, values, color) in enumerate(series):
+        vals = np.array([100 * float(v) for v in values])
+        bars = ax.bar(x + (k - (len(series) - 1) / 2) * width, vals, width, label=name, color=color)
+        ax.bar_label(bars, labels=[f"{v:.0f}" for v in vals], fontsize=6 if len(series) > 2 else 7, padding=1)
     ax.set_xticks(x, targets)
     ax.set_xlabel("target language")
     ax.set_ylabel("success (%)")
@@ -414,7 +425,7 @@ def steering_bars(ev: SteeringEval, strength: float | None = None) -> Figure:
     ax.spines[["top", "right"]].set_visible(False)
     fig.legend(frameon=False, fontsize=8, loc="outside right upper")
     source = ev.meta.get("source") or "none"
-    s = f", strength {strength:g}" if strength is not None else ""
+    s = ", calibrated profile" if profile else f", strength {strength:g}" if strength is not None else ""
     ax.set_title(f"Steering from {source}{s}", fontsize=10)
     return fig
 
@@ -427,15 +438,16 @@ def strength_sweep(ev: SteeringEval) -> Figure:
     Example:
         >>> fig = strength_sweep(ev)   # ev from evaluate(..., strengths=[0.5, 1, 2, 4])
     """
-    targets = list(dict.fromkeys(str(r["target"]) for r in ev.rows))
-    strengths = sorted({float(r["strength"]) for r in ev.rows})
+    steered = ev.steered()
+    targets = list(dict.fromkeys(str(r["target"]) for r in steered))
+    strengths = sorted({float(r["strength"]) for r in steered})
     colors = _label_colors(len(targets))
     fig = _figure(5.2, 2.9)
     axes = fig.subplots(1, 2, sharex=True)
     panels = (("steered_success", "steered success (%)", 100.0), ("steered_distinct_2", "distinct-2", 1.0))
     for ax, (key, ylabel, scale) in zip(axes, panels, strict=True):
         for k, target in enumerate(targets):
-            rows = sorted((r for r in ev.rows if str(r["target"]) == target), key=lambda r: r["strength"])
+            rows = sorted((r for r in steered if str(r["target"]) == target), key=lambda r: r["strength"])
             ax.plot([r["strength"] for r in rows], [scale * float(r[key]) for r in rows], marker="o",
                     ms=3, lw=1.5, color=colors[k], label=target)
         ax.set_xlabel("strength")

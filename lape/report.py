@@ -456,26 +456,45 @@ def render_ppl(folder: Path, ctx: ReportContext) -> str:
 
 
 def render_steering(folder: Path, ctx: ReportContext) -> str:
-    """Steering table, success bars (+ strength sweep) and example outputs from ``steering/``."""
+    """Steering: per-target table with fluency, the controls, success bars (+ strength sweep)
+    and example outputs from ``steering/``."""
     ev = SteeringEval.load(folder)
-    strengths = list(dict.fromkeys(float(r["strength"]) for r in ev.rows))
+    steered = ev.steered()
+    strengths = list(dict.fromkeys(float(r["strength"]) for r in steered))
+    fluency = all("fluent" in r for r in steered) and bool(steered)
     table = _table(
-        ["target", "strength", "steered success", "unsteered success", "steered distinct-2", "identified languages"],
-        [(_Raw(_lang(r["target"])), r["strength"], plots.pct(r.get("steered_success")), plots.pct(r.get("unsteered_success")),
-          _dec(r.get("steered_distinct_2")), r.get("identified") or {}) for r in ev.rows],
-        caption="Per target language and strength (success: target language identified and not degenerate)",
-        left={0, 5})
+        ["target", "rule", "steered success", "unsteered success", "steered distinct-2",
+         *(["fluent", "PPL / real text"] if fluency else []), "non-letters", "identified languages"],
+        [(_Raw(_lang(r["target"])), r.get("rule") or f"x{r['strength']:g}", plots.pct(r.get("steered_success")),
+          plots.pct(r.get("unsteered_success")), _dec(r.get("steered_distinct_2")),
+          *([plots.pct(r.get("fluent")), _dec(r.get("fluency_ratio"))] if fluency else []),
+          plots.pct(r.get("non_letter")), r.get("identified") or {}) for r in steered],
+        caption="Per target language (success: target language identified and not degenerate; fluent: as "
+                "predictable to the unmodified model as 90% of real text windows of the language, at most 30% "
+                "non-letters; PPL / real text: median output perplexity over real text's median)",
+        left={0, 1, 7 if fluency else 5})
+    controls = ev.condition_summary()
+    control_table = _table(
+        ["condition", "targets", "mean success", "smallest", "targets >= 90%", "mean fluent success",
+         "median PPL / real", "spread over draws (SD)"],
+        [(c["condition"] + (f" x{c['strength']:g}" if "strength" in c else ""), c["targets"],
+          plots.pct(c["mean_success"]), plots.pct(c["min_success"]), c.get("at_least_90", ""),
+          plots.pct(c.get("mean_fluent_success")), _dec(c.get("median_fluency_ratio")),
+          plots.pct(c.get("sd_over_draws"))) for c in controls],
+        caption="Steered outputs next to their controls (random: the same edits on random neurons with the same "
+                "per-layer counts and values; source_on/off: the source's neurons untouched/off; no_ngram_ban: "
+                "without the 4-gram ban; plain: the settings' rule instead of the profile)", left={0})
     default = plots.default_strength(ev)
-    figs = [ctx.figure(plots.steering_bars(ev), "steering_bars",
-                       f"Steered vs unsteered success per target language (strength {default:g})"
-                       if default is not None else "Steered vs unsteered success")]
+    figs = [ctx.figure(plots.steering_bars(ev), "steering_bars", "Success per target language, with the controls")]
     if len(strengths) > 1:
         figs.append(ctx.figure(plots.strength_sweep(ev), "strength_sweep",
                                "Success and distinct-2 against steering strength"))
     config = ev.meta.get("config") or {}
     facts = {"source language": ev.meta.get("source") or "none", "prompts": ev.meta.get("prompts"),
-             "strengths": ", ".join(f"{s:g}" for s in strengths), "max new tokens": config.get("max_new_tokens"),
-             "activation value": config.get("value"), "neurons": (ev.meta.get("neurons") or {}).get("method")}
+             "rule": "calibrated steering profile" if ev.meta.get("profile") else
+             ", ".join(f"{s:g}" for s in strengths) if default is None else f"settings, strength {default:g}",
+             "max new tokens": config.get("max_new_tokens"),
+             "first token left unedited": config.get("skip_first"), "neurons": (ev.meta.get("neurons") or {}).get("method")}
     examples = []
     for x in ev.examples:
         ok = bool(x.get("success"))
@@ -486,7 +505,7 @@ def render_steering(folder: Path, ctx: ReportContext) -> str:
             _Raw('<span class="ok">✓</span>' if ok else '<span class="fail">✗</span>')))
     ex_table = _table(["target", "strength", "prompt", "unsteered", "steered", "success"], examples,
                       caption="Example outputs (language as identified by py3langid)", left=6)
-    body = (_facts(facts) + f'<div class="figs">{"".join(figs)}</div>' + table
+    body = (_facts(facts) + f'<div class="figs">{"".join(figs)}</div>' + table + control_table
             + ("<h3>Examples</h3>" + ex_table if examples else ""))
     return _section(folder.name, "Steering the output language", body)
 

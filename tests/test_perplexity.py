@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 from dataclasses import dataclass
 
 import pytest
@@ -106,17 +107,31 @@ def test_ppl_matrix_rows_columns_base_and_random_baseline():
     for j, lang in enumerate(res.languages):
         assert math.isclose(res.base_nll[j], _mean_nll(model, corpus[lang]), rel_tol=1e-5)
 
-    # the random control: seeded by the config, as many neurons per layer as each row's set
-    randoms = random_like(sets, seed=cfg.seed)
+    # the random control: cfg.random_draws draws seeded seed, seed+1, ..., as many neurons per layer as
+    # each row's set; random_nll is their mean
+    assert len(res.random_draws_nll) == cfg.random_draws == 3
+    draws = [random_like(sets, seed=cfg.seed + k) for k in range(cfg.random_draws)]
     for i, row in enumerate(res.rows):
-        assert randoms.mask(row).sum(1).tolist() == sets.mask(row).sum(1).tolist()
-        assert not torch.equal(randoms.mask(row), sets.mask(row))
+        zeroed = _zeroed(model, sets.mask(row))
         # deactivating a set gives the perplexity of the model with those down-projection columns zeroed
-        zeroed, zeroed_rnd = _zeroed(model, sets.mask(row)), _zeroed(model, randoms.mask(row))
         for j, lang in enumerate(res.languages):
             assert math.isclose(res.nll[i][j], _mean_nll(zeroed, corpus[lang]), rel_tol=1e-5)
-            assert math.isclose(res.random_nll[i][j], _mean_nll(zeroed_rnd, corpus[lang]), rel_tol=1e-5)
+        for k, randoms in enumerate(draws):
+            assert randoms.mask(row).sum(1).tolist() == sets.mask(row).sum(1).tolist()
+            assert not torch.equal(randoms.mask(row), sets.mask(row))
+            zeroed_rnd = _zeroed(model, randoms.mask(row))
+            for j, lang in enumerate(res.languages):
+                assert math.isclose(res.random_draws_nll[k][i][j], _mean_nll(zeroed_rnd, corpus[lang]), rel_tol=1e-5)
+        for j in range(3):
+            assert res.random_nll[i][j] == pytest.approx(statistics.fmean(m[i][j] for m in res.random_draws_nll))
             assert not math.isclose(res.nll[i][j], res.random_nll[i][j], rel_tol=1e-6)
+    # the row test against every draw, and the draws' spread, by hand
+    for d in res.diagonal_summary("nll"):
+        i, j = res.rows.index(d["row"]), res.languages.index(d["language"])
+        own_random = [m[i][j] - res.base_nll[j] for m in res.random_draws_nll]
+        assert d["random_own_delta_nll_sd"] == pytest.approx(statistics.stdev(own_random))
+        assert d["random_own_delta_nll_max"] == pytest.approx(max(own_random))
+        assert d["own_above_every_random"] == all(res.nll[i][j] - res.base_nll[j] > v for v in own_random)
     for i in range(2):  # deactivation changed every language's perplexity
         assert all(not math.isclose(v, b, rel_tol=1e-6) for v, b in zip(res.nll[i], res.base_nll))
 

@@ -59,12 +59,26 @@ def out_folder(path: str | None, what: str = "--out") -> Path | None:
 
 
 def corpus(m: Any, tokenizer: Any, split: str, tokens: int | None, seq_len: int, seed: int,
-           languages: Sequence[str] | None) -> dict[str, Any]:
-    """One stream per language of a manifest's split."""
+           languages: Sequence[str] | None, part: tuple[int, int] | None = None) -> dict[str, Any]:
+    """One stream per language of a manifest's split (``part``: only every n-th document)."""
     from ..corpora import load_corpus
 
     return load_corpus(m, tokenizer, split=split, tokens_per_language=tokens, seq_len=seq_len, seed=seed,
-                       languages=list(languages) if languages else None)
+                       languages=list(languages) if languages else None, part=part)
+
+
+def parse_part(text: str | None) -> tuple[int, int] | None:
+    """``--part K/N`` (1-based K): documents K, K+N, K+2N, ... of each split; None passes through."""
+    if text is None:
+        return None
+    k, _, n = text.partition("/")
+    try:
+        part = (int(k) - 1, int(n))
+    except ValueError:
+        part = None
+    if part is None or not 0 <= part[0] < part[1]:
+        raise LapeError(f"--part {text} is not K/N with 1 <= K <= N: e.g. 1/2 and 2/2 for two disjoint halves")
+    return part
 
 
 def init_distributed(args: argparse.Namespace) -> None:

@@ -15,13 +15,14 @@ def cmd_record(args: argparse.Namespace) -> int:
     from ..activations import RecordConfig, record
 
     config = config_from_args(RecordConfig, args)
+    part = common.parse_part(args.part)
     out = common.out_folder(args.out)
     m = load_manifest(args.corpus)  # every source checked before the model loads
     m.with_split(config.split, config.languages)
     common.init_distributed(args)
     model, tok = common.load(args)
     streams = common.corpus(m, tok, config.split, config.tokens_per_language, config.seq_len, config.seed,
-                            config.languages)
+                            config.languages, part=part)
     stats = record(model, streams, config, out=out, progress=not args.quiet)
     logger.info("stats of %d languages (%s tokens counted) -> %s", len(stats.languages),
                 f"{int(stats.token_counts.sum()):,}", args.out)
@@ -53,6 +54,17 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ..masks import NeuronSets, set_agreement
+
+    rows = set_agreement(NeuronSets.load(args.a), NeuronSets.load(args.b))
+    print(f"{'label':<8} {'size A':>7} {'size B':>7} {'shared':>7} {'Jaccard':>8} {'chance':>8}")
+    for r in rows:
+        print(f"{r['label']:<8} {r['size_a']:>7} {r['size_b']:>7} {r['shared']:>7} {r['jaccard']:>8.3f} "
+              f"{r['chance_jaccard']:>8.4f}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from ..activations import RecordConfig
     from ..entropy import IdentifyConfig
@@ -61,6 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_model_args(s)
     s.add_argument("--corpus", default="builtin", help="a data manifest (YAML) or builtin")
     s.add_argument("--out", required=True, help="output folder, e.g. runs/x/stats")
+    s.add_argument("--part", default=None, help="K/N: record only documents K, K+N, ... of each language "
+                   "(e.g. 1/2 and 2/2: two disjoint halves, for lape compare)")
     add_config_args(s, RecordConfig)
     s.set_defaults(fn=cmd_record)
 
@@ -70,6 +84,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--languages", nargs="+", default=None, help="identify over these recorded languages only")
     add_config_args(s, IdentifyConfig)
     s.set_defaults(fn=cmd_identify)
+
+    s = sub.add_parser("compare", help="Jaccard overlap of two neuron-set folders per label, next to chance "
+                       "(e.g. sets identified on two halves of the text)")
+    s.add_argument("a", help="a neurons folder")
+    s.add_argument("b", help="another neurons folder of the same model")
+    s.set_defaults(fn=cmd_compare)
 
     s = sub.add_parser("plot", help="layer distribution, overlap and probability heatmaps of neuron sets")
     s.add_argument("neurons", help="folder written by lape identify")

@@ -146,6 +146,13 @@ def _shuffled(documents: Iterable[str], rng: random.Random, buffer_size: int) ->
     yield from buf
 
 
+def _every_nth(documents: Iterable[str], k: int, n: int) -> Iterator[str]:
+    """Documents ``k, k + n, k + 2n, ...``."""
+    for i, doc in enumerate(documents):
+        if i % n == k:
+            yield doc
+
+
 class LanguageStream:
     """The packed sequences of one language and split: re-iterable and deterministic.
 
@@ -166,7 +173,8 @@ class LanguageStream:
     """
 
     def __init__(self, manifest: Manifest, lang: str, split: str, tokenizer: Any,
-                 budget: int | None, seq_len: int, seed: int, shuffle_buffer: int = 10_000) -> None:
+                 budget: int | None, seq_len: int, seed: int, shuffle_buffer: int = 10_000,
+                 part: tuple[int, int] | None = None) -> None:
         self.manifest = manifest
         self.lang = lang
         self.split = split
@@ -175,13 +183,16 @@ class LanguageStream:
         self.seq_len = seq_len
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
+        self.part = part
         self.tokens = 0
 
     def __iter__(self) -> Iterator[Sequence]:
         # a string seed is hashed with sha512 by `random`: stable across runs and processes
         rng = random.Random(f"lape.corpora:{self.seed}:{self.lang}:{self.split}")
-        docs = _shuffled(iter_documents(self.manifest, self.lang, self.split), rng,
-                         self.shuffle_buffer)
+        docs = iter_documents(self.manifest, self.lang, self.split)
+        if self.part is not None:  # documents k, k + n, k + 2n, ... of the split, before shuffling
+            docs = _every_nth(docs, *self.part)
+        docs = _shuffled(docs, rng, self.shuffle_buffer)
         state: dict[str, Any] = {}
         n = 0
         for seq in _pack(docs, self.tokenizer, self.seq_len, self.budget, state):
@@ -199,12 +210,15 @@ class LanguageStream:
         the split reads (:func:`sources_key`), language, split, budget, seq_len, seed and the
         tokenizer. Any change to the text behind the manifest changes it."""
         tok = self.tokenizer
-        return {"lang": self.lang, "split": self.split, "budget": self.budget, "seq_len": self.seq_len,
-                         "seed": self.seed, "sources": sources_key(self.manifest, self.lang, self.split),
-                         "tokenizer": {"class": type(tok).__name__, "name": getattr(tok, "name_or_path", None),
-                                       "vocab": len(tok) if hasattr(tok, "__len__") else None,
-                                       "bos": getattr(tok, "bos_token_id", None),
-                                       "eos": getattr(tok, "eos_token_id", None)}}
+        key = {"lang": self.lang, "split": self.split, "budget": self.budget, "seq_len": self.seq_len,
+               "seed": self.seed, "sources": sources_key(self.manifest, self.lang, self.split),
+               "tokenizer": {"class": type(tok).__name__, "name": getattr(tok, "name_or_path", None),
+                             "vocab": len(tok) if hasattr(tok, "__len__") else None,
+                             "bos": getattr(tok, "bos_token_id", None),
+                             "eos": getattr(tok, "eos_token_id", None)}}
+        if self.part is not None:
+            key["part"] = list(self.part)
+        return key
 
     def __repr__(self) -> str:
         return (f"LanguageStream(lang={self.lang!r}, split={self.split!r}, budget={self.budget}, "
@@ -213,7 +227,7 @@ class LanguageStream:
 
 def load_corpus(manifest: Manifest | str | Path, tokenizer: Any, split: str = "train",
                 tokens_per_language: int | None = 100_000, seq_len: int = 512, seed: int = 0,
-                languages: list[str] | None = None) -> dict[str, LanguageStream]:
+                languages: list[str] | None = None, part: tuple[int, int] | None = None) -> dict[str, LanguageStream]:
     """One :class:`LanguageStream` per language.
 
     Args:
@@ -225,6 +239,8 @@ def load_corpus(manifest: Manifest | str | Path, tokenizer: Any, split: str = "t
         seq_len: tokens per sequence.
         seed: the shuffle seed.
         languages: codes to load, in this order; ``None`` for all of the manifest's.
+        part: ``(k, n)``: only documents ``k, k + n, k + 2n, ...`` of each split (in source
+            order), e.g. ``(0, 2)`` and ``(1, 2)`` for two disjoint halves (stability checks).
 
     Returns:
         ``{code: LanguageStream}``; nothing is read until a stream is iterated.
@@ -241,7 +257,9 @@ def load_corpus(manifest: Manifest | str | Path, tokenizer: Any, split: str = "t
     codes = m.with_split(split, languages)
     if tokens_per_language is not None and tokens_per_language <= 0:
         raise LapeError(f"tokens_per_language must be positive, got {tokens_per_language}")
-    return {code: LanguageStream(m, code, split, tokenizer, tokens_per_language, seq_len, seed)
+    if part is not None and not (len(part) == 2 and 0 <= part[0] < part[1]):
+        raise LapeError(f"part {part} is not (k, n) with 0 <= k < n: e.g. (0, 2) for the first of two halves")
+    return {code: LanguageStream(m, code, split, tokenizer, tokens_per_language, seq_len, seed, part=part)
             for code in codes}
 
 

@@ -8,7 +8,8 @@ architecture family).
 
 :func:`ppl_matrix` evaluates every language on its ``valid`` split unmodified and with each
 language's neurons deactivated (rows: deactivated language, columns: evaluated language), and
-the same for a random neuron set with as many neurons per layer (seeded). The released code
+the same for random neuron sets with as many neurons per layer (``random_draws`` seeded draws,
+so their spread is known). The released code
 prints mean NLL while calling it PPL; here both are stored and labelled: ``nll`` (nats/token),
 ``ppl = exp(nll)``, ``delta_nll`` and ``delta_ppl`` against the unmodified model.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +56,7 @@ class PerplexityConfig(StageConfig):
     split: str = "valid"  # held-out split
     random_baseline: str = option("full", choices=RANDOM_BASELINES)  # full: the random set's whole row;
     # diagonal: only its own language (a third of the cost for a square matrix); none
+    random_draws: int = option(3, min=1, max=100)  # random sets per row (seeds seed, seed+1, ...): their spread
 
 
 def sequence_nll(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -130,8 +133,10 @@ class PerplexityResult(artifacts.Artifact):
         languages: evaluated languages (column order).
         base_nll: ``[languages]`` nats/token of the unmodified model.
         nll: ``[rows][languages]`` with the row's neurons deactivated.
-        random_nll: the same for the random control sets (NaN where not evaluated).
+        random_nll: the same for the random control sets, averaged over the draws (NaN where
+            not evaluated).
         tokens: evaluated tokens per language.
+        random_draws_nll: ``[draws][rows][languages]``: each random draw's matrix.
     """
 
     rows: list[str]
@@ -141,6 +146,7 @@ class PerplexityResult(artifacts.Artifact):
     random_nll: list[list[float]]
     tokens: dict[str, int]
     meta: dict[str, Any] = field(default_factory=dict)
+    random_draws_nll: list[list[list[float]]] = field(default_factory=list)
 
     KIND: ClassVar[str] = "ppl"
 
@@ -173,6 +179,7 @@ class PerplexityResult(artifacts.Artifact):
         can rank a row differently because the columns start from different perplexities."""
         d, dr = ((self.delta_ppl(), self.delta_ppl(random=True)) if metric == "ppl"
                  else (self.delta_nll(), self.delta_nll(random=True)))
+        draws = [self._delta(m, self.base_nll, metric == "ppl") for m in self.random_draws_nll]
         out = []
         for i, row in enumerate(self.rows):
             lang = self.row_language(row)
@@ -181,8 +188,13 @@ class PerplexityResult(artifacts.Artifact):
             j = self.languages.index(lang)
             off = [v for k, v in enumerate(d[i]) if k != j]
             mean_off = sum(off) / max(len(off), 1)
+            own_random = [m[i][j] for m in draws if not math.isnan(m[i][j])]
             out.append({"row": row, "language": lang, f"own_delta_{metric}": d[i][j],
                         f"off_diagonal_mean_delta_{metric}": mean_off, f"random_own_delta_{metric}": dr[i][j],
+                        f"random_own_delta_{metric}_sd": statistics.stdev(own_random) if len(own_random) > 1 else math.nan,
+                        f"random_own_delta_{metric}_max": max(own_random, default=math.nan),
+                        "random_draws": len(own_random),
+                        "own_above_every_random": bool(own_random) and all(d[i][j] > v for v in own_random),
                         "own_above_off_diagonal": d[i][j] > mean_off,
                         "own_hit_hardest": all(d[i][j] > v for v in off)})
         return out
@@ -213,13 +225,19 @@ class PerplexityResult(artifacts.Artifact):
         above = sum(r["own_above_off_diagonal"] for r in d)
         c = self.column_summary()
         columns = sum(r["own_hit_hardest"] for r in c)
-        return (f"own language's PPL rises most of its row in {hardest} of {len(d)} rows "
+        line = (f"own language's PPL rises most of its row in {hardest} of {len(d)} rows "
                 f"(more than the row's mean over other languages in {above} of {len(d)}); "
                 f"each language is hurt most by its own row in {columns} of {len(c)} columns")
+        with_random = [r for r in d if r["random_draws"]]
+        if with_random:
+            line += (f"; own change above every one of {with_random[0]['random_draws']} random draws in "
+                     f"{sum(r['own_above_every_random'] for r in with_random)} of {len(with_random)} rows")
+        return line
 
     def payload(self) -> dict[str, Any]:
         return {"rows": self.rows, "languages": self.languages, "base_nll": self.base_nll,
-                "nll": self.nll, "random_nll": self.random_nll, "tokens": self.tokens,
+                "nll": self.nll, "random_nll": self.random_nll, "random_draws_nll": self.random_draws_nll,
+                "tokens": self.tokens,
                 "base_ppl": self.base_ppl, "delta_nll": self.delta_nll(), "delta_ppl": self.delta_ppl(),
                 "random_delta_nll": self.delta_nll(True), "random_delta_ppl": self.delta_ppl(True),
                 "diagonal": self.diagonal_summary(), "columns": self.column_summary()}
@@ -231,6 +249,7 @@ class PerplexityResult(artifacts.Artifact):
         out = {name: [{"deactivated": r, **dict(zip(self.languages, vals))} for r, vals in zip(self.rows, d[name])]
                for name in ("nll", "delta_nll", "delta_ppl", "random_delta_ppl", "random_nll")}
         out["diagonal"] = d["diagonal"]
+        out["diagonal_nll"] = self.diagonal_summary("nll")
         out["columns"] = d["columns"]
         return out
 
@@ -240,15 +259,18 @@ class PerplexityResult(artifacts.Artifact):
             return [[math.nan if v is None else float(v) for v in row] for row in m]
 
         return cls(list(r["rows"]), list(r["languages"]), [math.nan if v is None else float(v) for v in r["base_nll"]],
-                   matrix(r["nll"]), matrix(r["random_nll"]), dict(r["tokens"]), meta)
+                   matrix(r["nll"]), matrix(r["random_nll"]), dict(r["tokens"]), meta,
+                   [matrix(m) for m in r.get("random_draws_nll") or []])
 
     def validate(self) -> None:
         shape = (len(self.rows), len(self.languages))
-        for name, m in (("nll", self.nll), ("random_nll", self.random_nll)):
+        for name, m in (("nll", self.nll), ("random_nll", self.random_nll), *(
+                ("random_draws_nll", d) for d in self.random_draws_nll)):
             if len(m) != shape[0] or any(len(row) != shape[1] for row in m):
                 raise LapeError(f"perplexity matrix {name} is not {shape[0]} x {shape[1]}: the artifact "
                                           "was edited or damaged; re-run lape ppl")
-        values = [v for row in self.nll + self.random_nll for v in row] + list(self.base_nll)
+        values = [v for m in (self.nll, self.random_nll, *self.random_draws_nll) for row in m for v in row]
+        values += list(self.base_nll)
         if any(v < 0 for v in values if not math.isnan(v)) or len(self.base_nll) != shape[1]:
             raise LapeError("perplexity result holds negative NLL or a wrong base row: the artifact was "
                                       "edited or damaged; re-run lape ppl")
@@ -273,7 +295,7 @@ def ppl_matrix(
         sets: neuron sets; each label in ``rows`` gives one row.
         config: evaluation settings.
         rows: which sets to deactivate (default all labels). Per ``config.random_baseline``
-            each row also deactivates a random set of equal size per layer (seeded) on every
+            each row also deactivates ``config.random_draws`` random sets of equal size per layer (seeded) on every
             language (``full``), on the row's own language only (``diagonal``; NaN elsewhere)
             or not at all (``none``).
         out: a folder to save the result into; a result there made from the same model,
@@ -297,28 +319,33 @@ def ppl_matrix(
 
     def compute() -> PerplexityResult:
         mode = config.random_baseline
-        randoms = random_like(sets, seed=config.seed) if mode != "none" else None
+        draws = [random_like(sets, seed=config.seed + k) for k in range(config.random_draws)] if mode != "none" else []
         # the languages each row's random set is evaluated on
         random_cols = {row: [lang for lang in languages if mode == "full" or (mode == "diagonal" and lang == row)]
                        for row in rows}
-        n_evals = len(languages) * (1 + len(rows)) + sum(len(c) for c in random_cols.values())
+        n_evals = len(languages) * (1 + len(rows)) + len(draws) * sum(len(c) for c in random_cols.values())
         evaluate = LanguageNLL(model, corpus, config, total=n_evals, desc="perplexity", progress=progress)
         base = [evaluate(lang) for lang in languages]
-        nll, rnd = [], []
+        nll: list[list[float]] = []
+        per_draw: list[list[list[float]]] = [[] for _ in draws]
         for row in rows:
             with intervene(model, sets, deactivate=[row], space=space):
                 nll.append([evaluate(lang) for lang in languages])
-            random_row = {lang: float("nan") for lang in languages}
-            if random_cols[row]:  # empty without a baseline, or when the row's language is not evaluated
-                with intervene(model, randoms, deactivate=[row], space=space):
-                    random_row.update({lang: evaluate(lang) for lang in random_cols[row]})
-            rnd.append([random_row[lang] for lang in languages])
+            for randoms, matrix in zip(draws, per_draw):
+                random_row = {lang: float("nan") for lang in languages}
+                if random_cols[row]:  # empty when the row's language is not evaluated
+                    with intervene(model, randoms, deactivate=[row], space=space):
+                        random_row.update({lang: evaluate(lang) for lang in random_cols[row]})
+                matrix.append([random_row[lang] for lang in languages])
         evaluate.close()
+        nan_row = [float("nan")] * len(languages)
+        rnd = [[statistics.fmean(m[i][j] for m in per_draw) if per_draw else float("nan")
+                for j in range(len(languages))] for i in range(len(rows))] if per_draw else [nan_row[:] for _ in rows]
         tokens = evaluate.tokens
         meta = artifacts.model_sidecar(
             PerplexityResult.KIND, model, space, languages=languages, token_counts=tokens, config=config.to_dict(),
             inputs=inputs, neurons={"method": sets.meta.get("method"), "counts": sets.counts()},
-            random_seed=config.seed)
-        return PerplexityResult(rows, languages, base, nll, rnd, tokens, meta)
+            random_seeds=[config.seed + k for k in range(len(draws))])
+        return PerplexityResult(rows, languages, base, nll, rnd, tokens, meta, per_draw)
 
     return artifacts.run_stage(PerplexityResult, out, key, compute, model=model)

@@ -7,7 +7,8 @@ letters; :mod:`lape.evaluate.fluency`). The search is coordinate-wise, every tar
 
 1. every ``mode`` x ``strength`` candidate (source and layers as in the base settings);
 2. from each target's best so far, every layer window;
-3. from there, every source scale;
+3. from there, exclusive neurons (when asked);
+4. from there, every source scale;
 
 a change is kept only when it scores strictly better. Ties go to the earlier candidate, so
 list the plainer settings first. Every candidate's dev scores are kept in the profile.
@@ -112,7 +113,7 @@ class CalibrateConfig(StageConfig):
     strengths: tuple[float, ...] = option((1.0, 1.5, 2.0), gt=0.0, max=100.0)  # strengths to try with each mode
     layer_windows: tuple[str, ...] = ("all",)  # all, lower, upper, skip:K or LO-HI; tried after the strength
     source_scales: tuple[float, ...] = option((), min=0.0, max=1.0)  # factors on the source's neurons to try last
-    exclusive_choices: tuple[bool, ...] = (False,)  # steer with exclusive neurons only or not (tried with each window)
+    try_exclusive: bool = False  # also try the target's exclusive neurons (after the windows)
 
 
 def calibrate(steerer: Steerer, prompts: Sequence[str], targets: Iterable[str], reference: FluencyReference,
@@ -166,13 +167,13 @@ def calibrate(steerer: Steerer, prompts: Sequence[str], targets: Iterable[str], 
                 rule = base.replace(mode=mode, strength=strength)
                 trial(f"{mode} x{strength:g}", dict.fromkeys(targets, rule))
         for spec, window in zip(config.layer_windows, windows):
-            for exclusive in config.exclusive_choices:
-                if window == base.layers and exclusive == base.exclusive:
-                    continue
-                trial(f"layers {spec}" + (", exclusive" if exclusive else ""),
-                      {t: best[t][1].replace(layers=window, exclusive=exclusive) for t in targets})
+            if window != base.layers:
+                trial(f"layers {spec}", {t: best[t][1].replace(layers=window) for t in targets})
+        if config.try_exclusive:
+            trial("exclusive neurons", {t: best[t][1].replace(exclusive=not best[t][1].exclusive) for t in targets})
         for scale in config.source_scales:
-            trial(f"source x{scale:g}", {t: best[t][1].replace(source_scale=scale) for t in targets})
+            if scale != base.source_scale:
+                trial(f"source x{scale:g}", {t: best[t][1].replace(source_scale=scale) for t in targets})
         rules = {t: best[t][1] for t in targets}
         meta = artifacts.model_sidecar(SteeringProfile.KIND, steerer.model, steerer.space, languages=targets,
                                        config=config.to_dict(), inputs={**inputs, "prompts": len(prompts)},

@@ -67,7 +67,7 @@ class SteerConfig(StageConfig):
     layers: tuple[int, ...] | None = option(None, min=0)  # restrict edits to these layers (None: all)
     source_scale: float = option(0.0, min=0.0, max=1.0)  # factor on the source's neurons (0: off, 1: untouched)
     exclusive: bool = False  # steer with the target's neurons that no other language's set has
-    skip_first: bool = False  # leave each prompt's first token (the attention sink) unedited
+    skip_first: bool = True  # leave each prompt's first token (the attention sink) unedited (ReCoVeR)
     repetition_penalty: float = option(1.1, gt=0.0, max=10.0)  # as in Tang et al.'s generation.py
     no_repeat_ngram_size: int = option(4, min=0, max=64)  # forbid repeating any n-gram of this size (0: off)
     min_chars: int = option(20, min=1)  # shortest output language ID is trusted on
@@ -181,10 +181,54 @@ class SteeringEval(artifacts.Artifact):
                     raise LapeError(f"steering row {r.get('target')} has {k} {v!r}, not a share in [0, 1]: the "
                                     "artifact was edited or damaged; re-run lape steer-eval")
 
+    def steered(self, condition: str = "steered") -> list[dict[str, Any]]:
+        """The rows of one condition (``steered`` by default; see :data:`CONTROLS`)."""
+        return [r for r in self.rows if r.get("condition", "steered") == condition]
+
+    def condition_summary(self) -> list[dict[str, Any]]:
+        """Per condition (``unsteered`` first, the random draws pooled): targets, mean and
+        smallest success, targets at >= 90%, mean fluent success, median fluency ratio and
+        non-letter share; for the random control also the spread (SD) of the mean over draws."""
+        steered = self.steered()
+        out = [{"condition": "unsteered", "targets": len(steered),
+                "mean_success": _mean(r["unsteered_success"] for r in steered),
+                "min_success": min((r["unsteered_success"] for r in steered), default=math.nan)}]
+        for condition in dict.fromkeys(r.get("condition", "steered") for r in self.rows):
+            rows = self.steered(condition)
+            strengths = {r["strength"] for r in rows}
+            for strength in sorted(strengths):
+                group = [r for r in rows if r["strength"] == strength]
+                by_target: dict[str, list[float]] = {}
+                for r in group:
+                    by_target.setdefault(r["target"], []).append(r["steered_success"])
+                success = [_mean(v) for v in by_target.values()]
+                row = {"condition": condition, "targets": len(by_target), "mean_success": _mean(success),
+                       "min_success": min(success, default=math.nan),
+                       "at_least_90": sum(v >= 0.9 for v in success)}
+                if len(strengths) > 1:
+                    row["strength"] = strength
+                if any("fluent_success" in r for r in group):
+                    row.update({"mean_fluent_success": _mean(r["fluent_success"] for r in group),
+                                "median_fluency_ratio": _median(r["fluency_ratio"] for r in group)})
+                row["median_non_letter"] = _median(r.get("non_letter", math.nan) for r in group)
+                seeds = sorted({r["seed"] for r in group if r.get("seed") is not None})
+                if len(seeds) > 1:
+                    per_seed = [_mean(r["steered_success"] for r in group if r["seed"] == s) for s in seeds]
+                    row.update({"draws": len(seeds), "sd_over_draws": statistics.stdev(per_seed)})
+                out.append(row)
+        return out
+
     def summary_lines(self) -> list[str]:
-        return [f"{r['target']} x{r['strength']:g}: steered success {r['steered_success']:.0%} "
-                f"(unsteered {r['unsteered_success']:.0%}), distinct-2 {r['steered_distinct_2']:.2f}"
-                for r in self.rows]
+        lines = [f"{r['target']} x{r['strength']:g}: steered success {r['steered_success']:.0%} "
+                 f"(unsteered {r['unsteered_success']:.0%}), distinct-2 {r['steered_distinct_2']:.2f}"
+                 + (f", fluent {r['fluent']:.0%}, PPL x{r['fluency_ratio']:.1f} of real text"
+                    if "fluent" in r else "")
+                 for r in self.steered()]
+        for c in self.condition_summary()[1:]:
+            if c["condition"] != "steered":
+                lines.append(f"control {c['condition']}: mean success {c['mean_success']:.0%} "
+                             f"(smallest {c['min_success']:.0%})")
+        return lines
 
 
 class Steerer:
