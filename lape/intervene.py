@@ -331,7 +331,11 @@ def intervene(
     with contextlib.ExitStack() as stack:
         if skip_first and by_layer:
             base = getattr(model, "base_model", model)
-            handle = base.register_forward_pre_hook(lambda m, a, kw: sink.update(args=a, kwargs=kw), with_kwargs=True)
+            def call(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+                # read now: the cache grows while the layers run
+                sink.update(mask=kwargs.get("attention_mask"), past=_cached_length(kwargs))
+
+            handle = base.register_forward_pre_hook(call, with_kwargs=True)
             stack.callback(handle.remove)
         stack.enter_context(activation_hooks(model, space, fn, layers=sorted(by_layer)))
         yield all_edits
@@ -340,17 +344,27 @@ def intervene(
 def _sink_positions(call: Mapping[str, Any], batch: int, length: int,
                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(rows, columns)`` of each sequence's first real token inside the current chunk of
-    ``length`` positions, from the model call's ``attention_mask`` (left padding) and
-    ``cache_position`` (decoding steps continue a cache and contain no first token)."""
-    kwargs = call.get("kwargs") or {}
-    mask = kwargs.get("attention_mask")
-    cache_position = kwargs.get("cache_position")
+    ``length`` positions, from the model call's ``attention_mask`` (left padding) or, without
+    one, the length its key/value cache had when the call began (decoding steps continue a
+    cache and contain no first token)."""
+    mask = call.get("mask")
     if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[0] == batch:
         start = mask.shape[1] - length  # the mask covers the cached positions and this chunk
         first = mask.to(torch.int64).argmax(1) - start
-    else:
-        start = int(cache_position[0]) if isinstance(cache_position, torch.Tensor) and cache_position.numel() else 0
-        first = torch.full((batch,), -start, dtype=torch.int64)
+    else:  # no padding (generate drops an all-ones mask): the chunk starts after the cached tokens
+        first = torch.full((batch,), -int(call.get("past", 0)), dtype=torch.int64)
     inside = (first >= 0) & (first < length)
     rows = inside.nonzero().squeeze(1)
     return rows.to(device), first[inside].to(device)
+
+
+def _cached_length(kwargs: Mapping[str, Any]) -> int:
+    """How many positions the call's key/value cache already holds (0 without a cache)."""
+    position = kwargs.get("cache_position")
+    if isinstance(position, torch.Tensor) and position.numel():
+        return int(position.reshape(-1)[0])
+    for name in ("past_key_values", "cache"):
+        cache = kwargs.get(name)
+        if cache is not None and hasattr(cache, "get_seq_length"):
+            return int(cache.get_seq_length())
+    return 0

@@ -233,8 +233,12 @@ def reference(steerer):
 def test_evaluation_controls_are_what_they_say(steerer, reference):
     prompts = ["Hi there", "The weather"]
     ev = steerer.evaluate(prompts, targets=["b"], source="a", reference=reference, progress=False,
-                          controls=["random", "source_on", "no_ngram_ban"], random_seeds=[0, 1])
-    assert [r["condition"] for r in ev.rows] == ["steered", "source_on", "random", "random", "no_ngram_ban"]
+                          controls=["random", "source_on", "source_off", "no_ngram_ban"], random_seeds=[0, 1])
+    assert [r["condition"] for r in ev.rows] == ["steered", "source_on", "source_off", "random", "random",
+                                                 "no_ngram_ban"]
+    # the settings already switch the source off: that control is the steered outputs themselves
+    same = {k: v for k, v in ev.rows[0].items() if k != "condition"}
+    assert {k: v for k, v in ev.rows[2].items() if k != "condition"} == same
     by = {(r["condition"], r["seed"]): r for r in ev.rows}
     rule = steerer.config.rule()
     checks = {("steered", None): dict(rule=rule), ("source_on", None): dict(rule=rule.replace(source_scale=1.0)),
@@ -243,6 +247,9 @@ def test_evaluation_controls_are_what_they_say(steerer, reference):
         gens = steerer.generate(prompts, target="b", source="a", **kw)
         assert by[key]["steered_success"] == pytest.approx(sum(g.success("b") for g in gens) / 2)
         assert by[key]["steered_distinct_2"] == pytest.approx(sum(g.distinct_2 for g in gens) / 2)
+        if key[0] == "random":  # outputs that stay in the source language: no fluency against the target
+            assert "fluent" not in by[key]
+            continue
         nll = text_nll(steerer.model, [g.tokens for g in gens], steerer.tokenizer.bos_token_id)
         assert by[key]["fluency_ratio"] == pytest.approx(statistics.median(math.exp(v - 4.2) for v in nll))
         assert by[key]["fluent"] == pytest.approx(sum(reference.fluent("b", v, g.text) for v, g in zip(nll, gens)) / 2)

@@ -425,33 +425,32 @@ class Steerer:
                   reference: FluencyReference | None, progress: bool, examples_per_target: int,
                   inputs: dict[str, Any]) -> SteeringEval:
         n, prompts = len(prompts), list(prompts)
-        banned = [j for j in jobs if j["condition"] != "no_ngram_ban"]
-        free = [j for j in jobs if j["condition"] == "no_ngram_ban"]
-        outputs: dict[int, list[Generation]] = {}
-        plain_free: list[Generation] = []
-        for group, ban in ((banned, self.config.no_repeat_ngram_size), (free, 0)):
-            if not group:
-                continue
-            steerer = self if ban == self.config.no_repeat_ngram_size else self.with_config(no_repeat_ngram_size=ban)
-            with_plain = [None] + group  # the unsteered outputs of this decoding, in the same call
+        ban = self.config.no_repeat_ngram_size
+
+        def what(j: dict[str, Any]) -> tuple:  # jobs that generate the same thing share the outputs
+            return (j["target"], j["rule"], j["seed"], 0 if j["condition"] == "no_ngram_ban" else ban)
+
+        unique = list(dict.fromkeys(what(j) for j in jobs))
+        outputs: dict[tuple, list[Generation]] = {}
+        plain: dict[int, list[Generation]] = {}
+        for decoding in dict.fromkeys(u[3] for u in unique):
+            group = [u for u in unique if u[3] == decoding]
+            steerer = self if decoding == ban else self.with_config(no_repeat_ngram_size=decoding)
+            with_plain = [None, *group]  # the unsteered outputs of this decoding, in the same call
             gens = steerer.generate(prompts * len(with_plain),
-                                    target=[None if j is None else j["target"] for j in with_plain for _ in prompts],
-                                    source=source, rule=[None if j is None else j["rule"] for j in with_plain for _ in prompts],
-                                    random_seed=[None if j is None else j["seed"] for j in with_plain for _ in prompts],
+                                    target=[None if u is None else u[0] for u in with_plain for _ in prompts],
+                                    source=source, rule=[None if u is None else u[1] for u in with_plain for _ in prompts],
+                                    random_seed=[None if u is None else u[2] for u in with_plain for _ in prompts],
                                     progress=progress)
-            if group is banned:
-                plain = gens[:n]
-            else:
-                plain_free = gens[:n]
-            for k, j in enumerate(group, start=1):
-                outputs[id(j)] = gens[k * n:(k + 1) * n]
-        if not banned:
-            plain = plain_free
-        scored = self._score([plain, plain_free, *outputs.values()], reference, progress)
+            plain[decoding] = gens[:n]
+            for k, u in enumerate(group, start=1):
+                outputs[u] = gens[k * n:(k + 1) * n]
+        # fluency is scored for every output but the random control's (its outputs stay in the source language)
+        scored = self._score([*plain.values(), *(g for u, g in outputs.items() if u[2] is None)], reference, progress)
         rows, examples = [], []
         for j in jobs:
-            gens = outputs[id(j)]
-            base = plain_free if j["condition"] == "no_ngram_ban" else plain
+            gens = outputs[what(j)]
+            base = plain[what(j)[3]]
             t = j["target"]
             langs = Counter(g.language or "?" for g in gens)
             row = {"condition": j["condition"], "seed": j["seed"], "target": t, "strength": j["rule"].strength,
@@ -465,7 +464,7 @@ class Steerer:
                    "steered_degenerate": _mean(g.distinct_2 < 0.5 or g.max_token_share > 1 / 3 for g in gens),
                    "non_letter": _median(non_letter_share(g.text) for g in gens),
                    "identified": dict(langs.most_common())}
-            if reference is not None:
+            if reference is not None and j["seed"] is None:
                 row.update({"fluency_ratio": _median(reference.ratio(t, scored[id(g)]) for g in gens),
                             "fluent": _mean(reference.fluent(t, scored[id(g)], g.text) for g in gens),
                             "fluent_success": _mean(g.success(t) and reference.fluent(t, scored[id(g)], g.text)
