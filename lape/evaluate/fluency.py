@@ -19,6 +19,7 @@ Only the scored positions' vocabulary logits are computed, ``chunk_size`` rows a
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 import unicodedata
@@ -37,6 +38,7 @@ from ..errors import LapeError
 from ..head import logits_from_hidden
 from ..models import fingerprint, input_device
 
+logger = logging.getLogger(__name__)
 MAX_NON_LETTER = 0.3  # above this share of non-letter characters an output is markup, not prose
 
 
@@ -146,24 +148,33 @@ class FluencyReference(artifacts.Artifact):
 def fluency_reference(model: nn.Module, windows: Mapping[str, Iterable], *, out: str | Path | None = None,
                       batch_size: int = 64) -> FluencyReference:
     """Median and 90th-percentile NLL of real text windows per language (see the module
-    docstring), cached in ``out`` by the model and the windows' corpus keys."""
+    docstring). ``out`` caches it per language: a language whose windows (corpus key) and model
+    are unchanged is read from there, the others are computed and added, so references for
+    different target lists share one folder. Returns the requested languages only."""
     from ..activations import corpus_key
 
-    key = artifacts.stage_key(FluencyReference.KIND, model_fingerprint=fingerprint(model), config={},
-                              inputs={lang: corpus_key(w) for lang, w in windows.items()})
-
-    def compute() -> FluencyReference:
-        langs = {}
-        for lang, w in windows.items():
-            values = sorted(window_nlls(model, w, batch_size))
-            if not values:
-                raise LapeError(f"no held-out text windows for {lang!r}: the corpus has no valid split text for it")
-            langs[lang] = {"median_nll": statistics.median(values),
-                           "p90_nll": values[min(len(values) - 1, int(round(0.9 * (len(values) - 1))))],
-                           "windows": len(values)}
-        return FluencyReference(langs, artifacts.model_sidecar(FluencyReference.KIND, model, languages=list(langs)))
-
-    return artifacts.run_stage(FluencyReference, out, key, compute, model=model)
+    keys = {lang: artifacts.content_hash(corpus_key(w)) for lang, w in windows.items()}
+    saved: dict[str, dict[str, Any]] = {}
+    if out is not None and artifacts.exists(out, FluencyReference.KIND):
+        try:
+            saved = dict(FluencyReference.load(out, model=model).languages)
+        except LapeError as exc:
+            logger.warning("recomputing the fluency reference in %s: %s", out, exc)
+    missing = [lang for lang in windows if (saved.get(lang) or {}).get("key") != keys[lang]]
+    for lang in missing:
+        values = sorted(window_nlls(model, windows[lang], batch_size))
+        if not values:
+            raise LapeError(f"no held-out text windows for {lang!r}: the corpus has no valid split text for it")
+        saved[lang] = {"median_nll": statistics.median(values),
+                       "p90_nll": values[min(len(values) - 1, int(round(0.9 * (len(values) - 1))))],
+                       "windows": len(values), "key": keys[lang]}
+    if out is not None and missing:
+        artifacts.save(out, FluencyReference(saved, artifacts.model_sidecar(FluencyReference.KIND, model,
+                                                                           languages=list(saved))))
+    elif out is not None:
+        logger.info("fluency reference in %s is up to date for %s: skipped", out, ", ".join(windows))
+    wanted = {lang: saved[lang] for lang in windows}
+    return FluencyReference(wanted, artifacts.model_sidecar(FluencyReference.KIND, model, languages=list(wanted)))
 
 
 def fluency_ratio(nll: float, reference_median_nll: float) -> float:
