@@ -1,5 +1,5 @@
-"""``lape demo``: record -> identify -> perplexity -> steering -> linguistic regions -> report,
-each stage cached.
+"""``lape demo``: record -> identify -> perplexity -> steering (with the random control and
+fluency) -> linguistic regions -> report, each stage cached.
 
 This module only chains library calls. Every stage is given ``out=`` and skips itself when the
 artifact there was made from the same inputs (its sidecar's cache key: model fingerprint,
@@ -36,6 +36,7 @@ class DemoConfig(StageConfig):
     ppl_random_baseline: str = option("diagonal", choices=("full", "diagonal", "none"))  # random sets on their own language only (see PerplexityConfig)
     steer_targets: tuple[str, ...] | None = None  # target languages (None: all but English)
     steer_prompts: int = option(8, min=1)  # English prompts per target language for the steering evaluation
+    fluency_windows: int = option(16, min=1)  # held-out text windows per target for the fluency reference
     prompt_set: str = "builtin:dev"  # prompts for the steering evaluation (the demo is a quick look, not a held-out figure)
     seq_len: int = option(256, min=2, max=1 << 16)  # packed sequence length (256 is ~20% faster per token than 512 on CPU)
     batch_size: int = option(8, min=1, max=4096)  # sequences per forward pass while recording
@@ -76,6 +77,7 @@ def run_demo(config: DemoConfig = DemoConfig(), out: str | Path = "runs/demo", p
     from .activations import RecordConfig, record
     from .corpora import load_corpus, load_manifest
     from .entropy import IdentifyConfig, identify, language_agnostic
+    from .evaluate.fluency import fluency_reference
     from .evaluate.perplexity import PerplexityConfig, ppl_matrix
     from .evaluate.steering import SteerConfig, Steerer
     from .models import load_model
@@ -118,10 +120,15 @@ def run_demo(config: DemoConfig = DemoConfig(), out: str | Path = "runs/demo", p
     steerer = Steerer(model, tok, sets, stats, SteerConfig())
     # the prompts are English: switch English off if it has a set, else steer by activation only
     source = "en" if "en" in sets.labels else None
-    ev = timer.run("steering", lambda: steerer.evaluate(prompts, targets=targets, source=source,
-                                                        progress=progress, out=run / "steering"))
-    good = sum(r["steered_success"] >= 0.8 for r in ev.rows)
-    logger.info("[steering] %d/%d target languages steered with >= 80%% success", good, len(ev.rows))
+    length = steerer.config.max_new_tokens + 1
+    with_text = [t for t in targets if "valid" in manifest.split_names(t)]
+    windows = load_corpus(manifest, tok, split="valid", tokens_per_language=config.fluency_windows * length,
+                          seq_len=length, seed=config.seed, languages=with_text)
+    reference = fluency_reference(model, windows, out=run / "fluency-reference") if with_text == targets else None
+    ev = timer.run("steering", lambda: steerer.evaluate(prompts, targets=targets, source=source, controls=["random"],
+                                                        reference=reference, progress=progress, out=run / "steering"))
+    good = sum(r["steered_success"] >= 0.9 for r in ev.steered())
+    logger.info("[steering] %d/%d target languages steered with >= 90%% success", good, len(ev.steered()))
 
     if config.regions:
         from .regions.run import RegionsRunConfig, run_regions

@@ -1,13 +1,14 @@
 """Write the results section of README.md from real runs (never by hand).
 
 Reads a demo run (``lape demo``) and, if present, the full acceptance run (all built-in
-languages), copies their figures to ``docs/figures/`` and replaces the text between
+languages, ``scripts/run_full.sh``: LAPE, perplexity, linguistic regions and the steering runs of
+``scripts/run_steering.sh``, whose section ``scripts/readme_steering.py`` writes), copies their
+figures to ``docs/figures/`` and replaces the text between
 ``<!-- RESULTS:START -->`` and ``<!-- RESULTS:END -->`` in README.md with tables naming the
 commit the runs came from.
 
 Usage:
-    python scripts/readme_results.py --demo runs/demo --full runs/full \
-        --steer-main "runs/full/steering13-final|TITLE" --steer-extra "FOLDER|TITLE" ...
+    python scripts/readme_results.py --demo runs/demo --full runs/full
 """
 
 from __future__ import annotations
@@ -74,22 +75,32 @@ def ppl_section(run: Path, prefix: str) -> str:
     from lape.evaluate.perplexity import PerplexityResult
 
     r = PerplexityResult.load(run / "ppl")
-    diag = r.diagonal_summary()
+    diag, diag_nll, cols = r.diagonal_summary(), r.diagonal_summary("nll"), r.column_summary()
     wins = sum(d["own_above_off_diagonal"] for d in diag)
     hardest = sum(d["own_hit_hardest"] for d in diag)
-    above_random = sum(d["own_delta_ppl"] > 5 * max(d["random_own_delta_ppl"], 0.01) for d in diag)
-    table = _table(["deactivated", "base PPL", "own PPL change", "mean off-diagonal change", "random set, own change"],
+    hardest_nll = sum(d["own_hit_hardest"] for d in diag_nll)
+    above_random = sum(d["own_above_every_random"] for d in diag_nll)
+    draws = max((d["random_draws"] for d in diag_nll), default=0)
+    col = {c["language"]: c for c in cols}
+    table = _table(["deactivated", "base PPL", "own PPL change", "own NLL change", "random sets, own NLL change "
+                    f"(mean ± SD, {draws} draws)", "mean off-diagonal NLL change", "hit hardest by (column test)"],
                    [[d["language"], f"{r.base_ppl[r.languages.index(d['language'])]:.1f}",
-                     f"{d['own_delta_ppl']:+.1f}", f"{d['off_diagonal_mean_delta_ppl']:+.2f}",
-                     f"{d['random_own_delta_ppl']:+.2f}"] for d in diag])
+                     f"{d['own_delta_ppl']:+.1f}", f"{dn['own_delta_nll']:+.3f}",
+                     f"{dn['random_own_delta_nll']:+.3f} ± {dn['random_own_delta_nll_sd']:.3f}",
+                     f"{dn['off_diagonal_mean_delta_nll']:+.3f}",
+                     "own" if col[d["language"]]["own_hit_hardest"] else
+                     f"{col[d['language']]['largest_other_row']} ({col[d['language']]['largest_other_delta_nll']:+.3f})"]
+                    for d, dn in zip(diag, diag_nll)])
     figs = _copy_figures(run, prefix, ["ppl_heatmaps"])
     tokens = r.meta.get("config", {}).get("tokens_per_language")
     return "\n".join([
         "### Perplexity when a language's neurons are switched off", "",
-        f"Held-out text, {tokens} tokens per language. A language's own neurons raise its perplexity "
-        f"more than any other evaluated language's in **{hardest} of {len(diag)}** rows, more than the row's "
-        f"off-diagonal mean in {wins} of {len(diag)}, and more than "
-        f"5x the change from a random set of equal size per layer in {above_random} of {len(diag)}.", "",
+        f"Held-out text, {tokens} tokens per language. **Row test** (is a set's own language the one it hurts "
+        f"most?): yes in **{hardest} of {len(diag)}** rows in PPL and {hardest_nll} of {len(diag)} in NLL; above "
+        f"the row's off-diagonal mean in {wins} of {len(diag)}. **Column test** (is a language hurt most by its own "
+        f"set, among all rows?): yes in **{sum(c['own_hit_hardest'] for c in cols)} of {len(cols)}** columns. "
+        f"**Random control**: the own NLL change exceeds that of every one of {draws} random sets with the same "
+        f"counts per layer in {above_random} of {len(diag_nll)} rows (no floor: a +0.01 change counts as it is).", "",
         table, "", *[f"![{k}]({v})" for k, v in figs.items()], ""])
 
 
@@ -206,50 +217,12 @@ def regions_section(run: Path, prefix: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def steering_section(run: Path, prefix: str, title: str, folder: str = "steering", figures: bool = True) -> str:
-    from lape.evaluate.steering import SteeringEval
-
-    ev = SteeringEval.load(run / folder)
-    rows = ev.rows
-    strengths = sorted({r["strength"] for r in rows})
-    good = "; ".join(f"strength {st:g}: {sum(r['steered_success'] >= 0.8 for r in rows if r['strength'] == st)} "
-                     f"of {sum(r['strength'] == st for r in rows)}" for st in strengths)
-    table = _table(["target", "strength", "steered success", "unsteered success", "target language identified",
-                    "distinct-2", "degenerate"],
-                   [[r["target"], f"{r['strength']:g}", pct(r["steered_success"]), pct(r["unsteered_success"]),
-                     pct(r["steered_target_language"]), f"{r['steered_distinct_2']:.2f}",
-                     pct(r["steered_degenerate"])] for r in rows])
-    ex = [e for e in ev.examples if e["strength"] == rows[0]["strength"]][:: max(1, len(rows) // 6 or 1)][:6]
-    ex_table = _table(["prompt", "unsteered", "target", "steered"],
-                      [[e["prompt"], f"[{e['unsteered_language']}] {e['unsteered'].strip()[:70]}", e["target"],
-                        f"[{e['steered_language']}] {e['steered'].strip()[:70]}"]
-                       for e in ex]).replace("\n\n", " ")
-    figs = {}
-    if figures:  # drawn from the evaluation itself: the run folder need not have a report
-        from lape import plots
-        from lape.report import save_figure
-
-        stem = ROOT / "docs" / "figures" / f"{prefix}-steering_bars"
-        png = save_figure(plots.steering_bars(ev), stem)[0]
-        stem.with_suffix(".svg").unlink(missing_ok=True)  # the README shows the PNG
-        figs["steering_bars"] = f"docs/figures/{png.name}"
-    return "\n".join([
-        f"### {title}", "",
-        f"{ev.meta.get('prompts')} English prompts per target; success = `py3langid` says the target "
-        f"language (>= 20 characters) and the text is not degenerate (distinct-2 >= 0.5, no token > 1/3). "
-        f"Targets reaching >= 80%: **{good}**.", "", table, "", "Examples:", "", ex_table, "",
-        *[f"![{k}]({v})" for k, v in figs.items()], ""])
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--demo", default="runs/demo")
     p.add_argument("--full", default=None)
     p.add_argument("--bench-json", default=None, help="figures of benchmarks/bench_demo.py (--json) for the "
                    "demo's total time")
-    p.add_argument("--steer-main", default=None, help="the reported steering evaluation (with its figure) as "
-                   "FOLDER|TITLE")
-    p.add_argument("--steer-extra", nargs="*", default=[], help="more steering evaluations as FOLDER|TITLE")
     p.add_argument("--demo-note", default="", help="a sentence on how the demo was timed (e.g. what else ran)")
     p.add_argument("--runs-from", default=None, help="the commit the runs started at (regenerate_readme.sh "
                    "passes it), when the tables are written at a later one")
@@ -265,10 +238,9 @@ def main() -> None:
             parts.append(ppl_section(full, "full"))
         if (full / "regions").is_dir():
             parts.append(regions_section(full, "regions"))
-    for i, spec in enumerate(([args.steer_main] if args.steer_main else []) + args.steer_extra):
-        folder, title = spec.split("|", 1)
-        parts.append(steering_section(Path(folder).parent, "steer", title, folder=Path(folder).name,
-                                      figures=i == 0 and bool(args.steer_main)))
+        from readme_steering import steering_section as steering_results
+
+        parts.append(steering_results(full))
     demo = Path(args.demo)
     if (demo / "stats").is_dir():
         import json
@@ -299,10 +271,13 @@ def main() -> None:
             from lape.evaluate.steering import SteeringEval
 
             ev = SteeringEval.load(demo / "steering")
-            good = [r["target"] for r in ev.rows if r["steered_success"] >= 0.8]
-            parts.append(f"Demo steering ({ev.meta.get('prompts')} `builtin:heldout` development prompts per target, strength "
-                         f"{ev.rows[0]['strength']:g}): {len(good)} of {len(ev.rows)} targets at >= 80% success "
-                         f"({', '.join(good)}).\n")
+            rows = ev.steered()
+            good = [r["target"] for r in rows if r["steered_success"] >= 0.9]
+            random = [r["steered_success"] for r in ev.steered("random")]
+            parts.append(f"Demo steering ({ev.meta.get('prompts')} `builtin:dev` development prompts per target, "
+                         f"the settings' rule, no profile): {len(good)} of {len(rows)} targets at >= 90% success "
+                         f"({', '.join(good)})" + (f"; random neurons with the same values: mean "
+                                                   f"{pct(sum(random) / len(random))}" if random else "") + ".\n")
     readme = ROOT / "README.md"
     text = readme.read_text(encoding="utf-8")
     start, end = "<!-- RESULTS:START -->", "<!-- RESULTS:END -->"

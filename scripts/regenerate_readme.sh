@@ -2,7 +2,7 @@
 # Regenerate every result table and figure in README.md (and docs/figures/) from scratch, with one
 # command, on the built-in model: the full 38-language run (scripts/run_full.sh), the default
 # `lape demo` timed by benchmarks/bench_demo.py, then scripts/readme_results.py, which names the
-# commit. About an hour on 2 CPU cores; every step is cached, so a re-run continues.
+# commit. About 3.5 hours on 2 CPU cores; every step is cached, so a re-run continues.
 # Usage: bash scripts/regenerate_readme.sh [RUN_ROOT]   (default runs/readme; removed first with --fresh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,9 +15,4 @@ if [[ ! -f "$ROOT/demo/report.html" ]]; then
   rm -rf "$ROOT/demo"
   python benchmarks/bench_demo.py --out "$ROOT/demo" --json "$ROOT/bench_demo.jsonl"
 fi
-python scripts/readme_results.py --runs-from "$START" --demo "$ROOT/demo" --full "$ROOT/full" --bench-json "$ROOT/bench_demo.jsonl" \
-  --steer-main "$ROOT/full/steering13-final|Steering on the builtin:heldout prompts (development prompts; default settings; sets of the 13 languages of interest)" \
-  --steer-extra \
-    "$ROOT/full/steer13-parallel-final|Steering on the prompts used to choose the defaults (UDHR openings), strength sweep" \
-    "$ROOT/full/steer13-parallel-nongram|The same without the 4-gram ban (repetition penalty 1.1 only)" \
-    "$ROOT/full/steering|The builtin:heldout prompts, sets identified over all 38 languages (default settings)"
+python scripts/readme_results.py --runs-from "$START" --demo "$ROOT/demo" --full "$ROOT/full" --bench-json "$ROOT/bench_demo.jsonl"

@@ -31,6 +31,7 @@ import lape.regions.select
 from lape import artifacts, cli
 from lape.activations import ActivationStats
 from lape.evaluate.perplexity import PerplexityResult
+from lape.evaluate.fluency import FluencyReference
 from lape.evaluate.steering import SteeringEval
 from lape.masks import NeuronSets
 from lape.pipeline import DemoConfig, run_demo
@@ -194,7 +195,10 @@ def test_run_writes_every_artifact(demo_run):
     assert ppl.rows == ppl.languages == ["en", "fr", "ja"]
     assert ppl.tokens == {"en": 127, "fr": 127, "ja": 127}  # 128 tokens, one sequence: 127 predicted
     ev = SteeringEval.load(run / "steering")
-    assert [r["target"] for r in ev.rows] == ["fr", "ja"] and ev.meta["prompts"] == 2 and ev.meta["source"] == "en"
+    assert [r["target"] for r in ev.steered()] == ["fr", "ja"] and ev.meta["prompts"] == 2 and ev.meta["source"] == "en"
+    assert [r["target"] for r in ev.steered("random")] == ["fr", "ja"]  # the random control beside them
+    assert all(0 <= r["fluent"] <= 1 for r in ev.steered())  # fluency against real fr / ja text
+    assert set(FluencyReference.load(run / "fluency-reference").languages) == {"fr", "ja"}
     for table in ("summary", "examples"):
         assert (run / "steering" / f"{table}.csv").is_file()
     assert {p.stem for p in (run / "plots").glob("*.png")} == REPORT_FIGURES
@@ -258,7 +262,7 @@ def test_demo_without_english_steers_by_activation_only(tmp_path, monkeypatch):
     summary = run_demo(config, out=tmp_path / "run", progress=False)
     assert summary["ran"] == STAGES[:4]
     ev = SteeringEval.load(tmp_path / "run" / "steering")
-    assert ev.meta["source"] is None and [r["target"] for r in ev.rows] == ["fr", "ja"]
+    assert ev.meta["source"] is None and [r["target"] for r in ev.steered()] == ["fr", "ja"]
 
 
 def test_regions_stage_writes_its_artifacts_and_report_sections(demo_run):

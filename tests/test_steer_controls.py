@@ -362,3 +362,18 @@ def test_corpus_parts_are_disjoint_halves(tmp_path):
     assert key1 != key2 != key and "part" not in key
     with pytest.raises(LapeError, match="part"):
         load_corpus(tmp_path / "corpus.yaml", tok, languages=["aa"], part=(2, 2))
+
+
+def test_fluency_reference_is_cached_per_language(tmp_path, caplog):
+    model = tiny_model("llama")
+    a = [_seq([1, 5, 9, 17]), _seq([1, 30, 31, 32])]
+    b = [_seq([1, 8, 8, 9]), _seq([1, 40, 41, 42])]
+    first = fluency_reference(model, {"xx": a}, out=tmp_path)
+    both = fluency_reference(model, {"xx": a, "yy": b}, out=tmp_path)
+    assert both.languages["xx"] == first.languages["xx"]
+    assert set(FluencyReference.load(tmp_path).languages) == {"xx", "yy"}
+    only_y = fluency_reference(model, {"yy": b}, out=tmp_path)  # a subset: read, nothing computed
+    assert list(only_y.languages) == ["yy"] and only_y.identity() == fluency_reference(model, {"yy": b}).identity()
+    changed = fluency_reference(model, {"yy": [b[0]]}, out=tmp_path)  # other text: computed again
+    assert changed.languages["yy"]["windows"] == 1
+    assert FluencyReference.load(tmp_path).languages["xx"] == first.languages["xx"]  # the others kept

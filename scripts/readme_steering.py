@@ -1,0 +1,189 @@
+"""The README's steering section (issue #16), from the runs of ``scripts/run_steering.sh``.
+
+Imported by ``scripts/readme_results.py`` (the one script that writes the README's results).
+Every figure is read from a saved artifact: the calibration's candidates (development prompts),
+the development evaluations of the alternatives, the stability halves and the held-out test
+evaluation with its controls.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from lape.plots import pct
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _table(header: list[str], rows: list[list[object]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def _ratio(v: Any) -> str:
+    return "–" if v is None or not math.isfinite(v) else f"x{v:.1f}"
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.fmean(values) if values else math.nan
+
+
+def _by(ev: Any, condition: str) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in ev.steered(condition):
+        out.setdefault(r["target"], []).append(r)
+    return out
+
+
+def test_section(run: Path, prefix: str) -> str:
+    """The held-out test prompts: per target the calibrated rule's success and fluency next to
+    every control."""
+    from lape import plots
+    from lape.evaluate.steering import SteeringEval
+    from lape.report import save_figure
+
+    ev = SteeringEval.load(run / "steer-test")
+    steered, plain, on, off = (_by(ev, c) for c in ("steered", "plain", "source_on", "source_off"))
+    random, free = _by(ev, "random"), _by(ev, "no_ngram_ban")
+    rows = []
+    for t, (r,) in steered.items():
+        rnd = [x["steered_success"] for x in random.get(t, [])]
+        rows.append([t, r["rule"], f"**{pct(r['steered_success'])}**", pct(r["fluent_success"]),
+                     _ratio(r["fluency_ratio"]), pct(r["non_letter"]), pct(r["unsteered_success"]),
+                     pct(_mean(rnd)) + (f" ± {pct(statistics.stdev(rnd))}" if len(rnd) > 1 else ""),
+                     pct(on[t][0]["steered_success"]) if t in on else "–",
+                     pct(off[t][0]["steered_success"]) if t in off else "–",
+                     pct(free[t][0]["steered_success"]) if t in free else "–",
+                     pct(plain[t][0]["steered_success"]) if t in plain else "–"])
+    summary = {c["condition"]: c for c in ev.condition_summary()}
+    s = summary["steered"]
+    lines = [
+        "#### Held-out test prompts (`builtin:test`, scored once, after the profile was frozen)", "",
+        f"{ev.meta.get('prompts')} English prompt openings written for this test and never scored while anything "
+        f"was chosen; {len(rows)} targets, the calibrated steering profile (default: `lape steer` picks it up). "
+        f"**{s['at_least_90']} of {s['targets']} targets reach >= 90% success, mean {pct(s['mean_success'])}, "
+        f"smallest {pct(s['min_success'])}**; the steered outputs are fluent (as predictable to the unmodified "
+        f"model as 90% of real text windows of the language, <= 30% non-letters) in "
+        f"{pct(s.get('mean_fluent_success'))} of cases, median perplexity {_ratio(s.get('median_fluency_ratio'))} "
+        "that of real text of the target language.", "",
+        _table(["target", "rule (profile)", "success", "fluent success", "PPL / real text", "non-letters",
+                "unsteered", "random neurons (mean ± SD over draws)", "source on", "source off", "no 4-gram ban",
+                "plain settings"], rows), "",
+        "Controls: *unsteered* is the same prompts without edits; *random neurons* moves each edit to as many "
+        "random neurons of the same layer with the same values (same rule and strength; "
+        f"{summary.get('random', {}).get('draws', 1)} draws); *source on/off* is the profile's rule with the "
+        "English neurons untouched / switched off; *no 4-gram ban* decodes without `no_repeat_ngram_size`; "
+        "*plain settings* is the settings' single rule for every language instead of the profile.", ""]
+    ctrl = [[c["condition"], pct(c["mean_success"]), pct(c["min_success"]), c.get("at_least_90", "–"),
+             pct(c.get("mean_fluent_success")), _ratio(c.get("median_fluency_ratio"))]
+            for c in ev.condition_summary()]
+    lines += [_table(["condition", "mean success", "smallest", "targets >= 90%", "mean fluent success",
+                      "median PPL / real text"], ctrl), ""]
+    stem = ROOT / "docs" / "figures" / f"{prefix}-steering_bars"
+    png = save_figure(plots.steering_bars(ev), stem)[0]
+    stem.with_suffix(".svg").unlink(missing_ok=True)
+    lines += [f"![steering_bars](docs/figures/{png.name})", ""]
+    ex = [e for e in ev.examples][::3][:8]
+    lines += ["Examples (first test prompts):", "",
+              _table(["target", "prompt", "steered"],
+                     [[e["target"], e["prompt"], f"[{e['steered_language']}] "
+                       + e["steered"].strip().replace("\n", " ").replace("|", "/")[:80]] for e in ex]), ""]
+    return "\n".join(lines)
+
+
+def calibration_section(run: Path) -> str:
+    """What was tried on the development prompts: every stage of the calibration, and the rule
+    each target kept."""
+    from lape.evaluate.steer_profile import SteeringProfile
+
+    profile = SteeringProfile.load(run / "neurons13")
+    stages: dict[str, list[dict[str, Any]]] = {}
+    for c in profile.candidates:
+        stages.setdefault(c["stage"], []).append(c)
+    kept = {t: r.describe() for t, r in profile.rules.items()}
+    rows = []
+    for stage, cands in stages.items():
+        wins = sum(c["rule"] == kept[c["target"]] for c in cands)
+        rows.append([stage, pct(_mean([c["success"] for c in cands])), pct(_mean([c["fluent_success"] for c in cands])),
+                     pct(min(c["success"] for c in cands)), _ratio(statistics.median(c["fluency_ratio"] for c in cands)),
+                     wins])
+    dev = profile.meta.get("dev_scores", {})
+    chosen = [[t, r.describe(), pct(dev.get(t, {}).get("success")), pct(dev.get(t, {}).get("fluent_success"))]
+              for t, r in profile.rules.items()]
+    return "\n".join([
+        "#### Development prompts (`builtin:dev`): what was tried", "",
+        f"`lape steer-calibrate` on the {profile.meta.get('inputs', {}).get('prompts')} development prompts: first "
+        "every edit rule and strength, then (from each target's best) layer windows that leave the bottom layers "
+        "alone, the target's exclusive neurons, and softer or no deactivation of the English neurons. A change is "
+        "kept for a target only when it raises the share of outputs that are both a success and fluent. Mean over "
+        "the 11 targets:", "",
+        _table(["candidate", "success", "fluent success", "smallest success", "median PPL / real text",
+                "targets that kept it"], rows), "",
+        "The rule each target kept (its development scores):", "",
+        _table(["target", "rule", "dev success", "dev fluent success"], chosen), ""])
+
+
+def alternatives_section(run: Path) -> str:
+    """Development evaluations beside the calibration: the plain settings (with the random
+    control), without leaving the first token alone, more neurons per language, 38-language sets."""
+    from lape.evaluate.steering import SteeringEval
+
+    rows = []
+    for folder, label in (("steer-dev-plain", "settings' rule for every target (set firing mean x1.5, English off, "
+                                              "first token untouched)"),
+                          ("steer-dev-noskip", "the same, first token edited too"),
+                          ("steer-dev-top3", "sets with top_rate 3% (about 2-4x the neurons)"),
+                          ("steering", "sets identified over all 38 languages (12 targets, pt included)")):
+        if not (run / folder).is_dir():
+            continue
+        ev = SteeringEval.load(run / folder)
+        for c in ev.condition_summary():
+            if c["condition"] == "unsteered" and folder != "steer-dev-plain":
+                continue
+            name = label if c["condition"] == "steered" else f"{label}: {c['condition']} control"
+            if "strength" in c:
+                name += f", strength {c['strength']:g}"
+            rows.append([name, pct(c["mean_success"]), pct(c["min_success"]), c.get("at_least_90", "–"),
+                         pct(c.get("mean_fluent_success")), _ratio(c.get("median_fluency_ratio"))])
+    return "\n".join(["Other development evaluations (`lape steer-eval --no-profile`):", "",
+                      _table(["setting", "mean success", "smallest", "targets >= 90%", "mean fluent success",
+                              "median PPL / real text"], rows), ""])
+
+
+def stability_section(run: Path) -> str:
+    """Jaccard overlap of the sets from two disjoint halves of the training text."""
+    from lape.masks import NeuronSets, set_agreement
+
+    a, b = NeuronSets.load(run / "neurons13-half1"), NeuronSets.load(run / "neurons13-half2")
+    full = NeuronSets.load(run / "neurons13")
+    halves = set_agreement(a, b)
+    vs_full = {r["label"]: r for r in set_agreement(a, full)}
+    rows = [[r["label"], r["size_a"], r["size_b"], f"{r['jaccard']:.2f}", f"{r['chance_jaccard']:.3f}",
+             f"{vs_full[r['label']]['jaccard']:.2f}"] for r in halves]
+    tokens = a.meta.get("token_counts") or {}
+    return "\n".join([
+        "#### Stability of the neuron sets", "",
+        "LAPE (13 languages, paper defaults) on two disjoint halves of each language's training text (documents "
+        f"1, 3, 5, ... and 2, 4, 6, ...; {statistics.fmean(tokens.values()) if tokens else 6500:,.0f} tokens per "
+        "language each, `lape record --part 1/2` and `2/2`), compared with `lape compare`; chance = two random "
+        "sets with the same counts per layer:", "",
+        _table(["language", "neurons (half 1)", "neurons (half 2)", "Jaccard", "chance", "half 1 vs all text"],
+               rows), f"\nMean Jaccard between the halves {statistics.fmean(r['jaccard'] for r in halves):.2f}.", ""])
+
+
+def steering_section(run: Path, prefix: str = "steer") -> str:
+    """The whole steering section: test first (the headline), then how it was chosen."""
+    parts = ["### Steering the output language", ""]
+    if (run / "steer-test").is_dir():
+        parts.append(test_section(run, prefix))
+    if (run / "neurons13" / "steering_profile.json").is_file():
+        parts.append(calibration_section(run))
+    parts.append(alternatives_section(run))
+    if (run / "neurons13-half2").is_dir():
+        parts.append(stability_section(run))
+    return "\n".join(parts)
