@@ -44,7 +44,8 @@ def test_notebooks_use_the_public_api_only():
         nb = nbformat.read(NOTEBOOKS / name, as_version=4)
         code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
         imports = re.findall(r"^\s*(?:from|import)\s+(lape[\w.]*)", code, flags=re.M)
-        assert set(imports) <= {"lape", "lape.plots", "lape.evaluate.steering", "lape.prompts"}, (name, imports)
+        assert set(imports) <= {"lape", "lape.plots", "lape.evaluate.steering", "lape.evaluate.steer_profile",
+                                "lape.evaluate.fluency", "lape.prompts"}, (name, imports)
         assert not re.search(r"\._\w", code), name  # no private helpers
 
 
@@ -126,7 +127,10 @@ def test_steering_notebook(workdir, monkeypatch, tmp_path):
     ppl_rows = [ast.literal_eval(line) for line in stdout(tagged(nb, "ppl")).splitlines() if line.strip()]
     assert [r["language"] for r in ppl_rows] == LANGUAGES
     steer = stdout(tagged(nb, "steer"))
-    assert "unsteered" in steer and "en->fr" in steer, steer
+    assert "unsteered" in steer and "en->fr" in steer and "neurons in" in steer and "of real fr text" in steer, steer
+    assert "control random: mean success" in stdout(tagged(nb, "evaluate"))
+    profile = stdout(tagged(nb, "profile")).splitlines()
+    assert [line.split()[0] for line in profile] == ["fr", "ja", "zh"], profile
     assert images(nb) == 2  # perplexity heatmaps, steering bars
     assert (workdir / "runs" / "notebooks" / "ppl" / "ppl.json").is_file()
     check_strip_script(nb, NAMES[1], tmp_path)
