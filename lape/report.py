@@ -485,12 +485,15 @@ def render_steering(folder: Path, ctx: ReportContext) -> str:
                 "per-layer counts and values; source_on/off: the source's neurons untouched/off; no_ngram_ban: "
                 "without the 4-gram ban; plain: the settings' rule instead of the profile)", left={0})
     default = plots.default_strength(ev)
-    figs = [ctx.figure(plots.steering_bars(ev), "steering_bars", "Success per target language, with the controls")]
+    prefix = "" if folder.name == "steering" else f"{folder.name}-"
+    figs = [ctx.figure(plots.steering_bars(ev), f"{prefix}steering_bars",
+                       "Success per target language, with the controls")]
     if len(strengths) > 1:
-        figs.append(ctx.figure(plots.strength_sweep(ev), "strength_sweep",
+        figs.append(ctx.figure(plots.strength_sweep(ev), f"{prefix}strength_sweep",
                                "Success and distinct-2 against steering strength"))
     config = ev.meta.get("config") or {}
-    facts = {"source language": ev.meta.get("source") or "none", "prompts": ev.meta.get("prompts"),
+    facts = {"source language": ev.meta.get("source") or "none",
+             "prompts": f"{ev.meta.get('prompts')}" + (f" ({ev.meta['prompt_set']})" if ev.meta.get("prompt_set") else ""),
              "rule": "calibrated steering profile" if ev.meta.get("profile") else
              ", ".join(f"{s:g}" for s in strengths) if default is None else f"settings, strength {default:g}",
              "max new tokens": config.get("max_new_tokens"),
@@ -507,14 +510,32 @@ def render_steering(folder: Path, ctx: ReportContext) -> str:
                       caption="Example outputs (language as identified by py3langid)", left=6)
     body = (_facts(facts) + f'<div class="figs">{"".join(figs)}</div>' + table + control_table
             + ("<h3>Examples</h3>" + ex_table if examples else ""))
-    return _section(folder.name, "Steering the output language", body)
+    title = "Steering the output language" + (f" ({ev.meta['prompt_set']})" if ev.meta.get("prompt_set") else "")
+    return _section(folder.name, title, body)
 
+
+def render_fluency_reference(folder: Path, ctx: ReportContext) -> str:
+    """The real-text yardstick of the steering fluency figures."""
+    from .evaluate.fluency import FluencyReference
+
+    ref = FluencyReference.load(folder)
+    table = _table(["language", "median PPL", "90th percentile PPL", "windows"],
+                   [(_Raw(_lang(lang)), math.exp(r["median_nll"]), math.exp(r["p90_nll"]), r.get("windows"))
+                    for lang, r in ref.languages.items()],
+                   caption="Perplexity of real held-out text windows as long as a steered output, under the "
+                           "unmodified model: a steered output is fluent when it is at most the 90th percentile "
+                           "(and at most 30% non-letters)", left={0})
+    return _section(folder.name, "Fluency reference", table)
+
+
+EVERY_FOLDER = {"steering"}  # kinds shown once per folder (development and test evaluations side by side)
 
 SECTIONS: list[tuple[str, SectionRenderer]] = [
     ("stats", render_stats),
     ("neurons", render_neurons),
     ("ppl", render_ppl),
     ("steering", render_steering),
+    ("fluency_reference", render_fluency_reference),
 ]
 """The report's sections in order: ``(artifact kind, render function)``. A render function gets
 the folder holding an artifact of that kind (found by its sidecar, whatever the folder's name)
@@ -626,15 +647,18 @@ def write_report(run: str | Path, sections: Sequence[tuple[str, SectionRenderer]
     registry = list(default if sections is None else sections)
     known = {kind for kind, _ in registry}
     rendered, present = [], []
+    rendered_kinds: list[tuple[str, Path]] = []
     skipped = [f"{name}/ (no lape artifact)" for name in empty]
     skipped += [f"{f.name}/ ({kind}: this report has no section for it)" for kind, fs in found.items()
                 if kind not in known for f in fs]
-    for kind, render in registry:
+    for kind, render in [(k, r) for k, r in registry for _ in found.get(k, [])[:None if k in EVERY_FOLDER else 1]]:
         folders = found.get(kind, [])
-        skipped += [f"{f.name}/ (another {kind} artifact; shown: {folders[0].name}/)" for f in folders[1:]]
-        if not folders:
-            continue
-        folder = folders[0]
+        if kind in EVERY_FOLDER:
+            folder = folders[sum(k == kind for k, _ in rendered_kinds)]
+        else:
+            skipped += [f"{f.name}/ (another {kind} artifact; shown: {folders[0].name}/)" for f in folders[1:]]
+            folder = folders[0]
+        rendered_kinds.append((kind, folder))
         try:
             html_section = render(folder, ctx)
         except (LapeError, KeyError, ValueError, OSError) as exc:

@@ -161,6 +161,24 @@ def test_artifacts_are_found_by_their_sidecar_not_their_folder_name(tmp_path):
     assert '<section id="neurons"><h2>' in page and "neurons-agnostic/ (another neurons artifact; shown: neurons/)" in page
 
 
+def test_every_steering_evaluation_gets_its_section(tmp_path):
+    """Development and test evaluations sit side by side; each has its own figure file."""
+    from lape.evaluate.fluency import FluencyReference
+
+    run = make_run(tmp_path, parts=("neurons",))
+    make_steering((1.0,), text="Bonjour").save(run / "steering")
+    test = make_steering((1.0,), text="Bonsoir")
+    test.meta["prompt_set"] = "builtin:test"
+    test.save(run / "steer-test")
+    FluencyReference({"fr": {"median_nll": 2.0, "p90_nll": 2.5, "windows": 16}}).save(run / "fluency-reference")
+    page = report.write_report(run).read_text(encoding="utf-8")
+    assert '<section id="steering"><h2>Steering the output language <span' in page
+    assert '<section id="steer-test"><h2>Steering the output language (builtin:test)' in page
+    assert "Bonjour" in page and "Bonsoir" in page and "another steering artifact" not in page
+    assert (run / "plots" / "steering_bars.png").is_file() and (run / "plots" / "steer-test-steering_bars.png").is_file()
+    assert '<section id="fluency-reference"><h2>Fluency reference' in page and "12.18" in page  # exp(2.5)
+
+
 def test_registry_is_extensible(tmp_path):
     from lape.masks import ParamRegions
 

@@ -113,7 +113,7 @@ def cmd_steer_eval(args: argparse.Namespace) -> int:
     steerer, source, reference = _steerer(args, None if args.no_fluency else _targets(args))
     result = steerer.evaluate(prompts, targets=_targets(args), source=source, strengths=args.strengths,
                               controls=args.controls, random_seeds=args.random_seeds, reference=reference,
-                              progress=not args.quiet, out=out)
+                              prompt_set=args.prompts, progress=not args.quiet, out=out)
     for line in result.summary_lines():
         logger.info(line)
     return 0

@@ -356,7 +356,8 @@ class Steerer:
     def evaluate(self, prompts: Sequence[str], targets: Iterable[str], source: str | None = "en",
                  strengths: Sequence[float] | None = None, progress: bool = True,
                  examples_per_target: int = 3, *, controls: Iterable[str] = (), random_seeds: Sequence[int] = (0,),
-                 reference: FluencyReference | None = None, out: str | Path | None = None) -> SteeringEval:
+                 reference: FluencyReference | None = None, prompt_set: str | None = None,
+                 out: str | Path | None = None) -> SteeringEval:
         """Success, language, degeneracy and (with ``reference``) fluency per target, next to
         the unsteered outputs of the same prompts and the chosen controls.
 
@@ -372,6 +373,7 @@ class Steerer:
                 of the steering profile).
             reference: real-text NLL per target (:func:`~lape.evaluate.fluency.fluency_reference`)
                 for the fluency figures (each output scored by the unmodified model).
+            prompt_set: a name for the prompts in the sidecar and the report (e.g. ``builtin:test``).
             out: save here; an evaluation made from the same inputs is returned from it.
         """
         targets, controls = list(targets), list(controls)
@@ -393,8 +395,13 @@ class Steerer:
                   "profile": self.profile.identity() if self.use_profile and self.profile else None}
         key = artifacts.stage_key(SteeringEval.KIND, model_fingerprint=fingerprint(self.model),
                                   config=self.config.key_dict(), inputs=inputs)
-        return artifacts.run_stage(SteeringEval, out, key, lambda: self._evaluate(
+        ev = artifacts.run_stage(SteeringEval, out, key, lambda: self._evaluate(
             prompts, targets, source, jobs, reference, progress, examples_per_target, inputs), model=self.model)
+        if prompt_set and ev.meta.get("prompt_set") != prompt_set:
+            ev.meta["prompt_set"] = prompt_set
+            if out is not None:
+                ev.save(out)
+        return ev
 
     def _jobs(self, targets: list[str], source: str | None, strengths: list[float | None], controls: list[str],
               seeds: list[int]) -> list[dict[str, Any]]:
