@@ -377,3 +377,16 @@ def test_fluency_reference_is_cached_per_language(tmp_path, caplog):
     changed = fluency_reference(model, {"yy": [b[0]]}, out=tmp_path)  # other text: computed again
     assert changed.languages["yy"]["windows"] == 1
     assert FluencyReference.load(tmp_path).languages["xx"] == first.languages["xx"]  # the others kept
+
+
+def test_lape_compare_prints_the_agreement(tmp_path, capsys):
+    from lape.cli import main
+
+    a = NeuronSets.from_neurons({"x": [(0, 1), (0, 2), (1, 3)]}, (2, 10))
+    b = NeuronSets.from_neurons({"x": [(0, 1), (1, 3), (1, 4), (1, 5)]}, (2, 10))
+    a.save(tmp_path / "a")
+    b.save(tmp_path / "b")
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["label", "size", "A", "size", "B", "shared", "Jaccard", "chance"]
+    assert row.split()[:5] == ["x", "3", "4", "2", "0.400"]
