@@ -121,7 +121,7 @@ def calibration_section(run: Path) -> str:
         "every edit rule and strength, then (from each target's best) layer windows that leave the bottom layers "
         "alone, the target's exclusive neurons, and softer or no deactivation of the English neurons. A change is "
         "kept for a target only when it raises the share of outputs that are both a success and fluent. Mean over "
-        "the 11 targets:", "",
+        f"the {len(profile.rules)} targets:", "",
         _table(["candidate", "success", "fluent success", "smallest success", "median PPL / real text",
                 "targets that kept it"], rows), "",
         "The rule each target kept (its development scores):", "",
@@ -129,28 +129,29 @@ def calibration_section(run: Path) -> str:
 
 
 def alternatives_section(run: Path) -> str:
-    """Development evaluations beside the calibration: the plain settings (with the random
-    control), without leaving the first token alone, more neurons per language, 38-language sets."""
+    """Development evaluations beside the calibration: the settings' rule without leaving the
+    first token alone, more neurons per language, 38-language sets (the settings' rule itself is
+    the calibration's ``replace x1.5`` candidate)."""
     from lape.evaluate.steering import SteeringEval
 
     rows = []
-    for folder, label in (("steer-dev-plain", "settings' rule for every target (set firing mean x1.5, English off, "
-                                              "first token untouched)"),
-                          ("steer-dev-noskip", "the same, first token edited too"),
+    for folder, label in (("steer-dev-noskip", "the settings' rule (set firing mean x1.5, English off) with the "
+                                               "first token edited too"),
                           ("steer-dev-top3", "sets with top_rate 3% (about 2-4x the neurons)"),
                           ("steering", "sets identified over all 38 languages (12 targets, pt included)")):
         if not (run / folder).is_dir():
             continue
         ev = SteeringEval.load(run / folder)
         for c in ev.condition_summary():
-            if c["condition"] == "unsteered" and folder != "steer-dev-plain":
+            if c["condition"] == "unsteered":
                 continue
             name = label if c["condition"] == "steered" else f"{label}: {c['condition']} control"
             if "strength" in c:
                 name += f", strength {c['strength']:g}"
             rows.append([name, pct(c["mean_success"]), pct(c["min_success"]), c.get("at_least_90", "–"),
                          pct(c.get("mean_fluent_success")), _ratio(c.get("median_fluency_ratio"))])
-    return "\n".join(["Other development evaluations (`lape steer-eval --no-profile`):", "",
+    return "\n".join(["Other development evaluations (`lape steer-eval --no-profile`; the settings' rule with the "
+                      "first token untouched is the calibration's `replace x1.5` row above):", "",
                       _table(["setting", "mean success", "smallest", "targets >= 90%", "mean fluent success",
                               "median PPL / real text"], rows), ""])
 
@@ -165,7 +166,10 @@ def stability_section(run: Path) -> str:
     vs_full = {r["label"]: r for r in set_agreement(a, full)}
     rows = [[r["label"], r["size_a"], r["size_b"], f"{r['jaccard']:.2f}", f"{r['chance_jaccard']:.3f}",
              f"{vs_full[r['label']]['jaccard']:.2f}"] for r in halves]
-    tokens = a.meta.get("token_counts") or {}
+    import json
+
+    sidecar = run / "stats-half1" / "stats.json"
+    tokens = json.loads(sidecar.read_text()).get("token_counts") or {} if sidecar.is_file() else {}
     return "\n".join([
         "#### Stability of the neuron sets", "",
         "LAPE (13 languages, paper defaults) on two disjoint halves of each language's training text (documents "

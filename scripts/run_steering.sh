@@ -2,10 +2,11 @@
 # The steering experiments behind the README's steering section (issue #16), on the built-in
 # model and the full run's stats (scripts/run_full.sh calls this after recording):
 #   1. calibrate a steering profile per target language on the DEVELOPMENT prompts (builtin:dev);
-#   2. development evaluations of what else was tried (the settings' plain rule, without leaving
-#      the first token alone, with three times as many neurons per language);
+#   2. then, once, the HELD-OUT TEST prompts (builtin:test) with every control;
 #   3. stability: LAPE on two disjoint halves of each language's training text;
-#   4. only then, once, the HELD-OUT TEST prompts (builtin:test) with every control.
+#   4. development evaluations of what else was tried (the settings' rule without leaving the
+#      first token alone, and with about three times as many neurons per language; the plain
+#      rule itself is the calibration's "replace x1.5" candidate).
 # Every step is cached, so re-running continues where it stopped. About 1.5 hours on 2 CPU cores.
 # Usage: bash scripts/run_steering.sh [RUN_FOLDER]
 set -euo pipefail
@@ -19,14 +20,9 @@ lape steer-calibrate --neurons "$RUN/neurons13" "${COMMON[@]}" --prompts builtin
   --modes replace add --strengths 1 1.5 2 --layer-windows skip:3 skip:6 skip:9 --try-exclusive \
   --source-scales 0.5 1
 
-# 2. what else was tried, on builtin:dev
-lape steer-eval --neurons "$RUN/neurons13" "${COMMON[@]}" --prompts builtin:dev --no-profile \
-  --controls random --random-seeds 0 --out "$RUN/steer-dev-plain"
-lape steer-eval --neurons "$RUN/neurons13" "${COMMON[@]}" --prompts builtin:dev --no-profile --no-skip-first \
-  --out "$RUN/steer-dev-noskip"
-lape identify "$RUN/stats" --languages $LANGS13 --top-rate 0.03 --out "$RUN/neurons13-top3"
-lape steer-eval --neurons "$RUN/neurons13-top3" "${COMMON[@]}" --prompts builtin:dev --no-profile \
-  --strengths 1 1.5 --out "$RUN/steer-dev-top3"
+# 2. the held-out test prompts, scored once the profile above is frozen
+lape steer-eval --neurons "$RUN/neurons13" "${COMMON[@]}" --prompts builtin:test \
+  --controls plain source_on source_off random no_ngram_ban --random-seeds 0 1 --out "$RUN/steer-test"
 
 # 3. stability: the 13 languages' sets from two disjoint halves of the training text
 for k in 1 2; do
@@ -36,6 +32,9 @@ for k in 1 2; do
 done
 lape compare "$RUN/neurons13-half1" "$RUN/neurons13-half2"
 
-# 4. the held-out test prompts, scored once the profile above is frozen
-lape steer-eval --neurons "$RUN/neurons13" "${COMMON[@]}" --prompts builtin:test \
-  --controls plain source_on source_off random no_ngram_ban --random-seeds 0 1 --out "$RUN/steer-test"
+# 4. what else was tried, on builtin:dev
+lape steer-eval --neurons "$RUN/neurons13" "${COMMON[@]}" --prompts builtin:dev --no-profile --no-skip-first \
+  --out "$RUN/steer-dev-noskip"
+lape identify "$RUN/stats" --languages $LANGS13 --top-rate 0.03 --out "$RUN/neurons13-top3"
+lape steer-eval --neurons "$RUN/neurons13-top3" "${COMMON[@]}" --prompts builtin:dev --no-profile \
+  --out "$RUN/steer-dev-top3"
