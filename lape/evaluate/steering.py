@@ -1,10 +1,14 @@
 """Steer the output language by switching neurons during ``generate()`` (Tang et al. §5).
 
-A :class:`Steerer` holds a model, its neuron sets and recorded stats. ``steer(prompt, to="fr")``
-generates the unsteered and the steered continuation (by default: the source language's neurons
-deactivated, the target's activated with their recorded value) and identifies the language of
-each with ``py3langid`` (offline). :func:`repl` is the interactive loop; ``evaluate`` scores a
-prompt set.
+A :class:`Steerer` holds a model, its neuron sets, recorded stats and optionally a steering
+profile (:mod:`lape.evaluate.steer_profile`: a :class:`~lape.evaluate.steer_rule.SteeringRule`
+per target language). ``steer(prompt, to="fr")`` generates the unsteered and the steered
+continuation (by default Tang et al.'s rule: the source language's neurons off, the target's set
+to their recorded value, each prompt's first token left alone) and identifies the language of
+each with ``py3langid`` (offline). ``evaluate`` scores a prompt set next to its controls (random
+neurons with the same values, the source on or off, no n-gram ban, the plain settings) and,
+given a real-text reference, the outputs' fluency (:mod:`lape.evaluate.fluency`).
+:func:`lape.evaluate.steer_repl.repl` is the interactive loop.
 
 A steered output counts as a **success** when ``py3langid`` identifies the target language on at
 least ``min_chars`` characters **and** the output is not degenerate: distinct-2 (distinct token
