@@ -18,7 +18,7 @@ COMMON=(--stats "$RUN/stats" --to $TARGETS --batch-size 240)
 # 1. the profile, chosen on builtin:dev only (saved beside the sets, where lape steer finds it)
 lape steer-calibrate --neurons "$RUN/neurons13" "${COMMON[@]}" --prompts builtin:dev \
   --modes replace add --strengths 1 1.5 2 --layer-windows skip:3 skip:6 skip:9 --try-exclusive \
-  --source-scales 0.5 1
+  --source-scales 0.5 1 --refine-below 0.9 --refine-top 3
 
 # 2. the held-out test prompts, scored once the profile above is frozen
 lape steer-eval --neurons "$RUN/neurons13" "${COMMON[@]}" --prompts builtin:test \

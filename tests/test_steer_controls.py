@@ -390,3 +390,32 @@ def test_lape_compare_prints_the_agreement(tmp_path, capsys):
     header, row = capsys.readouterr().out.splitlines()
     assert header.split() == ["label", "size", "A", "size", "B", "shared", "Jaccard", "chance"]
     assert row.split()[:5] == ["x", "3", "4", "2", "0.400"]
+
+
+def test_calibration_reuses_scored_candidates_and_refines_weak_targets(steerer, reference, tmp_path, monkeypatch):
+    prompts = ["Hi there", "The weather", "Once"]
+    config = CalibrateConfig(modes=("replace", "add"), strengths=(0.5, 2.0), layer_windows=("upper",))
+    first = calibrate(steerer, prompts, ["b"], reference, source="a", config=config, progress=False, out=tmp_path)
+    generated: list[list[str]] = []
+    original = Steerer.evaluate
+
+    def counting(self, prompts, targets, *args, **kwargs):
+        generated.append(list(targets))
+        return original(self, prompts, targets, *args, **kwargs)
+
+    monkeypatch.setattr(Steerer, "evaluate", counting)
+    refined = calibrate(steerer, prompts, ["b"], reference, source="a", progress=False, out=tmp_path,
+                        config=config.replace(refine_below=1.0, refine_top=2))
+    assert not refined.from_cache
+    stages = [c["stage"] for c in refined.candidates]
+    assert stages[:5] == [c["stage"] for c in first.candidates]  # the earlier search, read back
+    assert stages[5:] == ["refine: candidate 1, layers upper", "refine: candidate 2, layers upper"]
+    for old, new in zip(first.candidates, refined.candidates):
+        assert old == new
+    ranked = sorted(first.candidates[:4], key=lambda c: (c["fluent_success"], c["success"], -c["fluency_ratio"]),
+                    reverse=True)
+    tried = [(c["mode"], c["strength"], tuple(c["layers"])) for c in refined.candidates[5:]]
+    assert [(m, s) for m, s, _ in tried] == [(c["mode"], c["strength"]) for c in ranked[:2]]
+    # only candidates never scored were generated: a refined rule equal to an earlier one is read back
+    new_rules = [c for c in refined.candidates[5:] if c["rule"] not in {o["rule"] for o in first.candidates}]
+    assert len(generated) == len(new_rules)

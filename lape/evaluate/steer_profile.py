@@ -9,9 +9,14 @@ letters; :mod:`lape.evaluate.fluency`). The search is coordinate-wise, every tar
 2. from each target's best so far, every layer window;
 3. from there, exclusive neurons (when asked);
 4. from there, every source scale;
+5. for the targets still below ``refine_below``: every layer window with each of their
+   ``refine_top`` best mode x strength candidates (a window can rescue a rule that lost
+   stage 1, which the coordinate search alone would never try);
 
 a change is kept only when it scores strictly better. Ties go to the earlier candidate, so
-list the plainer settings first. Every candidate's dev scores are kept in the profile.
+list the plainer settings first. Every candidate's dev scores are kept in the profile, and a
+later calibration on the same prompts, model, sets, stats, reference and settings reuses them
+(only candidates it has not scored yet are generated).
 
 The profile is saved **beside the neuron sets** (``RUN/neurons/steering_profile.json``), where
 ``lape steer`` and ``lape steer-eval`` pick it up; it is refused for another model or other
@@ -79,6 +84,24 @@ class SteeringProfile(artifacts.Artifact):
                             "on these sets, or pass --no-profile")
 
 
+_SCORES = ("success", "fluent", "fluent_success", "fluency_ratio", "non_letter")
+
+
+def _scored(out: str | Path | None, scores_key: str) -> dict[tuple[str, SteeringRule], dict[str, Any]]:
+    """The candidates a profile in ``out`` scored on the same inputs (``scores_key``), by
+    (target, rule): a new search reuses them instead of generating again."""
+    if out is None or not artifacts.exists(out, SteeringProfile.KIND):
+        return {}
+    try:
+        old = SteeringProfile.load(out)
+    except LapeError:
+        return {}
+    if old.meta.get("scores_key") != scores_key:
+        return {}
+    fields = [f for f in SteeringRule.__dataclass_fields__]
+    return {(c["target"], SteeringRule.from_dict({f: c[f] for f in fields})): c for c in old.candidates}
+
+
 def find_profile(neurons: str | Path) -> SteeringProfile | None:
     """The profile saved beside the neuron sets in folder ``neurons``, if there is one."""
     return SteeringProfile.load(neurons) if artifacts.exists(neurons, SteeringProfile.KIND) else None
@@ -114,6 +137,9 @@ class CalibrateConfig(StageConfig):
     layer_windows: tuple[str, ...] = ("all",)  # all, lower, upper, skip:K or LO-HI; tried after the strength
     source_scales: tuple[float, ...] = option((), min=0.0, max=1.0)  # factors on the source's neurons to try last
     try_exclusive: bool = False  # also try the target's exclusive neurons (after the windows)
+    refine_below: float = option(0.0, min=0.0, max=1.0)  # targets whose best fluent success is below this ...
+    refine_top: int = option(3, min=1, max=20)  # ... also try every layer window with their best this many
+    # mode x strength candidates (a coordinate search keeps only the best one before the windows)
 
 
 def calibrate(steerer: Steerer, prompts: Sequence[str], targets: Iterable[str], reference: FluencyReference,
@@ -140,27 +166,39 @@ def calibrate(steerer: Steerer, prompts: Sequence[str], targets: Iterable[str], 
               "base": base.to_dict(), "steer": steerer.config.key_dict()}
     key = artifacts.stage_key(SteeringProfile.KIND, model_fingerprint=fingerprint(steerer.model),
                               config=config.key_dict(), inputs=inputs)
+    scores_key = artifacts.stage_key("steering_scores", model_fingerprint=fingerprint(steerer.model), config={},
+                                     inputs={k: v for k, v in inputs.items() if k != "targets"})
 
     def compute() -> SteeringProfile:
+        known = _scored(out, scores_key)  # (target, rule) -> candidate scored on these very inputs
         candidates: list[dict[str, Any]] = []
         best: dict[str, tuple[tuple[float, float, float], SteeringRule]] = {}
+        first: dict[str, list[tuple[tuple[float, float, float], SteeringRule]]] = {}
 
         def trial(stage: str, rules: dict[str, SteeringRule]) -> None:
-            trial_steerer = steerer.with_config()
-            trial_steerer.profile, trial_steerer.use_profile = SteeringProfile(rules), True
-            ev = trial_steerer.evaluate(prompts, targets, source=source, reference=reference, progress=progress,
-                                        examples_per_target=0)
-            for row in ev.rows:
-                t, rule = row["target"], rules[row["target"]]
-                score = (row["fluent_success"], row["steered_success"], -row["fluency_ratio"])
-                candidates.append({"stage": stage, "target": t, "rule": rule.describe(), **rule.to_dict(),
-                                   "success": row["steered_success"], "fluent": row["fluent"],
-                                   "fluent_success": row["fluent_success"], "fluency_ratio": row["fluency_ratio"],
-                                   "non_letter": row["non_letter"]})
+            todo = [t for t in rules if (t, rules[t]) not in known]
+            rows = {}
+            if todo:
+                trial_steerer = steerer.with_config()
+                trial_steerer.profile, trial_steerer.use_profile = SteeringProfile(rules), True
+                ev = trial_steerer.evaluate(prompts, todo, source=source, reference=reference, progress=progress,
+                                            examples_per_target=0)
+                rows = {r["target"]: {"success": r["steered_success"], "fluent": r["fluent"],
+                                      "fluent_success": r["fluent_success"], "fluency_ratio": r["fluency_ratio"],
+                                      "non_letter": r["non_letter"]} for r in ev.rows}
+            for t, rule in rules.items():
+                scores = rows.get(t) or {k: known[(t, rule)][k] for k in _SCORES}
+                candidate = {"stage": stage, "target": t, "rule": rule.describe(), **rule.to_dict(), **scores}
+                candidates.append(candidate)
+                known[(t, rule)] = candidate
+                score = (scores["fluent_success"], scores["success"], -scores["fluency_ratio"])
+                if stage.startswith(tuple(config.modes)):
+                    first.setdefault(t, []).append((score, rule))
                 if t not in best or score > best[t][0]:
                     best[t] = (score, rule)
-            logger.info("[calibrate] %s: mean fluent success %.0f%%", stage,
-                        100 * sum(r["fluent_success"] for r in ev.rows) / len(ev.rows))
+            logger.info("[calibrate] %s: mean fluent success %.0f%% (%d of %d targets generated)", stage,
+                        100 * sum(known[(t, r)]["fluent_success"] for t, r in rules.items()) / len(rules),
+                        len(todo), len(rules))
 
         for mode in config.modes:
             for strength in config.strengths:
@@ -174,10 +212,18 @@ def calibrate(steerer: Steerer, prompts: Sequence[str], targets: Iterable[str], 
         for scale in config.source_scales:
             if scale != base.source_scale:
                 trial(f"source x{scale:g}", {t: best[t][1].replace(source_scale=scale) for t in targets})
+        weak = [t for t in targets if best[t][0][0] < config.refine_below]
+        ranked = {t: [r for _, r in sorted(first.get(t, []), key=lambda sr: sr[0], reverse=True)][:config.refine_top]
+                  for t in weak}
+        for k in range(config.refine_top):
+            for spec, window in zip(config.layer_windows, windows):
+                rules = {t: ranked[t][k].replace(layers=window) for t in weak if k < len(ranked[t])}
+                if rules:
+                    trial(f"refine: candidate {k + 1}, layers {spec}", rules)
         rules = {t: best[t][1] for t in targets}
         meta = artifacts.model_sidecar(SteeringProfile.KIND, steerer.model, steerer.space, languages=targets,
                                        config=config.to_dict(), inputs={**inputs, "prompts": len(prompts)},
-                                       neurons=steerer.sets.identity(), source=source,
+                                       neurons=steerer.sets.identity(), source=source, scores_key=scores_key,
                                        dev_scores={t: dict(zip(("fluent_success", "success", "neg_ratio"), best[t][0]))
                                                    for t in targets})
         return SteeringProfile(rules, candidates, meta)
