@@ -130,15 +130,12 @@ def calibration_section(run: Path) -> str:
 
 def alternatives_section(run: Path) -> str:
     """Development evaluations beside the calibration: the settings' rule without leaving the
-    first token alone, more neurons per language, 38-language sets (the settings' rule itself is
-    the calibration's ``replace x1.5`` candidate)."""
+    first token alone (the settings' rule itself is the calibration's ``replace x1.5`` candidate)."""
     from lape.evaluate.steering import SteeringEval
 
     rows = []
     for folder, label in (("steer-dev-noskip", "the settings' rule (set firing mean x1.5, English off) with the "
-                                               "first token edited too"),
-                          ("steer-dev-top3", "sets with top_rate 3% (about 2-4x the neurons)"),
-                          ("steering", "sets identified over all 38 languages (12 targets, pt included)")):
+                                               "first token edited too"),):
         if not (run / folder).is_dir():
             continue
         ev = SteeringEval.load(run / folder)

@@ -16,7 +16,5 @@ lape plot "$RUN/neurons"
 lape ppl --model builtin --neurons "$RUN/neurons" --languages $LANGS13 --tokens-per-language 256 \
   --out "$RUN/ppl"
 bash "$(dirname "$0")/run_steering.sh" "$RUN"   # steering: calibrated on builtin:dev, reported on builtin:test
-lape steer-eval --neurons "$RUN/neurons" --stats "$RUN/stats" --prompts builtin:dev --to $TARGETS \
-  --batch-size 240 --out "$RUN/steering"                                  # the 38-language sets, plain settings
 bash "$(dirname "$0")/run_regions.sh" "$RUN"   # linguistic regions (Zhang et al.)
 lape report "$RUN"

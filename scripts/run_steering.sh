@@ -4,9 +4,8 @@
 #   1. calibrate a steering profile per target language on the DEVELOPMENT prompts (builtin:dev);
 #   2. then, once, the HELD-OUT TEST prompts (builtin:test) with every control;
 #   3. stability: LAPE on two disjoint halves of each language's training text;
-#   4. development evaluations of what else was tried (the settings' rule without leaving the
-#      first token alone, and with about three times as many neurons per language; the plain
-#      rule itself is the calibration's "replace x1.5" candidate).
+#   4. a development evaluation of what the calibration does not vary: the settings' rule with
+#      the first token edited too (the plain rule itself is the calibration's "replace x1.5").
 # Every step is cached, so re-running continues where it stopped. About 1.5 hours on 2 CPU cores.
 # Usage: bash scripts/run_steering.sh [RUN_FOLDER]
 set -euo pipefail
@@ -32,9 +31,7 @@ for k in 1 2; do
 done
 lape compare "$RUN/neurons13-half1" "$RUN/neurons13-half2"
 
-# 4. what else was tried, on builtin:dev
+# 4. what else was tried, on builtin:dev (the calibration's candidates cover the rules, strengths,
+#    layer windows, exclusive neurons and source scales): leaving the first token edited
 lape steer-eval --neurons "$RUN/neurons13" "${COMMON[@]}" --prompts builtin:dev --no-profile --no-skip-first \
   --out "$RUN/steer-dev-noskip"
-lape identify "$RUN/stats" --languages $LANGS13 --top-rate 0.03 --out "$RUN/neurons13-top3"
-lape steer-eval --neurons "$RUN/neurons13-top3" "${COMMON[@]}" --prompts builtin:dev --no-profile \
-  --out "$RUN/steer-dev-top3"
