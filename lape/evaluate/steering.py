@@ -199,9 +199,10 @@ class SteeringEval(artifacts.Artifact):
                 "min_success": min((r["unsteered_success"] for r in steered), default=math.nan)}]
         for condition in dict.fromkeys(r.get("condition", "steered") for r in self.rows):
             rows = self.steered(condition)
-            strengths = {r["strength"] for r in rows}
-            for strength in sorted(strengths):
-                group = [r for r in rows if r["strength"] == strength]
+            sweep = [s for s in (self.meta.get("inputs") or {}).get("strengths") or [None] if s is not None]
+            strengths = sorted({r["strength"] for r in rows}) if sweep else [None]  # a profile mixes strengths
+            for strength in strengths:
+                group = [r for r in rows if strength is None or r["strength"] == strength]
                 by_target: dict[str, list[float]] = {}
                 for r in group:
                     by_target.setdefault(r["target"], []).append(r["steered_success"])
@@ -209,7 +210,7 @@ class SteeringEval(artifacts.Artifact):
                 row = {"condition": condition, "targets": len(by_target), "mean_success": _mean(success),
                        "min_success": min(success, default=math.nan),
                        "at_least_90": sum(v >= 0.9 for v in success)}
-                if len(strengths) > 1:
+                if strength is not None and len(strengths) > 1:
                     row["strength"] = strength
                 if any("fluent_success" in r for r in group):
                     row.update({"mean_fluent_success": _mean(r["fluent_success"] for r in group),
