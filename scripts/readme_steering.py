@@ -147,6 +147,8 @@ def alternatives_section(run: Path) -> str:
                 name += f", strength {c['strength']:g}"
             rows.append([name, pct(c["mean_success"]), pct(c["min_success"]), c.get("at_least_90", "–"),
                          pct(c.get("mean_fluent_success")), _ratio(c.get("median_fluency_ratio"))])
+    if not rows:
+        return ""
     return "\n".join(["Other development evaluations (`lape steer-eval --no-profile`; the settings' rule with the "
                       "first token untouched is the calibration's `replace x1.5` row above):", "",
                       _table(["setting", "mean success", "smallest", "targets >= 90%", "mean fluent success",

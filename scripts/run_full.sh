@@ -13,7 +13,7 @@ lape record --model builtin --corpus builtin --out "$RUN/stats" --tokens-per-lan
 lape identify "$RUN/stats" --out "$RUN/neurons"                          # over all 38 languages
 lape identify "$RUN/stats" --languages $LANGS13 --out "$RUN/neurons13"   # the languages of interest
 lape plot "$RUN/neurons"
-lape ppl --model builtin --neurons "$RUN/neurons" --languages $LANGS13 --tokens-per-language 256 \
+lape ppl --model builtin --neurons "$RUN/neurons" --languages $LANGS13 --tokens-per-language 256 --random-baseline diagonal \
   --out "$RUN/ppl"
 bash "$(dirname "$0")/run_steering.sh" "$RUN"   # steering: calibrated on builtin:dev, reported on builtin:test
 bash "$(dirname "$0")/run_regions.sh" "$RUN"   # linguistic regions (Zhang et al.)
