@@ -112,6 +112,7 @@ def calibration_section(run: Path) -> str:
         rows.append([stage, pct(_mean([c["success"] for c in cands])), pct(_mean([c["fluent_success"] for c in cands])),
                      pct(min(c["success"] for c in cands)), _ratio(statistics.median(c["fluency_ratio"] for c in cands)),
                      wins])
+    refined = sorted({c["target"] for c in profile.candidates if c["stage"].startswith("refine")})
     dev = profile.meta.get("dev_scores", {})
     chosen = [[t, r.describe(), pct(dev.get(t, {}).get("success")), pct(dev.get(t, {}).get("fluent_success"))]
               for t, r in profile.rules.items()]
@@ -121,7 +122,10 @@ def calibration_section(run: Path) -> str:
         "every edit rule and strength, then (from each target's best) layer windows that leave the bottom layers "
         "alone, the target's exclusive neurons, and softer or no deactivation of the English neurons. A change is "
         "kept for a target only when it raises the share of outputs that are both a success and fluent. Mean over "
-        f"the {len(profile.rules)} targets:", "",
+        f"the {len(profile.rules)} targets" + (f" (the `refine` rows: over the targets still below "
+                                              f"{profile.meta.get('config', {}).get('refine_below', 0):.0%} after the "
+                                              f"search, {', '.join(refined)}, each window tried with their three best "
+                                              "first-stage rules)" if refined else "") + ":", "",
         _table(["candidate", "success", "fluent success", "smallest success", "median PPL / real text",
                 "targets that kept it"], rows), "",
         "The rule each target kept (its development scores):", "",
@@ -163,7 +167,7 @@ def stability_section(run: Path) -> str:
     full = NeuronSets.load(run / "neurons13")
     halves = set_agreement(a, b)
     vs_full = {r["label"]: r for r in set_agreement(a, full)}
-    rows = [[r["label"], r["size_a"], r["size_b"], f"{r['jaccard']:.2f}", f"{r['chance_jaccard']:.3f}",
+    rows = [[r["label"], r["size_a"], r["size_b"], f"{r['jaccard']:.2f}", f"{r['chance_jaccard']:.4f}",
              f"{vs_full[r['label']]['jaccard']:.2f}"] for r in halves]
     import json
 
