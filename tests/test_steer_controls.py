@@ -419,3 +419,12 @@ def test_calibration_reuses_scored_candidates_and_refines_weak_targets(steerer, 
     # only candidates never scored were generated: a refined rule equal to an earlier one is read back
     new_rules = [c for c in refined.candidates[5:] if c["rule"] not in {o["rule"] for o in first.candidates}]
     assert len(generated) == len(new_rules)
+
+
+def test_describe_edits_names_the_neurons_per_layer():
+    from lape.evaluate.steering import describe_edits
+
+    edits = [Edit(0, torch.tensor([3, 5]), "set", 0.0), Edit(2, torch.tensor([1]), "add", 1.0),
+             Edit(0, torch.tensor([5, 9]), "mul", 0.5)]  # neuron (0, 5) twice: counted once
+    assert describe_edits(edits) == "4 neurons in 2 layers (L0 3, L2 1)"
+    assert describe_edits([]) == "no neurons"

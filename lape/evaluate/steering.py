@@ -514,12 +514,13 @@ class Steerer:
 
 
 def describe_edits(edits: Sequence[Any]) -> str:
-    """``"48 neurons in 12 layers (0-17)"``: how many activations a list of edits touches."""
+    """``"48 neurons in 3 layers (L0 12, L7 2, L17 34)"``: which activations a list of edits touches."""
     touched = {(e.layer, int(i)) for e in edits for i in e.index.tolist()}
-    layers = sorted({layer for layer, _ in touched})
-    if not layers:
+    per_layer = Counter(layer for layer, _ in touched)
+    if not per_layer:
         return "no neurons"
-    return f"{len(touched)} neurons in {len(layers)} layers ({layers[0]}-{layers[-1]})"
+    return (f"{len(touched)} neurons in {len(per_layer)} layers ("
+            + ", ".join(f"L{layer} {n}" for layer, n in sorted(per_layer.items())) + ")")
 
 
 def _mean(values: Iterable[float]) -> float:
