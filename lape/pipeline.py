@@ -34,6 +34,7 @@ class DemoConfig(StageConfig):
     ppl_languages: tuple[str, ...] | None = None  # rows/columns of the matrix (None: all languages);
     # the matrix costs (rows + 1) x columns evaluations, so large runs restrict it
     ppl_random_baseline: str = option("diagonal", choices=("full", "diagonal", "none"))  # random sets on their own language only (see PerplexityConfig)
+    ppl_random_draws: int = option(1, min=1, max=100)  # random sets per row (the full run uses 3 for their spread)
     steer_targets: tuple[str, ...] | None = None  # target languages (None: all but English)
     steer_prompts: int = option(8, min=1)  # English prompts per target language for the steering evaluation
     fluency_windows: int = option(16, min=1)  # held-out text windows per target for the fluency reference
@@ -110,7 +111,8 @@ def run_demo(config: DemoConfig = DemoConfig(), out: str | Path = "runs/demo", p
         save_neuron_plots(run / "neurons", run / "stats", out=run / "plots")
 
     pcfg = PerplexityConfig(tokens_per_language=config.ppl_tokens_per_language, seq_len=config.seq_len,
-                            seed=config.seed, random_baseline=config.ppl_random_baseline)
+                            seed=config.seed, random_baseline=config.ppl_random_baseline,
+                            random_draws=config.ppl_random_draws)
     valid = load_corpus(manifest, tok, split="valid", tokens_per_language=pcfg.tokens_per_language,
                         seq_len=pcfg.seq_len, seed=pcfg.seed, languages=ppl_languages)
     ppl = timer.run("ppl", lambda: ppl_matrix(model, valid, sets.subset(ppl_languages), pcfg, out=run / "ppl",
