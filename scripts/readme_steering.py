@@ -13,15 +13,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from readme_results import ROOT, _table
+
 from lape.plots import pct
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _table(header: list[str], rows: list[list[object]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(out)
 
 
 def _ratio(v: Any) -> str:

@@ -71,8 +71,7 @@ class SteeringProfile(artifacts.Artifact):
         if not isinstance(payload, dict) or not isinstance(payload.get("rules"), dict):
             raise LapeError("the steering profile has no rules: the artifact was edited or damaged; "
                             "re-run lape steer-calibrate")
-        rules = {lang: SteeringRule.from_dict({k: tuple(v) if k == "layers" and v is not None else v
-                                               for k, v in r.items()}) for lang, r in payload["rules"].items()}
+        rules = {lang: SteeringRule.from_dict(r) for lang, r in payload["rules"].items()}
         return cls(rules, list(payload.get("candidates") or []), meta)
 
     def check(self, model: nn.Module, sets: NeuronSets) -> None:
