@@ -471,6 +471,32 @@ def strength_sweep(ev: SteeringEval) -> Figure:
 # layout helpers
 
 
+def accumulated_heatmap(labels: Sequence[str], accumulated: Any, bins: int = 64) -> Figure:
+    """Key neurons' accumulated scores (``[labels, layers, neurons]``) as one layer x neuron-bin
+    heatmap per label (neurons summed in ``bins`` equal bins; the paper's Fig. 2 view)."""
+    import torch
+
+    n, layers, width = accumulated.shape
+    bins = max(1, min(bins, width))
+    edges = torch.linspace(0, width, bins + 1).round().long().tolist()
+    binned = torch.stack([accumulated[:, :, a:b].sum(-1) for a, b in zip(edges[:-1], edges[1:])], dim=-1)
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig = _figure(4.2 * cols, 2.6 * rows)
+    for k, label in enumerate(labels):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        im = ax.imshow(binned[k].numpy(), aspect="auto", origin="lower", cmap="magma",
+                       extent=(0, width, -0.5, layers - 0.5), interpolation="nearest")
+        ax.set_title(str(label), fontsize=9)
+        ax.set_xlabel("neuron index", fontsize=8)
+        ax.set_ylabel("layer", fontsize=8)
+        ax.tick_params(labelsize=7)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    fig.suptitle("accumulated key-neuron scores (NA-ICA) per cluster", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def _label_colors(n: int) -> list[Any]:
     import matplotlib
 

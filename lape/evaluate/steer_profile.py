@@ -12,6 +12,9 @@ letters; :mod:`lape.evaluate.fluency`). The search is coordinate-wise, every tar
 5. for the targets still below ``refine_below``: every layer window with each of their
    ``refine_top`` best mode x strength candidates (a window can rescue a rule that lost
    stage 1, which the coordinate search alone would never try);
+6. for the targets still below ``refine_below`` after that: a local search around their best
+   rule, every ``polish_strengths`` x ``polish_windows`` (default: ``layer_windows``), keeping
+   its mode and source scale;
 
 a change is kept only when it scores strictly better. Ties go to the earlier candidate, so
 list the plainer settings first. Every candidate's dev scores are kept in the profile, and a
@@ -139,6 +142,8 @@ class CalibrateConfig(StageConfig):
     refine_below: float = option(0.0, min=0.0, max=1.0)  # targets whose best fluent success is below this ...
     refine_top: int = option(3, min=1, max=20)  # ... also try every layer window with their best this many
     # mode x strength candidates (a coordinate search keeps only the best one before the windows)
+    polish_strengths: tuple[float, ...] = option((), gt=0.0, max=100.0)  # then, for targets still weak, these
+    polish_windows: tuple[str, ...] = ()  # strengths x these windows (default: layer_windows) around their best
 
 
 def calibrate(steerer: Steerer, prompts: Sequence[str], targets: Iterable[str], reference: FluencyReference,
@@ -160,6 +165,8 @@ def calibrate(steerer: Steerer, prompts: Sequence[str], targets: Iterable[str], 
     reference.require(targets)
     base = steerer.config.rule()
     windows = [_windows(w, steerer.space.num_layers) for w in config.layer_windows]
+    polish_windows = {spec: _windows(spec, steerer.space.num_layers)
+                      for spec in config.polish_windows or config.layer_windows}
     inputs = {"neurons": steerer.sets.identity(), "stats": steerer.stats.identity(), "prompts": list(prompts),
               "targets": targets, "source": source, "reference": reference.identity(),
               "base": base.to_dict(), "steer": steerer.config.key_dict()}
@@ -219,6 +226,13 @@ def calibrate(steerer: Steerer, prompts: Sequence[str], targets: Iterable[str], 
                 rules = {t: ranked[t][k].replace(layers=window) for t in weak if k < len(ranked[t])}
                 if rules:
                     trial(f"refine: candidate {k + 1}, layers {spec}", rules)
+        weak = [t for t in weak if best[t][0][0] < config.refine_below]
+        centre = {t: best[t][1] for t in weak}  # fixed, so the search does not drift while it runs
+        if weak and config.polish_strengths:
+            for strength in config.polish_strengths:
+                for spec, window in polish_windows.items():
+                    trial(f"polish: x{strength:g}, layers {spec}",
+                          {t: centre[t].replace(strength=strength, layers=window) for t in weak})
         rules = {t: best[t][1] for t in targets}
         meta = artifacts.model_sidecar(SteeringProfile.KIND, steerer.model, steerer.space, languages=targets,
                                        config=config.to_dict(), inputs={**inputs, "prompts": len(prompts)},

@@ -1,0 +1,152 @@
+"""``lape keyneurons ...``: Chen et al.'s key neurons (NA-ICA / QRNCA).
+
+``attribute`` (integrated gradients on multiple-choice questions, the selection half),
+``select`` (NA, inverse cluster attribution, common neurons -> neuron sets per cluster, with
+plots) and ``eval`` (boost/suppress on the held-out half: PCR, editing success, cluster
+prediction, against random sets and plain NA).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import add_config_args, config_from_args
+from ..errors import LapeError
+from . import common
+from .common import logger
+from .evaluate import _positive
+
+
+def add_question_args(p: argparse.ArgumentParser) -> None:
+    """``--questions``, ``--clusters``, ``--per-cluster``, ``--eval-share``: the same on every step,
+    so that attribution and evaluation see the two halves of one split."""
+    p.add_argument("--questions", default="builtin:domains",
+                   help="builtin:domains (MMLU), builtin:languages (cloze), builtin (both) or a question manifest")
+    p.add_argument("--clusters", nargs="+", default=None, help="keep these clusters only (default: all)")
+    p.add_argument("--per-cluster", type=_positive, default=None,
+                   help="questions per cluster (default: all)")
+    p.add_argument("--eval-share", type=float, default=0.5,
+                   help="share of each cluster's questions held out for lape keyneurons eval (default 0.5)")
+
+
+def questions_half(args: argparse.Namespace, half: str) -> list:
+    """The selection (``"select"``) or evaluation (``"eval"``) half of the questions."""
+    from ..keyneurons.questions import load_questions, split_questions
+
+    if not 0.0 < args.eval_share < 1.0:
+        raise LapeError(f"--eval-share {args.eval_share} must be between 0 and 1 (exclusive): e.g. 0.5")
+    questions = load_questions(args.questions, clusters=args.clusters, per_cluster=args.per_cluster)
+    selection, evaluation = split_questions(questions, args.eval_share)
+    return selection if half == "select" else evaluation
+
+
+def custom_templates(args: argparse.Namespace):
+    """A question manifest's own templates (``None`` for the built-in question sets)."""
+    from ..keyneurons.questions import question_templates
+
+    return None if str(args.questions).startswith("builtin") else question_templates(args.questions)
+
+
+def cmd_attribute(args: argparse.Namespace) -> int:
+    from ..keyneurons.attribute import AttributeConfig, attribute
+
+    config = config_from_args(AttributeConfig, args)
+    out = common.out_folder(args.out)
+    questions = questions_half(args, "select")  # checked before the model loads
+    common.init_distributed(args)
+    model, tok = common.load(args)
+    scores = attribute(model, tok, questions, config, out=out, templates=custom_templates(args),
+                       progress=not args.quiet)
+    comp = scores.meta.get("completeness", {})
+    logger.info("attributed %d prompts of %d questions in %d clusters (completeness: median |delta| %.2g, "
+                "median relative %.2g) -> %s", scores.meta.get("prompts", 0), len(questions), len(scores.clusters),
+                comp.get("median_abs_delta", float("nan")), comp.get("median_rel_delta", float("nan")), args.out)
+    common.finish_distributed()
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from ..keyneurons.attribute import KeyNeuronScores
+    from ..keyneurons.select import SelectConfig, select
+    from ..plots import accumulated_heatmap
+    from ..report import save_figure, save_neuron_plots
+
+    config = config_from_args(SelectConfig, args)
+    scores = KeyNeuronScores.load(args.scores)
+    out = common.out_folder(args.out)
+    sets, maps = select(scores, config, out=out)
+    plots = Path(args.plots) if args.plots else out.parent / f"{out.name}-plots"
+    save_neuron_plots(out, out=plots)
+    save_figure(accumulated_heatmap(maps.clusters, maps.accumulated), plots / "accumulated_heatmap")
+    per_q = sets.meta.get("key_neurons_per_question", {})
+    logger.info("key neurons per cluster: %s; per question: %s; %d common neurons excluded -> %s (plots in %s)",
+                ", ".join(f"{c} {n}" for c, n in sets.counts().items()),
+                ", ".join(f"{c} {v:.1f}" for c, v in per_q.items()), sets.meta.get("common_neurons", 0), out, plots)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..keyneurons.attribute import KeyNeuronScores
+    from ..keyneurons.evaluate import KeyEvalConfig, evaluate_key_neurons
+    from ..keyneurons.select import KeyNeuronMaps, SelectConfig, select
+    from ..masks import NeuronSets
+    from .. import artifacts
+
+    config = config_from_args(KeyEvalConfig, args)
+    sets = NeuronSets.load(args.neurons)
+    out = common.out_folder(args.out)
+    questions = questions_half(args, "eval")
+    if artifacts.exists(args.neurons, KeyNeuronMaps.KIND):
+        seen = set(KeyNeuronMaps.load(args.neurons).uids) & {q.uid for q in questions}
+        if seen:
+            raise LapeError(f"{len(seen)} evaluation question(s) (e.g. {sorted(seen)[0]!r}) were used to select these "
+                            "key neurons: give the same --questions/--clusters/--per-cluster/--eval-share as for "
+                            "attribute")
+    na_sets = None
+    if args.scores:
+        na_sets, _ = select(KeyNeuronScores.load(args.scores), SelectConfig(ica=False, exclude_common=False))
+    model, tok = common.load(args)
+    ev = evaluate_key_neurons(model, tok, sets, questions, config, na_sets=na_sets, out=out,
+                              templates=custom_templates(args), progress=not args.quiet)
+    for row in ev.family_summary():
+        logger.info("%-7s %-8s PCR %6.2f (sd %.2f)  related %+7.2f%%  unrelated %+7.2f%%  edit success %5.1f%%",
+                    row["family"], row["op"], row["pcr"], row["pcr_sd"], row["related_change"],
+                    row["unrelated_change"], 100 * row["edit_success"])
+    for row in ev.summary["prediction"]:
+        logger.info("cluster prediction %-16s accuracy %5.1f%% (chance %.1f%%)", row["family"],
+                    100 * row["accuracy"], 100 * row["chance"])
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..keyneurons.attribute import AttributeConfig
+    from ..keyneurons.evaluate import KeyEvalConfig
+    from ..keyneurons.select import SelectConfig
+    from . import _Parser
+
+    group = sub.add_parser("keyneurons", help="key neurons (Chen et al. 2024, NA-ICA): attribute, select, eval")
+    ksub = group.add_subparsers(dest="keyneurons_command", required=True, metavar="STEP", parser_class=_Parser)
+
+    s = ksub.add_parser("attribute", help="integrated gradients of the answer letter on the selection half")
+    common.add_model_args(s)
+    add_question_args(s)
+    s.add_argument("--out", required=True, help="output folder, e.g. runs/x/kn-scores")
+    add_config_args(s, AttributeConfig)
+    s.set_defaults(fn=cmd_attribute)
+
+    s = ksub.add_parser("select", help="NA-ICA key neurons per cluster (neuron sets) and their plots")
+    s.add_argument("scores", help="folder written by lape keyneurons attribute")
+    s.add_argument("--out", required=True, help="output folder for the neuron sets, e.g. runs/x/keyneurons")
+    s.add_argument("--plots", default=None, help="plot folder (default: OUT-plots beside --out)")
+    add_config_args(s, SelectConfig)
+    s.set_defaults(fn=cmd_select)
+
+    s = ksub.add_parser("eval", help="boost/suppress key neurons on the held-out half: PCR, editing, prediction")
+    s.add_argument("neurons", help="folder written by lape keyneurons select")
+    common.add_model_args(s)
+    add_question_args(s)
+    s.add_argument("--scores", default=None, help="the attribution folder: adds the plain-NA (no ICA) baseline")
+    s.add_argument("--out", required=True, help="output folder, e.g. runs/x/kn-eval")
+    add_config_args(s, KeyEvalConfig)
+    s.set_defaults(fn=cmd_eval)

@@ -1,0 +1,1 @@
+"""Key neurons (Chen et al. 2024, NA-ICA / QRNCA)."""

@@ -1,0 +1,240 @@
+"""Integrated gradients on neuron activations at a prompt's last position (Chen et al., NA step).
+
+For a prompt ``x`` whose last position predicts the answer, and target token ``t``, the
+attribution of neuron ``(l, i)`` is the integrated gradient from a zero baseline, right Riemann
+sum over ``m`` steps (the paper's ``alpha_k = k / m``, ``k = 1..m``; the released code uses
+``linspace(0, 1, m)``, which includes 0 and 1)::
+
+    Attr(l, i) = a_li / m * sum_k  dP_t(alpha_k a_l) / d a_li
+
+where ``a_l`` is layer ``l``'s activation vector at the last position (lape's neuron space: the
+input of the down projection, column by column), ``P_t`` the softmax probability of ``t`` at the
+last position, and only layer ``l``'s last-position activations are scaled (every other layer and
+position runs unmodified). The paper attributes the up projection ``f``; the MLP output is linear
+in ``f`` and in the activation alike, so the two give the same score per neuron (methods.md 6(c)).
+
+**Completeness.** Summed over a layer's neurons, the scores approach ``P_t(a_l) - P_t(0)`` as ``m``
+grows; the difference (the Riemann error) is returned per layer when asked.
+
+**The batched path.** Only the last position of one layer changes and attention is causal, so
+the keys and values of the prefix are the same for every step of every layer: the prefix runs
+once with a KV cache, and every (layer, step) pair becomes one row of a batch of one-token
+continuations, ``batch_size`` rows per forward and backward pass; vocabulary logits exist for the
+answer position only. The released code instead re-runs the whole prompt for every batch of
+steps of every layer and computes logits at every position (``benchmarks/bench_keyneurons.py``
+compares the two).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import LapeError
+from ..head import logits_from_hidden
+from ..hooks import activation_hooks
+from ..models import input_device
+from ..space import NeuronSpace
+
+
+@dataclass
+class PromptAttribution:
+    """The attribution of one prompt.
+
+    Attributes:
+        scores: float32 ``[layers, neurons]`` integrated gradients (rows of unattributed layers 0).
+        target: the token id whose probability was attributed.
+        prob: ``P(target)`` of the unmodified model.
+        prob_zero: float32 ``[layers]``, ``P(target)`` with layer ``l``'s last-position activations
+            zeroed (NaN for layers not attributed or when not computed).
+        probs: float32 ``[len(watch)]``: the unmodified probabilities of the ``watch`` ids.
+    """
+
+    scores: torch.Tensor
+    target: int
+    prob: float
+    prob_zero: torch.Tensor
+    probs: torch.Tensor
+
+    def convergence_delta(self) -> torch.Tensor:
+        """Per layer: ``sum_i Attr(l, i) - (P(a) - P(0 at l))``; the Riemann error (``[layers]``)."""
+        return self.scores.sum(dim=1) - (self.prob - self.prob_zero)
+
+
+@contextmanager
+def _no_param_grads(model: nn.Module) -> Iterator[None]:
+    """Autograd on, the model in eval mode and no parameter requiring grad (gradients are taken
+    with respect to activations only, so nothing is stored for weights); restored on exit."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    training = model.training
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        model.eval()
+        with torch.enable_grad():
+            yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(training)
+
+
+def _cache_kw(model: nn.Module) -> str:
+    """The keyword the base model takes its KV cache by: ``cache`` (transformers >= 5.2x) or
+    ``past_key_values`` (older; still accepted, with a deprecation warning, by newer ones)."""
+    return "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
+
+
+def _prefix_cache(model: nn.Module, ids: torch.Tensor):
+    """The KV cache of ``ids[:-1]`` (``None`` for a one-token prompt)."""
+    if ids.numel() < 2:
+        return None
+    with torch.no_grad():
+        out = model.base_model(input_ids=ids[None, :-1], use_cache=True)
+    return out["cache"] if "cache" in out else out["past_key_values"]
+
+
+def _rows_of(cache, rows: int):
+    """A fresh copy of the prefix cache repeated for ``rows`` continuations (a forward pass
+    appends to the cache it is given, so each pass needs its own)."""
+    if cache is None:
+        return None
+    fresh = copy.deepcopy(cache)
+    if rows > 1:
+        fresh.batch_repeat_interleave(rows)
+    return fresh
+
+
+def last_position(model: nn.Module, space: NeuronSpace, ids: torch.Tensor, cache, rows: int,
+                  edit: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
+                  layers: Sequence[int] | None = None) -> torch.Tensor:
+    """Float32 vocabulary logits ``[rows, vocab]`` of ``rows`` copies of the prompt's last token
+    run on the prefix ``cache``; ``edit(layer, act[rows, neurons])`` may replace the last
+    position's activations of ``layers`` (the prefix is never edited)."""
+    last = ids[-1:].view(1, 1).expand(rows, 1)
+
+    def fn(layer: int, act: torch.Tensor) -> torch.Tensor | None:
+        flat = act.reshape(rows, -1, act.shape[-1])  # OPT's MLP sees [rows * 1, neurons]
+        new = edit(layer, flat[:, -1])
+        if new is None:
+            return None
+        return torch.cat([flat[:, :-1], new[:, None].to(act.dtype)], dim=1).reshape(act.shape)
+
+    hooks = activation_hooks(model, space, fn, layers=layers) if edit is not None else _nothing()
+    kwargs = {_cache_kw(model): _rows_of(cache, rows)} if cache is not None else {}
+    with hooks:
+        hidden = model.base_model(input_ids=last, use_cache=cache is not None, **kwargs).last_hidden_state[:, -1]
+    return logits_from_hidden(model, hidden).float()
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def last_activations(model: nn.Module, space: NeuronSpace, ids: torch.Tensor, cache
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The unmodified last position: activations ``[layers, neurons]`` (model dtype) and float32
+    vocabulary logits ``[vocab]``."""
+    acts: dict[int, torch.Tensor] = {}
+
+    def grab(layer: int, act: torch.Tensor) -> None:
+        acts[layer] = act.detach().clone()
+
+    with torch.no_grad():
+        logits = last_position(model, space, ids, cache, 1, edit=grab)[0]
+    return torch.stack([acts[layer][0] for layer in range(space.num_layers)]), logits
+
+
+def alphas(steps: int) -> torch.Tensor:
+    """The paper's step scales ``k / m`` for ``k = 1..m`` (right Riemann sum)."""
+    return torch.arange(1, steps + 1, dtype=torch.float32) / steps
+
+
+def attribute_prompt(model: nn.Module, space: NeuronSpace, ids: torch.Tensor,
+                     target: int | Callable[[torch.Tensor], int], *, steps: int = 16,
+                     layers: Sequence[int] | None = None, batch_size: int = 96, zero_baseline: bool = True,
+                     watch: Sequence[int] = ()) -> PromptAttribution:
+    """Integrated gradients of ``P(target)`` at the last position of ``ids`` (module docstring).
+
+    Args:
+        model: a causal LM; ``space`` its neuron space.
+        ids: the prompt's token ids, 1-D.
+        target: a token id, or a function of the unmodified probability vector returning one
+            (e.g. the spelling of the answer letter the model itself predicts).
+        steps: ``m``, the number of Riemann steps.
+        layers: layers to attribute (default all).
+        batch_size: one-token continuations (layer x step rows) per forward and backward pass.
+        zero_baseline: also run each layer's zero baseline, for :meth:`convergence_delta`.
+        watch: token ids whose unmodified probabilities are returned.
+    """
+    if ids.dim() != 1 or ids.numel() < 1:
+        raise LapeError(f"attribute_prompt needs a 1-D tensor of token ids, got shape {tuple(ids.shape)}")
+    if steps < 1 or batch_size < 1:
+        raise LapeError(f"steps ({steps}) and batch_size ({batch_size}) must be at least 1")
+    layers = list(range(space.num_layers) if layers is None else layers)
+    ids = ids.to(input_device(model))
+    with _no_param_grads(model):
+        cache = _prefix_cache(model, ids)
+        base, logits = last_activations(model, space, ids, cache)
+        probs = logits.softmax(-1)
+        tgt = int(target(probs) if callable(target) else target)
+        if not 0 <= tgt < probs.numel():
+            raise LapeError(f"target token id {tgt} is outside the vocabulary (0..{probs.numel() - 1})")
+        rows = [(layer, float(a)) for layer in layers for a in alphas(steps)]
+        rows += [(layer, 0.0) for layer in layers] if zero_baseline else []
+        grad_sum = torch.zeros(space.num_layers, space.neurons_per_layer, dtype=torch.float32)
+        prob_zero = torch.full((space.num_layers,), float("nan"))
+        for s in range(0, len(rows), batch_size):
+            chunk = rows[s:s + batch_size]
+            layer_of = torch.tensor([layer for layer, _ in chunk], device=base.device)
+            scale = torch.tensor([a for _, a in chunk], device=base.device, dtype=torch.float32)
+            x = (scale[:, None] * base[layer_of].float()).to(base.dtype).requires_grad_(True)
+
+            def edit(layer: int, act: torch.Tensor) -> torch.Tensor:
+                return torch.where((layer_of == layer)[:, None], x, act)
+
+            out = last_position(model, space, ids, cache, len(chunk), edit=edit,
+                                layers=sorted({layer for layer, _ in chunk}))
+            p = (out[:, tgt] - torch.logsumexp(out, dim=-1)).exp()  # [rows]
+            (grad,) = torch.autograd.grad(p.sum(), x)
+            grad = grad.float().cpu()
+            for r, (layer, a) in enumerate(chunk):
+                if a > 0:
+                    grad_sum[layer] += grad[r]
+                else:
+                    prob_zero[layer] = float(p[r].detach())
+    scores = base.float().cpu() * grad_sum / steps
+    scores[[layer for layer in range(space.num_layers) if layer not in set(layers)]] = 0.0
+    return PromptAttribution(scores, tgt, float(probs[tgt]), prob_zero,
+                             probs[list(watch)].cpu() if len(watch) else torch.zeros(0))
+
+
+class NeuronIntegratedGradients:
+    """Captum-like integrated gradients over a model's neurons at the last prompt position.
+
+    Example:
+        >>> ig = NeuronIntegratedGradients(model)
+        >>> attr, delta = ig.attribute(ids, target=tok_id, n_steps=16, return_convergence_delta=True)
+        >>> attr.shape  # [layers, neurons]
+    """
+
+    def __init__(self, model: nn.Module, space: NeuronSpace | None = None) -> None:
+        self.model = model
+        self.space = space or NeuronSpace.of(model)
+
+    def attribute(self, inputs: torch.Tensor, target: int, n_steps: int = 16, internal_batch_size: int = 96,
+                  layers: Sequence[int] | None = None, return_convergence_delta: bool = False
+                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Attributions ``[layers, neurons]`` of ``P(target)`` for one prompt ``inputs`` (1-D ids,
+        or ``[1, T]``); with ``return_convergence_delta`` also the per-layer completeness delta."""
+        ids = inputs[0] if inputs.dim() == 2 and inputs.shape[0] == 1 else inputs
+        res = attribute_prompt(self.model, self.space, ids, target, steps=n_steps, layers=layers,
+                               batch_size=internal_batch_size, zero_baseline=return_convergence_delta)
+        return (res.scores, res.convergence_delta()) if return_convergence_delta else res.scores
