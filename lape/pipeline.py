@@ -1,5 +1,6 @@
 """``lape demo``: record -> identify -> perplexity -> steering (with the random control and
-fluency) -> linguistic regions -> report, each stage cached.
+fluency) -> linguistic regions -> key neurons (with the cross-method comparison) -> report, each
+stage cached.
 
 This module only chains library calls. Every stage is given ``out=`` and skips itself when the
 artifact there was made from the same inputs (its sidecar's cache key: model fingerprint,
@@ -46,6 +47,7 @@ class DemoConfig(StageConfig):
     regions_languages: tuple[str, ...] | None = None  # importance languages (None: the paper's six the corpus has)
     regions_tokens_per_language: int = option(512, gt=0)  # importance budget per language (paper: 10,000 x 512)
     regions_eval_tokens: int = option(192, gt=0)  # held-out tokens per language for region removal and perturbation
+    keyneurons: bool = True  # run the key-neuron stage (lape.keyneurons.run; sizes: KeyNeuronsRunConfig's defaults)
 
 
 class _Timer:
@@ -140,6 +142,12 @@ def run_demo(config: DemoConfig = DemoConfig(), out: str | Path = "runs/demo", p
                                         eval_tokens_per_language=config.regions_eval_tokens, seq_len=config.seq_len,
                                         seed=config.seed)
         run_regions(model, tok, manifest, run, rcfg_regions, neurons=sets, progress=progress, timer=timer.run)
+
+    if config.keyneurons:
+        from .keyneurons.run import KeyNeuronsRunConfig, run_keyneurons
+
+        kcfg = KeyNeuronsRunConfig(seq_len=config.seq_len, seed=config.seed)
+        run_keyneurons(model, tok, run, kcfg, lape_sets=sets, manifest=manifest, progress=progress, timer=timer.run)
 
     report = write_report(run)
     total = round(time.perf_counter() - t0, 1)

@@ -493,7 +493,30 @@ def accumulated_heatmap(labels: Sequence[str], accumulated: Any, bins: int = 64)
         ax.tick_params(labelsize=7)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     fig.suptitle("accumulated key-neuron scores (NA-ICA) per cluster", fontsize=10)
-    fig.tight_layout()
+    return fig
+
+
+def method_effects(effect: Sequence[dict[str, Any]]) -> Figure:
+    """Per language, each method's own-language NLL change (solid) next to the other languages'
+    mean (hatched) when the method's set for that language is switched off."""
+    languages = list(dict.fromkeys(r["language"] for r in effect))
+    methods = list(dict.fromkeys(r["family"] for r in effect))
+    cell = {(r["family"], r["language"]): r for r in effect}
+    fig = _figure(max(4.5, 1.3 * len(languages) + 2), 3.2)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / max(len(methods), 1)
+    colors = _label_colors(len(methods))
+    for k, m in enumerate(methods):
+        xs = [i + (k - (len(methods) - 1) / 2) * width for i in range(len(languages))]
+        own = [cell[(m, lang)]["own_delta_nll"] if (m, lang) in cell else float("nan") for lang in languages]
+        others = [cell[(m, lang)]["others_delta_nll"] if (m, lang) in cell else float("nan") for lang in languages]
+        ax.bar(xs, own, width * 0.9, color=colors[k], label=f"{m}: own language")
+        ax.bar(xs, others, width * 0.45, color="white", edgecolor=colors[k], hatch="///", label=f"{m}: others (mean)")
+    ax.set_xticks(range(len(languages)), languages)
+    ax.set_ylabel("NLL change (nats/token)")
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("switching off one method's set for a language", fontsize=10)
     return fig
 
 

@@ -738,8 +738,10 @@ summary{cursor:pointer;color:var(--accent);font-size:13px}
 
 def all_sections() -> tuple[list[tuple[str, SectionRenderer]], dict[str, str]]:
     """Every method's sections in report order, and their navigation titles: LAPE's
-    (:data:`SECTIONS`), then linguistic regions' (:mod:`lape.regions.report`, imported here
-    because it builds on this module)."""
+    (:data:`SECTIONS`), then linguistic regions' (:mod:`lape.regions.report`) and key neurons'
+    (:mod:`lape.keyneurons.report`), imported here because they build on this module."""
+    from .keyneurons import report as keyneurons_report
     from .regions import report as regions_report
 
-    return [*SECTIONS, *regions_report.SECTIONS], {**_SECTION_TITLES, **regions_report.TITLES}
+    return ([*SECTIONS, *regions_report.SECTIONS, *keyneurons_report.SECTIONS],
+            {**_SECTION_TITLES, **regions_report.TITLES, **keyneurons_report.TITLES})

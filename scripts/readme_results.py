@@ -241,6 +241,9 @@ def main() -> None:
         from readme_steering import steering_section as steering_results
 
         parts.append(steering_results(full))
+        from readme_keyneurons import keyneurons_section
+
+        parts.append(keyneurons_section(full))
     demo = Path(args.demo)
     if (demo / "stats").is_dir():
         import json

@@ -17,4 +17,5 @@ lape ppl --model builtin --neurons "$RUN/neurons" --languages $LANGS13 --tokens-
   --out "$RUN/ppl"
 bash "$(dirname "$0")/run_steering.sh" "$RUN"   # steering: calibrated on builtin:dev, reported on builtin:test
 bash "$(dirname "$0")/run_regions.sh" "$RUN"   # linguistic regions (Zhang et al.)
+bash "$(dirname "$0")/run_keyneurons.sh" "$RUN"   # key neurons (Chen et al.) and the three methods compared
 lape report "$RUN"

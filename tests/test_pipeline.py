@@ -46,10 +46,10 @@ REGION_STAGES = ["importance", "regions", "region-dims", "region-ppl", "region-p
 STAGES = ["record", "identify", "ppl", "steering", *REGION_STAGES]
 CONFIG = DemoConfig(languages=("en", "fr", "ja"), tokens_per_language=1024, ppl_tokens_per_language=128,
                     steer_prompts=2, seq_len=128, regions_languages=("fr", "ja"), regions_tokens_per_language=128,
-                    regions_eval_tokens=128)
+                    regions_eval_tokens=128, keyneurons=False)  # key neurons: tests/test_keyneurons.py
 CLI_ARGS = ["--languages", "en", "fr", "ja", "--tokens-per-language", "1024", "--ppl-tokens-per-language", "128",
             "--steer-prompts", "2", "--seq-len", "128", "--regions-languages", "fr", "ja",
-            "--regions-tokens-per-language", "128", "--regions-eval-tokens", "128"]
+            "--regions-tokens-per-language", "128", "--regions-eval-tokens", "128", "--no-keyneurons"]
 REPORT_FIGURES = {"layer_distribution", "overlap_heatmap", "probability_heatmap", "ppl_heatmaps", "steering_bars",
                   "region_removal", "region_dimensions"}
 ARTIFACT_DIRS = ["stats", "neurons", "neurons-agnostic", "ppl", "steering", *REGION_STAGES]
@@ -258,7 +258,7 @@ def test_demo_without_english_steers_by_activation_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(lape.evaluate.perplexity, "ppl_matrix", ppl_stub)
     config = DemoConfig(languages=("fr", "ja"), tokens_per_language=256, ppl_tokens_per_language=128,
-                        steer_prompts=1, seq_len=128, regions=False)
+                        steer_prompts=1, seq_len=128, regions=False, keyneurons=False)
     summary = run_demo(config, out=tmp_path / "run", progress=False)
     assert summary["ran"] == STAGES[:4]
     ev = SteeringEval.load(tmp_path / "run" / "steering")

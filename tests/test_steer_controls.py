@@ -428,3 +428,23 @@ def test_describe_edits_names_the_neurons_per_layer():
              Edit(0, torch.tensor([5, 9]), "mul", 0.5)]  # neuron (0, 5) twice: counted once
     assert describe_edits(edits) == "4 neurons in 2 layers (L0 3, L2 1)"
     assert describe_edits([]) == "no neurons"
+
+
+def test_polish_searches_around_the_best_rule_of_targets_still_weak(steerer, reference, tmp_path):
+    prompts = ["Hi there", "The weather"]
+    config = CalibrateConfig(modes=("replace", "add"), strengths=(0.5, 2.0), layer_windows=("upper",),
+                             refine_below=1.0, refine_top=1)
+    before = calibrate(steerer, prompts, ["b"], reference, source="a", config=config, progress=False, out=tmp_path)
+    polished = calibrate(steerer, prompts, ["b"], reference, source="a", progress=False, out=tmp_path,
+                         config=config.replace(polish_strengths=(3.0, 0.25), polish_windows=("lower", "all")))
+    centre = before.rules["b"]  # the best rule before the local search
+    tail = polished.candidates[len(before.candidates):]
+    assert before.meta["dev_scores"]["b"]["fluent_success"] < 1.0  # weak, so it is polished
+    assert [c["stage"] for c in tail] == ["polish: x3, layers lower", "polish: x3, layers all",
+                                          "polish: x0.25, layers lower", "polish: x0.25, layers all"]
+    for c in tail:  # the centre's mode, source scale and neurons; only strength and window vary
+        assert (c["mode"], c["source_scale"], c["exclusive"]) == (centre.mode, centre.source_scale, centre.exclusive)
+    lower = tuple(range(steerer.space.num_layers // 2))
+    assert tuple(tail[0]["layers"]) == lower and tail[1]["layers"] is None
+    best = max([*before.candidates, *tail], key=lambda c: (c["fluent_success"], c["success"], -c["fluency_ratio"]))
+    assert polished.meta["dev_scores"]["b"]["fluent_success"] == best["fluent_success"]

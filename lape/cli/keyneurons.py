@@ -2,8 +2,9 @@
 
 ``attribute`` (integrated gradients on multiple-choice questions, the selection half),
 ``select`` (NA, inverse cluster attribution, common neurons -> neuron sets per cluster, with
-plots) and ``eval`` (boost/suppress on the held-out half: PCR, editing success, cluster
-prediction, against random sets and plain NA).
+plots), ``eval`` (boost/suppress on the held-out half: PCR, editing success, cluster
+prediction, against random sets and plain NA) and ``compare`` (the three methods' sets on one
+neuron space).
 """
 
 from __future__ import annotations
@@ -119,9 +120,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ..corpora import load_manifest
+    from ..keyneurons.run import KeyNeuronsRunConfig, method_comparison
+    from ..masks import NeuronSets, ParamRegions
+
+    config = config_from_args(KeyNeuronsRunConfig, args)
+    lape_sets, key_sets = NeuronSets.load(args.neurons), NeuronSets.load(args.keyneurons)
+    regions = ParamRegions.load(args.regions) if args.regions else None
+    manifest = load_manifest(args.corpus)
+    out = common.out_folder(args.out)
+    model, tok = common.load(args)
+    for what in (lape_sets, key_sets, *([regions] if regions is not None else [])):
+        what.check_model(model)
+    res = method_comparison(model, tok, lape_sets, key_sets, regions, manifest, out, config, progress=not args.quiet)
+    for r in res.overlap:
+        logger.info("%-3s %-11s x %-11s overlap %4d (chance %6.2f, x%.1f)", r["language"], r["a"], r["b"], r["overlap"],
+                    r["chance"], r["enrichment"])
+    for r in res.effect:
+        logger.info("%-11s %-3s own dNLL %+.3f, others %+.3f", r["family"], r["language"], r["own_delta_nll"],
+                    r["others_delta_nll"])
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from ..keyneurons.attribute import AttributeConfig
     from ..keyneurons.evaluate import KeyEvalConfig
+    from ..keyneurons.run import KeyNeuronsRunConfig
     from ..keyneurons.select import SelectConfig
     from . import _Parser
 
@@ -150,3 +175,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True, help="output folder, e.g. runs/x/kn-eval")
     add_config_args(s, KeyEvalConfig)
     s.set_defaults(fn=cmd_eval)
+
+    s = ksub.add_parser("compare", help="LAPE neurons vs key neurons vs region neurons: overlap and perplexity effect")
+    s.add_argument("--neurons", required=True, help="LAPE neuron sets (lape identify)")
+    s.add_argument("--keyneurons", required=True, help="key neurons of language clusters (lape keyneurons select)")
+    s.add_argument("--regions", default=None, help="regions with monolingual regions (lape regions select)")
+    s.add_argument("--corpus", default="builtin", help="held-out text for the perplexity effect")
+    common.add_model_args(s)
+    s.add_argument("--out", required=True, help="output folder, e.g. runs/x/method-comparison")
+    add_config_args(s, KeyNeuronsRunConfig, skip=("questions", "clusters", "per_cluster", "eval_share", "steps",
+                                                  "templates", "random_seeds"))
+    s.set_defaults(fn=cmd_compare)

@@ -244,17 +244,17 @@ def attribute(model: nn.Module, tokenizer: Any, questions: Sequence[Question],
     if done is not None:
         return done
     rank, world = dist_info()
-    templates = config.templates
+    per_question = config.templates
     results, report = tally(
-        clusters, lambda c: _ClusterSums(len(by_cluster[c]), templates, space).to(input_device(model)),
+        clusters, lambda c: _ClusterSums(len(by_cluster[c]), per_question, space).to(input_device(model)),
         lambda c: shard(enumerate(by_cluster[c]), rank, world),
         lambda stat, item: _step(model, space, tokenizer, config, stat, item[0], item[1], templates),
         key=key, checkpoint_dir=Path(out) / "partial" if out is not None else None,
         checkpoint_every=config.checkpoint_every, progress=progress, desc="attribute",
-        total=lambda c: len(by_cluster[c]) * templates)
+        total=lambda c: len(by_cluster[c]) * per_question)
     tensors = {f"{c}/{k}": v for c in clusters for k, v in results[c].items() if k != "spaced"}
     spaced = sum(float(results[c]["spaced"].sum()) for c in clusters)
-    n_prompts = sum(len(by_cluster[c]) for c in clusters) * templates
+    n_prompts = sum(len(by_cluster[c]) for c in clusters) * per_question
     scores = KeyNeuronScores(clusters, {c: [q.uid for q in by_cluster[c]] for c in clusters}, tensors)
     scores.meta = artifacts.model_sidecar(
         KeyNeuronScores.KIND, model, space, languages=sorted({q.language for q in questions}),

@@ -1,0 +1,94 @@
+"""The README's key-neuron section (issue #17), from ``scripts/run_keyneurons.sh``'s folders in
+the full run: the PCR table for domains and languages against random sets and plain NA, editing
+success, cluster prediction, the layer plot and the three methods compared. Imported by
+``scripts/readme_results.py``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from readme_results import ROOT, _table
+
+
+def _copy(src: Path, name: str) -> str | None:
+    if not src.is_file():
+        return None
+    dest = ROOT / "docs" / "figures" / name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)
+    return f"docs/figures/{name}"
+
+
+def _pcr_rows(kind: str, ev) -> list[list[object]]:
+    rows = []
+    for r in ev.family_summary():
+        sd = f" ± {r['pcr_sd']:.2f}" if r["draws"] > 1 else ""
+        rows.append([kind, r["family"], r["op"], f"{r['pcr']:.2f}{sd}", f"{r['related_change']:+.1f}%",
+                     f"{r['unrelated_change']:+.1f}%", f"{100 * r['edit_success']:.1f}%"])
+    return rows
+
+
+def keyneurons_section(run: Path) -> str:
+    """Markdown for the key-neuron results in ``run`` (empty when the runs are absent)."""
+    from lape.keyneurons.attribute import KeyNeuronScores
+    from lape.keyneurons.compare import MethodComparison
+    from lape.keyneurons.evaluate import KeyNeuronEval
+    from lape.masks import NeuronSets
+
+    kinds = [k for k in ("domains", "languages") if (run / f"kn-{k}-eval").is_dir()]
+    if not kinds:
+        return ""
+    out = ["### Key neurons (Chen et al., NA-ICA), built-in model\n",
+           "From `scripts/run_keyneurons.sh`: integrated gradients (m = 16, 3 templates, threshold 0.2) on the "
+           "**selection half** of each cluster's questions, NA-ICA selection (top 20 per question, common neurons "
+           "removed), then boost (x2) and suppress (x0) at the last position on the **held-out half**. Domains: MMLU "
+           "dev+validation questions; languages: cloze questions built from each language's held-out text.\n"]
+    facts, pcr, pred = [], [], []
+    for kind in kinds:
+        scores = KeyNeuronScores.load(run / f"kn-{kind}-scores")
+        sets = NeuronSets.load(run / f"kn-{kind}")
+        ev = KeyNeuronEval.load(run / f"kn-{kind}-eval")
+        comp = scores.meta.get("completeness", {})
+        per_q = sets.meta.get("key_neurons_per_question", {})
+        answers = ev.summary["answers"][0]
+        facts.append([kind, ", ".join(sets.labels), sum(scores.meta["questions"].values()), ev.meta.get("questions"),
+                      f"{sum(per_q.values()) / max(len(per_q), 1):.1f}", sets.meta.get("common_neurons"),
+                      f"{100 * answers['accuracy_unmodified']:.0f}%", f"{comp.get('median_rel_delta', float('nan')):.2f}",
+                      f"{scores.meta.get('seconds', 0) / max(scores.meta.get('prompts', 1), 1):.1f} s"])
+        pcr += _pcr_rows(kind, ev)
+        pred += [[kind, r["family"], f"{100 * r['accuracy']:.0f}%", f"{100 * r['chance']:.0f}%"]
+                 for r in ev.summary["prediction"]]
+    out.append(_table(["questions", "clusters", "selection questions", "held-out questions", "key neurons per question",
+                       "common neurons", "accuracy (held out, unmodified)", "median completeness gap / (P - P0)",
+                       "attribution per prompt"], facts))
+    out.append("\nProbability change ratio on the held-out questions (mean over clusters; random: same count per "
+               "layer, mean ± SD over 3 draws; `na`: plain NA without ICA or common-neuron removal):\n")
+    out.append(_table(["questions", "set", "edit", "PCR", "related change", "unrelated change",
+                       "edit success (related)"], pcr))
+    out.append("\nNeuron-based cluster prediction (rule: the cluster whose key neurons have the highest mean "
+               "standardised unmodified activation at the last position):\n")
+    out.append(_table(["questions", "set", "accuracy", "chance"], pred))
+    figs = [(f"kn-{k}-plots/layer_distribution.png", f"kn-{k}-layers.png", f"Key neurons per layer ({k})")
+            for k in kinds] + [(f"kn-{k}-plots/accumulated_heatmap.png", f"kn-{k}-heatmap.png",
+                                f"Accumulated NA-ICA scores ({k})") for k in kinds]
+    for src, name, alt in figs:
+        path = _copy(run / src, name)
+        if path:
+            out.append(f"\n![{alt}]({path})\n")
+    if (run / "method-comparison").is_dir():
+        res = MethodComparison.load(run / "method-comparison")
+        out.append("\n#### Three methods on one neuron space\n")
+        out.append("LAPE's 13-language sets, the key neurons of the language clusters, and the neuron view of the "
+                   f"monolingual regions (neurons with >= {100 * res.meta.get('region_min_share', 0.05):.0f}% of their "
+                   "own weights in the region); overlap against random sets with the same count per layer:\n")
+        out.append(_table(["language", "set A", "set B", "size A", "size B", "overlap", "chance", "x chance"],
+                          [[r["language"], r["a"], r["b"], r["size_a"], r["size_b"], r["overlap"], f"{r['chance']:.2f}",
+                            f"{r['enrichment']:.1f}"] for r in res.overlap]))
+        if res.effect:
+            out.append("\nNLL change (nats/token, held-out text) when one method's set for a language is switched "
+                       "off:\n")
+            out.append(_table(["method", "language", "own language", "other languages (mean)", "own hit most"],
+                              [[r["family"], r["language"], f"{r['own_delta_nll']:+.3f}", f"{r['others_delta_nll']:+.3f}",
+                                "yes" if r["own_hit_most"] else "no"] for r in res.effect]))
+    return "\n".join(out) + "\n"
