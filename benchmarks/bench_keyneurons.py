@@ -46,7 +46,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from common import Report, parser, peak_rss_mb, reset_peak_rss
+from common import Report, parser, peak_rss_mb, reset_peak_rss, rss_mb
 
 from lape.hooks import activation_hooks
 from lape.keyneurons.attribute import letter_spellings, prompt_ids
@@ -95,14 +95,6 @@ def released_attribution(model: torch.nn.Module, space: NeuronSpace, ids: torch.
     return scores
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _prompts(tok, count: int) -> list[tuple[torch.Tensor, int]]:
     """``(token ids, target letter id)`` of the first template of the first ``count`` questions
     (one question per domain, then the next template of each)."""
@@ -139,7 +131,7 @@ def main() -> None:
     # 3. memory first, while nothing else has run: lape's way over 1, then N prompts ----------
     model_mb = sum(q.numel() * q.element_size() for q in model.parameters()) / (1 << 20)
     reset_peak_rss(model)
-    base = _rss_mb()
+    base = rss_mb()
     growth = []
     for i, (ids, target) in enumerate(sorted(prompts[:n_mem], key=lambda p: -p[0].numel())):
         attribute_prompt(model, space, ids, target, steps=steps, layers=layers, batch_size=LAPE_BATCH)
@@ -155,7 +147,7 @@ def main() -> None:
         ours = attribute_prompt(model, space, ids, target, steps=steps, layers=layers, batch_size=LAPE_BATCH).scores
         spent["lape"] += time.perf_counter() - t0
         reset_peak_rss()
-        before = _rss_mb()
+        before = rss_mb()
         t0 = time.perf_counter()
         theirs = released_attribution(model, space, ids, target, steps=steps, layers=layers)
         spent["released"] += time.perf_counter() - t0

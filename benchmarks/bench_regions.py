@@ -31,7 +31,7 @@ import sys
 import time
 
 import torch
-from common import ROOT, Report, builtin_batches, interleaved, parser, peak_rss_mb, reset_peak_rss
+from common import ROOT, Report, builtin_batches, interleaved, parser, peak_rss_mb, reset_peak_rss, rss_mb
 
 from lape import load_model
 from lape.regions import ImportanceConfig, importance
@@ -52,14 +52,6 @@ def _seqs(data: list[tuple[torch.Tensor, torch.Tensor]]) -> list[_Seq]:
     return [_Seq(i, m) for ids, mask in data for i, m in zip(ids, mask)]
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _memory_child(n_batches: int, batch: int, seq_len: int, threads: int) -> None:
     """Run in a subprocess: importance over ``n_batches`` batches of English; print the resident
     memory after loading the model and the peak during the importance pass (MB)."""
@@ -70,7 +62,7 @@ def _memory_child(n_batches: int, batch: int, seq_len: int, threads: int) -> Non
         raise SystemExit(f"the built-in corpus gave {len(data)} batches of {batch}x{seq_len}, not {n_batches}")
     seqs = _seqs(data)
     reset_peak_rss(model)  # the pass's peak (model included), not the loading's
-    base = _rss_mb()
+    base = rss_mb()
     importance(model, {"en": seqs}, ImportanceConfig(batch_size=batch), out=None, progress=False)
     print(base, peak_rss_mb())
 

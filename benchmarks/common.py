@@ -119,3 +119,15 @@ def peak_rss_mb() -> float:
 
 
 torch.set_num_threads(2)
+
+
+def rss_mb() -> float:
+    """This process's current resident set size in MB (``VmRSS``; NaN where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
