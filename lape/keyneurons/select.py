@@ -148,7 +148,9 @@ def select(scores: KeyNeuronScores, config: SelectConfig = SelectConfig(), *, ou
     if out is not None and artifacts.exists(out, KeyNeuronMaps.KIND):
         sets = artifacts.reuse(NeuronSets, out, key)
         if sets is not None:
-            return sets, KeyNeuronMaps.load(out)
+            maps = KeyNeuronMaps.load(out)
+            maps.from_cache = True  # type: ignore[attr-defined]
+            return sets, maps
     clusters = scores.clusters
     kept = torch.cat([scores.get(c, "kept") for c in clusters])
     total = torch.cat([scores.get(c, "total") for c in clusters])
