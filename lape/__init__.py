@@ -34,7 +34,8 @@ def __getattr__(name: str):
 
     if name in {"load_corpus", "load_manifest"}:
         return getattr(importlib.import_module(".corpora", __name__), name)
-    if name in {"corpora", "plots", "report", "pipeline", "prompts", "weights", "runningstats", "regions"}:
+    if name in {"corpora", "plots", "report", "pipeline", "prompts", "weights", "runningstats", "regions",
+                "keyneurons", "explain"}:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(name)
 

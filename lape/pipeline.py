@@ -48,6 +48,8 @@ class DemoConfig(StageConfig):
     regions_tokens_per_language: int = option(512, gt=0)  # importance budget per language (paper: 10,000 x 512)
     regions_eval_tokens: int = option(192, gt=0)  # held-out tokens per language for region removal and perturbation
     keyneurons: bool = True  # run the key-neuron stage (lape.keyneurons.run; sizes: KeyNeuronsRunConfig's defaults)
+    explain: bool = True  # neuron cards of the LAPE sets and a random control (RUN/explain/index.html)
+    explain_tokens_per_language: int = option(2048, gt=0)  # held-out tokens per language the cards' contexts come from
 
 
 class _Timer:
@@ -148,6 +150,20 @@ def run_demo(config: DemoConfig = DemoConfig(), out: str | Path = "runs/demo", p
 
         kcfg = KeyNeuronsRunConfig(seq_len=config.seq_len, seed=config.seed)
         run_keyneurons(model, tok, run, kcfg, lape_sets=sets, manifest=manifest, progress=progress, timer=timer.run)
+
+    held_out = [lang for lang in languages if "valid" in manifest.split_names(lang)]
+    if config.explain and not held_out:
+        logger.info("[explain] skipped: no language of the manifest has a valid split for the cards' contexts")
+    elif config.explain:
+        from .explain import ExplainConfig
+        from .explain.run import explain_sets
+
+        ecfg = ExplainConfig(tokens_per_language=config.explain_tokens_per_language, seq_len=config.seq_len,
+                             seed=config.seed)
+        texts = load_corpus(manifest, tok, split=ecfg.split, tokens_per_language=ecfg.tokens_per_language,
+                            seq_len=ecfg.seq_len, seed=ecfg.seed, languages=held_out)
+        timer.run("explain", lambda: explain_sets(model, tok, texts, {"lape": sets}, ecfg, random_control=config.seed,
+                                                  out=run / "explain", progress=progress))
 
     report = write_report(run)
     total = round(time.perf_counter() - t0, 1)

@@ -738,10 +738,11 @@ summary{cursor:pointer;color:var(--accent);font-size:13px}
 
 def all_sections() -> tuple[list[tuple[str, SectionRenderer]], dict[str, str]]:
     """Every method's sections in report order, and their navigation titles: LAPE's
-    (:data:`SECTIONS`), then linguistic regions' (:mod:`lape.regions.report`) and key neurons'
-    (:mod:`lape.keyneurons.report`), imported here because they build on this module."""
+    (:data:`SECTIONS`), then linguistic regions' (:mod:`lape.regions.report`), key neurons'
+    (:mod:`lape.keyneurons.report`) and the neuron cards (:mod:`lape.explain.report`), imported here because they build on this module."""
+    from .explain import report as explain_report
     from .keyneurons import report as keyneurons_report
     from .regions import report as regions_report
 
-    return ([*SECTIONS, *regions_report.SECTIONS, *keyneurons_report.SECTIONS],
-            {**_SECTION_TITLES, **regions_report.TITLES, **keyneurons_report.TITLES})
+    return ([*SECTIONS, *regions_report.SECTIONS, *keyneurons_report.SECTIONS, *explain_report.SECTIONS],
+            {**_SECTION_TITLES, **regions_report.TITLES, **keyneurons_report.TITLES, **explain_report.TITLES})

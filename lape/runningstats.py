@@ -62,6 +62,13 @@ class RunningSums:
         for k, v in state.items():
             self.sums[k].copy_(v.reshape(self.sums[k].shape))
 
+    def reduce_ranks(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Combine the ranks' states of one group under torchrun: by default every tensor is summed
+        (one all-reduce each); a statistic that is not a sum (a running top-k) overrides this."""
+        for v in state.values():
+            torch.distributed.all_reduce(v)
+        return state
+
     def to(self: S, device: torch.device | str) -> S:
         """Move the sums to ``device`` (in place); returns ``self``."""
         self.sums = {k: v.to(device) for k, v in self.sums.items()}
@@ -237,8 +244,7 @@ def tally(
                 _checkpoint(partial, stat, group_key, done_batches, finished=True)
         state = {k: v.detach().clone() for k, v in stat.state_dict().items()}
         if world > 1:
-            for v in state.values():
-                torch.distributed.all_reduce(v)
+            state = stat.reduce_ranks(state)
         results[group] = {k: v.cpu() for k, v in state.items()}
     report.seconds = time.perf_counter() - t0
     return results, report

@@ -255,14 +255,18 @@ def main() -> None:
                                     ("ppl", "ppl", "ppl"), ("steering", "steering", "steering"),
                                     ("importance", "importance", "importance"), ("regions", "regions", "regions"),
                                     ("region-dims", "region-dims", "dims"), ("region-ppl", "region-ppl", "region_ppl"),
-                                    ("region-perturb", "region-perturb", "perturb")):
+                                    ("region-perturb", "region-perturb", "perturb"),
+                                    ("explain", "explain", "explain")):
             sidecar = demo / folder / f"{kind}.json"
             if sidecar.is_file() and json.loads(sidecar.read_text()).get("seconds") is not None:
                 stages[stage] = json.loads(sidecar.read_text())["seconds"]
         total = None
-        if args.bench_json:  # benchmarks/bench_demo.py's first-run total (model load and report included)
+        if args.bench_json:  # benchmarks/bench_demo.py's first run: every stage it ran, and the total
+            stages = {}
             for line in Path(args.bench_json).read_text().splitlines():
                 f = json.loads(line)
+                if f["benchmark"] == "demo" and f["figure"].startswith("stage "):
+                    stages[f["figure"][len("stage "):]] = f["value"]
                 if f["benchmark"] == "demo" and f["figure"].startswith("total"):
                     total = f["value"]
         if stages:
@@ -281,6 +285,9 @@ def main() -> None:
                          f"the settings' rule, no profile): {len(good)} of {len(rows)} targets at >= 90% success "
                          f"({', '.join(good)})" + (f"; random neurons with the same values: mean "
                                                    f"{pct(sum(random) / len(random))}" if random else "") + ".\n")
+        from readme_explain import explain_section
+
+        parts.append(explain_section(demo))
     readme = ROOT / "README.md"
     text = readme.read_text(encoding="utf-8")
     start, end = "<!-- RESULTS:START -->", "<!-- RESULTS:END -->"

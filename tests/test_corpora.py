@@ -9,6 +9,7 @@ from pathlib import Path
 import py3langid
 import pytest
 import torch
+import yaml
 
 from lape import corpora
 from lape.corpora import (
@@ -556,8 +557,22 @@ def test_builtin_build_is_atomic(tmp_path, monkeypatch):
     assert list((tmp_path / "corpora").iterdir()) == []  # nothing cached from a failed build
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "data_manifests").glob("*.yaml")),
-                         ids=lambda p: p.name)
+def _corpus_manifests() -> list[Path]:
+    """The shipped corpus manifests: every data_manifests/*.yaml except question manifests
+    (a top-level ``sources:`` list; those are tested in test_mcqa.py)."""
+    found = sorted((Path(__file__).parent.parent / "data_manifests").glob("*.yaml"))
+    corpus = [p for p in found if "sources" not in yaml.safe_load(p.read_text(encoding="utf-8"))]
+    assert len(corpus) >= 3 and len(corpus) < len(found)  # the split must not silently drop all
+    return corpus
+
+
+def test_question_manifest_given_as_corpus_says_which_flag_takes_it():
+    path = Path(__file__).parent.parent / "data_manifests" / "keyneurons.yaml"
+    with pytest.raises(LapeError, match="question manifest.*--questions"):
+        load_manifest(path)
+
+
+@pytest.mark.parametrize("path", _corpus_manifests(), ids=lambda p: p.name)
 def test_shipped_manifests_validate(path):
     m = load_manifest(path)
     assert m.languages and set(m.default_languages) <= set(m.languages)

@@ -143,3 +143,25 @@ def test_ranks_that_disagree_about_finished_work_follow_rank_0(work):
         assert r["fire"] == int(two.fire_counts.sum()) and r["tokens"] == two.token_counts.tolist()
         assert r["world"] == 2
     assert not (work / "split" / "rank1").exists()  # rank 1 recorded nothing
+
+
+def test_two_ranks_explain_the_same_cards_as_one_process(work):
+    """``lape explain`` under torchrun: every rank's running top-k is gathered and merged, so the
+    contexts (values, places, windows) are those of one process; firing sums are all-reduced."""
+    from lape.explain import NeuronCards
+
+    args = ["--quiet", "explain", "--neuron", "0:3", "--neuron", "1:7", "--neuron", "2:40", "--model", "model",
+            "--corpus", "corpus.yaml", "--split", "train", "--tokens-per-language", str(TOKENS), "--seq-len",
+            str(SEQ_LEN), "--batch-size", "2", "--k", "3"]
+    _run([sys.executable, "-m", "lape", *args, "--out", "explain-one"], cwd=work)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    launcher = [str(torchrun)] if torchrun.is_file() else [sys.executable, "-m", "torch.distributed.run"]
+    _run([*launcher, "--standalone", "--nproc-per-node", "2", "-m", "lape", *args, "--out", "explain-two"], cwd=work)
+    one, two = NeuronCards.load(work / "explain-one"), NeuronCards.load(work / "explain-two")
+    assert one.meta["world_size"] == 1 and two.meta["world_size"] == 2
+    for name in ("values", "serials", "tokens"):
+        assert torch.equal(one.contexts[name], two.contexts[name]), name
+    torch.testing.assert_close(one.contexts["acts"], two.contexts["acts"])
+    assert torch.equal(one.firing["fire_counts"], two.firing["fire_counts"])
+    assert int((one.contexts["serials"] >= 0).sum()) == 2 * 3 * 3  # every slot filled: the test compares contexts
+    assert (work / "explain-two" / "index.html").is_file()

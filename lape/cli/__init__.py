@@ -6,7 +6,7 @@ drift apart.
 Groups: :mod:`.data` (``data show``, ``data build-builtin``), :mod:`.neurons` (``record``,
 ``identify``, ``plot``), :mod:`.evaluate` (``ppl``, ``steer``, ``steer-eval``), :mod:`.regions`
 (``regions importance|select|ablate|dims|perturb|train|bridge``), :mod:`.keyneurons`
-(``keyneurons attribute|select|eval``) and :mod:`.run` (``info``,
+(``keyneurons attribute|select|eval|compare``), :mod:`.explain` (``explain``) and :mod:`.run` (``info``,
 ``demo``, ``report``).
 """
 
@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import data, evaluate, keyneurons, neurons, regions, run
+    from . import data, evaluate, explain, keyneurons, neurons, regions, run
 
     p = _Parser(prog="lape", description="Find, measure and steer the language-specific parts of "
                 "large language models.")
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    for group in (run, data, neurons, evaluate, regions, keyneurons):
+    for group in (run, data, neurons, evaluate, regions, keyneurons, explain):
         group.register(sub)
     return p
 

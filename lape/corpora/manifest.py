@@ -219,6 +219,9 @@ def _validate(path: Path, raw: Any) -> Manifest:
     def fail(msg: str) -> LapeError:
         return LapeError(f"manifest {path}: {msg}")
 
+    if isinstance(raw, dict) and "sources" in raw and "languages" not in raw:
+        raise fail("this is a question manifest (a 'sources:' list), not a corpus manifest: "
+                   "pass it to the key-neuron commands with --questions")
     if not isinstance(raw, dict) or not isinstance(raw.get("languages"), dict):
         raise fail("expected a mapping with a 'languages:' mapping of language codes to "
                    "entries: see data_manifests/builtin.yaml for the format")

@@ -1,0 +1,96 @@
+"""``lape explain``: neuron cards for any neuron sets (LAPE, key neurons, a region's neuron view, a
+hand-written list), written as ``OUT/index.html`` (offline page) and ``OUT/cards.json``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import add_config_args, config_from_args
+from ..errors import LapeError
+from . import common
+from .common import logger
+
+REGION_MIN_SHARE = 0.05  # a neuron belongs to a region's neuron view when >= 5% of its parameters are in it
+
+
+def parse_neuron(text: str) -> tuple[int, int]:
+    """``"17:803"`` -> ``(17, 803)``; anything else is a one-line error."""
+    layer, sep, index = text.partition(":")
+    if not sep or not layer.strip().isdigit() or not index.strip().isdigit():
+        raise LapeError(f"--neuron expects LAYER:INDEX, e.g. 17:803; got {text!r}")
+    return int(layer), int(index)
+
+
+def _set_names(folders: list[str]) -> list[str]:
+    names = [Path(f).name for f in folders]
+    if len(set(names)) < len(names):
+        names = [f"{Path(f).parent.name}/{Path(f).name}" for f in folders]
+    return names
+
+
+def load_sets(folders: list[str], model, space) -> dict:
+    """``{name: NeuronSets}`` of neuron-set folders; a regions folder gives its neuron view."""
+    from .. import artifacts
+    from ..keyneurons.compare import region_neuron_sets
+    from ..masks import NeuronSets, ParamRegions
+
+    sets = {}
+    for name, folder in zip(_set_names(folders), folders):
+        kind = artifacts.kind_of(folder)
+        if kind == NeuronSets.KIND:
+            sets[name] = NeuronSets.load(folder, model=model)
+        elif kind == ParamRegions.KIND:
+            sets[name] = region_neuron_sets(ParamRegions.load(folder, model=model), space, REGION_MIN_SHARE)
+        else:
+            raise LapeError(f"{folder} holds {kind or 'no lape result'}, not neuron sets or regions: give "
+                            "RUN/neurons, a key-neuron sets folder or RUN/regions")
+    return sets
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from ..corpora import load_manifest
+    from ..explain import ExplainConfig
+    from ..explain.run import explain_sets
+    from ..runningstats import dist_info
+    from ..space import NeuronSpace
+
+    config = config_from_args(ExplainConfig, args)
+    extra = [parse_neuron(t) for t in args.neuron or []]
+    if not args.sets and not extra:
+        raise LapeError("nothing to explain: give neuron-set folders (e.g. runs/demo/neurons) or --neuron LAYER:INDEX")
+    out = common.out_folder(args.out)
+    m = load_manifest(args.corpus)  # checked before the model loads
+    m.with_split(config.split, config.languages)
+    common.init_distributed(args)
+    model, tok = common.load(args)
+    space = NeuronSpace.of(model)
+    sets = load_sets(args.sets, model, space)
+    if args.random_control is not None and not sets:
+        raise LapeError("--random-control needs neuron-set folders to draw a control like")
+    streams = common.corpus(m, tok, config.split, config.tokens_per_language, config.seq_len, config.seed,
+                            config.languages)
+    cards = explain_sets(model, tok, streams, sets, config, extra=extra, random_control=args.random_control,
+                         out=out, progress=not args.quiet)
+    if dist_info()[0] == 0:
+        logger.info("cards of %d neurons over %s -> %s (open %s)", len(cards.neurons), ", ".join(cards.languages),
+                    args.out, Path(args.out) / "index.html")
+    common.finish_distributed()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..explain import ExplainConfig
+
+    s = sub.add_parser("explain", help="neuron cards: top contexts per language, firing and written tokens, "
+                       "as an offline page (OUT/index.html) and OUT/cards.json")
+    s.add_argument("sets", nargs="*", help="neuron-set folders (RUN/neurons, key-neuron sets) or RUN/regions")
+    s.add_argument("--neuron", action="append", default=None, metavar="LAYER:INDEX",
+                   help="a neuron to explain as well (repeatable)")
+    s.add_argument("--random-control", type=int, default=None, metavar="SEED",
+                   help="also explain a random set of the same count per layer as the first set (random:LABEL)")
+    common.add_model_args(s)
+    s.add_argument("--corpus", default="builtin", help="a data manifest (YAML) or builtin")
+    s.add_argument("--out", required=True, help="output folder, e.g. runs/demo/explain")
+    add_config_args(s, ExplainConfig)
+    s.set_defaults(fn=cmd_explain)
