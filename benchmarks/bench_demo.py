@@ -3,7 +3,7 @@
 
 Full mode runs the demo with its default settings into a fresh folder and checks the target:
 the whole demo finishes in under 10 minutes on a 2-core CPU machine. ``--quick`` runs a tiny
-configuration (CI) and only prints the times. ``--out DIR`` keeps the run (the README's demo
+configuration (CI: LAPE's stages only; the others are tested on their own) and only prints the times. ``--out DIR`` keeps the run (the README's demo
 section is generated from it).
 """
 
@@ -28,7 +28,8 @@ def main() -> None:
     if args.quick:
         config = DemoConfig(languages=("en", "fr"), tokens_per_language=512, ppl_tokens_per_language=64,
                             steer_prompts=2, seq_len=128, regions_languages=("en", "fr"),
-                            regions_tokens_per_language=128, regions_eval_tokens=64)
+                            regions_tokens_per_language=128, regions_eval_tokens=64, regions=False,
+                            keyneurons=False, explain=False)  # those stages: tests/test_pipeline.py and their own
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.out) if args.out else Path(tmp) / "demo"
         summary = run_demo(config, out=run, progress=False)

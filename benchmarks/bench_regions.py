@@ -31,7 +31,16 @@ import sys
 import time
 
 import torch
-from common import ROOT, Report, builtin_batches, interleaved, parser, peak_rss_mb, reset_peak_rss, rss_mb
+from common import (
+    ROOT,
+    Report,
+    builtin_batches,
+    interleaved,
+    parser,
+    peak_rss_mb,
+    reset_peak_rss,
+    rss_mb,
+)
 
 from lape import load_model
 from lape.regions import ImportanceConfig, importance

@@ -11,8 +11,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,9 +18,16 @@ from tiny_models import char_tokenizer, random_sequences, tiny_model, tiny_model
 
 from lape import record
 from lape.errors import LapeError
-from lape.explain import ExplainConfig, NeuronCards, explain, explain_summary, neuron_table, write_page
+from lape.explain import (
+    ExplainConfig,
+    NeuronCards,
+    explain,
+    explain_summary,
+    neuron_table,
+    write_page,
+)
 from lape.explain.lens import written_tokens
-from lape.explain.page import card_data, cards_json, render_card
+from lape.explain.page import cards_json, render_card
 from lape.explain.summary import script_share, token_script
 from lape.explain.topk import TopContexts, merge_top
 from lape.hooks import activation_hooks
@@ -261,32 +266,31 @@ def test_page_opens_offline_in_chromium(tmp_path):
     assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _lape(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lape", "--quiet", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
-                                            "HOME": str(cwd)})
-
-
-def test_cli_explains_sets_and_listed_neurons_and_refuses_bad_ones(tmp_path):
+def test_cli_explains_sets_and_listed_neurons_and_refuses_bad_ones(tmp_path, monkeypatch, capsys):
     from lape import load_model
     from lape.artifacts import model_sidecar
+    from lape.cli import main
 
     tiny_model_folder(tmp_path, docs=(30, 30), valid_share=0.3)
-    model, _ = load_model(str(tmp_path / "model"))
+    monkeypatch.chdir(tmp_path)
+    model, _ = load_model("model")
     sets = NeuronSets(["aa", "bb"], torch.zeros(2, 3, 48, dtype=torch.bool), model_sidecar("neurons", model))
     sets.masks[0, 2, 5] = sets.masks[1, 1, 9] = True
     sets.save(tmp_path / "neurons")
     common = ["--model", "model", "--corpus", "corpus.yaml", "--tokens-per-language", "200", "--seq-len", "32"]
-    done = _lape("explain", "neurons", "--neuron", "0:4", *common, "--out", "explain", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
+    assert main(["-q", "explain", "neurons", "--neuron", "0:4", *common, "--out", "explain"]) == 0
     data = json.loads((tmp_path / "explain" / "cards.json").read_text(encoding="utf-8"))
     assert [c["id"] for c in data["cards"]] == ["0:4", "1:9", "2:5"] and data["cards"][0]["sets"] == ["listed"]
-    assert (tmp_path / "explain" / "index.html").is_file()
+    assert data["cards"][1]["sets"] == ["bb"] and (tmp_path / "explain" / "index.html").is_file()
+    capsys.readouterr()
     for bad, msg in ((["--neuron", "9:0"], "neuron (9, 0) is outside this model's neuron space"),
-                     (["--neuron", "x"], "--neuron expects LAYER:INDEX")):
-        failed = _lape("explain", *bad, *common, "--out", "explain2", cwd=tmp_path)
-        errors = [line for line in failed.stderr.splitlines() if line.startswith("lape: error")]
-        assert failed.returncode == 2 and len(errors) == 1 and msg in errors[0] and "Traceback" not in failed.stderr
+                     (["--neuron", "x"], "--neuron expects LAYER:INDEX"),
+                     (["stats-nowhere"], "holds no lape result, not neuron sets or regions")):
+        assert main(["-q", "explain", *bad, *common, "--out", "explain2"]) == 2
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("lape: error")]
+        assert len(errors) == 1 and msg in errors[0] and "Traceback" not in err, err
+    assert not (tmp_path / "explain2").exists()  # a refused command leaves no folder behind
 
 
 def test_report_links_the_page_and_shows_each_set_next_to_its_random_control(tmp_path):

@@ -30,9 +30,10 @@ import lape.regions.bridge
 import lape.regions.select
 from lape import artifacts, cli
 from lape.activations import ActivationStats
-from lape.evaluate.perplexity import PerplexityResult
 from lape.evaluate.fluency import FluencyReference
+from lape.evaluate.perplexity import PerplexityResult
 from lape.evaluate.steering import SteeringEval
+from lape.explain import NeuronCards
 from lape.masks import NeuronSets
 from lape.pipeline import DemoConfig, run_demo
 
@@ -43,21 +44,23 @@ pytestmark = pytest.mark.slow
 record_module = importlib.import_module("lape.activations")
 
 REGION_STAGES = ["importance", "regions", "region-dims", "region-ppl", "region-perturb", "region-bridge"]
-STAGES = ["record", "identify", "ppl", "steering", *REGION_STAGES]
+STAGES = ["record", "identify", "ppl", "steering", *REGION_STAGES, "explain"]
 CONFIG = DemoConfig(languages=("en", "fr", "ja"), tokens_per_language=1024, ppl_tokens_per_language=128,
                     steer_prompts=2, seq_len=128, regions_languages=("fr", "ja"), regions_tokens_per_language=128,
-                    regions_eval_tokens=128, keyneurons=False)  # key neurons: tests/test_keyneurons.py
+                    regions_eval_tokens=128, keyneurons=False,  # key neurons: tests/test_keyneurons.py
+                    explain_tokens_per_language=256)
 CLI_ARGS = ["--languages", "en", "fr", "ja", "--tokens-per-language", "1024", "--ppl-tokens-per-language", "128",
             "--steer-prompts", "2", "--seq-len", "128", "--regions-languages", "fr", "ja",
-            "--regions-tokens-per-language", "128", "--regions-eval-tokens", "128", "--no-keyneurons"]
+            "--regions-tokens-per-language", "128", "--regions-eval-tokens", "128", "--no-keyneurons",
+            "--explain-tokens-per-language", "256"]
 REPORT_FIGURES = {"layer_distribution", "overlap_heatmap", "probability_heatmap", "ppl_heatmaps", "steering_bars",
                   "region_removal", "region_dimensions"}
-ARTIFACT_DIRS = ["stats", "neurons", "neurons-agnostic", "ppl", "steering", *REGION_STAGES]
+ARTIFACT_DIRS = ["stats", "neurons", "neurons-agnostic", "ppl", "steering", *REGION_STAGES, "explain"]
 ARTIFACT_KINDS = {"record": ("stats", "stats"), "identify": ("neurons", "neurons"), "ppl": ("ppl", "ppl"),
                   "steering": ("steering", "steering"), "importance": ("importance", "importance"),
                   "regions": ("regions", "regions"), "region-dims": ("region-dims", "dims"),
                   "region-ppl": ("region-ppl", "region_ppl"), "region-perturb": ("region-perturb", "perturb"),
-                  "region-bridge": ("region-bridge", "region_overlap")}
+                  "region-bridge": ("region-bridge", "region_overlap"), "explain": ("explain", "explain")}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -171,7 +174,8 @@ def test_interrupted_run_resumes(demo_run):
     # record and identify had finished; the perplexity stage left nothing behind; no report yet
     assert demo_run.after_interrupt == sorted(["demo.json", "neurons", "neurons-agnostic", "plots", "stats"])
     summary = demo_run.summary
-    assert summary["skipped"] == ["record", "identify"] and summary["ran"] == ["ppl", "steering", *REGION_STAGES]
+    assert summary["skipped"] == ["record", "identify"]
+    assert summary["ran"] == ["ppl", "steering", *REGION_STAGES, "explain"]
     assert demo_run.record_calls == 0
 
 
@@ -203,6 +207,13 @@ def test_run_writes_every_artifact(demo_run):
         assert (run / "steering" / f"{table}.csv").is_file()
     assert {p.stem for p in (run / "plots").glob("*.png")} == REPORT_FIGURES
     assert {p.stem for p in (run / "plots").glob("*.svg")} == REPORT_FIGURES
+    cards = NeuronCards.load(run / "explain")  # every LAPE neuron and its random control has a card
+    explained = {tuple(n) for n in cards.neurons.tolist()}
+    assert explained == set(sets.neurons("en")) | set(sets.neurons("fr")) | set(sets.neurons("ja")) | {
+        tuple(cards.neurons[r].tolist()) for label, rows in cards.memberships.items() if label.startswith("random:")
+        for r in rows}
+    assert cards.languages == ["en", "fr", "ja"] and cards.meta["config"]["split"] == "valid"
+    assert (run / "explain" / "index.html").is_file() and (run / "explain" / "cards.json").is_file()
 
 
 def test_report_embeds_every_plot(demo_run):
@@ -212,7 +223,7 @@ def test_report_embeds_every_plot(demo_run):
     pngs = sorted(p.read_bytes() for p in (run / "plots").glob("*.png"))
     assert len(embedded) == len(REPORT_FIGURES)
     assert embedded == pngs  # every figure file is in the page, byte for byte, and nothing else
-    for section in ("stats", "neurons", "ppl", "steering"):
+    for section in ("stats", "neurons", "ppl", "steering", "explain"):
         assert f'<section id="{section}">' in page
     assert "could not be read" not in page
     # self-contained: no script, no external image or stylesheet
@@ -258,7 +269,7 @@ def test_demo_without_english_steers_by_activation_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(lape.evaluate.perplexity, "ppl_matrix", ppl_stub)
     config = DemoConfig(languages=("fr", "ja"), tokens_per_language=256, ppl_tokens_per_language=128,
-                        steer_prompts=1, seq_len=128, regions=False, keyneurons=False)
+                        steer_prompts=1, seq_len=128, regions=False, keyneurons=False, explain=False)
     summary = run_demo(config, out=tmp_path / "run", progress=False)
     assert summary["ran"] == STAGES[:4]
     ev = SteeringEval.load(tmp_path / "run" / "steering")

@@ -10,6 +10,7 @@ from transformers import PreTrainedTokenizerFast
 
 from lape.activations import ActivationStats
 from lape.errors import LapeError
+from lape.evaluate.steer_repl import repl
 from lape.evaluate.steering import (
     Generation,
     SteerConfig,
@@ -18,7 +19,6 @@ from lape.evaluate.steering import (
     identify_language,
     max_token_share,
 )
-from lape.evaluate.steer_repl import repl
 from lape.masks import NeuronSets
 
 

@@ -88,11 +88,11 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .. import artifacts
     from ..keyneurons.attribute import KeyNeuronScores
     from ..keyneurons.evaluate import KeyEvalConfig, evaluate_key_neurons
     from ..keyneurons.select import KeyNeuronMaps, SelectConfig, select
     from ..masks import NeuronSets
-    from .. import artifacts
 
     config = config_from_args(KeyEvalConfig, args)
     sets = NeuronSets.load(args.neurons)

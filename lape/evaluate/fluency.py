@@ -36,7 +36,7 @@ from .. import artifacts
 from ..corpora import batches
 from ..errors import LapeError
 from ..head import logits_from_hidden
-from ..models import fingerprint, input_device
+from ..models import input_device
 
 logger = logging.getLogger(__name__)
 MAX_NON_LETTER = 0.3  # above this share of non-letter characters an output is markup, not prose

@@ -180,7 +180,8 @@ def _step(model: nn.Module, space: NeuronSpace, tokenizer: Any, config: Attribut
         watch = [i for ids in spellings.values() for i in ids]
         chosen: dict[str, str] = {}
 
-        def pick(probs: torch.Tensor) -> int:
+        def pick(probs: torch.Tensor, spellings: dict = spellings, chosen: dict = chosen,
+                 prompt: Any = prompt) -> int:
             mass = {sep: float(probs[ids].sum()) for sep, ids in spellings.items()}
             chosen["sep"] = max(mass, key=lambda s: (mass[s], s == " "))
             return spellings[chosen["sep"]][prompt.correct]

@@ -197,7 +197,8 @@ def attribute_prompt(model: nn.Module, space: NeuronSpace, ids: torch.Tensor,
             scale = torch.tensor([a for _, a in chunk], device=base.device, dtype=torch.float32)
             x = (scale[:, None] * base[layer_of].float()).to(base.dtype).requires_grad_(True)
 
-            def edit(layer: int, act: torch.Tensor) -> torch.Tensor:
+            def edit(layer: int, act: torch.Tensor, layer_of: torch.Tensor = layer_of,
+                     x: torch.Tensor = x) -> torch.Tensor:
                 return torch.where((layer_of == layer)[:, None], x, act)
 
             out = last_position(model, space, ids, cache, len(chunk), edit=edit,
