@@ -30,14 +30,14 @@ class DemoConfig(StageConfig):
     model: str = "builtin"  # model spec
     corpus: str = "builtin"  # data manifest
     languages: tuple[str, ...] | None = None  # None: the manifest's default_languages
-    tokens_per_language: int = option(8192, gt=0)  # recording budget per language (the corpus has 14-30k)
-    ppl_tokens_per_language: int = option(256, gt=0)  # held-out tokens per language for the perplexity matrix
+    tokens_per_language: int = option(5120, gt=0)  # recording budget per language (the corpus has 14-30k)
+    ppl_tokens_per_language: int = option(128, gt=0)  # held-out tokens per language for the perplexity matrices
     ppl_languages: tuple[str, ...] | None = None  # rows/columns of the matrix (None: all languages);
     # the matrix costs (rows + 1) x columns evaluations, so large runs restrict it
     ppl_random_baseline: str = option("diagonal", choices=("full", "diagonal", "none"))  # random sets on their own language only (see PerplexityConfig)
     ppl_random_draws: int = option(1, min=1, max=100)  # random sets per row (the full run uses 3 for their spread)
     steer_targets: tuple[str, ...] | None = None  # target languages (None: all but English)
-    steer_prompts: int = option(8, min=1)  # English prompts per target language for the steering evaluation
+    steer_prompts: int = option(5, min=1)  # English prompts per target language for the steering evaluation
     fluency_windows: int = option(16, min=1)  # held-out text windows per target for the fluency reference
     prompt_set: str = "builtin:dev"  # prompts for the steering evaluation (the demo is a quick look, not a held-out figure)
     seq_len: int = option(256, min=2, max=1 << 16)  # packed sequence length (256 is ~20% faster per token than 512 on CPU)
@@ -45,11 +45,11 @@ class DemoConfig(StageConfig):
     seed: int = option(0, min=0)  # corpus shuffling, random baseline
     regions: bool = True  # run the linguistic-regions stages (lape.regions.run) after steering
     regions_languages: tuple[str, ...] | None = None  # importance languages (None: the paper's six the corpus has)
-    regions_tokens_per_language: int = option(512, gt=0)  # importance budget per language (paper: 10,000 x 512)
-    regions_eval_tokens: int = option(192, gt=0)  # held-out tokens per language for region removal and perturbation
+    regions_tokens_per_language: int = option(384, gt=0)  # importance budget per language (paper: 10,000 x 512)
+    regions_eval_tokens: int = option(128, gt=0)  # held-out tokens per language for region removal and perturbation
     keyneurons: bool = True  # run the key-neuron stage (lape.keyneurons.run; sizes: KeyNeuronsRunConfig's defaults)
     explain: bool = True  # neuron cards of the LAPE sets and a random control (RUN/explain/index.html)
-    explain_tokens_per_language: int = option(2048, gt=0)  # held-out tokens per language the cards' contexts come from
+    explain_tokens_per_language: int = option(1024, gt=0)  # held-out tokens per language the cards' contexts come from
 
 
 class _Timer:
@@ -148,7 +148,8 @@ def run_demo(config: DemoConfig = DemoConfig(), out: str | Path = "runs/demo", p
     if config.keyneurons:
         from .keyneurons.run import KeyNeuronsRunConfig, run_keyneurons
 
-        kcfg = KeyNeuronsRunConfig(seq_len=config.seq_len, seed=config.seed)
+        kcfg = KeyNeuronsRunConfig(seq_len=config.seq_len, seed=config.seed,
+                                    ppl_tokens_per_language=config.ppl_tokens_per_language)
         run_keyneurons(model, tok, run, kcfg, lape_sets=sets, manifest=manifest, progress=progress, timer=timer.run)
 
     held_out = [lang for lang in languages if "valid" in manifest.split_names(lang)]

@@ -73,6 +73,14 @@ def test_section(run: Path, prefix: str) -> str:
         f"{summary.get('random', {}).get('draws', 1)} draws); *source on/off* is the profile's rule with the "
         "English neurons untouched / switched off; *no 4-gram ban* decodes without `no_repeat_ngram_size`; "
         "*plain settings* is the settings' single rule for every language instead of the profile.", ""]
+    weak = [(t, r) for t, (r,) in steered.items() if r["steered_success"] < 0.9]
+    if weak:  # what the identifier called the steered outputs of the targets below 90%
+        lines += ["What `py3langid` called the steered outputs of the targets below 90% (success also needs a "
+                  "non-degenerate output): " + "; ".join(
+                      f"{t}: " + ", ".join(f"{lab} {n}" for lab, n in r["identified"].items()) for t, r in weak)
+                  + ". `arz` and `ary` (Egyptian and Moroccan Arabic) are members of the Arabic macrolanguage "
+                  "(ISO 639-3), and `wuu`/`yue` of Chinese; lape's success rule counts only the target's own "
+                  "label, so Arabic-script Arabic that the identifier files under a dialect counts as a failure.", ""]
     ctrl = [[c["condition"], pct(c["mean_success"]), pct(c["min_success"]), c.get("at_least_90", "–"),
              pct(c.get("mean_fluent_success")), _ratio(c.get("median_fluency_ratio"))]
             for c in ev.condition_summary()]

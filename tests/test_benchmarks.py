@@ -29,6 +29,7 @@ KEY_FIGURES = {
     "bench_demo.py": ["total (with model load and report)", "second run (everything cached)"],
     "bench_regions.py": ["importance / plain forward+backward", "peak RSS growth", "peak RSS above model / bound",
                          "ablation apply+restore / forward", "restore bit-exact"],
+    "bench_explain.py": ["explain pass / bare forward", "peak RSS growth 4x tokens / 1x"],
     "bench_keyneurons.py": ["released / lape speed-up", "max |scores difference| / max |score|",
                             "lape peak RSS growth 1 ->", "lape peak RSS growth ratio"],
 }

@@ -29,7 +29,7 @@ from lape.explain import (
 from lape.explain.lens import written_tokens
 from lape.explain.page import cards_json, render_card
 from lape.explain.summary import script_share, token_script
-from lape.explain.topk import TopContexts, merge_top
+from lape.explain.topk import TopContexts, merge_top, top_in_column_order, top_order
 from lape.hooks import activation_hooks
 from lape.masks import NeuronSets
 from lape.space import NeuronSpace
@@ -104,6 +104,15 @@ def test_running_top_k_equals_brute_force_and_firing_sums_equal_record(family):
         assert int(cards.firing["token_counts"][li]) == int(stats.token_counts[li])
     if family == "opt":  # the tie rule was exercised: some neuron has several zero activations kept
         assert bool((cards.contexts["values"] == 0).sum(-1).ge(2).any())
+
+
+def test_the_fast_top_k_breaks_ties_like_the_full_sort():
+    g = torch.Generator().manual_seed(0)
+    values = torch.randint(0, 4, (50, 40), generator=g).float()  # many ties
+    values[:5, :38] = float("-inf")  # rows with fewer real entries than k
+    serials = torch.arange(40).expand(50, -1)
+    for k in (1, 3, 7):
+        assert torch.equal(top_in_column_order(values, k), top_order(values, serials, k))
 
 
 def test_rank_states_merge_to_the_one_process_top_k():

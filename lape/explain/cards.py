@@ -40,8 +40,8 @@ class ExplainConfig(StageConfig):
     """Settings of :func:`explain`; every field is a CLI option and goes into the sidecar."""
 
     k: int = option(5, min=1, max=100)  # contexts kept per neuron and language
-    before: int = option(12, min=0, max=256)  # context tokens kept before the firing token
-    after: int = option(4, min=0, max=256)  # and after it
+    before: int = option(8, min=0, max=256)  # context tokens kept before the firing token
+    after: int = option(3, min=0, max=256)  # and after it
     top_tokens: int = option(10, min=1, max=200)  # promoted and suppressed tokens per neuron
     tokens_per_language: int | None = option(3000, gt=0)  # token budget per language
     seq_len: int = option(256, min=2, max=1 << 16)  # packed sequence length

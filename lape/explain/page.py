@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import to_json
 from ..files import atomic_write_text
 from .cards import NeuronCards
 
+PAGE_CONTEXTS_PER_LANGUAGE = 1  # the page shows each language's best context (cards.json keeps all k)
 LENS_CAVEAT = ("Written tokens: the neuron's down-projection column read through the final norm and the "
                "unembedding (logit lens); this ignores every later layer.")
 
@@ -32,7 +32,7 @@ def _context(tokens: list[int], acts: list[float], value: float, before: int, te
              language: str) -> dict[str, Any]:
     keep = [j for j, t in enumerate(tokens) if t >= 0]
     return {"language": language, "activation": round(float(value), 4),
-            "tokens": [text(tokens[j]) for j in keep], "acts": [round(float(acts[j]), 4) for j in keep],
+            "tokens": [text(tokens[j]) for j in keep], "acts": [round(float(acts[j]), 3) for j in keep],
             "peak": keep.index(before) if before in keep else None}
 
 
@@ -86,18 +86,23 @@ def _e(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
-def _shade(act: float, scale: float) -> str:
-    a = max(-1.0, min(1.0, act / scale)) if scale > 0 else 0.0
-    rgb = "240,120,0" if a >= 0 else "40,110,220"
-    return f"background:rgba({rgb},{abs(a):.2f})"
+SHADE_FLOOR = 0.05  # tokens below 5% of the neuron's largest activation are left unshaded
 
 
 def _tokens_html(ctx: dict[str, Any], scale: float) -> str:
+    """The context with each token shaded by its activation relative to ``scale`` (CSS variable
+    ``--a``; class ``n`` for negative), the firing token outlined (class ``pk``, its activation as
+    a tooltip). Compact, as a page holds many thousands of tokens: unshaded tokens are bare text."""
     parts = []
     for j, (tok, act) in enumerate(zip(ctx["tokens"], ctx["acts"])):
         shown = _e(tok.replace("\n", "⏎")) or "&#8203;"
-        cls = ' class="pk"' if j == ctx["peak"] else ""
-        parts.append(f'<span{cls} style="{_shade(act, scale)}" title="{act:.3g}">{shown}</span>')
+        a = max(-1.0, min(1.0, act / scale)) if scale > 0 else 0.0
+        if j == ctx["peak"]:
+            parts.append(f'<i class="pk" style="--a:{abs(a):.2f}" title="{act:.3g}">{shown}</i>')
+        elif abs(a) >= SHADE_FLOOR:
+            parts.append(f'<i{" class=n" if a < 0 else ""} style="--a:{abs(a):.2f}">{shown}</i>')
+        else:
+            parts.append(shown)
     return "".join(parts)
 
 
@@ -125,8 +130,9 @@ def _token_list(items: list[dict[str, Any]]) -> str:
     return " ".join(f'<code title="{i["score"]}">{_e(i["token"]) or "&#8203;"}</code>' for i in items)
 
 
-def render_card(data: dict[str, Any], per_language: int = 3) -> str:
-    """One card (from :func:`card_data`) as an HTML fragment; ``per_language`` contexts per language."""
+def render_card(data: dict[str, Any], per_language: int | None = None) -> str:
+    """One card (from :func:`card_data`) as an HTML fragment; ``per_language`` contexts per language
+    (``None``: all; the page shows one, ``cards.json`` keeps every one)."""
     scale = float(data.get("max_activation") or 0.0)
     langs = "".join(f'<details><summary>{_e(lang)} ({len(found)})</summary>'
                     f'{_contexts_html(found[:per_language], scale, False)}</details>'
@@ -149,7 +155,8 @@ main{display:flex;gap:12px;padding:12px}#list{flex:1 1 55%;overflow:auto;max-hei
 #panel{flex:1 1 45%;overflow:auto;max-height:90vh}table{border-collapse:collapse}
 #neurons td,#neurons th{padding:2px 6px;border-bottom:1px solid #ddd}#neurons th{cursor:pointer;background:#eee}
 #neurons tr.row:hover{background:#fff3e0;cursor:pointer}.num{text-align:right}
-.ctx span{white-space:pre;border-radius:2px}.ctx .pk{outline:2px solid #b00;font-weight:bold}
+.ctx{white-space:pre}.ctx i{font-style:normal;border-radius:2px;background:rgba(240,120,0,var(--a))}
+.ctx i.n{background:rgba(40,110,220,var(--a))}.ctx .pk{outline:2px solid #b00;font-weight:bold}
 .ctxs td{padding:1px 4px;vertical-align:top}.bars td{padding:1px 4px}
 .bar{position:relative;width:160px}.bar div{background:#f0a050;height:12px}.bar.m div{background:#7aa6e0}
 .bar span{position:absolute;left:4px;top:0;font-size:11px}.note{color:#666;font-size:12px}
@@ -205,7 +212,7 @@ def render_page(data: dict[str, Any], title: str) -> str:
             f'shown: <span id="shown">{len(cards)}</span></header><main><div id="list"><table id="neurons"><thead><tr>'
             '<th>neuron</th><th>layer</th><th>sets</th><th>fires most on</th><th>max firing %</th>'
             f'<th>max activation</th><th>promotes</th></tr></thead><tbody>{body}</tbody></table></div>'
-            f'<div id="panel">{"".join(render_card(c) for c in cards)}</div></main>'
+            f'<div id="panel">{"".join(render_card(c, PAGE_CONTEXTS_PER_LANGUAGE) for c in cards)}</div></main>'
             f'<script>{SCRIPT}</script></body></html>\n')
 
 
@@ -213,7 +220,9 @@ def write_page(cards: NeuronCards, tokenizer: Any, folder: str | Path, title: st
     """Write ``folder/cards.json`` and ``folder/index.html`` (each replaced atomically); returns the page."""
     folder = Path(folder)
     data = cards_json(cards, tokenizer)
-    atomic_write_text(folder / "cards.json", to_json(data))
+    # one line: the export of a few hundred cards is tens of megabytes indented
+    atomic_write_text(folder / "cards.json", json.dumps(data, ensure_ascii=False, separators=(",", ":"),
+                                                        allow_nan=False))
     page = folder / "index.html"
     atomic_write_text(page, render_page(data, title or f"lape neuron cards: {cards.meta.get('model_id')}"))
     return page

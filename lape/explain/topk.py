@@ -34,6 +34,21 @@ def top_order(values: torch.Tensor, serials: torch.Tensor, k: int) -> torch.Tens
     return by_serial.gather(1, by_value[:, :k])
 
 
+def top_in_column_order(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices ``[N, k]`` of the ``k`` largest entries per row of ``values [N, M]``, best first,
+    ties to the earlier column: :func:`top_order` for rows whose columns are already in serial
+    order, without sorting the whole row (``topk`` finds the k-th value; only the entries equal
+    to it need the column order)."""
+    kth = values.topk(k, dim=1).values[:, -1:]  # [N, 1]
+    above = values > kth
+    tied = values == kth
+    need = k - above.sum(1, keepdim=True)
+    chosen = above | (tied & (tied.cumsum(1) <= need))  # exactly k per row, the earliest ties
+    idx = chosen.nonzero()[:, 1].reshape(values.shape[0], k)  # per row, in column order
+    by_value = values.gather(1, idx).argsort(dim=1, descending=True, stable=True)
+    return idx.gather(1, by_value)
+
+
 def merge_top(parts: Sequence[Mapping[str, torch.Tensor]], k: int) -> dict[str, torch.Tensor]:
     """The top-k of several top-k states (``values``/``serials`` ``[N, k_i]``, ``tokens``/``acts``
     ``[N, k_i, W]``): the top-k of the union of what they saw."""
@@ -109,7 +124,10 @@ class TopContexts(RunningSums):
         values = torch.cat([s["values"], flat], dim=1)
         serials = torch.cat([s["serials"], serial.expand(n, -1)], dim=1)
         serials = serials.masked_fill(values == float("-inf"), EMPTY)  # an unused slot stays empty
-        idx = top_order(values, serials, k)  # [N, k]: < k an old slot, else k + flat position
+        # the kept slots hold earlier serials than this batch (a rank's batches come in stream
+        # order), sorted by value then serial, and the batch is in serial order: the columns are
+        # already in tie order
+        idx = top_in_column_order(values, k)  # [N, k]: < k an old slot, else k + flat position
         new = idx >= k
         flat_pos = (idx - k).clamp(min=0)
         b, t = flat_pos // length, flat_pos % length
