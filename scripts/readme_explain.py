@@ -58,4 +58,4 @@ def explain_section(run: Path) -> str:
             "down-projection column; tokens with letters) are mostly in its script:\n\n"
             + _table(["language", "neurons", "top contexts all in it", "random", "promoted mostly in its script",
                       "random"], rows)
-            + "\n" + ("Examples (the firing token in [[ ]]):\n\n" + "\n".join(examples) + "\n" if examples else ""))
+            + "\n\n" + ("Examples (the firing token in [[ ]]):\n\n" + "\n".join(examples) + "\n" if examples else ""))
