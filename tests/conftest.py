@@ -26,3 +26,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def model_loads(monkeypatch):
+    """Counts calls of lape.models.load_model; each raises ``tiny_models.ModelWouldLoad``, so a
+    test can check that bad input is refused before any model loads."""
+    from tiny_models import ModelWouldLoad
+
+    import lape.models
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        raise ModelWouldLoad
+
+    monkeypatch.setattr(lape.models, "load_model", spy)
+    return calls

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import ModelWouldLoad as _ModelWouldLoad
 from tiny_models import tiny_model_folder
 
 import lape
@@ -320,10 +321,6 @@ def test_identify_rerun_leaves_the_agnostic_sets_alone(work):
 # Out-of-range options: status 0 or a one-line error, never a traceback
 
 
-class _ModelWouldLoad(Exception):
-    """Raised instead of loading a model: the options were accepted."""
-
-
 BIG = str(10**12)  # an int that argparse takes (it refuses "1e12" for an int option)
 VALUES = ["0", "-1", "nan", "inf", "1e12", "abc", BIG]
 ZERO_OK = {"--seed", "--strength", "--strengths", "--layers", "--no-repeat-ngram-size", "--source-scale",
@@ -477,21 +474,6 @@ def read_only(tmp_path):
     if immutable:
         subprocess.run(["chattr", "-i", str(folder)], check=True)
     folder.chmod(0o755)
-
-
-@pytest.fixture
-def model_loads(monkeypatch):
-    """Counts calls of lape.models.load_model (each one raises: no model is needed here)."""
-    import lape.models
-
-    calls = []
-
-    def spy(*args, **kwargs):
-        calls.append(args)
-        raise _ModelWouldLoad
-
-    monkeypatch.setattr(lape.models, "load_model", spy)
-    return calls
 
 
 @pytest.mark.parametrize("command", ["record", "identify", "ppl", "steer-eval"])

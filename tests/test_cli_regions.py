@@ -197,21 +197,6 @@ def info_logs(caplog):
     return caplog
 
 
-@pytest.fixture
-def model_loads(monkeypatch):
-    """Counts calls of lape.models.load_model (each one raises: no model may load)."""
-    import lape.models
-
-    calls = []
-
-    def spy(*args, **kwargs):
-        calls.append(args)
-        raise _ModelWouldLoad
-
-    monkeypatch.setattr(lape.models, "load_model", spy)
-    return calls
-
-
 # --------------------------------------------------------------------------------------------
 # Each command's saved numbers equal the library call
 

@@ -107,6 +107,10 @@ def tiny_model_folder(work, docs: tuple[int, int] = (60, 60), valid_share: float
     (work / "corpus.yaml").write_text("\n".join(lines) + "\n")
 
 
+class ModelWouldLoad(Exception):
+    """Raised by the ``model_loads`` fixture (conftest.py) in place of loading a model."""
+
+
 class Interrupted(RuntimeError):
     """Raised by :func:`interrupt_after` in place of a forward pass."""
 

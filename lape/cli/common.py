@@ -67,6 +67,23 @@ def corpus(m: Any, tokenizer: Any, split: str, tokens: int | None, seq_len: int,
                        languages=list(languages) if languages else None, part=part)
 
 
+def corpus_pass(args: argparse.Namespace, config: Any, part: tuple[int, int] | None = None
+                ) -> tuple[Any, Any, dict[str, Any]]:
+    """The start of a command that runs the model over a corpus (``record``, ``regions importance``,
+    ``explain``): the manifest's split checked before the model loads, torchrun joined, the model
+    loaded, and one stream per language from the config's corpus fields (``split``,
+    ``tokens_per_language``, ``seq_len``, ``seed``, ``languages``). Returns ``(model, tokenizer, streams)``."""
+    from ..corpora import load_manifest
+
+    m = load_manifest(args.corpus)  # every source checked before the model loads
+    m.with_split(config.split, config.languages)
+    init_distributed(args)
+    model, tok = load(args)
+    streams = corpus(m, tok, config.split, config.tokens_per_language, config.seq_len, config.seed,
+                     config.languages, part=part)
+    return model, tok, streams
+
+
 def parse_part(text: str | None) -> tuple[int, int] | None:
     """``--part K/N`` (1-based K): documents K, K+N, K+2N, ... of each split; None passes through."""
     if text is None:

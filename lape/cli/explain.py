@@ -49,7 +49,6 @@ def load_sets(folders: list[str], model, space) -> dict:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from ..corpora import load_manifest
     from ..explain import ExplainConfig
     from ..explain.run import explain_sets
     from ..runningstats import dist_info
@@ -59,17 +58,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     extra = [parse_neuron(t) for t in args.neuron or []]
     if not args.sets and not extra:
         raise LapeError("nothing to explain: give neuron-set folders (e.g. runs/demo/neurons) or --neuron LAYER:INDEX")
-    out = common.out_folder(args.out)
-    m = load_manifest(args.corpus)  # checked before the model loads
-    m.with_split(config.split, config.languages)
-    common.init_distributed(args)
-    model, tok = common.load(args)
-    space = NeuronSpace.of(model)
-    sets = load_sets(args.sets, model, space)
-    if args.random_control is not None and not sets:
+    if args.random_control is not None and not args.sets:
         raise LapeError("--random-control needs neuron-set folders to draw a control like")
-    streams = common.corpus(m, tok, config.split, config.tokens_per_language, config.seq_len, config.seed,
-                            config.languages)
+    out = common.out_folder(args.out)
+    model, tok, streams = common.corpus_pass(args, config)
+    sets = load_sets(args.sets, model, NeuronSpace.of(model))
     cards = explain_sets(model, tok, streams, sets, config, extra=extra, random_control=args.random_control,
                          out=out, progress=not args.quiet)
     if dist_info()[0] == 0:

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from ..config import add_config_args, config_from_args
-from ..corpora import load_manifest
 from . import common
 from .common import logger
 
@@ -17,12 +16,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     config = config_from_args(RecordConfig, args)
     part = common.parse_part(args.part)
     out = common.out_folder(args.out)
-    m = load_manifest(args.corpus)  # every source checked before the model loads
-    m.with_split(config.split, config.languages)
-    common.init_distributed(args)
-    model, tok = common.load(args)
-    streams = common.corpus(m, tok, config.split, config.tokens_per_language, config.seq_len, config.seed,
-                            config.languages, part=part)
+    model, _, streams = common.corpus_pass(args, config, part=part)
     stats = record(model, streams, config, out=out, progress=not args.quiet)
     logger.info("stats of %d languages (%s tokens counted) -> %s", len(stats.languages),
                 f"{int(stats.token_counts.sum()):,}", args.out)

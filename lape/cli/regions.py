@@ -43,12 +43,7 @@ def cmd_importance(args: argparse.Namespace) -> int:
 
     config = config_from_args(ImportanceConfig, args)
     out = common.out_folder(args.out)
-    m = load_manifest(args.corpus)  # every source checked before the model loads
-    m.with_split(config.split, config.languages)
-    common.init_distributed(args)
-    model, tok = common.load(args)
-    streams = common.corpus(m, tok, config.split, config.tokens_per_language, config.seq_len, config.seed,
-                            config.languages)
+    model, _, streams = common.corpus_pass(args, config)
     imp = importance(model, streams, config, out=out, progress=not args.quiet)
     logger.info("importance of %d tensors over %s (%s predicted tokens) -> %s", len(imp.scores),
                 ", ".join(imp.languages), f"{sum(imp.meta['token_counts'].values()):,}", args.out)
