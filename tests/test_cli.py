@@ -543,3 +543,22 @@ def test_bad_manifests_languages_and_targets_are_refused_before_the_model_loads(
         err = capsys.readouterr().err
         assert err.startswith("lape: error: ") and needle in err and err.count("\n") == 1, (argv, err)
     assert model_loads == []
+
+
+def test_out_folder_check_survives_another_rank_doing_the_same(tmp_path, monkeypatch):
+    """Under torchrun every rank checks --out at once: a rank whose probe folder was already
+    removed (or already filled) by another rank must go on, not fail with FileNotFoundError."""
+    from pathlib import Path as P
+
+    from lape.cli import common
+
+    real = P.rmdir
+
+    def raced(self):
+        real(self)  # the other rank removed it first ...
+        raise FileNotFoundError(str(self))  # ... so this rank's rmdir finds nothing
+
+    monkeypatch.setattr(P, "rmdir", raced)
+    out = tmp_path / "a" / "b"
+    assert common.out_folder(str(out)) == out
+    assert not (tmp_path / "a").exists()  # still nothing left behind

@@ -54,7 +54,10 @@ def out_folder(path: str | None, what: str = "--out") -> Path | None:
     missing = [q for q in [p, *p.parents] if not q.exists()]  # p first, the outermost missing last
     ensure_folder(p)  # a folder that cannot be made fails here, before any work ...
     for q in missing:  # ... and a command that fails later leaves no empty folders behind
-        q.rmdir()
+        try:
+            q.rmdir()
+        except OSError:  # under torchrun another rank checks the same folder at the same time:
+            pass  # it may have removed it already, or begun to fill it
     return p
 
 
