@@ -26,17 +26,13 @@ from common import (
     peak_rss_mb,
     reset_peak_rss,
     rss_mb,
+    sequences,
 )
 
 from lape import load_model
 from lape.explain import ExplainConfig, explain
 from lape.explain.lens import written_tokens
 from lape.space import NeuronSpace
-
-
-class _Seq:
-    def __init__(self, ids: torch.Tensor, mask: torch.Tensor) -> None:
-        self.input_ids, self.attention_mask = ids, mask
 
 
 def _neurons(space: NeuronSpace, n: int, seed: int = 0) -> torch.Tensor:
@@ -57,7 +53,7 @@ def _memory_child(quick: bool, scale: int) -> None:
     space = NeuronSpace.of(model)
     n_neurons, n_batches, batch, seq_len = _sizes(quick)
     data = builtin_batches(tok, n_batches * scale, batch=batch, seq_len=seq_len)
-    seqs = [_Seq(i, m) for ids, mask in data for i, m in zip(ids, mask)]
+    seqs = sequences(data)
     reset_peak_rss(model)
     before = rss_mb()
     explain(model, {"en": seqs}, _neurons(space, n_neurons), ExplainConfig(batch_size=batch, seq_len=seq_len),
@@ -74,7 +70,7 @@ def main() -> None:
     n_neurons, n_batches, batch, seq_len = _sizes(quick)
     neurons = _neurons(space, n_neurons)
     data = builtin_batches(tok, n_batches, batch=batch, seq_len=seq_len)
-    seqs = [_Seq(i, m) for ids, mask in data for i, m in zip(ids, mask)]
+    seqs = sequences(data)
     config = ExplainConfig(batch_size=batch, seq_len=seq_len)
     print(f"explain: {n_neurons} neurons, {n_batches} batch(es) of {batch} x {seq_len}; "
           f"{torch.get_num_threads()} threads", flush=True)

@@ -15,16 +15,20 @@ import sys
 
 import numpy as np
 import torch
-from common import ROOT, Report, builtin_batches, interleaved, parser, peak_rss_mb, reset_peak_rss
+from common import (
+    ROOT,
+    Report,
+    builtin_batches,
+    interleaved,
+    parser,
+    peak_rss_mb,
+    reset_peak_rss,
+    sequences,
+)
 
 from lape import load_model, record
 from lape.activations import RecordConfig
 from lape.space import NeuronSpace
-
-
-class _Seq:
-    def __init__(self, ids: torch.Tensor, mask: torch.Tensor) -> None:
-        self.input_ids, self.attention_mask = ids, mask
 
 
 def _memory_child(tokens: int) -> None:
@@ -44,7 +48,7 @@ def main() -> None:
     model, tok = load_model("builtin")
     n_batches = 1 if args.quick else 6
     data = builtin_batches(tok, n_batches, batch=8, seq_len=256)
-    seqs = [_Seq(i, m) for ids, mask in data for i, m in zip(ids, mask)]
+    seqs = sequences(data)
     tokens = sum(int(m.sum()) for _, m in data)
     base = model.base_model
     space = NeuronSpace.of(model)

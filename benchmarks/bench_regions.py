@@ -40,6 +40,7 @@ from common import (
     peak_rss_mb,
     reset_peak_rss,
     rss_mb,
+    sequences,
 )
 
 from lape import load_model
@@ -52,15 +53,6 @@ from lape.weights import edit_weights
 MB = 1 << 20
 
 
-class _Seq:
-    def __init__(self, ids: torch.Tensor, mask: torch.Tensor) -> None:
-        self.input_ids, self.attention_mask = ids, mask
-
-
-def _seqs(data: list[tuple[torch.Tensor, torch.Tensor]]) -> list[_Seq]:
-    return [_Seq(i, m) for ids, mask in data for i, m in zip(ids, mask)]
-
-
 def _memory_child(n_batches: int, batch: int, seq_len: int, threads: int) -> None:
     """Run in a subprocess: importance over ``n_batches`` batches of English; print the resident
     memory after loading the model and the peak during the importance pass (MB)."""
@@ -69,7 +61,7 @@ def _memory_child(n_batches: int, batch: int, seq_len: int, threads: int) -> Non
     data = builtin_batches(tok, n_batches, batch=batch, seq_len=seq_len)
     if len(data) != n_batches:
         raise SystemExit(f"the built-in corpus gave {len(data)} batches of {batch}x{seq_len}, not {n_batches}")
-    seqs = _seqs(data)
+    seqs = sequences(data)
     reset_peak_rss(model)  # the pass's peak (model included), not the loading's
     base = rss_mb()
     importance(model, {"en": seqs}, ImportanceConfig(batch_size=batch), out=None, progress=False)
@@ -112,7 +104,7 @@ def main() -> None:
     # 1. importance vs the plain Hugging Face forward+backward loop --------------------------
     n_batches, batch, seq_len = (2, 1, 32) if quick else (2, 8, 256)
     data = builtin_batches(tok, n_batches, batch=batch, seq_len=seq_len)
-    seqs = _seqs(data)
+    seqs = sequences(data)
     tokens = sum(int(m.sum()) for _, m in data)
 
     def plain() -> None:

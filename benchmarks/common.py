@@ -36,6 +36,18 @@ def builtin_batches(tok, n_batches: int, batch: int = 8, seq_len: int = 256, lan
     return [b for b in out if b[0].shape[0] == batch][:n_batches]
 
 
+class Seq:
+    """One packed sequence, as a corpus stream yields it (what lape's passes iterate over)."""
+
+    def __init__(self, ids: torch.Tensor, mask: torch.Tensor) -> None:
+        self.input_ids, self.attention_mask = ids, mask
+
+
+def sequences(data: list[tuple[torch.Tensor, torch.Tensor]]) -> list[Seq]:
+    """The sequences of :func:`builtin_batches` batches, one by one: a corpus stream."""
+    return [Seq(i, m) for ids, mask in data for i, m in zip(ids, mask)]
+
+
 def best_of(fn: Callable[[], object], repeats: int) -> float:
     """Smallest wall time of ``repeats`` calls (seconds)."""
     best = float("inf")

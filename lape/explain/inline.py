@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import LapeError
 from .cards import ExplainConfig, NeuronCards, explain
-from .page import CSS, card_data, render_card, token_texts
+from .page import CSS, card_data, card_texts, render_card
 
 
 @dataclass
@@ -50,7 +50,4 @@ def card(model: nn.Module, neuron: tuple[int, int], *, tokenizer: Any, cards: Ne
                               seq_len=config.seq_len, seed=config.seed, languages=languages)
         cards = explain(model, streams, [list(neuron)], config, memberships={"listed": [0]}, progress=progress)
         row = 0
-    ids = [*cards.contexts["tokens"][:, row].reshape(-1).tolist(), *cards.written.promoted[row].tolist(),
-           *cards.written.suppressed[row].tolist()]
-    texts = token_texts(tokenizer, ids)
-    return Card(card_data(cards, row, lambda i: texts.get(int(i), "")))
+    return Card(card_data(cards, row, card_texts(cards, tokenizer, row)))

@@ -67,15 +67,22 @@ def card_data(cards: NeuronCards, row: int, text: Callable[[int], str]) -> dict[
     }
 
 
+def card_texts(cards: NeuronCards, tokenizer: Any, rows: slice | int = slice(None)) -> Callable[[int], str]:
+    """Token id -> text for every token the cards of ``rows`` show (contexts, promoted, suppressed),
+    each decoded once."""
+    ids = [*cards.contexts["tokens"][:, rows].reshape(-1).tolist(),
+           *cards.written.promoted[rows].reshape(-1).tolist(), *cards.written.suppressed[rows].reshape(-1).tolist()]
+    texts = token_texts(tokenizer, ids)
+    return lambda i: texts.get(int(i), "")
+
+
 def cards_json(cards: NeuronCards, tokenizer: Any) -> dict[str, Any]:
     """Every card, with the run's identity: what ``cards.json`` holds."""
-    ids = [*cards.contexts["tokens"].reshape(-1).tolist(), *cards.written.promoted.reshape(-1).tolist(),
-           *cards.written.suppressed.reshape(-1).tolist()]
-    texts = token_texts(tokenizer, ids)
+    text = card_texts(cards, tokenizer)
     meta = {k: cards.meta.get(k) for k in ("model_id", "languages", "token_counts", "config", "window",
                                             "lape_version", "created")}
     return {"meta": {**meta, "lens_caveat": LENS_CAVEAT, "sets": sorted(cards.memberships)},
-            "cards": [card_data(cards, r, lambda i: texts.get(int(i), "")) for r in range(len(cards.neurons))]}
+            "cards": [card_data(cards, r, text) for r in range(len(cards.neurons))]}
 
 
 # --------------------------------------------------------------------------------------------

@@ -151,8 +151,7 @@ class TopContexts(RunningSums):
         """Sums are all-reduced; the top-k slots of every rank are gathered and merged."""
         dist = torch.distributed
         world = dist.get_world_size()
-        for name in ("fire_counts", "fire_sums", "act_sums", "token_counts"):
-            dist.all_reduce(state[name])
+        super().reduce_ranks({name: state[name] for name in state if name not in TOP_NAMES})  # in place
         gathered: list[dict[str, torch.Tensor]] = [{} for _ in range(world)]
         for name in TOP_NAMES:
             parts = [torch.empty_like(state[name]) for _ in range(world)]
