@@ -2,9 +2,13 @@
 
 * ``dev``: forty everyday sentence openings written for lape (formerly ``heldout``). They are
   *development* prompts: steering settings and profiles are chosen on them;
-* ``test``: seventy fresh openings of varied genres (news, recipes, letters, fiction, notices,
-  instructions, ...) written for issue #16. They are scored only once the settings are frozen,
-  so results on them are held-out figures; never choose anything on them;
+* ``test``: seventy fresh openings of twenty genres (news, science, recipes, travel, letters,
+  fiction, reviews, how-to, notices, ...), written after ``test1`` was spent. They are scored only
+  once the settings are frozen, so results on them are held-out figures; never choose anything
+  on them;
+* ``test1``: the first round of seventy test openings (issue #16). They were scored once with the
+  profile frozen, and their failures were then read to decide how macrolanguage labels count
+  (:data:`lape.langid.MACROLANGUAGE_MEMBERS`): they are spent, development data from then on;
 * ``parallel``: the opening words of each article of the Universal Declaration of Human Rights,
   from the built-in corpus's ``parallel`` split.
 """
@@ -15,8 +19,8 @@ from pathlib import Path
 
 from .errors import LapeError
 
-PROMPT_SETS = ("dev", "test", "parallel")
-_FILES = {"dev": "dev_en.txt", "test": "test_en.txt"}
+PROMPT_SETS = ("dev", "test", "test1", "parallel")
+_FILES = {"dev": "dev_en.txt", "test": "test_en.txt", "test1": "test1_en.txt"}
 
 
 def _opening(text: str, words: int) -> str:
@@ -28,7 +32,7 @@ def _lines(path: Path) -> list[str]:
 
 
 def builtin_prompts(name: str, words: int = 8) -> list[str]:
-    """An English prompt set: ``dev``, ``test`` or ``parallel``."""
+    """An English prompt set: ``dev``, ``test``, ``test1`` or ``parallel``."""
     if name in _FILES:
         return _lines(Path(__file__).parent / "data" / "prompts" / _FILES[name])
     if name == "heldout":
@@ -45,7 +49,7 @@ def builtin_prompts(name: str, words: int = 8) -> list[str]:
 
 
 def load_prompts(spec: str, limit: int | None = None) -> list[str]:
-    """Prompts from a text file (one per line) or ``builtin:dev`` / ``builtin:test`` / ``builtin:parallel``."""
+    """Prompts from a text file (one per line) or ``builtin:NAME`` (:data:`PROMPT_SETS`)."""
     if spec.startswith("builtin:"):
         prompts = builtin_prompts(spec.split(":", 1)[1])
     else:

@@ -184,6 +184,7 @@ def tally(
     checkpoint_every: int = 25,
     progress: bool = True,
     desc: str = "tally",
+    unit: str = "tok",
     total: Callable[[str], int | None] | None = None,
     context: Callable[[RunningSums], Any] | None = None,
 ) -> tuple[dict[str, dict[str, torch.Tensor]], TallyReport]:
@@ -201,6 +202,7 @@ def tally(
         checkpoint_every: batches between checkpoints.
         progress: show a progress bar (rank 0).
         desc: progress bar label.
+        unit: what ``step`` counts, for the bar ("tok", "prompt").
         total: expected units of a group (for the bar).
         context: a context manager around each group's batches (e.g. hooks feeding ``stat``).
 
@@ -226,7 +228,7 @@ def tally(
             report.resumed_groups += 1
             logger.info("%s: resuming after %d batches%s", group, start, " (finished)" if finished else "")
         if not finished:
-            bar = tqdm(desc=f"{desc} {group}", unit="tok", disable=not progress or rank != 0,
+            bar = tqdm(desc=f"{desc} {group}", unit=unit, disable=not progress or rank != 0,
                        total=total(group) if total else None, leave=False)
             done_batches = start
             with context(stat) if context else nullcontext():

@@ -448,3 +448,54 @@ def test_polish_searches_around_the_best_rule_of_targets_still_weak(steerer, ref
     assert tuple(tail[0]["layers"]) == lower and tail[1]["layers"] is None
     best = max([*before.candidates, *tail], key=lambda c: (c["fluent_success"], c["success"], -c["fluency_ratio"]))
     assert polished.meta["dev_scores"]["b"]["fluent_success"] == best["fluent_success"]
+
+
+def test_a_changed_success_rule_rescores_only_the_targets_it_touches(steerer, reference, tmp_path, monkeypatch):
+    """Counting a macrolanguage member ("xx" as "b") changes b's scores: the calibration and the
+    evaluation must not serve b's cached scores, but may reuse a's."""
+    import lape.langid
+
+    monkeypatch.setattr(lape.langid, "classify", lambda text: "xx")  # every output: raw label "xx"
+    prompts = ["Hi there", "The weather"]
+    config = CalibrateConfig(modes=("replace",), strengths=(0.5, 2.0))
+    first = calibrate(steerer, prompts, ["a", "b"], reference, source=None, config=config, progress=False,
+                      out=tmp_path)
+    assert all(c["success"] == 0 for c in first.candidates)  # "xx" is nobody's language yet
+    ev_dir = tmp_path / "eval"
+    steerer.evaluate(prompts, ["b"], source=None, progress=False, out=ev_dir)
+    assert steerer.evaluate(prompts, ["b"], source=None, progress=False, out=ev_dir).from_cache
+
+    generated: list[list[str]] = []
+    original = Steerer.evaluate
+
+    def counting(self, prompts, targets, *args, **kwargs):
+        generated.append(list(targets))
+        return original(self, prompts, targets, *args, **kwargs)
+
+    monkeypatch.setattr(Steerer, "evaluate", counting)
+    monkeypatch.setitem(lape.langid.LANGUAGE_OF_LABEL, "yy", "zz")  # touches neither target
+    again = calibrate(steerer, prompts, ["a", "b"], reference, source=None, config=config, progress=False,
+                      out=tmp_path)
+    assert again.from_cache and generated == []
+    monkeypatch.setitem(lape.langid.LANGUAGE_OF_LABEL, "xx", "b")  # now "xx" counts as "b"
+    rescored = calibrate(steerer, prompts, ["a", "b"], reference, source=None, config=config, progress=False,
+                         out=tmp_path)
+    assert not rescored.from_cache
+    assert generated == [["b"], ["b"]]  # one trial per strength, b only; a's scores are read back
+    assert [c for c in rescored.candidates if c["target"] == "a"] == \
+        [c for c in first.candidates if c["target"] == "a"]
+    b_new = [c for c in rescored.candidates if c["target"] == "b"]
+    assert all(c["accepts"] == ["b", "xx"] for c in b_new)
+    assert any(c["success"] > 0 for c in b_new)  # the same kind of outputs now count for b
+    generated.clear()
+    assert not steerer.evaluate(prompts, ["b"], source=None, progress=False, out=ev_dir).from_cache
+
+
+def test_a_cache_hit_under_another_prompt_set_name_writes_nothing(steerer, tmp_path):
+    prompts = ["Hi there", "The weather"]
+    first = steerer.evaluate(prompts, ["b"], source="a", progress=False, prompt_set="mine:dev", out=tmp_path)
+    assert first.meta["prompt_set"] == "mine:dev"
+    saved = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+    again = steerer.evaluate(prompts, ["b"], source="a", progress=False, prompt_set="mine:copy", out=tmp_path)
+    assert again.from_cache and again.meta["prompt_set"] == "mine:copy"
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == saved  # the saved result is untouched

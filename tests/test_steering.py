@@ -16,9 +16,9 @@ from lape.evaluate.steering import (
     SteerConfig,
     Steerer,
     distinct_n,
-    identify_language,
     max_token_share,
 )
+from lape.langid import classify, identify_language, labels_of_language
 from lape.masks import NeuronSets
 
 
@@ -204,3 +204,34 @@ def test_repl_ends_at_end_of_input(steerer):
     shown = []
     assert repl(steerer, input_fn=input_fn, output_fn=shown.append) == 0
     assert len(shown) == 1
+
+
+def test_macrolanguage_members_count_as_their_macrolanguage():
+    egyptian = "انا مش عارف ايه اللي حصل النهارده في الشغل بس الموضوع كان صعب قوي"
+    moroccan = "والله ما عارف شنو نقول ليك دابا حيت بزاف ديال الخدمة"
+    cantonese = "我哋今日去咗街市買嘢食，好多人呀"
+    assert [classify(t) for t in (egyptian, moroccan, cantonese)] == ["arz", "ary", "yue"]  # raw labels
+    assert [identify_language(t, 5) for t in (egyptian, moroccan, cantonese)] == ["ar", "ar", "zh"]
+    assert _gen(egyptian, list(range(30))).success("ar")
+    assert not _gen(egyptian, list(range(30))).success("fa")
+    assert labels_of_language("ar") == ["ar", "ary", "arz"]
+    assert labels_of_language("fr") == ["fr"]
+    assert labels_of_language("no") == ["nb", "nn", "no"]
+    g = Generation(egyptian, list(range(30)), "ar", 1.0, 0.1, label="arz")
+    assert g.shown_language == "ar/arz"
+    assert Generation("x", [1], None, 0.0, 1.0).shown_language == "?"
+
+
+def test_builtin_prompt_sets_are_disjoint_and_the_test_set_is_refused_for_calibration(capsys):
+    from lape.cli import main
+    from lape.prompts import PROMPT_SETS, load_prompts
+
+    sets = {name: load_prompts(f"builtin:{name}") for name in PROMPT_SETS if name != "parallel"}
+    assert len(sets["test"]) >= 60 and len(sets["test1"]) == 70 and len(sets["dev"]) == 40
+    for name, prompts in sets.items():
+        assert len(set(prompts)) == len(prompts), name
+    folded = {name: {p.lower() for p in prompts} for name, prompts in sets.items()}
+    assert not folded["test"] & (folded["dev"] | folded["test1"])  # the held-out set shares no prompt
+    assert not folded["dev"] & folded["test1"]
+    assert main(["steer-calibrate", "--neurons", "nowhere", "--stats", "nowhere", "--prompts", "builtin:test"]) == 2
+    assert "builtin:test holds the held-out prompts" in capsys.readouterr().err

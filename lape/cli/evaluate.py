@@ -124,10 +124,10 @@ def cmd_steer_calibrate(args: argparse.Namespace) -> int:
     from ..prompts import load_prompts
 
     config = config_from_args(CalibrateConfig, args)
-    out = common.out_folder(args.out or args.neurons, "--out")
-    if args.prompts.endswith(":test"):
+    if args.prompts == "builtin:test":
         raise LapeError("builtin:test holds the held-out prompts results are reported on: calibrate on "
                         "builtin:dev (or your own development prompts)")
+    out = common.out_folder(args.out or args.neurons, "--out")
     prompts = load_prompts(args.prompts, limit=args.limit)
     targets = _targets(args)
     args.no_profile = True  # calibrate from the plain settings
@@ -180,7 +180,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         else:
             s.add_argument("--to", nargs="+", default=None, help="target languages (default all)")
             s.add_argument("--prompts", required=True, help="a text file (one prompt per line) or "
-                           "builtin:dev / builtin:test / builtin:parallel")
+                           "builtin:dev / builtin:test / builtin:test1 / builtin:parallel")
             s.add_argument("--limit", type=_positive, default=None, help="use the first N prompts")
         s.add_argument("--corpus", default="builtin", help="manifest whose valid split gives the real-text "
                        "fluency reference")

@@ -40,6 +40,7 @@ from torch import nn
 from .. import artifacts
 from ..config import StageConfig, option
 from ..errors import LapeError
+from ..langid import labels_of_language, langid_version
 from ..masks import NeuronSets
 from ..models import fingerprint
 from .steer_rule import MODES, SteeringRule
@@ -89,9 +90,16 @@ class SteeringProfile(artifacts.Artifact):
 _SCORES = ("success", "fluent", "fluent_success", "fluency_ratio", "non_letter")
 
 
+def _scoring(target: str) -> dict[str, Any]:
+    """What decides whether an output counts for ``target`` beyond the shared inputs: the
+    identifier's version and the raw labels counted as the target (stored with each candidate)."""
+    return {"langid": langid_version(), "accepts": labels_of_language(target)}
+
+
 def _scored(out: str | Path | None, scores_key: str) -> dict[tuple[str, SteeringRule], dict[str, Any]]:
-    """The candidates a profile in ``out`` scored on the same inputs (``scores_key``), by
-    (target, rule): a new search reuses them instead of generating again."""
+    """The candidates a profile in ``out`` scored on the same inputs (``scores_key``) and the same
+    success rule for their target (:func:`_scoring`), by (target, rule): a new search reuses them
+    instead of generating again."""
     if out is None or not artifacts.exists(out, SteeringProfile.KIND):
         return {}
     try:
@@ -101,7 +109,8 @@ def _scored(out: str | Path | None, scores_key: str) -> dict[tuple[str, Steering
     if old.meta.get("scores_key") != scores_key:
         return {}
     fields = [f for f in SteeringRule.__dataclass_fields__]
-    return {(c["target"], SteeringRule.from_dict({f: c[f] for f in fields})): c for c in old.candidates}
+    return {(c["target"], SteeringRule.from_dict({f: c[f] for f in fields})): c for c in old.candidates
+            if all(c.get(k) == v for k, v in _scoring(c["target"]).items())}
 
 
 def find_profile(neurons: str | Path) -> SteeringProfile | None:
@@ -169,11 +178,12 @@ def calibrate(steerer: Steerer, prompts: Sequence[str], targets: Iterable[str], 
                       for spec in config.polish_windows or config.layer_windows}
     inputs = {"neurons": steerer.sets.identity(), "stats": steerer.stats.identity(), "prompts": list(prompts),
               "targets": targets, "source": source, "reference": reference.identity(),
-              "base": base.to_dict(), "steer": steerer.config.key_dict()}
+              "base": base.to_dict(), "steer": steerer.config.key_dict(),
+              "scoring": {t: _scoring(t) for t in targets}}
     key = artifacts.stage_key(SteeringProfile.KIND, model_fingerprint=fingerprint(steerer.model),
                               config=config.key_dict(), inputs=inputs)
     scores_key = artifacts.stage_key("steering_scores", model_fingerprint=fingerprint(steerer.model), config={},
-                                     inputs={k: v for k, v in inputs.items() if k != "targets"})
+                                     inputs={k: v for k, v in inputs.items() if k not in ("targets", "scoring")})
 
     def compute() -> SteeringProfile:
         known = _scored(out, scores_key)  # (target, rule) -> candidate scored on these very inputs
@@ -194,7 +204,8 @@ def calibrate(steerer: Steerer, prompts: Sequence[str], targets: Iterable[str], 
                                       "non_letter": r["non_letter"]} for r in ev.rows}
             for t, rule in rules.items():
                 scores = rows.get(t) or {k: known[(t, rule)][k] for k in _SCORES}
-                candidate = {"stage": stage, "target": t, "rule": rule.describe(), **rule.to_dict(), **scores}
+                candidate = {"stage": stage, "target": t, "rule": rule.describe(), **rule.to_dict(), **scores,
+                             **_scoring(t)}
                 candidates.append(candidate)
                 known[(t, rule)] = candidate
                 score = (scores["fluent_success"], scores["success"], -scores["fluency_ratio"])

@@ -57,7 +57,7 @@ def repl(steerer: Steerer, target: str | None = None, source: str | None = "en",
                                         reference=reference).format())
             else:
                 g = steerer.generate([line])[0]
-                output_fn(f"unsteered  [{g.language or '?'}] {g.text.strip()!r}")
+                output_fn(f"unsteered  [{g.shown_language}] {g.text.strip()!r}")
             continue
         cmd, _, arg = line[1:].partition(" ")
         arg = arg.strip()

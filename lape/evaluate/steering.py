@@ -11,7 +11,8 @@ given a real-text reference, the outputs' fluency (:mod:`lape.evaluate.fluency`)
 :func:`lape.evaluate.steer_repl.repl` is the interactive loop.
 
 A steered output counts as a **success** when ``py3langid`` identifies the target language on at
-least ``min_chars`` characters **and** the output is not degenerate: distinct-2 (distinct token
+least ``min_chars`` characters (a member of the target's macrolanguage counts: Egyptian Arabic
+``arz`` is Arabic, :data:`lape.langid.MACROLANGUAGE_MEMBERS`) **and** the output is not degenerate: distinct-2 (distinct token
 bigrams / all bigrams) >= 0.5 and no single token makes up more than a third of it. A run of
 "肉肉肉肉" or of blank characters fails whatever the identifier says.
 """
@@ -36,7 +37,7 @@ from ..activations import ActivationStats
 from ..config import StageConfig, option
 from ..errors import LapeError
 from ..intervene import VALUE_RULES, batch_edits, check_layers, intervene
-from ..langid import identify_language, langid_version
+from ..langid import labels_of_language, langid_version, language_label, language_of_label
 from ..masks import NeuronSets
 from ..models import fingerprint, input_device
 from ..space import NeuronSpace
@@ -121,6 +122,12 @@ class Generation:
     distinct_2: float
     max_token_share: float
     nll: float | None = None  # mean NLL of the tokens under the unmodified model (when scored)
+    label: str | None = None  # the identifier's raw label when it differs from ``language`` ("arz")
+
+    @property
+    def shown_language(self) -> str:
+        """The language, with the raw label when it was counted as its macrolanguage (``ar/arz``)."""
+        return f"{self.language}/{self.label}" if self.label else (self.language or "?")
 
     def success(self, target: str) -> bool:
         """Target language identified and not degenerate (see the module docstring)."""
@@ -147,7 +154,7 @@ class SteerOutput:
             extra = ""
             if self.reference is not None and g.nll is not None and lang in self.reference.languages:
                 extra = f" ppl x{self.reference.ratio(lang, g.nll):.1f} of real {lang} text"
-            return (f"{label:<10} [{g.language or '?'}] {ok} d2={g.distinct_2:.2f}{extra} "
+            return (f"{label:<10} [{g.shown_language}] {ok} d2={g.distinct_2:.2f}{extra} "
                     f"non-letters {non_letter_share(g.text):.0%}\n           {g.text.strip()!r}")
         src = self.source or "none"
         how = ""
@@ -338,8 +345,10 @@ class Steerer:
             if tok.eos_token_id in ids:
                 ids = ids[:ids.index(tok.eos_token_id)]
             text = tok.decode(ids, skip_special_tokens=True)
-            gens.append(Generation(text, ids, identify_language(text, self.config.min_chars),
-                                   distinct_n(ids, 2), max_token_share(ids)))
+            label = language_label(text, self.config.min_chars)
+            language = None if label is None else language_of_label(label)
+            gens.append(Generation(text, ids, language, distinct_n(ids, 2), max_token_share(ids),
+                                   label=label if label != language else None))
         return gens
 
     def steer(self, prompt: str, to: str, source: str | None = "en", strength: float | None = None,
@@ -396,16 +405,16 @@ class Steerer:
         inputs = {"neurons": self.sets.identity(), "stats": self.stats.identity(), "prompts": list(prompts),
                   "targets": targets, "source": source, "strengths": strengths, "controls": controls,
                   "random_seeds": list(random_seeds), "examples_per_target": examples_per_target,
-                  "langid": langid_version(), "reference": reference.identity() if reference else None,
+                  "langid": langid_version(), "accepts": {t: labels_of_language(t) for t in targets},
+                  "reference": reference.identity() if reference else None,
                   "profile": self.profile.identity() if self.use_profile and self.profile else None}
         key = artifacts.stage_key(SteeringEval.KIND, model_fingerprint=fingerprint(self.model),
                                   config=self.config.key_dict(), inputs=inputs)
         ev = artifacts.run_stage(SteeringEval, out, key, lambda: self._evaluate(
-            prompts, targets, source, jobs, reference, progress, examples_per_target, inputs), model=self.model)
-        if prompt_set and ev.meta.get("prompt_set") != prompt_set:
+            prompts, targets, source, jobs, reference, progress, examples_per_target, inputs, prompt_set),
+            model=self.model)
+        if prompt_set:  # a cached evaluation of the same prompts under another name: renamed in memory only
             ev.meta["prompt_set"] = prompt_set
-            if out is not None:
-                ev.save(out)
         return ev
 
     def _jobs(self, targets: list[str], source: str | None, strengths: list[float | None], controls: list[str],
@@ -435,7 +444,7 @@ class Steerer:
 
     def _evaluate(self, prompts: Sequence[str], targets: list[str], source: str | None, jobs: list[dict[str, Any]],
                   reference: FluencyReference | None, progress: bool, examples_per_target: int,
-                  inputs: dict[str, Any]) -> SteeringEval:
+                  inputs: dict[str, Any], prompt_set: str | None) -> SteeringEval:
         n, prompts = len(prompts), list(prompts)
         ban = self.config.no_repeat_ngram_size
 
@@ -464,12 +473,13 @@ class Steerer:
             gens = outputs[what(j)]
             base = plain[what(j)[3]]
             t = j["target"]
-            langs = Counter(g.language or "?" for g in gens)
+            langs = Counter(g.label or g.language or "?" for g in gens)  # raw labels: arz stays arz
             row = {"condition": j["condition"], "seed": j["seed"], "target": t, "strength": j["rule"].strength,
                    "rule": j["rule"].describe(), "prompts": n,
                    "steered_success": _mean(g.success(t) for g in gens),
                    "unsteered_success": _mean(g.success(t) for g in base),
                    "steered_target_language": _mean(g.language == t for g in gens),
+                   "steered_success_own_label": _mean(g.success(t) and g.label is None for g in gens),
                    "steered_distinct_2": _mean(g.distinct_2 for g in gens),
                    "unsteered_distinct_2": _mean(g.distinct_2 for g in base),
                    "steered_repetition": _mean(1 - g.distinct_2 for g in gens),
@@ -494,7 +504,8 @@ class Steerer:
             strengths=sorted({j["rule"].strength for j in jobs}), prompts=len(prompts), langid=langid_version(),
             profile={t: self.rule_for(t).to_dict() for t in targets} if self.use_profile and self.profile else None,
             reference=reference.languages if reference else None,
-            neurons={"method": self.sets.meta.get("method"), "counts": self.sets.counts()})
+            neurons={"method": self.sets.meta.get("method"), "counts": self.sets.counts()},
+            **({"prompt_set": prompt_set} if prompt_set else {}))
         return SteeringEval(rows, examples, meta)
 
     def with_config(self, **changes: Any) -> Steerer:

@@ -251,7 +251,7 @@ def attribute(model: nn.Module, tokenizer: Any, questions: Sequence[Question],
         lambda c: shard(enumerate(by_cluster[c]), rank, world),
         lambda stat, item: _step(model, space, tokenizer, config, stat, item[0], item[1], templates),
         key=key, checkpoint_dir=Path(out) / "partial" if out is not None else None,
-        checkpoint_every=config.checkpoint_every, progress=progress, desc="attribute",
+        checkpoint_every=config.checkpoint_every, progress=progress, desc="attribute", unit="prompt",
         total=lambda c: len(by_cluster[c]) * per_question)
     tensors = {f"{c}/{k}": v for c in clusters for k, v in results[c].items() if k != "spaced"}
     spaced = sum(float(results[c]["spaced"].sum()) for c in clusters)
