@@ -392,10 +392,8 @@ def test_lape_compare_prints_the_agreement(tmp_path, capsys):
     assert row.split()[:5] == ["x", "3", "4", "2", "0.400"]
 
 
-def test_calibration_reuses_scored_candidates_and_refines_weak_targets(steerer, reference, tmp_path, monkeypatch):
-    prompts = ["Hi there", "The weather", "Once"]
-    config = CalibrateConfig(modes=("replace", "add"), strengths=(0.5, 2.0), layer_windows=("upper",))
-    first = calibrate(steerer, prompts, ["b"], reference, source="a", config=config, progress=False, out=tmp_path)
+def _count_evaluations(monkeypatch) -> list[list[str]]:
+    """From now on, every ``Steerer.evaluate`` call appends its targets to the returned list."""
     generated: list[list[str]] = []
     original = Steerer.evaluate
 
@@ -404,6 +402,14 @@ def test_calibration_reuses_scored_candidates_and_refines_weak_targets(steerer, 
         return original(self, prompts, targets, *args, **kwargs)
 
     monkeypatch.setattr(Steerer, "evaluate", counting)
+    return generated
+
+
+def test_calibration_reuses_scored_candidates_and_refines_weak_targets(steerer, reference, tmp_path, monkeypatch):
+    prompts = ["Hi there", "The weather", "Once"]
+    config = CalibrateConfig(modes=("replace", "add"), strengths=(0.5, 2.0), layer_windows=("upper",))
+    first = calibrate(steerer, prompts, ["b"], reference, source="a", config=config, progress=False, out=tmp_path)
+    generated = _count_evaluations(monkeypatch)
     refined = calibrate(steerer, prompts, ["b"], reference, source="a", progress=False, out=tmp_path,
                         config=config.replace(refine_below=1.0, refine_top=2))
     assert not refined.from_cache
@@ -465,14 +471,7 @@ def test_a_changed_success_rule_rescores_only_the_targets_it_touches(steerer, re
     steerer.evaluate(prompts, ["b"], source=None, progress=False, out=ev_dir)
     assert steerer.evaluate(prompts, ["b"], source=None, progress=False, out=ev_dir).from_cache
 
-    generated: list[list[str]] = []
-    original = Steerer.evaluate
-
-    def counting(self, prompts, targets, *args, **kwargs):
-        generated.append(list(targets))
-        return original(self, prompts, targets, *args, **kwargs)
-
-    monkeypatch.setattr(Steerer, "evaluate", counting)
+    generated = _count_evaluations(monkeypatch)
     monkeypatch.setitem(lape.langid.LANGUAGE_OF_LABEL, "yy", "zz")  # touches neither target
     again = calibrate(steerer, prompts, ["a", "b"], reference, source=None, config=config, progress=False,
                       out=tmp_path)
