@@ -160,9 +160,9 @@ def calibration_section(run: Path) -> str:
         f"the {len(profile.rules)} targets" + (f" (the `refine` rows: over the targets still below "
                                               f"{profile.meta.get('config', {}).get('refine_below', 0):.0%} after the "
                                               f"search, {', '.join(refined)}, each window tried with their three best "
-                                              "first-stage rules)" if refined else "")
+                                              "first-stage rules" if refined else "")
         + (f"; the `polish` rows: over the targets still below it after that, {', '.join(polished)}, each "
-           "strength x window around their best rule" if polished else "") + ":", "",
+           "strength x window around their best rule" if polished else "") + (")" if refined else "") + ":", "",
         _table(["candidate", "success", "fluent success", "smallest success", "median PPL / real text",
                 "targets that kept it"], rows), "",
         "The rule each target kept (its development scores):", "",
@@ -176,7 +176,9 @@ def alternatives_section(run: Path) -> str:
 
     rows = []
     for folder, label in (("steer-dev-noskip", "the settings' rule (set firing mean x1.5, English off) with the "
-                                               "first token edited too"),):
+                                               "first token edited too"),
+                          ("steer-dev-top3", "three times as many neurons per language (top_rate 3%), the "
+                                             "settings' rule")):
         if not (run / folder).is_dir():
             continue
         ev = SteeringEval.load(run / folder)
@@ -190,8 +192,9 @@ def alternatives_section(run: Path) -> str:
                          pct(c.get("mean_fluent_success")), _ratio(c.get("median_fluency_ratio"))])
     if not rows:
         return ""
-    return "\n".join(["Other development evaluations (`lape steer-eval --no-profile`; the settings' rule with the "
-                      "first token untouched is the calibration's `replace x1.5` row above):", "",
+    return "\n".join(["Other development evaluations (`lape steer-eval --no-profile`; to compare with: the settings' "
+                      "rule on the 1% sets with the first token untouched is the calibration's `replace x1.5` row "
+                      "above, and `replace x1` at strength 1):", "",
                       _table(["setting", "mean success", "smallest", "targets >= 90%", "mean fluent success",
                               "median PPL / real text"], rows), ""])
 

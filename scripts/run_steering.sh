@@ -35,6 +35,10 @@ done
 lape compare "$RUN/neurons13-half1" "$RUN/neurons13-half2"
 
 # 4. what else was tried, on builtin:dev (the calibration's candidates cover the rules, strengths,
-#    layer windows, exclusive neurons and source scales): leaving the first token edited
+#    layer windows, exclusive neurons and source scales): leaving the first token edited, and three
+#    times as many neurons per language (top_rate 3%, as later papers use) with the settings' rule
 lape steer-eval --neurons "$RUN/neurons13" "${COMMON[@]}" --prompts builtin:dev --no-profile --no-skip-first \
   --out "$RUN/steer-dev-noskip"
+lape identify "$RUN/stats" --languages $LANGS13 --top-rate 0.03 --out "$RUN/neurons13-top3"
+lape steer-eval --neurons "$RUN/neurons13-top3" "${COMMON[@]}" --prompts builtin:dev --no-profile --strengths 1 1.5 \
+  --out "$RUN/steer-dev-top3"
