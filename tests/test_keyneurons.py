@@ -793,6 +793,10 @@ def test_cli_eval_and_the_refused_overlap(work, capsys):
     ev = KeyNeuronEval.load(ev_out)
     assert ev.meta["questions"] == len(evaluation) == 5 and ev.meta["prompts"] == 10
     assert {r["family"] for r in ev.rows} == {"naica", "na", "random"}
+    # the plain-NA baseline is the same selection (top_v 5) without ICA and common-neuron removal
+    na, _ = select(KeyNeuronScores.load(work / "one"), SelectConfig(top_v=5, ica=False, exclude_common=False))
+    assert ev.meta["set_sizes"]["na"] == na.counts() != \
+        select(KeyNeuronScores.load(work / "one"), SelectConfig(ica=False, exclude_common=False))[0].counts()
     capsys.readouterr()
     rc = main(["-q", "keyneurons", "eval", str(neurons), "--model", str(work / "no-such-model"),
                "--questions", str(work / "questions.yaml"), "--out", str(work / "eval-bad"),
@@ -835,3 +839,13 @@ def test_cli_attribute_uses_the_manifest_templates(work):
     letter = tok.convert_tokens_to_ids(prompt.letters[prompt.correct])
     res = attribute_prompt(model, NeuronSpace.of(model), prompt_ids(tok, prompt.text), letter, steps=1)
     assert float(scores.get("xx", "prob")[0, 0]) == pytest.approx(res.prob, rel=1e-5)
+
+
+def test_the_plain_na_baseline_of_sets_another_method_made_is_a_one_line_error():
+    from lape.keyneurons.select import plain_na_config
+
+    lape_sets = NeuronSets.from_neurons({"fr": [(0, 1)]}, (2, 8), {"config": {"top_rate": 0.01, "filter_rate": 0.95}})
+    with pytest.raises(LapeError, match="not made by key-neuron selection"):
+        plain_na_config(lape_sets)
+    made = NeuronSets.from_neurons({"bio": [(0, 1)]}, (2, 8), {"config": SelectConfig(top_v=7).to_dict()})
+    assert plain_na_config(made) == SelectConfig(top_v=7, ica=False, exclude_common=False)

@@ -91,7 +91,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .. import artifacts
     from ..keyneurons.attribute import KeyNeuronScores
     from ..keyneurons.evaluate import KeyEvalConfig, evaluate_key_neurons
-    from ..keyneurons.select import KeyNeuronMaps, SelectConfig, select
+    from ..keyneurons.select import KeyNeuronMaps, plain_na_config, select
     from ..masks import NeuronSets
 
     config = config_from_args(KeyEvalConfig, args)
@@ -106,7 +106,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             "attribute")
     na_sets = None
     if args.scores:
-        na_sets, _ = select(KeyNeuronScores.load(args.scores), SelectConfig(ica=False, exclude_common=False))
+        na_sets, _ = select(KeyNeuronScores.load(args.scores), plain_na_config(sets))
     model, tok = common.load(args)
     ev = evaluate_key_neurons(model, tok, sets, questions, config, na_sets=na_sets, out=out,
                               templates=custom_templates(args), progress=not args.quiet)

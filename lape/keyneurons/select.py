@@ -138,6 +138,18 @@ class KeyNeuronMaps(artifacts.Artifact):
                    tensors["per_question"], meta, list(payload.get("uids", [])))
 
 
+def plain_na_config(sets: NeuronSets) -> SelectConfig:
+    """The plain-NA ablation (no ICA, common neurons kept) of the selection that made ``sets``:
+    its ``top_v`` and normaliser, so the baseline differs from the sets in the ICA step only."""
+    made_by = sets.meta.get("config") or {}
+    try:
+        base = SelectConfig.from_dict(made_by)
+    except LapeError:
+        raise LapeError("these neuron sets were not made by key-neuron selection (lape keyneurons select): "
+                        "the plain-NA baseline needs its settings; leave out --scores") from None
+    return base.replace(ica=False, exclude_common=False)
+
+
 def select(scores: KeyNeuronScores, config: SelectConfig = SelectConfig(), *, out: str | Path | None = None
            ) -> tuple[NeuronSets, KeyNeuronMaps]:
     """Key neurons per cluster from the attribution (module docstring); saved into ``out`` as
