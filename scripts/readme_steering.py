@@ -123,7 +123,8 @@ def spent_test_section(run: Path) -> str:
                      f"**{pct(c['mean_success'])}**", c["at_least_90"]])
     return "\n".join([
         "#### The spent first test round (`builtin:test1`)", "",
-        "70 openings written as the first test set. They were scored once with the profile frozen; reading "
+        f"{evs[0][0].meta.get('prompts')} openings written as the first test set. They were scored once with the "
+        "profile frozen; reading "
         "their failures (Arabic outputs labelled Egyptian or Moroccan Arabic) decided the macrolanguage rule, "
         "so they are development data from then on, and `builtin:test` above was written afresh. Success per "
         "target:", "",
