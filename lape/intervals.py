@@ -1,0 +1,114 @@
+"""95% intervals for the figures lape reports: Wilson for rates, bootstrap over items for means and
+ratios of means, hypergeometric tails for overlaps.
+
+Every effect lape prints carries one of these, computed here and nowhere else:
+
+- a success rate ``k / n`` (steering, prediction accuracy): :func:`wilson`;
+- a statistic of per-item values (a mean change, a perplexity ratio, a PCR): :func:`bootstrap`,
+  percentile interval over items resampled with replacement, seeded;
+- the overlap of two sets drawn from one population: :func:`overlap_p` (the one-sided
+  hypergeometric p-value of at least the observed overlap).
+
+Example:
+    >>> wilson(65, 70)
+    Interval(value=0.9286, low=0.8434, high=0.9691)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its 95% interval (``low <= value <= high`` unless the estimate is NaN)."""
+
+    value: float
+    low: float
+    high: float
+
+    def __repr__(self) -> str:
+        return f"Interval(value={self.value:.4g}, low={self.low:.4g}, high={self.high:.4g})"
+
+    def to_dict(self) -> dict[str, float]:
+        """``{"value", "low", "high"}``, for sidecars and tables."""
+        return {"value": self.value, "low": self.low, "high": self.high}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, float]) -> Interval:
+        return cls(float(d["value"]), float(d["low"]), float(d["high"]))
+
+    def excludes(self, other: Interval) -> bool:
+        """Whether the two intervals do not overlap (the usual "separated" reading)."""
+        return self.low > other.high or self.high < other.low
+
+    def format(self, digits: int = 2, percent: bool = False) -> str:
+        """``"93% (84-97%)"`` or ``"2.61 [1.90, 3.40]"``."""
+        if percent:
+            return f"{self.value * 100:.0f}% ({self.low * 100:.0f}-{self.high * 100:.0f}%)"
+        return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> Interval:
+    """The Wilson score interval of a rate ``successes / n`` (NaN for ``n == 0``).
+
+    ``centre = (p + z^2/2n) / (1 + z^2/n)``, ``half = z sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n)``.
+    """
+    if n < 0 or successes < 0 or successes > n:
+        raise ValueError(f"wilson needs 0 <= successes <= n, got {successes} of {n}")
+    if n == 0:
+        return Interval(float("nan"), float("nan"), float("nan"))
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return Interval(p, max(0.0, centre - half), min(1.0, centre + half))
+
+
+def bootstrap(values: Sequence[float] | np.ndarray, statistic: Callable[[np.ndarray], float] = np.mean, *,
+              resamples: int = 2000, seed: int = 0, level: float = 0.95) -> Interval:
+    """Percentile bootstrap interval of ``statistic`` over items (rows of ``values``).
+
+    ``values`` may be 1-D (one value per item) or 2-D (a row per item: e.g. the related and the
+    unrelated change of one question, for a ratio of means). The point value is the statistic on
+    all items; resampling draws items with replacement from a seeded generator. NaN for no items.
+
+    Example:
+        >>> bootstrap([1.0, 2.0, 3.0, 4.0]).value
+        2.5
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.shape[0] == 0:
+        return Interval(float("nan"), float("nan"), float("nan"))
+    value = float(statistic(arr))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, arr.shape[0], size=(resamples, arr.shape[0]))
+    stats = np.array([statistic(arr[i]) for i in idx], dtype=np.float64)
+    stats = stats[np.isfinite(stats)]
+    if stats.size == 0:
+        return Interval(value, float("nan"), float("nan"))
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(stats, [tail, 100 - tail])
+    return Interval(value, float(low), float(high))
+
+
+def ratio_of_means(rows: np.ndarray) -> float:
+    """``|mean(rows[:, 0])| / |mean(rows[:, 1])|``: a ratio statistic for :func:`bootstrap` (PCR)."""
+    den = abs(float(np.mean(rows[:, 1])))
+    return abs(float(np.mean(rows[:, 0]))) / den if den > 0 else float("inf")
+
+
+def overlap_p(overlap: int, size_a: int, size_b: int, population: int) -> float:
+    """One-sided hypergeometric p-value: the chance that two sets of ``size_a`` and ``size_b``
+    drawn at random from ``population`` share at least ``overlap`` members."""
+    from scipy.stats import hypergeom
+
+    if not 0 <= overlap <= min(size_a, size_b) or max(size_a, size_b) > population:
+        raise ValueError(f"impossible overlap {overlap} of sets {size_a} and {size_b} in {population}")
+    return float(hypergeom.sf(overlap - 1, population, size_a, size_b))

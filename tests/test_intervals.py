@@ -1,0 +1,68 @@
+"""Interval code against hand-worked examples."""
+
+import math
+
+import numpy as np
+import pytest
+
+from lape.intervals import Interval, bootstrap, overlap_p, ratio_of_means, wilson
+
+
+def test_wilson_zero_of_ten_by_hand():
+    # p = 0: centre = (z^2/2n) / (1 + z^2/n) and half = (z^2/2n) / (1 + z^2/n), so the interval is [0, z^2/n / (1 + z^2/n)]
+    z2 = 1.959963984540054 ** 2
+    iv = wilson(0, 10)
+    assert iv.value == 0 and iv.low == 0
+    assert iv.high == pytest.approx((z2 / 10) / (1 + z2 / 10), abs=1e-12)  # 0.2775
+    assert iv.high == pytest.approx(0.2775, abs=1e-4)
+
+
+def test_wilson_textbook_values():
+    # 65 of 70 (the steering rate the issue quotes as es 93%: 84-97%)
+    iv = wilson(65, 70)
+    assert (round(iv.low, 2), round(iv.high, 2)) == (0.84, 0.97)
+    # symmetric: k of n mirrors n-k of n
+    a, b = wilson(3, 20), wilson(17, 20)
+    assert a.low == pytest.approx(1 - b.high) and a.high == pytest.approx(1 - b.low)
+    assert math.isnan(wilson(0, 0).value)
+    with pytest.raises(ValueError):
+        wilson(5, 4)
+
+
+def test_bootstrap_two_items_by_hand():
+    # resampled means of [0, 1] are 0, 0.5, 1 with chances 1/4, 1/2, 1/4: the 2.5% and 97.5% points are 0 and 1
+    iv = bootstrap([0.0, 1.0], resamples=4000, seed=1)
+    assert iv.value == 0.5 and iv.low == 0.0 and iv.high == 1.0
+    # constant data: no spread
+    iv = bootstrap([2.0] * 7)
+    assert iv.low == iv.value == iv.high == 2.0
+    # seeded: the same twice, and it contains the point value
+    x = np.random.default_rng(0).normal(size=50)
+    assert bootstrap(x, seed=3) == bootstrap(x, seed=3)
+    iv = bootstrap(x)
+    assert iv.low < iv.value < iv.high
+    # the normal-theory interval of a mean is close to the bootstrap one for 50 normal draws
+    se = x.std(ddof=1) / np.sqrt(50)
+    assert iv.high - iv.low == pytest.approx(2 * 1.96 * se, rel=0.2)
+
+
+def test_bootstrap_ratio_of_means_rows():
+    rows = np.array([[2.0, 1.0], [4.0, 1.0], [6.0, 1.0]])
+    iv = bootstrap(rows, ratio_of_means)
+    assert iv.value == pytest.approx(4.0)
+    assert 2.0 <= iv.low <= iv.value <= iv.high <= 6.0
+
+
+def test_overlap_p_by_hand():
+    assert overlap_p(1, 1, 1, 4) == pytest.approx(1 / 4)
+    assert overlap_p(2, 2, 2, 4) == pytest.approx(1 / 6)
+    assert overlap_p(0, 3, 3, 10) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        overlap_p(3, 2, 2, 4)
+
+
+def test_interval_round_trip_and_format():
+    iv = wilson(65, 70)
+    assert Interval.from_dict(iv.to_dict()) == iv
+    assert iv.format(percent=True) == "93% (84-97%)"
+    assert Interval(1, 0, 2).excludes(Interval(3, 2.5, 4)) and not Interval(1, 0, 3).excludes(Interval(3, 2.5, 4))
