@@ -4,11 +4,16 @@ lape uses ``py3langid`` (offline, BSD-3), pinned to one version: 0.3 and 0.4 ans
 (0.4 adds ``wuu``, ``yue`` and ``zxx``), and the identifier decides both which paragraphs the
 built-in corpus keeps and whether a steered output counts as a success. Every artifact that used
 it records :func:`langid_version`.
+
+The identifier alone is fooled by text with few letters: it labels a run of fullwidth commas
+``wuu`` (Wu Chinese), so punctuation-heavy output would pass as Chinese. A steered output must
+therefore also be written in its language's script (:func:`script_share`, :func:`in_script`).
 """
 
 from __future__ import annotations
 
 import functools
+import unicodedata
 
 from .errors import LapeError
 
@@ -79,3 +84,71 @@ def labels_of_language(language: str) -> list[str]:
     """Every raw ``py3langid`` label :func:`identify_language` counts as ``language``: what a
     steering score for that target depends on (part of its cache key)."""
     return sorted({language, *(label for label, lang in LANGUAGE_OF_LABEL.items() if lang == language)})
+
+
+# The scripts each language is written in, as the first word of a letter's Unicode name
+# (:func:`script_of`: LATIN, CYRILLIC, ARABIC, CJK for Han ideographs, HANGUL...). Japanese counts
+# kana and Han; Serbian both its alphabets. A language not listed here has no script check.
+_LATIN = ("af az ca cs cy da de en eo es et eu fi fil fr ga gl hr hu id is it lt lv ms mt nl no pl pt ro "
+          "sk sl sq sv sw tl tr uz vi yo zu")
+SCRIPTS: dict[str, tuple[str, ...]] = {
+    **{lang: ("LATIN",) for lang in _LATIN.split()},
+    "zh": ("CJK", "IDEOGRAPHIC"),  # IDEOGRAPHIC: the iteration mark
+    "ja": ("CJK", "IDEOGRAPHIC", "HIRAGANA", "KATAKANA", "KATAKANA-HIRAGANA"),  # the last: the long-vowel mark
+    "ko": ("HANGUL",),
+    **{lang: ("ARABIC",) for lang in ("ar", "fa", "ur", "ps", "ug")},
+    **{lang: ("CYRILLIC",) for lang in ("ru", "uk", "bg", "be", "mk", "kk", "ky", "mn", "tg")},
+    "sr": ("CYRILLIC", "LATIN"),
+    "el": ("GREEK",), "he": ("HEBREW",), "yi": ("HEBREW",), "hy": ("ARMENIAN",), "ka": ("GEORGIAN",),
+    **{lang: ("DEVANAGARI",) for lang in ("hi", "mr", "ne", "sa")},
+    "bn": ("BENGALI",), "gu": ("GUJARATI",), "pa": ("GURMUKHI",), "ta": ("TAMIL",), "te": ("TELUGU",),
+    "kn": ("KANNADA",), "ml": ("MALAYALAM",), "si": ("SINHALA",), "th": ("THAI",), "lo": ("LAO",),
+    "km": ("KHMER",), "my": ("MYANMAR",), "am": ("ETHIOPIC",),
+}
+# At least this share of an output's non-blank characters must be letters of the target's script.
+# Real text clears it easily (Chinese, Japanese and Korean prose ~0.8-0.9: punctuation and digits
+# are the rest; Latin-script prose ~0.95); a run of punctuation, digits or another script fails.
+MIN_SCRIPT_SHARE = 0.5
+
+
+def script_of(ch: str) -> str:
+    """The script of a letter, from its Unicode name (LATIN, CYRILLIC, ARABIC, HANGUL, CJK...)."""
+    name = unicodedata.name(ch, "")
+    return name.split(" ")[0] if name else "UNKNOWN"
+
+
+def script_share(text: str, language: str) -> float | None:
+    """The share of the non-blank characters of ``text`` (NFKC-normalised, so fullwidth Latin
+    and halfwidth kana count as their plain forms) that are letters (``str.isalpha``) of one of
+    ``language``'s :data:`SCRIPTS`:
+
+    ``share = #{c non-blank : c.isalpha() and script_of(c) in SCRIPTS[language]} / #{c non-blank}``.
+
+    0.0 for blank text; ``None`` for a language without a script entry.
+
+    Example:
+        >>> script_share("你好，世界", "zh")
+        0.8
+    """
+    scripts = SCRIPTS.get(language)
+    if scripts is None:
+        return None
+    chars = [c for c in unicodedata.normalize("NFKC", text) if not c.isspace()]
+    if not chars:
+        return 0.0
+    return sum(c.isalpha() and script_of(c) in scripts for c in chars) / len(chars)
+
+
+def in_script(text: str, language: str) -> bool:
+    """Whether ``text`` is written in ``language``'s script: :func:`script_share` at least
+    :data:`MIN_SCRIPT_SHARE` (always true for a language without a script entry)."""
+    share = script_share(text, language)
+    return share is None or share >= MIN_SCRIPT_SHARE
+
+
+def script_rule(language: str) -> dict[str, object] | None:
+    """What :func:`in_script` checks for ``language`` (its scripts and the threshold), or
+    ``None`` without a check: part of a steering score's cache key, like
+    :func:`labels_of_language`."""
+    scripts = SCRIPTS.get(language)
+    return None if scripts is None else {"scripts": list(scripts), "min_share": MIN_SCRIPT_SHARE}

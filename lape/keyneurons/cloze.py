@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LapeError
+from ..langid import script_of
 from .questions import Question, load_cloze_instructions
 
 BLANK = "____"
@@ -100,12 +101,6 @@ def split_sentences(doc: str) -> list[tuple[int, int]]:
         if b - trail > a + lead:
             out.append((a + lead, b - trail))
     return out
-
-
-def script_of(ch: str) -> str:
-    """The script of a letter, from its Unicode name (LATIN, CYRILLIC, ARABIC, HANGUL, CJK...)."""
-    name = unicodedata.name(ch, "")
-    return name.split(" ")[0] if name else "UNKNOWN"
 
 
 def _is_han(ch: str) -> bool:
