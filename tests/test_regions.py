@@ -32,9 +32,10 @@ def _frozen_model(family: str = "llama", seed: int = 0) -> torch.nn.Module:
 
 
 def _expected(model, seqs: list[Seq], batch_size: int) -> dict[str, torch.Tensor]:
-    """``theta * sum_b grad loss_b`` by plain ``loss.backward()`` on Hugging Face's own loss
+    """``(theta - r) * sum_b grad loss_b`` by plain ``loss.backward()`` on Hugging Face's own loss
     (``labels=``, padding as -100: the mean over a batch's real targets), grads accumulating in
-    ``.grad`` over the batches."""
+    ``.grad`` over the batches; ``r`` = 0, or -1 for Gemma's ``x * (1 + w)`` norm weights (named
+    here, so that a wrong detection fails the test)."""
     names = ParamSpace.of(model).names()
     params = dict(model.named_parameters())
     for n in names:
@@ -47,11 +48,17 @@ def _expected(model, seqs: list[Seq], batch_size: int) -> dict[str, torch.Tensor
             mask = torch.stack([s.attention_mask for s in chunk])
             loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
             loss.backward()
-        return {n: (params[n].detach() * params[n].grad).float() for n in names}
+        return {n: ((params[n].detach() - _removal(model, n)) * params[n].grad).float() for n in names}
     finally:
         for n in names:
             params[n].requires_grad_(False)
             params[n].grad = None
+
+
+def _removal(model, name: str) -> float:
+    """The removal value written by hand: -1 for the norm weights of Gemma 1-3 (x * (1 + w))."""
+    gemma = type(model).__name__.startswith("Gemma")
+    return -1.0 if gemma and name.endswith("norm.weight") else 0.0
 
 
 def _count_calls(module):
@@ -86,7 +93,9 @@ def test_importance_is_theta_times_the_summed_gradient_and_leaves_the_model_alon
     assert imp.meta["token_counts"] == {"aa": 4 * 6 + 3, "bb": 4 * 6}  # predicted targets
     assert imp.meta["batches"] == {"aa": 3, "bb": 2}
     assert imp.meta["params"]["model.layers.2.mlp.down_proj.weight"] == {
-        "layer": 2, "type": "mlp.down_proj.weight", "shape": [32, 48], "is_norm": False}
+        "layer": 2, "type": "mlp.down_proj.weight", "shape": [32, 48], "is_norm": False, "removal_value": 0.0,
+        "norm_scale": None}
+    assert imp.meta["params"]["model.layers.1.input_layernorm.weight"]["norm_scale"] == "w"
 
     model.eval()
     for lang, seqs in corpus.items():
@@ -102,14 +111,103 @@ def test_importance_is_theta_times_the_summed_gradient_and_leaves_the_model_alon
 
 @pytest.mark.parametrize("family", ["gpt2", "gemma3", "phi3"])
 def test_other_families_match_their_own_loss(family):
-    """GPT-2's Conv1D weights, Gemma 3's soft-capped logits and norms, Phi-3's fused gate_up."""
+    """GPT-2's Conv1D weights, Gemma 3's soft-capped logits and (1 + w) norms, Phi-3's fused gate_up."""
     model = _frozen_model(family)
+    if family == "gemma3":  # norm weights are 0 at init: (1 + w) * G and w * G would differ by all of G
+        _randomise_norms(model, low=0.5, high=1.5)
     seqs = _seqs(3, 6, seed=17, real_last=4)
     imp = importance(model, {"aa": seqs}, ImportanceConfig(batch_size=2, chunk_size=4), progress=False)
     want = _expected(model, seqs, batch_size=2)
     assert list(imp.scores) == list(want)
     for name, w in want.items():
         torch.testing.assert_close(imp.score("aa")[name], w, rtol=1e-4, atol=1e-6 * float(w.abs().max()) + 1e-9)
+    scales = {imp.meta["params"][n]["norm_scale"] for n in want if imp.meta["params"][n]["is_norm"]}
+    assert scales == ({"1 + w"} if family == "gemma3" else {"w"})
+
+
+def _randomise_norms(model, low: float, high: float, seed: int = 0) -> None:
+    """Every norm weight of the decoder blocks drawn uniformly from [low, high)."""
+    space = ParamSpace.of(model)
+    params = dict(model.named_parameters())
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n in space.names():
+            if space.info(n).is_norm:
+                p = params[n]
+                p.copy_(torch.empty(p.shape, dtype=torch.float64).uniform_(low, high, generator=g).to(p.dtype))
+
+
+def _nll64(model, seqs: list[Seq]) -> float:
+    """Mean next-token NLL over the real targets of one batch, in float64 (Hugging Face's own loss
+    is float32: too coarse for a finite difference)."""
+    ids = torch.stack([s.input_ids for s in seqs])
+    mask = torch.stack([s.attention_mask for s in seqs])
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits.double()
+    valid = (mask[:, 1:] * mask[:, :-1]).bool()
+    return float(torch.nn.functional.cross_entropy(logits[:, :-1][valid], ids[:, 1:][valid]))
+
+
+ENTRIES = [("model.layers.0.input_layernorm.weight", 3), ("model.layers.1.post_attention_layernorm.weight", 7),
+           ("model.layers.1.post_feedforward_layernorm.weight", 5), ("model.layers.2.pre_feedforward_layernorm.weight", 11),
+           ("model.layers.2.self_attn.q_norm.weight", 2)]
+
+
+@pytest.mark.parametrize("family", ["gemma3", "llama"])
+def test_norm_importance_is_the_first_order_effect_of_the_removal_applied(family):
+    """-S must be the linear prediction of the loss change of the removal ablate applies:
+    ``(1 + w) * G`` for Gemma's x * (1 + w) norms (removal writes -1), ``w * G`` for LLaMA's x * w
+    (removal writes 0). Two independent checks on single entries, in float64:
+
+    * ordinary scales (1 + w in [1.5, 2.5]): the central difference of the loss along the removal
+      edit, theta -> theta + t (r - theta), at t = 0, equals -S; Gemma's old w * G is off by the
+      factor w / (1 + w);
+    * scales next to the removal (1 + w = 0.05, small-effect regime: first order holds): the loss
+      change of the actual removal (``edit_weights(op="remove")``) equals -S within second-order
+      terms, while w * G has the wrong sign and 19x the size.
+    """
+    from lape.weights import edit_weights
+
+    model = _frozen_model(family).double()
+    offset = -1.0 if family == "gemma3" else 0.0  # stored w for a scale of 0
+    _randomise_norms(model, 1.5 + offset, 2.5 + offset)
+    params = dict(model.named_parameters())
+    entries = [(n, i) for n, i in ENTRIES if n in params]
+    near = entries[:3]  # these get a scale of 0.05
+    with torch.no_grad():
+        for name, i in near:
+            params[name][i] = offset + 0.05
+    seqs = _seqs(4, 12, seed=5)
+    imp = importance(model, {"aa": seqs}, ImportanceConfig(batch_size=4), progress=False)
+    assert {imp.meta["params"][n]["norm_scale"] for n, _ in entries} == {"1 + w" if family == "gemma3" else "w"}
+    before = _nll64(model, seqs)
+    for name, i in entries:
+        mask = torch.zeros(params[name].shape, dtype=torch.bool)
+        mask[i] = True
+        theta = float(params[name][i])
+        with edit_weights(model, {name: mask}, op="remove"):
+            r = float(params[name][i])  # what the removal writes: read back, not assumed
+            removed = _nll64(model, seqs)
+        assert r == offset
+        s = float(imp.scores[name][0, i])
+        old = theta * s / (theta - r)  # the old score theta * G
+        if (name, i) in near:
+            actual = removed - before
+            assert abs(-s - actual) < 0.1 * abs(actual), (name, s, actual)  # measured: <= 6%
+            if family == "gemma3":
+                assert old * actual > 0 and abs(-old - actual) > 10 * abs(actual)  # wrong sign, 19x
+        else:
+            h = 0.01 / abs(theta - r)  # the weight moves by +-0.01
+            at = []  # the loss at theta + t (r - theta), t = +h and -h
+            for t in (h, -h):
+                with edit_weights(model, {name: mask}, op="set", value=theta + t * (r - theta)):
+                    at.append(_nll64(model, seqs))
+            slope = (at[0] - at[1]) / (2 * h)  # d loss / dt at t = 0: G * (r - theta) = -S
+            assert abs(-s - slope) < 2e-3 * abs(slope), (name, s, slope)  # measured: <= 5e-4
+            if family == "gemma3":
+                assert abs(-old - slope) > 0.3 * abs(slope)
+            else:
+                assert old == pytest.approx(s)
 
 
 def test_bfloat16_model_gives_float32_scores_close_to_float32():
@@ -168,6 +266,20 @@ def test_resume_after_interruption_gives_identical_scores_and_the_cache_skips(tm
     name = "model.layers.0.mlp.down_proj.weight"
     assert not torch.equal(changed.scores[name][0], reference.scores[name][0])
     assert torch.equal(changed.scores[name][1], reference.scores[name][1])
+
+
+def test_the_scored_edit_is_in_the_cache_key(tmp_path, monkeypatch):
+    """An importance from before (1 + w) * G (estimate version 1) is not reused."""
+    mod = sys.modules["lape.regions.importance"]  # the package's `importance` is the function
+    model = _frozen_model("gemma3")
+    corpus = {"aa": _seqs(2, 5, seed=9)}
+    monkeypatch.setattr(mod, "ESTIMATE_VERSION", 1)
+    old = importance(model, corpus, out=tmp_path, progress=False)
+    monkeypatch.setattr(mod, "ESTIMATE_VERSION", 2)
+    new = importance(model, corpus, out=tmp_path, progress=False)
+    assert not new.from_cache and new.meta["cache_key"] != old.meta["cache_key"]
+    assert new.meta["inputs"]["estimate_version"] == 2
+    assert importance(model, corpus, out=tmp_path, progress=False).from_cache
 
 
 def test_save_load_roundtrip_and_a_mismatched_model_is_refused(tmp_path):

@@ -4,12 +4,17 @@
 For every language ``l`` and every parameter tensor ``theta`` of the decoder blocks
 (:class:`lape.space.ParamSpace`; embeddings, the final norm and the LM head are left out):
 
-    S_l(theta) = theta * G_l,    G_l = sum over l's batches b of  d loss_b / d theta
+    S_l(theta) = (theta - r) * G_l,    G_l = sum over l's batches b of  d loss_b / d theta
 
-the first-order Taylor estimate of the loss change when ``theta`` is set to zero, with the
-gradient accumulated over the whole corpus before the product: ``theta * sum_b g_b``, not
-``sum_b |theta * g_b|``. **The sign is kept**; selection (:mod:`lape.regions.select`) takes
-absolute values.
+where ``r`` is the value the removal writes (:func:`lape.weights.removal_value`, the edit
+:mod:`lape.regions.ablate` applies): 0 for every tensor except the weights of norms computing
+``x * (1 + w)`` (Gemma 1-3 RMSNorm), where ``r = -1`` so that the scale ``1 + w`` becomes 0.
+``-S_l`` is the first-order Taylor estimate of the loss change of that removal,
+``L(r) - L(theta) ~ G_l * (r - theta)``; for every tensor but those norms this is the paper's
+``theta * G_l``, and for them it is ``(1 + w) * G_l`` (the paper's ``w * G_l`` would score moving
+the scale to 1, an edit nothing applies). The gradient is accumulated over the whole corpus
+before the product: ``(theta - r) * sum_b g_b``, not ``sum_b |(theta - r) * g_b|``. **The sign
+is kept**; selection (:mod:`lape.regions.select`) takes absolute values.
 
 **The loss** ``loss_b`` is the causal-LM loss of the reference code: the mean next-token cross
 entropy over the real targets of batch ``b`` (position ``t`` predicts token ``t+1``; a target
@@ -26,11 +31,13 @@ inside a sequence are attended to (the reference masks them, a side effect of us
 
 **Precision.** Gradients are summed in float32 whatever the model's dtype (bf16 gradients are
 biased, methods.md 6(b)); each batch's own backward pass runs in the model's dtype, as under
-DeepSpeed bf16. ``theta * G`` is formed once per language at the end, in float32.
+DeepSpeed bf16. ``(theta - r) * G`` is formed once per language at the end, in float32.
 
 **Norm weights** are scored like any other tensor (the paper's ``'layers.'`` filter includes
-them; ``norms=False`` leaves them out). ``theta * G`` estimates setting the *stored* weight to
-zero: for Gemma's norms, which scale by ``1 + w``, that leaves a scale of 1, not 0.
+them; ``norms=False`` leaves them out). Which convention each norm uses is read off the module's
+behaviour by the same test the removal uses (:func:`lape.weights.removal_value`), never off a
+model name; the sidecar records it per tensor (``params[name]["norm_scale"]``: ``"1 + w"`` or
+``"w"``) with the removal value ``r``.
 
 **The model is not changed**: no optimizer, no ``.grad`` left behind (gradients are taken with
 :func:`torch.autograd.grad`), and ``requires_grad`` is switched on for the decoder-block
@@ -63,8 +70,11 @@ from ..head import logits_from_hidden
 from ..models import fingerprint, input_device, model_id_of
 from ..runningstats import RunningSums, dist_info, shard, stage_cache, tally
 from ..space import ParamSpace
+from ..weights import removal_value
 
 logger = logging.getLogger(__name__)
+# 2: S = (theta - r) * G with r the removal value ((1 + w) * G for x*(1+w) norms); 1: theta * G
+ESTIMATE_VERSION = 2
 LOSS = ("mean next-token cross entropy over the real targets of each batch, float32; "
         "gradients summed over batches")
 
@@ -93,15 +103,17 @@ class ImportanceConfig(StageConfig):
 
 @dataclass
 class ParamImportance(artifacts.Artifact):
-    """Signed per-language importance ``S_l = theta * G_l`` of every decoder-block parameter.
+    """Signed per-language importance ``S_l = (theta - r) * G_l`` of every decoder-block parameter
+    (``r``: the removal value, 0 except -1 for ``x * (1 + w)`` norm weights).
 
     Attributes:
         languages: language codes in tensor-axis order.
         scores: ``{parameter name: float32 [languages, *weight.shape]}`` (names as in
             ``model.named_parameters()``).
         meta: the sidecar: model id and fingerprint, ``token_counts`` (predicted tokens per
-            language), ``batches`` per language, ``params`` (layer, block-relative type, shape
-            and ``is_norm`` of every tensor), the config and the corpus keys.
+            language), ``batches`` per language, ``params`` (layer, block-relative type, shape,
+            ``is_norm``, ``removal_value`` and ``norm_scale`` of every tensor), the config and the
+            corpus keys.
 
     Example:
         >>> imp = ParamImportance.load("runs/demo/importance", model=model)
@@ -259,6 +271,13 @@ def gradients_for(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, 
         model.train(training)
 
 
+def _norm_scale(is_norm: bool, removal: float) -> str | None:
+    """How a norm weight scales its input: ``"1 + w"`` (removed at -1) or ``"w"``; None off norms."""
+    if not is_norm:
+        return None
+    return "1 + w" if removal == -1.0 else "w"
+
+
 def _param_names(model: nn.Module, params: ParamSpace | Sequence[str] | None, norms: bool) -> tuple[ParamSpace, list[str]]:
     space = params if isinstance(params, ParamSpace) else ParamSpace.of(model)
     if params is None or isinstance(params, ParamSpace):
@@ -280,7 +299,8 @@ def importance(
     params: ParamSpace | Sequence[str] | None = None,
     progress: bool = True,
 ) -> ParamImportance:
-    """Per-language importance ``theta * sum_b grad loss_b`` of every decoder-block parameter.
+    """Per-language importance ``(theta - r) * sum_b grad loss_b`` of every decoder-block
+    parameter, ``r`` the value its removal writes (0, or -1 for ``x * (1 + w)`` norm weights).
 
     Args:
         model: a causal LM (from :func:`lape.load_model`); its weights are not changed.
@@ -319,6 +339,9 @@ def importance(
     config, inputs = corpus_config(model, corpus, config)
     space, names = _param_names(model, params, config.norms)
     inputs["params"] = artifacts.content_hash(names)
+    # r per tensor: the removal's own test (x * (1 + w) norms are found by behaviour, not name)
+    removal = {n: removal_value(model, n) for n in names}
+    inputs["estimate_version"] = ESTIMATE_VERSION
     key, done = stage_cache(ParamImportance, model, config, inputs, out)
     if done is not None:
         return done
@@ -350,8 +373,8 @@ def importance(
                 raise LapeError(f"language {lang!r} gave no token to predict: its sequences are one token long; "
                                 f"check its {config.split} split (or raise --tokens-per-language)")
         scores = {}
-        for n in names:  # S = theta * G in float32, one tensor at a time; G is freed as it goes
-            w = theta[n].to("cpu", torch.float32)
+        for n in names:  # S = (theta - r) * G in float32, one tensor at a time; G is freed as it goes
+            w = theta[n].to("cpu", torch.float32) - removal[n]  # (1 + w) for x * (1 + w) norms
             scores[n] = torch.stack([w * results[lang].pop(n) for lang in languages])
     imp = ParamImportance(languages, scores)
     infos = {p.name: p for p in space.params}
@@ -359,10 +382,12 @@ def importance(
         ParamImportance.KIND, model_id=model_id_of(model), model_fingerprint=fp,
         num_layers=space.num_layers, neurons_per_layer=space.neurons_per_layer,
         languages=languages, token_counts=counts, config=config.to_dict(), inputs=inputs, cache_key=key,
-        method="linguistic regions importance (Zhang et al. 2024): S = theta * sum_b grad loss_b, signed",
+        method="linguistic regions importance (Zhang et al. 2024): S = (theta - r) * sum_b grad loss_b, signed; "
+               "r = the removal value (0, or -1 for x*(1+w) norm weights, so S = (1 + w) * G there)",
         loss=LOSS, batches=n_batches, model_dtype=str(next(iter(theta.values())).dtype).replace("torch.", ""),
         params={n: {"layer": infos[n].layer, "type": infos[n].type, "shape": list(infos[n].shape),
-                    "is_norm": infos[n].is_norm} for n in names},
+                    "is_norm": infos[n].is_norm, "removal_value": removal[n],
+                    "norm_scale": _norm_scale(infos[n].is_norm, removal[n])} for n in names},
         seconds=round(report.seconds, 2), tokens_per_second=round(report.per_second * world, 1),
         world_size=world, resumed_languages=report.resumed_groups)
     imp.from_cache = False  # type: ignore[attr-defined]

@@ -32,12 +32,17 @@ def render_importance(folder: Path, ctx: ReportContext) -> str:
     config = meta.get("config") or {}
     rows = [(_Raw(_lang(lang)), meta.get("token_counts", {}).get(lang), (meta.get("batches") or {}).get(lang))
             for lang in meta.get("languages") or []]
+    scales = [p.get("norm_scale") for p in (meta.get("params") or {}).values() if p.get("is_norm")]
     facts = {"tensors scored": len(meta.get("tensor_names") or []), "split": config.get("split"),
+             "norm scales": ", ".join(f"x * ({s}): {scales.count(s)} tensors" for s in dict.fromkeys(scales)
+                                      if s) or ("not recorded (scored as θ · G)" if scales else "none scored"),
              "sequence length": config.get("seq_len"), "batch size": config.get("batch_size"),
              "norm weights": config.get("norms"), "seconds": meta.get("seconds"),
              "tokens/s": meta.get("tokens_per_second"), "model dtype": meta.get("model_dtype")}
     body = (_facts(facts) + _table(["language", "predicted tokens", "batches"], rows,
-                                   caption="Per language: S = θ · Σ_batches ∂loss/∂θ, signed (float32)"))
+                                   caption="Per language: S = (θ − r) · Σ_batches ∂loss/∂θ, signed (float32); r = the "
+                                           "removal value: 0, or −1 for x · (1 + w) norm weights, so S = (1 + w) · G "
+                                           "there"))
     return _section(folder.name, "Parameter importance", body)
 
 

@@ -143,6 +143,11 @@ def select_regions(imp: ParamImportance, config: RegionConfig = RegionConfig(), 
     key = artifacts.stage_key(ParamRegions.KIND, model_fingerprint=fp, config=config.key_dict(), inputs=inputs)
 
     def compute() -> ParamRegions:
+        params = imp.meta.get("params") or {}
+        if any(p.get("is_norm") and "norm_scale" not in p for p in params.values()):
+            logger.warning("this importance scores norm weights as theta * G (made before lape's removal-matched "
+                           "estimate): for x * (1 + w) norms (Gemma) that is not the removal's effect; re-run the "
+                           "importance step")
         batches = {lang: (imp.meta.get("batches") or {}).get(lang) for lang in languages}
         if None not in batches.values() and max(batches.values()) > 1.1 * min(batches.values()):
             logger.warning("languages were scored on different numbers of batches (%s): scores are sums over "
