@@ -151,14 +151,14 @@ def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5) -> None:
 
 def test_ig_completeness_converges_with_steps():
     """Catches: a wrong step grid (e.g. alphas without the 1/m scale or the left sum swapped in
-    without a matching baseline), a wrong ``prob``/``prob_zero``, scores not multiplied by the
+    without a matching baseline), a wrong ``prob``/``prob_base``, scores not multiplied by the
     activation or not divided by m: the per-layer sum must approach ``P(a) - P(0 at l)`` as ``1/m``."""
     model = tiny_model("llama")
     space = NeuronSpace.of(model)
     ids = random_ids(1, 12, seed=3)[0]
     target = 5
     runs = {m: attribute_prompt(model, space, ids, target, steps=m, batch_size=50) for m in (4, 16, 64, 256)}
-    # prob and prob_zero equal an independent full forward (unmodified / one layer's last position zeroed)
+    # prob and prob_base equal an independent full forward (unmodified / one layer's last position zeroed)
     p_full = _full_probs(model, space, ids)[target]
     for r in runs.values():
         assert r.target == target
@@ -167,8 +167,8 @@ def test_ig_completeness_converges_with_steps():
             zero = torch.ones(space.shape)
             zero[layer] = 0.0
             p0 = _full_probs(model, space, ids, zero)[target]
-            assert float(r.prob_zero[layer]) == pytest.approx(float(p0), rel=1e-5, abs=1e-9)
-    gap = runs[4].prob - runs[4].prob_zero
+            assert float(r.prob_base[layer]) == pytest.approx(float(p0), rel=1e-5, abs=1e-9)
+    gap = runs[4].prob - runs[4].prob_base
     assert bool((gap.abs() > 1e-4).all()), "every layer should matter for this prompt"
     deltas = {m: r.convergence_delta().abs() for m, r in runs.items()}
     assert bool((deltas[16] < deltas[4]).all()), (deltas[4], deltas[16])
@@ -179,8 +179,8 @@ def test_ig_completeness_converges_with_steps():
     assert bool((deltas[256] < 0.01 * gap.abs()).all()), (deltas[256], gap)
     # the delta is what it says: sum of scores minus the gap
     r = runs[64]
-    torch.testing.assert_close(r.scores.sum(1), r.prob - r.prob_zero, rtol=0.0, atol=float(deltas[64].max()) * 1.0001)
-    torch.testing.assert_close(r.convergence_delta(), r.scores.sum(1) - (r.prob - r.prob_zero))
+    torch.testing.assert_close(r.scores.sum(1), r.prob - r.prob_base, rtol=0.0, atol=float(deltas[64].max()) * 1.0001)
+    torch.testing.assert_close(r.convergence_delta(), r.scores.sum(1) - (r.prob - r.prob_base))
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,7 +201,7 @@ def test_batched_kv_cache_ig_equals_the_plain_loop(family):
     assert float(ref.abs().max()) > 1e-6
     res = attribute_prompt(model, space, ids, target, steps=steps, batch_size=7, watch=[target, 3])
     _close(res.scores, ref)
-    _close(res.prob_zero, p_zero)
+    _close(res.prob_base, p_zero)
     p = _full_probs(model, space, ids)
     assert res.prob == pytest.approx(float(p[target]), rel=1e-5)
     _close(res.probs, p[[target, 3]])
@@ -216,7 +216,7 @@ def test_batched_kv_cache_ig_equals_the_plain_loop(family):
         sub = attribute_prompt(model, space, ids, target, steps=steps, layers=[0, 2], batch_size=4)
         assert torch.equal(sub.scores[1], torch.zeros(space.neurons_per_layer))
         _close(sub.scores[[0, 2]], ref[[0, 2]])
-        assert math.isnan(float(sub.prob_zero[1]))
+        assert math.isnan(float(sub.prob_base[1]))
         # a callable target: picks from the unmodified probabilities
         picked = attribute_prompt(model, space, ids, lambda probs: int(probs.argmax()), steps=2)
         assert picked.target == int(p.argmax())
@@ -269,7 +269,7 @@ def test_na_ica_on_hand_made_scores():
     removed when they should be kept, top_v ignored, ICA applied when ica=False, the wrong
     normaliser, a non-positive Z used as is instead of the kept sum, fallbacks not counted."""
     kept, total = _kept(), torch.tensor(TOTAL)
-    cfg = SelectConfig(common_share=0.3)  # int(0.3 * 5) = 1: common when in 2 or more clusters
+    cfg = SelectConfig(normaliser="all", common_share=0.3)  # int(0.3 * 5) = 1: common when in 2 or more clusters
     res = na_ica(kept, total, cfg)
     counts = [5, 3, 1, 1, 1, 1, 0, 2]
     assert res.counts.flatten().tolist() == counts
@@ -285,24 +285,24 @@ def test_na_ica_on_hand_made_scores():
     # n0 (in every cluster) has ica < 0: never a key neuron; n1, n7 common: removed
     assert _key_sets(res) == [{2}, {3}, set(), {4}, {5}]
 
-    keep_common = na_ica(kept, total, SelectConfig(common_share=0.3, exclude_common=False))
+    keep_common = na_ica(kept, total, SelectConfig(normaliser="all", common_share=0.3, exclude_common=False))
     assert _key_sets(keep_common) == [{1, 2}, {1, 3}, {1, 7}, {4, 7}, {5}]  # n0 still out: ica < 0
 
     # plain NA (no ICA): the neuron in every cluster is a candidate, and common: removed / kept
-    na = na_ica(kept, total, SelectConfig(common_share=0.3, ica=False))
+    na = na_ica(kept, total, SelectConfig(normaliser="all", common_share=0.3, ica=False))
     torch.testing.assert_close(na.naica, kept / torch.tensor(z)[:, None, None])
     assert _key_sets(na) == [{2}, {3}, set(), {4}, {5}]
-    na_all = na_ica(kept, total, SelectConfig(common_share=0.3, ica=False, exclude_common=False))
+    na_all = na_ica(kept, total, SelectConfig(normaliser="all", common_share=0.3, ica=False, exclude_common=False))
     assert _key_sets(na_all) == [set(KEPT[q]) for q in range(Q)]
     assert all(0 in s for s in _key_sets(na_all))
 
     # top_v: the best neuron per question; ICA changes the ranking of question 2
     # (na: n1 2/4.5 > n7 1.5/4.5; naica: n1 2/4.5 log(5/4) = 0.099 < n7 1.5/4.5 log(5/3) = 0.170)
-    top1 = na_ica(kept, total, SelectConfig(common_share=0.3, top_v=1, exclude_common=False))
+    top1 = na_ica(kept, total, SelectConfig(normaliser="all", common_share=0.3, top_v=1, exclude_common=False))
     assert _key_sets(top1) == [{2}, {3}, {7}, {4}, {5}]
-    top1_na = na_ica(kept, total, SelectConfig(common_share=0.3, top_v=1, ica=False, exclude_common=False))
+    top1_na = na_ica(kept, total, SelectConfig(normaliser="all", common_share=0.3, top_v=1, ica=False, exclude_common=False))
     assert _key_sets(top1_na) == [{2}, {1}, {1}, {4}, {0}]
-    top2 = na_ica(kept, total, SelectConfig(common_share=0.3, top_v=2, ica=False, exclude_common=False))
+    top2 = na_ica(kept, total, SelectConfig(normaliser="all", common_share=0.3, top_v=2, ica=False, exclude_common=False))
     assert [len(s) for s in _key_sets(top2)] == [2, 2, 2, 2, 2]
     assert _key_sets(top2)[0] == {1, 2}
 
@@ -315,7 +315,7 @@ def test_na_ica_on_hand_made_scores():
     assert float(na.naica[0, 0, 2]) == pytest.approx(3.0 / 10.0)
 
     # a larger u: n1 (3 clusters) and n7 (2) are no longer common (int(0.6 * 5) = 3)
-    wide = na_ica(kept, total, SelectConfig(common_share=0.6))
+    wide = na_ica(kept, total, SelectConfig(normaliser="all", common_share=0.6))
     assert wide.common.flatten().tolist() == [True] + [False] * 7
     assert _key_sets(wide) == [{1, 2}, {1, 3}, {1, 7}, {4, 7}, {5}]
 
@@ -331,6 +331,8 @@ def _scores_artifact() -> KeyNeuronScores:
     for c, rows in groups.items():
         tensors[f"{c}/kept"] = kept[rows].clone()
         tensors[f"{c}/total"] = total[rows].clone()
+        tensors[f"{c}/abs_total"] = total[rows].abs() + 1.0
+        tensors[f"{c}/rank_corr"] = torch.full((len(rows), T), 0.5)
         tensors[f"{c}/raw"] = kept[rows].sum(0)
         tensors[f"{c}/prob"] = torch.full((len(rows), T), 0.25)
         tensors[f"{c}/correct"] = torch.ones(len(rows), T)
@@ -344,7 +346,7 @@ def test_select_unions_question_keys_per_cluster_and_caches(tmp_path):
     to the wrong cluster when concatenated), a save/load round trip that loses anything, a cache
     that serves a result made with another config, or never serves one."""
     scores = _scores_artifact()
-    cfg = SelectConfig(common_share=0.3, exclude_common=False)
+    cfg = SelectConfig(normaliser="all", common_share=0.3, exclude_common=False)
     sets, maps = select(scores, cfg, out=tmp_path / "sel")
     assert sets.from_cache is False
     assert sets.labels == ["x", "y"] and sets.shape == (L, N)
@@ -550,10 +552,12 @@ def test_evaluate_key_neurons_end_to_end(tmp_path):
     keys = [(r["family"], r["seed"], r["cluster"], r["op"]) for r in ev.rows]
     want = [(f, None, c, op) for f in ("naica", "na") for c in clusters for op in ("boost", "suppress")]
     want += [("random", s, c, op) for s in (0, 1) for c in clusters for op in ("boost", "suppress")]
+    want += [("activation", None, c, op) for c in clusters for op in ("boost", "suppress")]
+    want += [("random-act", s, c, op) for s in (0, 1) for c in clusters for op in ("boost", "suppress")]
     assert keys == want
     # the random sets have the key sets' counts per layer, and differ between seeds
     rows, mults = _edit_rows({"naica": sets, "na": na_sets}, clusters, 2, 2.0)
-    assert rows == ev.rows
+    assert rows == ev.rows[:len(rows)]  # the activation baselines follow (tests/test_keyneuron_eval.py)
     random_masks = {}
     for r, row in enumerate(rows):
         family_sets = {"naica": sets, "na": na_sets, "random": sets}[row["family"]]
@@ -573,7 +577,7 @@ def test_evaluate_key_neurons_end_to_end(tmp_path):
     t = ev.tensors_
     prompts = [(qi, p) for qi, q in enumerate(QUESTIONS) for p in prompts_for(q)[:2]]
     P, R = len(prompts), len(rows)
-    assert t["probs"].shape == t["correct"].shape == (P, R)
+    assert t["probs"].shape == t["correct"].shape == (P, len(ev.rows))
     assert t["prompt_question"].tolist() == [qi for qi, _ in prompts]
     assert t["prompt_cluster"].tolist() == [clusters.index(QUESTIONS[qi].cluster) for qi, _ in prompts]
     # the unmodified probability and correctness of every prompt: an independent forward
@@ -611,13 +615,16 @@ def test_evaluate_key_neurons_end_to_end(tmp_path):
     for op in ("boost", "suppress"):  # the edit-success checks above could tell a wrong definition
         assert any(r["edit_success"] > 0 for r in per_cluster if r["op"] == op), op
     fams = {(r["family"], r["op"]): r for r in ev.summary["families"]}
-    assert set(fams) == {(f, op) for f in ("naica", "na", "random") for op in ("boost", "suppress")}
+    assert set(fams) == {(f, op) for f in ("naica", "na", "activation", "random", "random-act")
+                         for op in ("boost", "suppress")}
     assert fams[("random", "boost")]["draws"] == 2
     boost_naica = [r["pcr"] for r in per_cluster if r["family"] == "naica" and r["op"] == "boost"]
-    assert fams[("naica", "boost")]["pcr"] == pytest.approx(sum(boost_naica) / 2)
+    assert fams[("naica", "boost")]["pcr"]["value"] == pytest.approx(sum(boost_naica) / 2)
     pred = {r["family"]: r for r in ev.summary["prediction"]}
-    assert set(pred) == {"naica", "na", "random (seed 0)", "random (seed 1)"}
-    assert all(r["chance"] == 0.5 and r["prompts"] == P and 0.0 <= r["accuracy"] <= 1.0 for r in pred.values())
+    assert set(pred) == {"naica", "na", "activation", "random (seed 0)", "random (seed 1)", "random-act (seed 0)",
+                         "random-act (seed 1)"}
+    assert all(r["chance"] == 0.5 and r["prompts"] == P and 0.0 <= r["accuracy"]["value"] <= 1.0
+               for r in pred.values())
 
     again = evaluate_key_neurons(model, tok, sets, QUESTIONS, config, na_sets=na_sets, out=tmp_path / "ev",
                                  progress=False)
@@ -752,7 +759,7 @@ def test_cli_attribution_equals_the_library_prompt_by_prompt(work):
                 probs = _full_probs(model, space, prompt_ids(tok, p.text))
                 correct = float(int(probs[letters].argmax()) == p.correct)
                 assert float(one.get(c, "correct")[row, t]) == correct
-                _close(one.get(c, "gap")[row, t], res.prob - res.prob_zero)
+                _close(one.get(c, "gap")[row, t], res.prob - res.prob_base)
                 top = float(res.scores.max())
                 kept += torch.where(res.scores > 0.2 * top, res.scores, torch.zeros(()))
                 total += float(res.scores.sum())

@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
+from scipy.stats import spearmanr
 from torch import nn
 
 from .. import artifacts
@@ -36,12 +38,14 @@ from ..errors import LapeError
 from ..models import input_device
 from ..runningstats import RunningSums, dist_info, shard, stage_cache, tally
 from ..space import NeuronSpace
-from .ig import attribute_prompt
+from .ig import ablation_effects, attribute_prompt, normalises_mlp_output
 from .questions import Prompt, Question, Template, prompts_for, questions_key, templates_for
 
 logger = logging.getLogger(__name__)
+COMPLETENESS_OK = 0.2  # median |delta| / |P(a) - P(b)| below which the scores are called integrated gradients
 
 SPELLINGS = ("", " ")  # a letter as a bare piece, or after a space
+BASELINES = ("auto", "zero", "mean")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,13 @@ class AttributeConfig(StageConfig):
     threshold: float = option(0.2, gt=0.0, max=1.0)  # keep scores above t x the prompt's maximum
     templates: int = option(3, min=1, max=20)  # prompt templates per question (paper: 3)
     seed: int = option(0, min=0)  # option shuffling seed
+    baseline: str = option("auto", choices=BASELINES)  # IG baseline: zero (paper), mean (the layer's mean
+    # activation over reference text of the question's language), auto (mean where the model normalises its MLP
+    # output, so zero-baseline IG is degenerate; zero elsewhere)
+    reference_tokens: int = option(2048, min=16)  # reference-text tokens per language for the mean baseline
+    reference_corpus: str = "builtin"  # corpus manifest of the reference text
+    validate_top: int = option(16, min=0, max=4096)  # per prompt, the top-K neurons by |score| checked against
+    # exact single-neuron ablation (Spearman correlation; 0: no check)
     batch_size: int = option(96, min=1, max=1_000_000, key=False)  # layer x step rows per pass
     checkpoint_every: int = option(4, min=1, key=False)  # questions between resume checkpoints
 
@@ -65,11 +76,13 @@ class KeyNeuronScores(artifacts.Artifact):
         uids: ``{cluster: [question uid, ...]}``; row ``q`` of the cluster's tensors.
         tensors_: ``{f"{cluster}/{name}": tensor}`` with, per cluster of ``Q`` questions and ``T``
             templates, ``kept`` ``[Q, layers, neurons]`` (above-threshold scores summed over
-            templates), ``total`` ``[Q]`` (all raw scores summed: ``Z``), ``raw`` ``[layers, neurons]``
+            templates), ``total`` ``[Q]`` (all raw scores summed: the paper's ``Z``), ``abs_total``
+            ``[Q]`` (all absolute raw scores summed: ``Z`` where completeness fails), ``raw`` ``[layers, neurons]``
             (raw scores summed over the cluster's prompts), ``prob`` ``[Q, T]`` (unmodified
             probability of the right letter), ``correct`` ``[Q, T]`` (1 when the right letter is
-            the most probable letter), ``gap`` ``[Q, T, layers]`` (``P - P(0 at layer)``) and
-            ``delta`` ``[Q, T, layers]`` (completeness delta).
+            the most probable letter), ``gap`` ``[Q, T, layers]`` (``P - P(baseline at layer)``),
+            ``delta`` ``[Q, T, layers]`` (completeness delta) and ``rank_corr`` ``[Q, T]`` (Spearman
+            correlation of the top-K scores with exact single-neuron ablation; NaN when not checked).
     """
 
     clusters: list[str]
@@ -94,7 +107,20 @@ class KeyNeuronScores(artifacts.Artifact):
         big = gaps.abs() > 1e-4
         rel = (deltas[big].abs() / gaps[big].abs()) if bool(big.any()) else torch.zeros(1)
         return {"median_abs_delta": float(deltas.abs().median()), "median_rel_delta": float(rel.median()),
-                "p90_rel_delta": float(rel.quantile(0.9))}
+                "p90_rel_delta": float(rel.quantile(0.9)), "holds": bool(float(rel.median()) < COMPLETENESS_OK)}
+
+    def ranking_check(self) -> dict[str, Any]:
+        """The median over prompts of the Spearman correlation between each prompt's top-K scores and
+        the exact single-neuron ablation effects, with its bootstrap 95% interval over prompts."""
+        from ..intervals import bootstrap
+
+        corr = torch.cat([self.get(c, "rank_corr").flatten() for c in self.clusters])
+        corr = corr[torch.isfinite(corr)].double().numpy()
+        if corr.size == 0:
+            return {"prompts": 0}
+        iv = bootstrap(corr, np.median)
+        return {"prompts": int(corr.size), "median_spearman": iv.to_dict(),
+                "positive_share": float((corr > 0).mean())}
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return dict(self.tensors_)
@@ -108,9 +134,9 @@ class KeyNeuronScores(artifacts.Artifact):
 
     def validate(self) -> None:
         for c in self.clusters:
-            for name in ("kept", "total", "raw", "prob", "correct", "gap", "delta"):
+            for name in ("kept", "total", "abs_total", "raw", "prob", "correct", "gap", "delta", "rank_corr"):
                 t = self.tensors_.get(f"{c}/{name}")
-                if t is None or not bool(torch.isfinite(t).all()):
+                if t is None or not bool(torch.isfinite(t).all() if name != "rank_corr" else True):
                     raise LapeError(f"key-neuron scores of cluster {c!r} lack a finite {name!r} tensor: the artifact "
                                     "was edited or damaged; re-run lape keyneurons attribute")
             if self.get(c, "kept").shape[0] != len(self.uids[c]):
@@ -122,6 +148,7 @@ class _ClusterSums(RunningSums):
     def __init__(self, questions: int, templates: int, space: NeuronSpace) -> None:
         L, N = space.shape
         super().__init__({"kept": torch.zeros(questions, L, N), "total": torch.zeros(questions),
+                          "abs_total": torch.zeros(questions), "rank_corr": torch.zeros(questions, templates),
                           "raw": torch.zeros(L, N), "prob": torch.zeros(questions, templates),
                           "correct": torch.zeros(questions, templates), "gap": torch.zeros(questions, templates, L),
                           "delta": torch.zeros(questions, templates, L), "spaced": torch.zeros(questions, templates)})
@@ -171,8 +198,25 @@ def templates_key(templates: Mapping[str, Sequence[Template]] | None) -> str | N
     return artifacts.content_hash({lang: [[t.name, t.text] for t in ts] for lang, ts in sorted(templates.items())})
 
 
+def rank_correlation(model: nn.Module, space: NeuronSpace, ids: torch.Tensor, target: int, scores: torch.Tensor,
+                     top: int, baseline: torch.Tensor | None = None) -> float:
+    """Spearman correlation between a prompt's ``top`` scores by magnitude and the exact effect of
+    setting each of those neurons alone to its baseline (:func:`~lape.keyneurons.ig.ablation_effects`);
+    NaN when either side is constant."""
+    k = min(top, scores.numel())
+    idx = scores.flatten().abs().topk(k).indices
+    n = scores.shape[1]
+    neurons = [(int(i) // n, int(i) % n) for i in idx]
+    exact = ablation_effects(model, space, ids, target, neurons, baseline=baseline)
+    est = scores.flatten()[idx]
+    if k < 3 or float(exact.std()) == 0.0 or float(est.std()) == 0.0:
+        return float("nan")
+    return float(spearmanr(est.numpy(), exact.numpy()).statistic)
+
+
 def _step(model: nn.Module, space: NeuronSpace, tokenizer: Any, config: AttributeConfig, stat: _ClusterSums,
-          q: int, question: Question, templates: Mapping[str, Sequence[Template]] | None) -> int:
+          q: int, question: Question, templates: Mapping[str, Sequence[Template]] | None,
+          baselines: Mapping[str, torch.Tensor] | None) -> int:
     prompts = question_prompts(question, templates, config.templates, config.seed)
     units = 0
     for t, prompt in enumerate(prompts):
@@ -187,20 +231,24 @@ def _step(model: nn.Module, space: NeuronSpace, tokenizer: Any, config: Attribut
             return spellings[chosen["sep"]][prompt.correct]
 
         ids = prompt_ids(tokenizer, prompt.text)
+        baseline = baselines[question.language] if baselines is not None else None
         res = attribute_prompt(model, space, ids, pick, steps=config.steps, batch_size=config.batch_size,
-                               watch=watch)
+                               baseline=baseline, watch=watch)
+        stat.sums["rank_corr"][q, t] = (rank_correlation(model, space, ids, res.target, res.scores, config.validate_top,
+                                                         baseline) if config.validate_top else float("nan"))
         scores = res.scores.to(stat.sums["kept"].device)
         top = float(scores.max())
         kept = torch.where(scores > config.threshold * top, scores, torch.zeros_like(scores)) if top > 0 \
             else torch.zeros_like(scores)
         stat.sums["kept"][q] += kept
         stat.sums["total"][q] += float(scores.sum())
+        stat.sums["abs_total"][q] += float(scores.abs().sum())
         stat.sums["raw"] += scores
         stat.sums["prob"][q, t] = res.prob
         letter_ids = spellings[chosen["sep"]]
         letter_probs = res.probs[[watch.index(i) for i in letter_ids]]
         stat.sums["correct"][q, t] = float(int(letter_probs.argmax()) == prompt.correct)
-        stat.sums["gap"][q, t] = (res.prob - res.prob_zero).to(stat.sums["gap"].device)
+        stat.sums["gap"][q, t] = (res.prob - res.prob_base).to(stat.sums["gap"].device)
         stat.sums["delta"][q, t] = res.convergence_delta().to(stat.sums["gap"].device)
         stat.sums["spaced"][q, t] = float(chosen["sep"] == " ")
         units += 1
@@ -210,7 +258,7 @@ def _step(model: nn.Module, space: NeuronSpace, tokenizer: Any, config: Attribut
 def attribute(model: nn.Module, tokenizer: Any, questions: Sequence[Question],
               config: AttributeConfig = AttributeConfig(), *, out: str | Path | None = None,
               space: NeuronSpace | None = None, templates: Mapping[str, Sequence[Template]] | None = None,
-              progress: bool = True) -> KeyNeuronScores:
+              reference: Any = None, progress: bool = True) -> KeyNeuronScores:
     """Integrated-gradient attribution of every question (module docstring).
 
     Args:
@@ -222,6 +270,9 @@ def attribute(model: nn.Module, tokenizer: Any, questions: Sequence[Question],
         space: the model's neuron space (found automatically).
         templates: prompt templates per language (default: the shipped ones; a question
             manifest's own: :func:`lape.keyneurons.questions.question_templates`).
+        reference: :class:`~lape.activations.ActivationStats` whose per-language mean activation
+            is the ``mean`` baseline (default: recorded here from ``config.reference_corpus``,
+            ``config.reference_tokens`` per language, when the baseline is ``mean``).
         progress: show a progress bar (prompts).
 
     Example:
@@ -239,8 +290,16 @@ def attribute(model: nn.Module, tokenizer: Any, questions: Sequence[Question],
     space = space or NeuronSpace.of(model)
     clusters = list(dict.fromkeys(q.cluster for q in questions))
     by_cluster = {c: [q for q in questions if q.cluster == c] for c in clusters}
+    normalised = normalises_mlp_output(model, space)
+    baseline = config.baseline if config.baseline != "auto" else ("mean" if normalised else "zero")
+    languages = sorted({q.language for q in questions})
+    baselines = None
+    if baseline == "mean":
+        reference = reference if reference is not None else reference_stats(model, tokenizer, languages, config)
+        baselines = mean_baselines(reference, languages, space)
     inputs = {"questions": questions_key(questions), "tokenizer": getattr(tokenizer, "name_or_path", ""),
-              "vocab": len(tokenizer), "templates": templates_key(templates)}
+              "vocab": len(tokenizer), "templates": templates_key(templates), "baseline": baseline,
+              "reference": reference.identity() if baselines is not None else None}
     key, done = stage_cache(KeyNeuronScores, model, config, inputs, out)
     if done is not None:
         return done
@@ -249,7 +308,7 @@ def attribute(model: nn.Module, tokenizer: Any, questions: Sequence[Question],
     results, report = tally(
         clusters, lambda c: _ClusterSums(len(by_cluster[c]), per_question, space).to(input_device(model)),
         lambda c: shard(enumerate(by_cluster[c]), rank, world),
-        lambda stat, item: _step(model, space, tokenizer, config, stat, item[0], item[1], templates),
+        lambda stat, item: _step(model, space, tokenizer, config, stat, item[0], item[1], templates, baselines),
         key=key, checkpoint_dir=Path(out) / "partial" if out is not None else None,
         checkpoint_every=config.checkpoint_every, progress=progress, desc="attribute", unit="prompt",
         total=lambda c: len(by_cluster[c]) * per_question)
@@ -257,16 +316,63 @@ def attribute(model: nn.Module, tokenizer: Any, questions: Sequence[Question],
     spaced = sum(float(results[c]["spaced"].sum()) for c in clusters)
     n_prompts = sum(len(by_cluster[c]) for c in clusters) * per_question
     scores = KeyNeuronScores(clusters, {c: [q.uid for q in by_cluster[c]] for c in clusters}, tensors)
+    completeness = scores.completeness()
     scores.meta = artifacts.model_sidecar(
-        KeyNeuronScores.KIND, model, space, languages=sorted({q.language for q in questions}),
+        KeyNeuronScores.KIND, model, space, languages=languages,
         config=config.to_dict(), inputs=inputs, cache_key=key,
-        method="key neurons (Chen et al. 2024): integrated gradients of P(answer letter) at the last position",
+        method=attribution_name(baseline, normalised, completeness["holds"]),
+        baseline=baseline, normalises_mlp_output=normalised,
         questions={c: len(by_cluster[c]) for c in clusters}, prompts=n_prompts,
         spaced_letter_share=round(spaced / max(n_prompts, 1), 4), seconds=round(report.seconds, 2),
         prompts_per_second=round(report.per_second * world, 3), world_size=world,
         resumed_clusters=report.resumed_groups)
-    scores.meta["completeness"] = scores.completeness()
+    scores.meta["completeness"] = completeness
+    scores.meta["ranking_check"] = scores.ranking_check()
     scores.from_cache = False  # type: ignore[attr-defined]
     if out is not None and rank == 0:
         scores.save(out)
     return scores
+
+
+def attribution_name(baseline: str, normalised: bool, holds: bool) -> str:
+    """What the scores are, in words: integrated gradients only where completeness holds; on a model
+    that normalises its MLP output the zero-baseline scores are ``H_m x grad x activation``."""
+    what = "of P(answer letter) at the last position (Chen et al. 2024 key neurons)"
+    if baseline == "zero" and normalised:
+        return (f"grad x activation x H_m (attribution patching) {what}: zero-baseline integrated gradients are "
+                "degenerate on a model that normalises its MLP output")
+    name = f"integrated gradients from the {'zero' if baseline == 'zero' else 'mean-activation'} baseline {what}"
+    return name if holds else f"{name}; completeness fails (median relative gap >= {COMPLETENESS_OK}): read as grad x activation"
+
+
+def reference_stats(model: nn.Module, tokenizer: Any, languages: Sequence[str], config: AttributeConfig) -> Any:
+    """Activation statistics of ``config.reference_tokens`` tokens of each language's training text in
+    ``config.reference_corpus`` (:func:`lape.activations.record`, not saved): the mean baseline's source."""
+    from ..activations import RecordConfig, record
+    from ..corpora import load_corpus, load_manifest
+
+    manifest = load_manifest(config.reference_corpus)
+    missing = [lang for lang in languages if lang not in manifest.languages]
+    if missing:
+        raise LapeError(f"the mean IG baseline needs reference text in {', '.join(missing)}, which corpus "
+                        f"{config.reference_corpus!r} lacks: give --reference-corpus a manifest with them, or "
+                        "--baseline zero")
+    seq_len = min(256, config.reference_tokens)
+    streams = load_corpus(manifest, tokenizer, split="train", tokens_per_language=config.reference_tokens,
+                          seq_len=seq_len, seed=config.seed, languages=list(languages))
+    return record(model, streams, RecordConfig(tokens_per_language=config.reference_tokens, seq_len=seq_len,
+                                               batch_size=4, seed=config.seed), progress=False)
+
+
+def mean_baselines(stats: Any, languages: Sequence[str], space: NeuronSpace) -> dict[str, torch.Tensor]:
+    """``{language: float32 [layers, neurons]}``: each language's mean activation over its reference
+    text (the mean IG baseline)."""
+    missing = [lang for lang in languages if lang not in stats.languages]
+    if missing:
+        raise LapeError(f"the reference statistics lack {', '.join(missing)} (they have "
+                        f"{', '.join(stats.languages)}): record them with those languages, or use --baseline zero")
+    means = stats.mean_activation()
+    if tuple(means.shape[1:]) != space.shape:
+        raise LapeError(f"the reference statistics are of a {tuple(means.shape[1:])} neuron space, the model's is "
+                        f"{space.shape}: record them with this model")
+    return {lang: means[stats.languages.index(lang)].float() for lang in languages}

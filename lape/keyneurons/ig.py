@@ -13,8 +13,19 @@ last position, and only layer ``l``'s last-position activations are scaled (ever
 position runs unmodified). The paper attributes the up projection ``f``; the MLP output is linear
 in ``f`` and in the activation alike, so the two give the same score per neuron (methods.md 6(c)).
 
-**Completeness.** Summed over a layer's neurons, the scores approach ``P_t(a_l) - P_t(0)`` as ``m``
-grows; the difference (the Riemann error) is returned per layer when asked.
+**Baselines.** From a baseline ``b_l`` the path is ``b_l + alpha (a_l - b_l)`` and
+``Attr(l, i) = (a_li - b_li) / m * sum_k dP_t(b_l + alpha_k (a_l - b_l)) / d a_li``. Summed over
+a layer's neurons the scores approach ``P_t(a_l) - P_t(b_l)`` as ``m`` grows (completeness); the
+difference (the Riemann error) is returned per layer when asked.
+
+**Where the zero baseline fails.** When a block normalises its MLP output before the residual add
+(Gemma 2/3, OLMo 2: :func:`normalises_mlp_output` probes it), ``P_t(alpha a_l)`` is the same for
+every ``alpha > 0`` (degree-0 homogeneity), so ``grad(alpha a) = grad(a) / alpha`` and the
+zero-baseline scores are exactly ``H_m x grad x activation`` (``H_m`` the m-th harmonic number):
+attribution patching, summing to ~0 while ``P(a) - P(0)`` is not 0. A baseline that is not a
+multiple of ``a_l`` (the layer's mean activation over reference text, :mod:`.attribute`) restores
+completeness; :func:`ablation_effects` gives the exact single-neuron effects a ranking can be
+checked against.
 
 **The batched path.** Only the last position of one layer changes and attention is causal, so
 the keys and values of the prefix are the same for every step of every layer: the prefix runs
@@ -51,20 +62,20 @@ class PromptAttribution:
         scores: float32 ``[layers, neurons]`` integrated gradients (rows of unattributed layers 0).
         target: the token id whose probability was attributed.
         prob: ``P(target)`` of the unmodified model.
-        prob_zero: float32 ``[layers]``, ``P(target)`` with layer ``l``'s last-position activations
-            zeroed (NaN for layers not attributed or when not computed).
+        prob_base: float32 ``[layers]``, ``P(target)`` with layer ``l``'s last-position activations
+            set to the baseline (zero by default; NaN for layers not attributed or when not computed).
         probs: float32 ``[len(watch)]``: the unmodified probabilities of the ``watch`` ids.
     """
 
     scores: torch.Tensor
     target: int
     prob: float
-    prob_zero: torch.Tensor
+    prob_base: torch.Tensor
     probs: torch.Tensor
 
     def convergence_delta(self) -> torch.Tensor:
-        """Per layer: ``sum_i Attr(l, i) - (P(a) - P(0 at l))``; the Riemann error (``[layers]``)."""
-        return self.scores.sum(dim=1) - (self.prob - self.prob_zero)
+        """Per layer: ``sum_i Attr(l, i) - (P(a) - P(b at l))``; the Riemann error (``[layers]``)."""
+        return self.scores.sum(dim=1) - (self.prob - self.prob_base)
 
 
 @contextmanager
@@ -159,7 +170,8 @@ def alphas(steps: int) -> torch.Tensor:
 
 def attribute_prompt(model: nn.Module, space: NeuronSpace, ids: torch.Tensor,
                      target: int | Callable[[torch.Tensor], int], *, steps: int = 16,
-                     layers: Sequence[int] | None = None, batch_size: int = 96, zero_baseline: bool = True,
+                     layers: Sequence[int] | None = None, batch_size: int = 96,
+                     baseline: torch.Tensor | None = None, completeness: bool = True,
                      watch: Sequence[int] = ()) -> PromptAttribution:
     """Integrated gradients of ``P(target)`` at the last position of ``ids`` (module docstring).
 
@@ -171,31 +183,39 @@ def attribute_prompt(model: nn.Module, space: NeuronSpace, ids: torch.Tensor,
         steps: ``m``, the number of Riemann steps.
         layers: layers to attribute (default all).
         batch_size: one-token continuations (layer x step rows) per forward and backward pass.
-        zero_baseline: also run each layer's zero baseline, for :meth:`convergence_delta`.
+        baseline: ``[layers, neurons]`` baseline activations ``b`` (default zero, the paper's).
+            The path is ``b + alpha (a - b)`` and the score ``(a - b) / m x sum_k grad``.
+        completeness: also run each layer's baseline, for :meth:`PromptAttribution.convergence_delta`.
         watch: token ids whose unmodified probabilities are returned.
     """
     if ids.dim() != 1 or ids.numel() < 1:
         raise LapeError(f"attribute_prompt needs a 1-D tensor of token ids, got shape {tuple(ids.shape)}")
     if steps < 1 or batch_size < 1:
         raise LapeError(f"steps ({steps}) and batch_size ({batch_size}) must be at least 1")
+    if baseline is not None and tuple(baseline.shape) != space.shape:
+        raise LapeError(f"the IG baseline has shape {tuple(baseline.shape)}, the model's neuron space "
+                        f"{space.shape}: give one activation per layer and neuron")
     layers = list(range(space.num_layers) if layers is None else layers)
     ids = ids.to(input_device(model))
     with _no_param_grads(model):
         cache = _prefix_cache(model, ids)
         base, logits = last_activations(model, space, ids, cache)
+        start = (torch.zeros_like(base, dtype=torch.float32) if baseline is None
+                 else baseline.to(base.device, torch.float32))
+        diff = base.float() - start
         probs = logits.softmax(-1)
         tgt = int(target(probs) if callable(target) else target)
         if not 0 <= tgt < probs.numel():
             raise LapeError(f"target token id {tgt} is outside the vocabulary (0..{probs.numel() - 1})")
         rows = [(layer, float(a)) for layer in layers for a in alphas(steps)]
-        rows += [(layer, 0.0) for layer in layers] if zero_baseline else []
+        rows += [(layer, 0.0) for layer in layers] if completeness else []
         grad_sum = torch.zeros(space.num_layers, space.neurons_per_layer, dtype=torch.float32)
-        prob_zero = torch.full((space.num_layers,), float("nan"))
+        prob_base = torch.full((space.num_layers,), float("nan"))
         for s in range(0, len(rows), batch_size):
             chunk = rows[s:s + batch_size]
             layer_of = torch.tensor([layer for layer, _ in chunk], device=base.device)
             scale = torch.tensor([a for _, a in chunk], device=base.device, dtype=torch.float32)
-            x = (scale[:, None] * base[layer_of].float()).to(base.dtype).requires_grad_(True)
+            x = (start[layer_of] + scale[:, None] * diff[layer_of]).to(base.dtype).requires_grad_(True)
 
             def edit(layer: int, act: torch.Tensor, layer_of: torch.Tensor = layer_of,
                      x: torch.Tensor = x) -> torch.Tensor:
@@ -210,11 +230,65 @@ def attribute_prompt(model: nn.Module, space: NeuronSpace, ids: torch.Tensor,
                 if a > 0:
                     grad_sum[layer] += grad[r]
                 else:
-                    prob_zero[layer] = float(p[r].detach())
-    scores = base.float().cpu() * grad_sum / steps
+                    prob_base[layer] = float(p[r].detach())
+    scores = diff.cpu() * grad_sum / steps
     scores[[layer for layer in range(space.num_layers) if layer not in set(layers)]] = 0.0
-    return PromptAttribution(scores, tgt, float(probs[tgt]), prob_zero,
+    return PromptAttribution(scores, tgt, float(probs[tgt]), prob_base,
                              probs[list(watch)].cpu() if len(watch) else torch.zeros(0))
+
+
+def ablation_effects(model: nn.Module, space: NeuronSpace, ids: torch.Tensor, target: int,
+                     neurons: Sequence[tuple[int, int]], *, baseline: torch.Tensor | None = None,
+                     batch_size: int = 96) -> torch.Tensor:
+    """Exact single-neuron effects: ``P(target) - P(target | neuron set to its baseline)`` at the
+    last position, one neuron at a time (float32 ``[len(neurons)]``).
+
+    This is what an attribution score estimates to first order; it checks a ranking (the prefix
+    runs once with a KV cache, every neuron is one row of a one-token batch).
+    """
+    ids = ids.to(input_device(model))
+    out = torch.zeros(len(neurons), dtype=torch.float32)
+    if not neurons:
+        return out
+    with torch.no_grad():
+        cache = _prefix_cache(model, ids)
+        p0 = last_position(model, space, ids, cache, 1)[0].float().softmax(-1)[target]
+        for s in range(0, len(neurons), batch_size):
+            chunk = list(neurons[s:s + batch_size])
+            rows = torch.arange(len(chunk))
+
+            def edit(layer: int, act: torch.Tensor, chunk: list = chunk, rows: torch.Tensor = rows
+                     ) -> torch.Tensor:
+                new = act.clone()
+                for r, (lay, i) in enumerate(chunk):
+                    if lay == layer:
+                        new[r, i] = 0.0 if baseline is None else baseline[lay, i].to(act.dtype)
+                return new
+
+            logits = last_position(model, space, ids, cache, len(chunk), edit=edit,
+                                   layers=sorted({lay for lay, _ in chunk}))
+            out[s:s + len(chunk)] = (p0 - logits.softmax(-1)[:, target]).cpu()
+    return out
+
+
+def normalises_mlp_output(model: nn.Module, space: NeuronSpace, factor: float = 2.0, tol: float = 1e-3) -> bool:
+    """Whether every layer's MLP contribution is invariant to scaling its activations (a norm after
+    the MLP, as Gemma 2/3 and OLMo 2 have): then ``P(alpha a)`` is flat in ``alpha > 0`` and
+    zero-baseline integrated gradients sum to about 0 (methods.md 7).
+
+    Probed, not looked up: one short forward pass with every layer's activations multiplied by
+    ``factor``; the final hidden state is unchanged (relative difference below ``tol``) exactly when
+    each block normalises its MLP output.
+    """
+    device = input_device(model)
+    vocab = int(getattr(model.config, "vocab_size", 0) or getattr(model.get_input_embeddings(), "num_embeddings"))
+    ids = (torch.arange(8, device=device) * 7919 % max(vocab - 3, 1) + 3)[None]
+    with torch.no_grad():
+        plain = model.base_model(input_ids=ids).last_hidden_state.float()
+        with activation_hooks(model, space, lambda layer, act: act * factor):
+            scaled = model.base_model(input_ids=ids).last_hidden_state.float()
+    rel = float((scaled - plain).norm() / plain.norm().clamp(min=1e-30))
+    return rel < tol
 
 
 class NeuronIntegratedGradients:
@@ -231,11 +305,14 @@ class NeuronIntegratedGradients:
         self.space = space or NeuronSpace.of(model)
 
     def attribute(self, inputs: torch.Tensor, target: int, n_steps: int = 16, internal_batch_size: int = 96,
-                  layers: Sequence[int] | None = None, return_convergence_delta: bool = False
+                  layers: Sequence[int] | None = None, return_convergence_delta: bool = False,
+                  baselines: torch.Tensor | None = None
                   ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Attributions ``[layers, neurons]`` of ``P(target)`` for one prompt ``inputs`` (1-D ids,
-        or ``[1, T]``); with ``return_convergence_delta`` also the per-layer completeness delta."""
+        or ``[1, T]``) from ``baselines`` ``[layers, neurons]`` (default zero); with
+        ``return_convergence_delta`` also the per-layer completeness delta."""
         ids = inputs[0] if inputs.dim() == 2 and inputs.shape[0] == 1 else inputs
         res = attribute_prompt(self.model, self.space, ids, target, steps=n_steps, layers=layers,
-                               batch_size=internal_batch_size, zero_baseline=return_convergence_delta)
+                               batch_size=internal_batch_size, baseline=baselines,
+                               completeness=return_convergence_delta)
         return (res.scores, res.convergence_delta()) if return_convergence_delta else res.scores

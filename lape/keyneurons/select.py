@@ -5,10 +5,13 @@ From the attribution pass (:class:`~lape.keyneurons.attribute.KeyNeuronScores`),
 questions processed together:
 
 * ``na_q(n) = kept_q(n) / Z_q``: a question's above-threshold scores summed over templates,
-  normalised by ``Z_q``, **the sum of all its raw scores over all neurons** (the paper, §4.2).
-  The released code divides by the sum over the kept neurons instead (``normaliser="kept"``).
-  When ``Z_q <= 0`` (raw scores of both signs can cancel) the kept sum is used for that
-  question, and the sidecar counts how often;
+  normalised by ``Z_q``. The default (``normaliser="abs"``) is **the sum of the absolute raw
+  scores over all neurons**, defined whatever the signs. The paper's ``Z`` (§4.2,
+  ``normaliser="all"``) is the signed sum, which by completeness equals ``P(a) - P(baseline)``
+  summed over layers: near 0 where completeness fails (zero-baseline IG on Gemma 2/3) and of
+  either sign where it holds, so it is an option, not the default. The released code divides by
+  the sum over the kept neurons (``normaliser="kept"``). When the chosen ``Z_q <= 0`` the kept sum
+  is used for that question, and the sidecar and the report count how often (``normaliser_fallbacks``);
 * the question's cluster ``c_q`` is the support of ``kept_q``; ``count(n)`` the number of
   questions whose cluster holds ``n``; ``ica(n) = log(|C| / (count(n) + 1))``;
 * **common neurons**: ``count(n) > int(u |C|)``;
@@ -38,7 +41,7 @@ from ..errors import LapeError
 from ..masks import NeuronSets
 from .attribute import KeyNeuronScores
 
-NORMALISERS = ("all", "kept")
+NORMALISERS = ("abs", "all", "kept")
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,8 @@ class SelectConfig(StageConfig):
     common_share: float = option(0.3, gt=0.0, max=1.0)  # u: common when in more than int(u |C|) clusters
     ica: bool = True  # multiply by inverse cluster attribution (False: plain NA, the paper's ablation)
     exclude_common: bool = True  # remove common neurons (False: the paper's "with common neurons")
-    normaliser: str = option("all", choices=NORMALISERS)  # Z: all raw scores (paper) or the kept ones (code)
+    normaliser: str = option("abs", choices=NORMALISERS)  # Z: all |raw scores| (defined when completeness
+    # fails), all signed raw scores (the paper) or the kept ones (the released code)
 
 
 @dataclass
@@ -73,12 +77,14 @@ class NaIca:
     fallbacks: int
 
 
-def na_ica(kept: torch.Tensor, total: torch.Tensor, config: SelectConfig = SelectConfig()) -> NaIca:
+def na_ica(kept: torch.Tensor, total: torch.Tensor, config: SelectConfig = SelectConfig(),
+           abs_total: torch.Tensor | None = None) -> NaIca:
     """NA, ICA, common neurons and the top-``v`` key neurons of each question (module docstring).
 
     Args:
         kept: float ``[Q, L, N]`` above-threshold attribution summed over templates.
-        total: float ``[Q]`` the sum of all raw scores of each question (``Z``).
+        total: float ``[Q]`` the sum of all raw scores of each question (the paper's ``Z``).
+        abs_total: float ``[Q]`` the sum of all absolute raw scores (``Z`` of ``normaliser="abs"``).
     """
     if kept.dim() != 3 or total.shape != kept.shape[:1]:
         raise LapeError(f"na_ica needs kept [Q, layers, neurons] and total [Q]; got {tuple(kept.shape)} and "
@@ -90,7 +96,11 @@ def na_ica(kept: torch.Tensor, total: torch.Tensor, config: SelectConfig = Selec
     ica = torch.log(n_q / (counts.float() + 1.0))
     common = counts > int(n_q * config.common_share)
     kept_sum = kept.flatten(1).sum(1)
-    z = total.float() if config.normaliser == "all" else kept_sum
+    if config.normaliser == "abs" and abs_total is None:
+        raise LapeError("normaliser 'abs' needs the sum of absolute scores: re-run lape keyneurons attribute "
+                        "(scores from an older lape lack it), or select with --normaliser all")
+    z = {"all": total.float(), "kept": kept_sum,
+         "abs": abs_total.float() if abs_total is not None else kept_sum}[config.normaliser]
     bad = z <= 0
     z = torch.where(bad, kept_sum, z).clamp(min=1e-30)
     na = kept / z[:, None, None]
@@ -104,7 +114,7 @@ def na_ica(kept: torch.Tensor, total: torch.Tensor, config: SelectConfig = Selec
             key[q].view(-1)[top] = True
     if config.exclude_common:
         key &= ~common
-    return NaIca(naica, key, counts, ica, common, int(bad.sum()) if config.normaliser == "all" else 0)
+    return NaIca(naica, key, counts, ica, common, int(bad.sum()) if config.normaliser != "kept" else 0)
 
 
 @dataclass
@@ -166,8 +176,10 @@ def select(scores: KeyNeuronScores, config: SelectConfig = SelectConfig(), *, ou
     clusters = scores.clusters
     kept = torch.cat([scores.get(c, "kept") for c in clusters])
     total = torch.cat([scores.get(c, "total") for c in clusters])
+    abs_total = (torch.cat([scores.get(c, "abs_total") for c in clusters])
+                 if all(f"{c}/abs_total" in scores.tensors_ for c in clusters) else None)
     owner = torch.cat([torch.full((len(scores.uids[c]),), k) for k, c in enumerate(clusters)])
-    res = na_ica(kept, total, config)
+    res = na_ica(kept, total, config, abs_total)
     masks = torch.stack([res.key[owner == k].any(0) for k in range(len(clusters))])
     positive = torch.where(kept > 0, res.naica.clamp(min=0), torch.zeros_like(res.naica))
     accumulated = torch.stack([positive[owner == k].sum(0) for k in range(len(clusters))])
@@ -177,7 +189,9 @@ def select(scores: KeyNeuronScores, config: SelectConfig = SelectConfig(), *, ou
     meta = artifacts.sidecar(NeuronSets.KIND, languages=clusters, config=config.to_dict(), inputs=inputs,
                              method="key neurons (Chen et al. 2024, NA-ICA)" if config.ica else "key neurons, NA only",
                              key_neurons_per_question=mean_per_cluster, common_neurons=int(res.common.sum()),
-                             questions=int(kept.shape[0]), normaliser_fallbacks=res.fallbacks, cache_key=key,
+                             questions=int(kept.shape[0]), normaliser=config.normaliser,
+                             normaliser_fallbacks=res.fallbacks, cache_key=key,
+                             attribution=scores.meta.get("method"), completeness=scores.meta.get("completeness"),
                              source_scores=scores.identity(),
                              **{k: v for k, v in fields.items() if v is not None})
     sets = NeuronSets(list(clusters), masks, meta)
