@@ -281,7 +281,7 @@ def normalises_mlp_output(model: nn.Module, space: NeuronSpace, factor: float = 
     each block normalises its MLP output.
     """
     device = input_device(model)
-    vocab = int(getattr(model.config, "vocab_size", 0) or getattr(model.get_input_embeddings(), "num_embeddings"))
+    vocab = int(getattr(model.config, "vocab_size", 0) or model.get_input_embeddings().num_embeddings)
     ids = (torch.arange(8, device=device) * 7919 % max(vocab - 3, 1) + 3)[None]
     with torch.no_grad():
         plain = model.base_model(input_ids=ids).last_hidden_state.float()
