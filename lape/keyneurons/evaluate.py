@@ -1,19 +1,46 @@
 """What key neurons do: boost and suppress them, and predict a question's cluster from them
-(Chen et al. 2024, §5.3 and §6; methods.md 4(d)).
+(Chen et al. 2024, §5.3 and §6; methods.md 4(d)), with a 95% interval beside every figure.
 
 For every evaluation prompt (questions the selection never saw, each rendered with the same
 templates as the attribution), lape runs the prefix once with a KV cache and then, as one batch
-of one-token continuations, the last position unmodified and with each cluster's key neurons
+of one-token continuations, the last position unmodified and with each cluster's neurons
 **boosted** (activation x ``boost``, the paper's 2) or **suppressed** (x 0) **at the last
 position only**, for every set family:
 
 * ``naica``: the selected key neurons;
 * ``na``: plain neuron attribution (the paper's "without ICA" ablation), when given;
-* ``random``: for each seed, per cluster the same number of neurons per layer drawn at random.
+* ``random``: for each seed, per cluster the same number of neurons per layer drawn at random;
+* ``activation``: the paper's Activation baseline: per cluster and layer, the ``k_l`` neurons
+  with the highest mean activation at the last position over the cluster's selection prompts,
+  ``k_l`` the key neurons' count in layer ``l`` (the same count **per layer**, so the same total);
+* ``random-act``: for each seed, random neurons matched on the count per layer **and** on size:
+  per layer the neurons are ranked by mean |activation| at the last position over all selection
+  prompts and cut into ``activation_bins`` equal-size rank bins (ties broken by index); for each
+  key neuron one neuron is drawn, without replacement, from the key neuron's own bin in its layer.
 
-**Probability change ratio (PCR).** For cluster ``c``: the mean percentage change of the right
-letter's probability over ``c``'s prompts (related), and over as many questions drawn (seeded)
-from the other clusters (unrelated); ``PCR = |related| / |unrelated|``.
+The activation statistics come from one unedited pass over the selection questions' prompts (or,
+when none are given, over the evaluation prompts; the sidecar's ``activation_source`` says which).
+
+**Probability change ratio (PCR).** For cluster ``c`` and edit row ``r_c`` (``c``'s set edited):
+``change_p = 100 (P_edited - P_unedited) / P_unedited`` of the right letter; related = the mean
+over ``c``'s prompts, unrelated = the mean over the prompts of as many questions drawn (seeded)
+from the other clusters, ``PCR_c = |related| / |unrelated|``. A family's PCR is the mean of
+``PCR_c`` over clusters (and draws), as in the paper; beside it the **pooled PCR**, one ratio of
+means over every prompt of every cluster::
+
+    pooled = |sum_c sum_{p in rel(c)} change_p / sum_c |rel(c)|| / |sum_c sum_{p in unrel(c)} change_p / sum_c |unrel(c)||
+
+and the **log-probability difference** ``dlogp_p = log P_edited - log P_unedited`` (nats),
+averaged like the percentage change (related, unrelated, and related - unrelated).
+
+**Intervals.** Every figure carries a percentile bootstrap 95% interval over **questions**
+(:func:`lape.intervals.bootstrap`): the evaluation questions are resampled with replacement, each
+keeping all its prompts (templates) and its roles (related for its own cluster, unrelated for the
+clusters whose control sample holds it), and the figure is recomputed from the resampled prompts.
+Related and unrelated questions are different questions (no pairing), so each group is resampled
+with the question set it belongs to. For the random families the figure and its interval are the
+mean over draws; every draw also has its own row (``summary["sets"]``), and with several draws the
+family row adds the SD over draws.
 
 **Editing success.** Over a cluster's related prompts, the share whose most probable letter
 flips from wrong to right under boost, and from right to wrong under suppress.
@@ -21,24 +48,33 @@ flips from wrong to right under boost, and from right to wrong under suppress.
 **Neuron-based cluster prediction.** The rule (the paper's own rule is in a supplement that
 could not be read): for each prompt, the unmodified last-position activation of every neuron in
 any set is standardised over all evaluation prompts (no labels used), and the prompt is assigned
-the cluster whose key neurons have the highest mean standardised activation. Accuracy is
-reported next to chance (one over the number of clusters) and the random sets.
+the cluster whose key neurons have the highest mean standardised activation. Accuracy over
+prompts, with a Wilson 95% interval counted over **questions** (``n`` = questions, successes =
+accuracy x questions: the prompts of one question are not independent), next to chance and the
+baselines.
+
+**Judging.** :func:`judge` compares the key neurons' interval with every baseline set's (``na``,
+``activation``, each random draw of both random families): the sentence says "as in the paper"
+only when the key neurons' interval lies above every baseline's; otherwise it names the baselines
+it overlaps or that score higher.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
 from .. import artifacts
 from ..config import StageConfig, option
 from ..errors import LapeError
+from ..intervals import Interval, bootstrap, wilson
 from ..masks import NeuronSets
 from ..models import fingerprint, input_device
 from ..space import NeuronSpace
@@ -47,6 +83,9 @@ from .ig import _no_param_grads, _prefix_cache, last_activations, last_position
 from .questions import Question, Template, questions_key
 
 OPS = ("boost", "suppress")
+FAMILY_ORDER = ("naica", "na", "activation", "random", "random-act")  # display order
+METRICS = ("pcr", "pooled_pcr", "related_change", "unrelated_change", "related_dlogp", "unrelated_dlogp",
+           "dlogp_gap", "edit_success")
 
 
 @dataclass(frozen=True)
@@ -54,9 +93,11 @@ class KeyEvalConfig(StageConfig):
     """Settings of :func:`evaluate_key_neurons`."""
 
     boost: float = option(2.0, min=0.0, max=100.0)  # factor on boosted activations (paper: 2)
-    random_seeds: int = option(3, min=0, max=100)  # random-set draws per cluster
+    random_seeds: int = option(3, min=0, max=100)  # draws per random family (count-matched, activation-matched)
     templates: int = option(3, min=1, max=20)  # prompt templates per question
-    seed: int = option(0, min=0)  # option shuffling and unrelated-question sampling
+    activation_bins: int = option(10, min=1, max=1000)  # rank bins of mean |activation| for random-act (deciles)
+    resamples: int = option(2000, min=10, max=100_000)  # bootstrap resamples of the questions
+    seed: int = option(0, min=0)  # option shuffling, unrelated-question sampling, bootstrap
     batch_size: int = option(96, min=1, max=1_000_000, key=False)  # continuations per forward pass
 
 
@@ -70,10 +111,50 @@ def random_like(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out
 
 
+def activation_bins(abs_mean: torch.Tensor, bins: int) -> torch.Tensor:
+    """Per layer, the rank bin ``floor(rank * bins / N)`` of every neuron's mean |activation|
+    (``[L, N]`` -> int64 ``[L, N]``, 0 = smallest; equal values ranked by neuron index)."""
+    n = abs_mean.shape[1]
+    order = torch.sort(abs_mean.float(), dim=1, stable=True).indices  # [L, N] neuron of each rank
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(n).expand_as(order).contiguous())
+    return ranks * bins // n
+
+
+def activation_matched_like(mask: torch.Tensor, abs_mean: torch.Tensor, bins: int,
+                            generator: torch.Generator) -> torch.Tensor:
+    """A bool ``[L, N]`` mask with, per layer and per rank bin of mean |activation|
+    (:func:`activation_bins`), as many neurons as ``mask`` has there, drawn at random without
+    replacement from that bin (a bin always holds its own key neurons, so the draw exists)."""
+    which = activation_bins(abs_mean, bins)
+    out = torch.zeros_like(mask)
+    for layer in range(mask.shape[0]):
+        if not bool(mask[layer].any()):
+            continue
+        for b in which[layer, mask[layer]].unique().tolist():
+            members = (which[layer] == b).nonzero().flatten()
+            k = int((mask[layer] & (which[layer] == b)).sum())
+            out[layer, members[torch.randperm(len(members), generator=generator)[:k]]] = True
+    return out
+
+
+def top_activation_like(mask: torch.Tensor, mean_act: torch.Tensor) -> torch.Tensor:
+    """The paper's Activation baseline: per layer the ``k_l`` neurons of highest ``mean_act``
+    (``[L, N]``, signed), ``k_l`` = ``mask``'s count in layer ``l``; ties to the lower index."""
+    out = torch.zeros_like(mask)
+    for layer in range(mask.shape[0]):
+        k = int(mask[layer].sum())
+        if k:
+            order = torch.sort(mean_act[layer].float(), descending=True, stable=True).indices
+            out[layer, order[:k]] = True
+    return out
+
+
 @dataclass
 class KeyNeuronEval(artifacts.Artifact):
     """Per evaluation prompt, the right letter's probability and correctness under every edit,
-    and the summaries (tables ``pcr``, ``prediction``)."""
+    the activation statistics behind the baselines, and the summaries (``per_cluster``, ``sets``,
+    ``families``, ``verdicts``, ``prediction``, ``answers``; intervals as ``{value, low, high}``)."""
 
     clusters: list[str]
     rows: list[dict[str, Any]]  # one per edit: family, seed, cluster, op
@@ -98,27 +179,40 @@ class KeyNeuronEval(artifacts.Artifact):
         return cls(list(payload["clusters"]), list(payload["rows"]), tensors, dict(payload["summary"]), meta)
 
     def family_summary(self) -> list[dict[str, Any]]:
-        """Mean over clusters (and seeds) per family and op: PCR, related and unrelated change,
-        editing success; the random family also with the SD over seeds."""
+        """Per family and op: ``draws``, and each of :data:`METRICS` as ``{value, low, high}`` (mean
+        over clusters and draws, bootstrap 95% interval over questions); ``pcr_sd``: the SD of
+        the PCR over draws (0 for one draw: show none then)."""
         return self.summary["families"]
 
+    def verdicts(self) -> list[dict[str, Any]]:
+        """The judging sentences (:func:`judge`), one per op and figure and for prediction."""
+        return list(self.summary.get("verdicts", []))
 
-def _edit_rows(families: Mapping[str, NeuronSets], clusters: Sequence[str], random_seeds: int, boost: float
+
+def _edit_rows(families: Mapping[str, NeuronSets], clusters: Sequence[str], random_seeds: int, boost: float,
+               extra: Mapping[tuple[str, int | None], Sequence[torch.Tensor]] | None = None
                ) -> tuple[list[dict[str, Any]], torch.Tensor]:
+    """Edit rows (family, seed, cluster, op) and their multipliers ``[R, L, N]``: ``families``,
+    then the count-matched random draws (generator seeds 1000 + s), then ``extra``
+    (``{(family, seed): [mask per cluster]}``)."""
     rows, mults = [], []
+
+    def add(fam: str, seed: int | None, c: str, mask: torch.Tensor) -> None:
+        for op in OPS:
+            rows.append({"family": fam, "seed": seed, "cluster": c, "op": op})
+            mults.append(torch.where(mask, boost if op == "boost" else 0.0, 1.0))
+
     base = families["naica"]
     for fam, sets in families.items():
         for c in clusters:
-            for op in OPS:
-                rows.append({"family": fam, "seed": None, "cluster": c, "op": op})
-                mults.append(torch.where(sets.mask(c), boost if op == "boost" else 0.0, 1.0))
+            add(fam, None, c, sets.mask(c))
     for s in range(random_seeds):
         g = torch.Generator().manual_seed(1_000 + s)
         for c in clusters:
-            mask = random_like(base.mask(c), g)
-            for op in OPS:
-                rows.append({"family": "random", "seed": s, "cluster": c, "op": op})
-                mults.append(torch.where(mask, boost if op == "boost" else 0.0, 1.0))
+            add("random", s, c, random_like(base.mask(c), g))
+    for (fam, seed), masks in (extra or {}).items():
+        for c, mask in zip(clusters, masks, strict=True):
+            add(fam, seed, c, mask)
     return rows, torch.stack(mults).float()
 
 
@@ -145,6 +239,26 @@ def _prompt_pass(model: nn.Module, space: NeuronSpace, tokenizer: Any, prompt: A
     return p0, ok0, torch.cat(ps), torch.cat(oks), acts.float().cpu()
 
 
+def _activation_means(model: nn.Module, space: NeuronSpace, tokenizer: Any, prompts: Sequence[tuple[int, Any]],
+                      n_clusters: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unedited last-position activations over ``prompts`` ``[(cluster index, prompt)]``: the mean
+    per cluster ``[C, L, N]`` and the mean |activation| over all of them ``[L, N]`` (float32)."""
+    from tqdm.auto import tqdm
+
+    sums = torch.zeros(n_clusters, *space.shape, dtype=torch.float64)
+    abs_sum = torch.zeros(space.shape, dtype=torch.float64)
+    counts = torch.zeros(n_clusters, dtype=torch.float64)
+    with torch.no_grad():
+        for c, p in tqdm(prompts, desc="key-neuron eval: activations", unit="prompt", disable=not progress,
+                         leave=False):
+            ids = prompt_ids(tokenizer, p.text).to(input_device(model))
+            acts = last_activations(model, space, ids, _prefix_cache(model, ids))[0].double().cpu()
+            sums[c] += acts
+            abs_sum += acts.abs()
+            counts[c] += 1
+    return (sums / counts.clamp(min=1)[:, None, None]).float(), (abs_sum / max(len(prompts), 1)).float()
+
+
 def _sample_unrelated(prompt_cluster: torch.Tensor, prompt_question: torch.Tensor, c: int, seed: int) -> torch.Tensor:
     """Prompt indices of as many questions as cluster ``c`` has, drawn from the other clusters."""
     related_q = sorted(set(prompt_question[prompt_cluster == c].tolist()))
@@ -154,76 +268,219 @@ def _sample_unrelated(prompt_cluster: torch.Tensor, prompt_question: torch.Tenso
     return torch.tensor([i for i, q in enumerate(prompt_question.tolist()) if q in chosen], dtype=torch.long)
 
 
+# --------------------------------------------------------------------------------------------
+# Figures with intervals over questions
+
+
+def _group_figures(n_clusters: int, draws: int, valid: np.ndarray) -> dict[str, Callable[[np.ndarray], float]]:
+    """Statistics of a question table (:func:`_question_table`) for :func:`lape.intervals.bootstrap`.
+
+    ``rows`` holds one row per question: prompts ``n_q``, cluster, ``C`` flags "in cluster c's
+    unrelated sample", then per-question sums over its prompts of the percentage change, the
+    log-probability difference and the flip indicator, ``[3, draws, C]`` flattened (column ``c``:
+    cluster ``c``'s set edited). Means are over prompts: ``sum_q S_q / sum_q n_q``.
+    """
+    C, D = n_clusters, draws
+
+    def parts(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n, cl, unrel = rows[:, 0], rows[:, 1], rows[:, 2:2 + C]
+        sums = rows[:, 2 + C:].reshape(len(rows), 3, D, C)
+        rel_ind = (cl[:, None] == np.arange(C)).astype(np.float64)  # [Q, C]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = np.einsum("qc,qkdc->kdc", rel_ind, sums) / (rel_ind.T @ n)  # [3, D, C] means over prompts
+            un = np.einsum("qc,qkdc->kdc", unrel, sums) / (unrel.T @ n)
+        return rel[:, :, valid], un[:, :, valid]
+
+    def pooled(rows: np.ndarray) -> float:
+        n, cl, unrel = rows[:, 0], rows[:, 1], rows[:, 2:2 + C][:, valid]
+        change = rows[:, 2 + C:].reshape(len(rows), 3, D, C)[:, 0][:, :, valid]  # [Q, D, C']
+        rel_ind = (cl[:, None] == np.arange(C)[valid]).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.einsum("qc,qdc->d", rel_ind, change) / (rel_ind * n[:, None]).sum()
+            u = np.einsum("qc,qdc->d", unrel, change) / (unrel * n[:, None]).sum()
+        return float(np.mean(np.abs(r) / np.maximum(np.abs(u), 1e-9)))
+
+    def pcr(rows: np.ndarray) -> float:
+        rel, un = parts(rows)
+        return float(np.mean(np.abs(rel[0]) / np.maximum(np.abs(un[0]), 1e-9)))
+
+    return {"pcr": pcr, "pooled_pcr": pooled,
+            "related_change": lambda rows: float(np.mean(parts(rows)[0][0])),
+            "unrelated_change": lambda rows: float(np.mean(parts(rows)[1][0])),
+            "related_dlogp": lambda rows: float(np.mean(parts(rows)[0][1])),
+            "unrelated_dlogp": lambda rows: float(np.mean(parts(rows)[1][1])),
+            "dlogp_gap": lambda rows: float(np.mean(parts(rows)[0][1] - parts(rows)[1][1])),
+            "edit_success": lambda rows: float(np.mean(parts(rows)[0][2]))}
+
+
+def _question_table(per_prompt: torch.Tensor, prompt_question: torch.Tensor, q_cluster: np.ndarray,
+                    unrel: np.ndarray, row_index: Sequence[Sequence[int]]) -> np.ndarray:
+    """The question table of one group of edit rows (``row_index[d][c]``: draw ``d``, cluster ``c``);
+    ``per_prompt`` ``[3, P, R]`` (change, dlogp, flip) is summed over each question's prompts."""
+    Q = len(q_cluster)
+    idx = torch.tensor(row_index, dtype=torch.long)  # [D, C]
+    vals = per_prompt[:, :, idx].double()  # [3, P, D, C]
+    sums = torch.zeros(Q, 3, *idx.shape, dtype=torch.float64)  # [Q, 3, D, C]
+    sums.index_add_(0, prompt_question, vals.permute(1, 0, 2, 3))
+    n = torch.bincount(prompt_question, minlength=Q).double().numpy()
+    return np.concatenate([n[:, None], q_cluster[:, None].astype(np.float64), unrel.astype(np.float64),
+                           sums.reshape(Q, -1).numpy()], axis=1)
+
+
+def judge(what: str, key: Interval, baselines: Mapping[str, Interval], paper: bool = True) -> dict[str, Any]:
+    """The sentence that judges ``key`` (the key neurons' figure) against every baseline's 95%
+    interval: "as in the paper" (``paper=True``; else "separated from every baseline") only when
+    ``key.low`` lies above every baseline's ``high``; otherwise the baselines it overlaps and those
+    above it are named. A NaN bound never counts as separated.
+
+    Example:
+        >>> judge("PCR", Interval(9, 6, 12), {"random": Interval(2, 1, 3)})["as_in_paper"]
+        True
+    """
+    def sep_above(a: Interval, b: Interval) -> bool:
+        return bool(np.isfinite(a.low) and np.isfinite(b.high) and a.low > b.high)
+
+    above = [n for n, b in baselines.items() if sep_above(b, key)]
+    overlap = [n for n, b in baselines.items() if not sep_above(key, b) and n not in above]
+    ok = bool(baselines) and not above and not overlap
+    k = key.format()
+    if not baselines:
+        sentence = f"{what} of the key neurons is {k}; there is no baseline to compare it with."
+    elif ok:
+        top = max(baselines, key=lambda n: baselines[n].high)
+        lead = "As in the paper" if paper else "Separated from every baseline"
+        sentence = (f"{lead}: {what} of the key neurons, {k}, lies above the 95% interval of every baseline "
+                    f"(the highest: {top} {baselines[top].format()}).")
+    else:
+        bits = []
+        if overlap:
+            bits.append("overlaps " + ", ".join(f"{n} {baselines[n].format()}" for n in overlap))
+        if above:
+            bits.append("lies below " + ", ".join(f"{n} {baselines[n].format()}" for n in above))
+        sentence = f"Not separated from the baselines: {what} of the key neurons, {k}, " + " and ".join(bits) + "."
+    return {"what": what, "as_in_paper": ok, "overlaps": overlap, "below": above, "sentence": sentence}
+
+
 def _summaries(clusters: list[str], rows: list[dict[str, Any]], t: Mapping[str, torch.Tensor], seed: int,
-               prediction: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+               prediction: list[dict[str, Any]], resamples: int = 2000) -> dict[str, list[dict[str, Any]]]:
     pc, pq = t["prompt_cluster"], t["prompt_question"]
     p0, ok0 = t["base_prob"], t["base_correct"].bool()
     change = 100.0 * (t["probs"] - p0[:, None]) / p0[:, None].clamp(min=1e-12)  # [P, R]
+    dlogp = t["probs"].clamp(min=1e-38).log() - p0[:, None].clamp(min=1e-38).log()  # [P, R] nats
+    ok = t["correct"].bool()
+    is_boost = torch.tensor([r["op"] == "boost" for r in rows])
+    flips = torch.where(is_boost, ~ok0[:, None] & ok, ok0[:, None] & ~ok).float()  # [P, R]
+    C, Q = len(clusters), int(pq.max()) + 1 if len(pq) else 0
+    q_cluster = np.zeros(Q, dtype=np.int64)
+    q_cluster[pq.numpy()] = pc.numpy()
+    unrel_q = np.zeros((Q, C), dtype=bool)
+    valid = np.zeros(C, dtype=bool)
+    unrel_prompts = {}
+    for c in range(C):
+        unrel_prompts[c] = _sample_unrelated(pc, pq, c, seed)
+        unrel_q[pq[unrel_prompts[c]].numpy(), c] = True
+        valid[c] = bool((pc == c).any()) and len(unrel_prompts[c]) > 0
     per_cluster = []
     for r, row in enumerate(rows):
         c = clusters.index(row["cluster"])
-        rel = (pc == c).nonzero().flatten()
-        unrel = _sample_unrelated(pc, pq, c, seed)
-        if not len(rel) or not len(unrel):
+        rel, unrel = (pc == c).nonzero().flatten(), unrel_prompts[c]
+        if not valid[c]:
             continue
         r_change, u_change = float(change[rel, r].mean()), float(change[unrel, r].mean())
-        ok = t["correct"][:, r].bool()
-        flips = (~ok0[rel] & ok[rel]) if row["op"] == "boost" else (ok0[rel] & ~ok[rel])
         per_cluster.append({**row, "related_prompts": len(rel), "unrelated_prompts": len(unrel),
                             "related_change": r_change, "unrelated_change": u_change,
                             "pcr": abs(r_change) / max(abs(u_change), 1e-9),
-                            "edit_success": float(flips.float().mean())})
-    families = []
-    for fam in dict.fromkeys(r["family"] for r in per_cluster):
-        for op in OPS:
-            sel = [r for r in per_cluster if r["family"] == fam and r["op"] == op]
-            if not sel:
-                continue
-            by_seed: dict[Any, list[dict[str, Any]]] = {}
-            for r in sel:
-                by_seed.setdefault(r["seed"], []).append(r)
-            seed_pcr = [sum(r["pcr"] for r in v) / len(v) for v in by_seed.values()]
-            mean = sum(seed_pcr) / len(seed_pcr)
-            sd = (sum((x - mean) ** 2 for x in seed_pcr) / (len(seed_pcr) - 1)) ** 0.5 if len(seed_pcr) > 1 else 0.0
-            families.append({"family": fam, "op": op, "draws": len(by_seed), "pcr": mean, "pcr_sd": sd,
-                             "related_change": sum(r["related_change"] for r in sel) / len(sel),
-                             "unrelated_change": sum(r["unrelated_change"] for r in sel) / len(sel),
-                             "edit_success": sum(r["edit_success"] for r in sel) / len(sel)})
-    accuracy = {"prompts": int(len(pc)), "accuracy_unmodified": float(ok0.float().mean()),
+                            "related_dlogp": float(dlogp[rel, r].mean()),
+                            "unrelated_dlogp": float(dlogp[unrel, r].mean()),
+                            "edit_success": float(flips[rel, r].mean())})
+    per_prompt = torch.stack([change, dlogp, flips])  # [3, P, R]
+    where = {(r["family"], r["seed"], r["cluster"], r["op"]): i for i, r in enumerate(rows)}
+
+    def figures(fam: str, seeds: list[Any], op: str) -> dict[str, dict[str, float]]:
+        index = [[where[(fam, s, c, op)] for c in clusters] for s in seeds]
+        table = _question_table(per_prompt, pq, q_cluster, unrel_q, index)
+        return {m: bootstrap(table, stat, resamples=resamples, seed=seed).to_dict()
+                for m, stat in _group_figures(C, len(seeds), valid).items()}
+
+    sets, families = [], []
+    if valid.any():
+        present = dict.fromkeys(r["family"] for r in rows)
+        for fam in [f for f in FAMILY_ORDER if f in present] + [f for f in present if f not in FAMILY_ORDER]:
+            seeds = list(dict.fromkeys(r["seed"] for r in rows if r["family"] == fam))
+            for op in OPS:
+                per_draw = []
+                for s in seeds:
+                    figs = figures(fam, [s], op)
+                    sets.append({"family": fam, "seed": s, "op": op, **figs})
+                    per_draw.append(figs["pcr"]["value"])
+                figs = figures(fam, seeds, op) if len(seeds) > 1 else {m: sets[-1][m] for m in METRICS}
+                sd = float(np.std(per_draw, ddof=1)) if len(per_draw) > 1 else 0.0
+                families.append({"family": fam, "op": op, "draws": len(seeds), **figs, "pcr_sd": sd})
+    verdicts = []
+    for op in OPS:
+        key = [r for r in sets if r["family"] == "naica" and r["op"] == op]
+        if not key:
+            continue
+        base = {_set_name(r): r for r in sets if r["family"] != "naica" and r["op"] == op}
+        for metric, what in (("pcr", f"the {op} PCR"), ("pooled_pcr", f"the pooled {op} PCR")):
+            verdicts.append({"op": op, "metric": metric, **judge(
+                what, Interval.from_dict(key[0][metric]),
+                {n: Interval.from_dict(r[metric]) for n, r in base.items()})})
+    key_pred = [r for r in prediction if r["family"] == "naica"]
+    if key_pred:
+        base = {r["family"]: Interval.from_dict(r["accuracy"]) for r in prediction if r["family"] != "naica"}
+        chance = key_pred[0]["chance"]
+        base["chance"] = Interval(chance, chance, chance)
+        verdicts.append({"op": None, "metric": "prediction", **judge(
+            "cluster-prediction accuracy", Interval.from_dict(key_pred[0]["accuracy"]), base, paper=False)})
+    accuracy = {"prompts": int(len(pc)), "questions": Q, "accuracy_unmodified": float(ok0.float().mean()),
                 "mean_prob_unmodified": float(p0.mean())}
-    return {"per_cluster": per_cluster, "families": families, "prediction": prediction, "answers": [accuracy]}
+    return {"per_cluster": per_cluster, "sets": sets, "families": families, "verdicts": verdicts,
+            "prediction": prediction, "answers": [accuracy]}
 
 
-def _prediction(clusters: list[str], families: Mapping[str, NeuronSets], random_masks: Mapping[int, list[torch.Tensor]],
-                acts: torch.Tensor, prompt_cluster: torch.Tensor) -> list[dict[str, Any]]:
-    """Accuracy of the standardised-activation rule (module docstring) per family."""
+def _set_name(row: Mapping[str, Any]) -> str:
+    """``naica``, ``random (seed 0)``: a set's name in tables and sentences."""
+    return row["family"] if row["seed"] is None else f"{row['family']} (seed {row['seed']})"
+
+
+def _prediction(clusters: list[str], named: Mapping[str, Sequence[torch.Tensor]], acts: torch.Tensor,
+                prompt_cluster: torch.Tensor, prompt_question: torch.Tensor) -> list[dict[str, Any]]:
+    """Accuracy of the standardised-activation rule (module docstring) per set (``named``: one
+    mask per cluster), with a Wilson 95% interval over questions."""
     flat = acts.flatten(1)  # [P, L*N]
     z = (flat - flat.mean(0)) / flat.std(0).clamp(min=1e-6) if flat.shape[0] > 1 else flat
+    questions = int(prompt_question.max()) + 1 if len(prompt_question) else 0
     out = []
-    named = {f: [s.mask(c) for c in clusters] for f, s in families.items()}
-    named.update({f"random (seed {s})": masks for s, masks in random_masks.items()})
     for name, masks in named.items():
         scores = torch.stack([z[:, m.flatten()].mean(1) if bool(m.any()) else torch.full((len(z),), -1e9)
                               for m in masks], dim=1)  # [P, C]
         acc = float((scores.argmax(1) == prompt_cluster).float().mean())
-        out.append({"family": name, "accuracy": acc, "chance": 1.0 / len(clusters), "prompts": int(len(z))})
+        interval = wilson(acc * questions, questions)
+        out.append({"family": name, "accuracy": Interval(acc, interval.low, interval.high).to_dict(),
+                    "chance": 1.0 / len(clusters), "prompts": int(len(z)), "questions": questions})
     return out
 
 
 def evaluate_key_neurons(model: nn.Module, tokenizer: Any, sets: NeuronSets, questions: Sequence[Question],
                          config: KeyEvalConfig = KeyEvalConfig(), *, na_sets: NeuronSets | None = None,
+                         selection: Sequence[Question] | None = None,
                          out: str | Path | None = None, space: NeuronSpace | None = None,
                          templates: Mapping[str, Sequence[Template]] | None = None,
                          progress: bool = True) -> KeyNeuronEval:
     """Boost/suppress each cluster's key neurons on held-out questions, against random sets of
-    the same size per layer and plain NA; PCR, editing success, cluster prediction (module
-    docstring).
+    the same size per layer (and of the same mean |activation| too), the Activation baseline and
+    plain NA; PCR, pooled PCR, log-probability difference, editing success, cluster prediction,
+    each with a 95% interval, and the judging sentences (module docstring).
 
     Args:
         sets: key neurons (labels = clusters) from :func:`lape.keyneurons.select.select`.
         questions: evaluation questions, never used for the selection; their clusters must be
             labels of ``sets``.
         na_sets: the "without ICA" selection from the same scores (optional baseline).
+        selection: the questions the key neurons were selected on: their unedited activations
+            choose the Activation baseline and bin the activation-matched random sets (default:
+            the evaluation questions' own, said in the sidecar).
         templates: prompt templates per language (default: the shipped ones).
     """
     from tqdm.auto import tqdm
@@ -235,24 +492,47 @@ def evaluate_key_neurons(model: nn.Module, tokenizer: Any, sets: NeuronSets, que
                         f"{', '.join(clusters)}): evaluate on the clusters the selection was made for")
     if not questions:
         raise LapeError("no evaluation questions: give the held-out half of the questions")
+    if selection is not None:
+        selection = [q for q in selection if q.cluster in clusters]
+        missing = [c for c in clusters if not any(q.cluster == c for q in selection)]
+        if missing:
+            raise LapeError(f"the selection questions have none of cluster(s) {', '.join(missing)}: give the "
+                            "questions the key neurons were selected on")
+        shared = sorted({q.uid for q in selection} & {q.uid for q in questions})
+        if shared:
+            raise LapeError(f"{len(shared)} question(s) (e.g. {shared[0]!r}) are both selection and evaluation "
+                            "questions: give the two halves of one split")
     space = space or NeuronSpace.of(model)
     sets.check_model(model, space)
     families = {"naica": sets}
     if na_sets is not None:
         families["na"] = na_sets.subset(clusters)
     inputs = {"sets": {f: s.identity() for f, s in families.items()}, "questions": questions_key(questions),
+              "selection": questions_key(selection) if selection is not None else None,
               "vocab": len(tokenizer), "templates": templates_key(templates)}
     key = artifacts.stage_key(KeyNeuronEval.KIND, model_fingerprint=fingerprint(model), config=config.key_dict(),
                               inputs=inputs)
 
     def compute() -> KeyNeuronEval:
-        rows, mults = _edit_rows(families, clusters, config.random_seeds, config.boost)
-        random_masks = {s: [] for s in range(config.random_seeds)}
-        for r, row in enumerate(rows):
-            if row["family"] == "random" and row["op"] == "boost":
-                random_masks[row["seed"]].append(mults[r] != 1.0)
         prompts = [(qi, p) for qi, q in enumerate(questions)
                    for p in question_prompts(q, templates, config.templates, config.seed)]
+        source = selection if selection is not None else questions
+        act_prompts = [(clusters.index(q.cluster), p) for q in source
+                       for p in question_prompts(q, templates, config.templates, config.seed)]
+        with _no_param_grads(model), torch.no_grad():
+            act_mean, abs_mean = _activation_means(model, space, tokenizer, act_prompts, len(clusters), progress)
+        key_masks = [sets.mask(c) for c in clusters]
+        top_masks = [top_activation_like(m, act_mean[i]) for i, m in enumerate(key_masks)]
+        matched: dict[int, list[torch.Tensor]] = {}
+        for s in range(config.random_seeds):
+            g = torch.Generator().manual_seed(2_000 + s)
+            matched[s] = [activation_matched_like(m, abs_mean, config.activation_bins, g) for m in key_masks]
+        extra = {("activation", None): top_masks, **{("random-act", s): m for s, m in matched.items()}}
+        rows, mults = _edit_rows(families, clusters, config.random_seeds, config.boost, extra)
+        named: dict[str, list[torch.Tensor]] = {}
+        for r, row in enumerate(rows):
+            if row["op"] == "boost":
+                named.setdefault(_set_name(row), []).append(mults[r] != 1.0)
         base_p, base_ok, ps, oks, acts = [], [], [], [], []
         with _no_param_grads(model), torch.no_grad():
             for _, p in tqdm(prompts, desc="key-neuron eval", unit="prompt", disable=not progress, leave=False):
@@ -265,14 +545,25 @@ def evaluate_key_neurons(model: nn.Module, tokenizer: Any, sets: NeuronSets, que
         t = {"base_prob": torch.tensor(base_p), "base_correct": torch.tensor(base_ok, dtype=torch.float32),
              "probs": torch.stack(ps), "correct": torch.stack(oks).float(),
              "prompt_cluster": torch.tensor([clusters.index(questions[qi].cluster) for qi, _ in prompts]),
-             "prompt_question": torch.tensor([qi for qi, _ in prompts])}
-        prediction = _prediction(clusters, families, random_masks, torch.stack(acts), t["prompt_cluster"])
-        summary = _summaries(clusters, rows, t, config.seed, prediction)
-        meta = artifacts.model_sidecar(KeyNeuronEval.KIND, model, space, languages=clusters, config=config.to_dict(),
-                                       inputs=inputs, questions=len(questions), prompts=len(prompts),
-                                       set_sizes={f: s.counts() for f, s in families.items()},
-                                       prediction_rule="argmax over clusters of the mean standardised unmodified "
-                                                       "last-position activation of the cluster's key neurons")
+             "prompt_question": torch.tensor([qi for qi, _ in prompts]),
+             "act_mean": act_mean, "act_abs_mean": abs_mean, "activation_masks": torch.stack(top_masks),
+             "random_act_masks": (torch.stack([torch.stack(m) for m in matched.values()]) if matched
+                                  else torch.zeros(0, len(clusters), *space.shape, dtype=torch.bool))}
+        prediction = _prediction(clusters, named, torch.stack(acts), t["prompt_cluster"], t["prompt_question"])
+        summary = _summaries(clusters, rows, t, config.seed, prediction, config.resamples)
+        meta = artifacts.model_sidecar(
+            KeyNeuronEval.KIND, model, space, languages=clusters, config=config.to_dict(), inputs=inputs,
+            questions=len(questions), prompts=len(prompts), set_sizes={f: s.counts() for f, s in families.items()},
+            activation_source="selection questions" if selection is not None else "evaluation questions",
+            activation_prompts=len(act_prompts),
+            activation_baseline="per cluster and layer, the top neurons by mean activation at the last position "
+                                "over the cluster's prompts; the key neurons' count per layer",
+            activation_matching=f"per layer, {config.activation_bins} equal-size rank bins of mean |activation| at "
+                                "the last position over all prompts; one random neuron from each key neuron's bin",
+            prediction_rule="argmax over clusters of the mean standardised unmodified last-position activation of "
+                            "the cluster's key neurons",
+            intervals=f"bootstrap over questions ({config.resamples} resamples, 95% percentile); prediction: "
+                      "Wilson with n = questions")
         return KeyNeuronEval(clusters, rows, t, summary, meta)
 
     return artifacts.run_stage(KeyNeuronEval, out, key, compute, model=model)
