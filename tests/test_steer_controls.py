@@ -498,3 +498,35 @@ def test_a_cache_hit_under_another_prompt_set_name_writes_nothing(steerer, tmp_p
     again = steerer.evaluate(prompts, ["b"], source="a", progress=False, prompt_set="mine:copy", out=tmp_path)
     assert again.from_cache and again.meta["prompt_set"] == "mine:copy"
     assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == saved  # the saved result is untouched
+
+
+def test_a_changed_script_check_rescores_only_the_targets_it_touches(steerer, reference, tmp_path, monkeypatch):
+    """The script check is part of the success rule: a script entry for "b" must rescore b (in
+    the calibration and the evaluation), and leave a's cached scores alone."""
+    import lape.langid
+
+    monkeypatch.setattr(lape.langid, "classify", lambda text: "b")  # every output: identified as b
+    prompts = ["Hi there", "The weather"]
+    config = CalibrateConfig(modes=("replace",), strengths=(2.0,))
+    first = calibrate(steerer, prompts, ["a", "b"], reference, source=None, config=config, progress=False,
+                      out=tmp_path)
+    b_first = [c for c in first.candidates if c["target"] == "b"]
+    assert all(c["script"] is None for c in first.candidates)  # neither has a script entry: no check
+    assert any(c["success"] > 0 for c in b_first)
+    ev_dir = tmp_path / "eval"
+    before = steerer.evaluate(prompts, ["b"], source=None, progress=False, out=ev_dir)
+
+    generated = _count_evaluations(monkeypatch)
+    monkeypatch.setitem(lape.langid.SCRIPTS, "b", ("HANGUL",))  # the tiny outputs hold no Hangul
+    rescored = calibrate(steerer, prompts, ["a", "b"], reference, source=None, config=config, progress=False,
+                         out=tmp_path)
+    assert not rescored.from_cache and generated == [["b"]]  # b only; a's scores are read back
+    assert [c for c in rescored.candidates if c["target"] == "a"] == \
+        [c for c in first.candidates if c["target"] == "a"]
+    b_new = [c for c in rescored.candidates if c["target"] == "b"]
+    assert b_new[0]["script"] == {"scripts": ["HANGUL"], "min_share": lape.langid.MIN_SCRIPT_SHARE}
+    assert all(c["success"] == 0 for c in b_new)  # the same outputs, now out of b's script
+    after = steerer.evaluate(prompts, ["b"], source=None, progress=False, out=ev_dir)
+    assert not after.from_cache
+    assert after.rows[0]["steered_success"] == 0 and after.rows[0]["steered_target_language"] == 1.0
+    assert after.rows[0]["steered_script_fail"] == before.rows[0]["steered_success"] == 1.0

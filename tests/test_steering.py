@@ -235,3 +235,68 @@ def test_builtin_prompt_sets_are_disjoint_and_the_test_set_is_refused_for_calibr
     assert not folded["dev"] & folded["test1"]
     assert main(["steer-calibrate", "--neurons", "nowhere", "--stats", "nowhere", "--prompts", "builtin:test"]) == 2
     assert "builtin:test holds the held-out prompts" in capsys.readouterr().err
+
+
+def test_script_share_check_refuses_punctuation_labelled_chinese():
+    from lape.langid import MIN_SCRIPT_SHARE, in_script, script_rule, script_share
+
+    commas = "，" * 25
+    assert classify(commas) == "wuu" and identify_language(commas) == "zh"  # the identifier is fooled ...
+    assert script_share(commas, "zh") == 0.0 and not in_script(commas, "zh")
+    fooled = Generation(commas, list(range(25)), "zh", 1.0, 0.04, label="wuu")
+    assert not fooled.success("zh")  # ... the script check is not
+    chinese = "今天天气很好，我们一起去公园散步，然后在湖边喝茶聊天。"
+    assert identify_language(chinese) == "zh" and _gen(chinese, list(range(30))).success("zh")
+    # by hand: 24 Han characters of 27 non-blank ones (three punctuation marks)
+    assert script_share(chinese, "zh") == pytest.approx(24 / 27)
+    arabic = "ذهبت إلى السوق صباحا واشتريت الخبز والحليب والفاكهة الطازجة"
+    assert in_script(arabic, "ar") and not in_script(arabic, "ru")
+    assert script_share(arabic, "ru") == 0.0 and script_share(arabic, "ar") == 1.0
+    assert not _gen(arabic, list(range(30))).success("ru")
+    # kana and Han both count for Japanese; fullwidth Latin counts as Latin (NFKC)
+    assert script_share("ひらがなカタカナ漢字ー", "ja") == 1.0 and script_share("ひらがな", "zh") == 0.0
+    assert script_share("ＡＢＣ abc", "en") == 1.0
+    # by hand: "ok, 123" -> 6 non-blank characters, 2 Latin letters: 2/6 < 0.5
+    assert script_share("ok, 123", "en") == pytest.approx(2 / 6) and not in_script("ok, 123", "en")
+    assert script_share("", "fr") == 0.0
+    assert script_share("anything", "a") is None and in_script("，，，", "a")  # no script entry: no check
+    assert script_rule("zh") == {"scripts": ["CJK", "IDEOGRAPHIC"], "min_share": MIN_SCRIPT_SHARE}
+    assert script_rule("a") is None
+
+
+def test_every_success_rate_carries_its_wilson_interval(steerer):
+    from lape.evaluate.steering import SteeringEval, pooled_interval, rate_interval
+    from lape.intervals import wilson
+
+    assert rate_interval(65 / 70, 70) == wilson(65, 70)
+    assert rate_interval(float("nan"), 70).low != rate_interval(float("nan"), 70).low  # NaN
+    # pooled by hand: 3 of 4 and 1 of 4 -> 4 of 8
+    assert pooled_interval([(0.75, 4), (0.25, 4)]) == wilson(4, 8)
+    rows = [{"condition": "steered", "seed": None, "target": "a", "strength": 1.0, "prompts": 4,
+             "steered_success": 0.75, "unsteered_success": 0.0, "steered_success_own_label": 0.5},
+            {"condition": "steered", "seed": None, "target": "b", "strength": 1.0, "prompts": 4,
+             "steered_success": 0.25, "unsteered_success": 0.25},
+            *({"condition": "random", "seed": s, "target": t, "strength": 1.0, "prompts": 4, "steered_success": v,
+               "unsteered_success": 0.0} for s, t, v in ((0, "a", 0.0), (1, "a", 0.25), (0, "b", 0.5), (1, "b", 0.5)))]
+    ev = SteeringEval(rows, [], {"prompts": 4})
+    summary = ev.tables()["summary"]
+    w = wilson(3, 4)
+    assert (summary[0]["steered_success_low"], summary[0]["steered_success_high"]) == (w.low, w.high)
+    assert summary[0]["steered_success_own_label_low"] == wilson(2, 4).low
+    assert "steered_success_own_label_low" not in summary[1]
+    by = {c["condition"]: c for c in ev.tables()["conditions"]}
+    assert (by["steered"]["mean_success_low"], by["steered"]["mean_success_high"]) == (wilson(4, 8).low,
+                                                                                      wilson(4, 8).high)
+    assert by["steered"]["min_success_low"] == wilson(1, 4).low  # b, the smallest
+    assert by["unsteered"]["mean_success_high"] == wilson(1, 8).high
+    # the random control: every draw of every target pooled (0 + 1 + 2 + 2 of 16); smallest: a's draws, 1 of 8
+    assert by["random"]["mean_success_low"] == wilson(5, 16).low
+    assert by["random"]["min_success_high"] == wilson(1, 8).high
+    assert "93% (84-97%)" in SteeringEval([{**rows[0], "prompts": 70, "steered_success": 65 / 70,
+                                           "steered_distinct_2": 1.0}], [],
+                                          {}).summary_lines()[0]
+    # a real evaluation: every row's interval is Wilson on its prompts
+    ev = steerer.evaluate(["Hi", "The weather today"], targets=["a", "b"], source=None, progress=False)
+    for r in ev.tables()["summary"]:
+        k = round(r["steered_success"] * 2)
+        assert (r["steered_success_low"], r["steered_success_high"]) == (wilson(k, 2).low, wilson(k, 2).high)

@@ -1,7 +1,7 @@
 """Steering profiles: a :class:`SteeringRule` per target language, chosen on development prompts.
 
 :func:`calibrate` searches, per target language, for the rule whose steered outputs are most
-often both a **success** (target language identified, not degenerate) and **fluent** (as
+often both a **success** (target language identified, in its script, not degenerate) and **fluent** (as
 predictable to the unmodified model as 90% of real text windows of that language, mostly
 letters; :mod:`lape.evaluate.fluency`). The search is coordinate-wise, every target at once:
 
@@ -40,7 +40,7 @@ from torch import nn
 from .. import artifacts
 from ..config import StageConfig, option
 from ..errors import LapeError
-from ..langid import labels_of_language, langid_version
+from ..langid import labels_of_language, langid_version, script_rule
 from ..masks import NeuronSets
 from ..models import fingerprint
 from .steer_rule import MODES, SteeringRule
@@ -92,8 +92,9 @@ _SCORES = ("success", "fluent", "fluent_success", "fluency_ratio", "non_letter")
 
 def _scoring(target: str) -> dict[str, Any]:
     """What decides whether an output counts for ``target`` beyond the shared inputs: the
-    identifier's version and the raw labels counted as the target (stored with each candidate)."""
-    return {"langid": langid_version(), "accepts": labels_of_language(target)}
+    identifier's version, the raw labels counted as the target and the target's script check
+    (stored with each candidate)."""
+    return {"langid": langid_version(), "accepts": labels_of_language(target), "script": script_rule(target)}
 
 
 def _scored(out: str | Path | None, scores_key: str) -> dict[tuple[str, SteeringRule], dict[str, Any]]:

@@ -12,9 +12,16 @@ given a real-text reference, the outputs' fluency (:mod:`lape.evaluate.fluency`)
 
 A steered output counts as a **success** when ``py3langid`` identifies the target language on at
 least ``min_chars`` characters (a member of the target's macrolanguage counts: Egyptian Arabic
-``arz`` is Arabic, :data:`lape.langid.MACROLANGUAGE_MEMBERS`) **and** the output is not degenerate: distinct-2 (distinct token
-bigrams / all bigrams) >= 0.5 and no single token makes up more than a third of it. A run of
-"肉肉肉肉" or of blank characters fails whatever the identifier says.
+``arz`` is Arabic, :data:`lape.langid.MACROLANGUAGE_MEMBERS`), **and** it is written in the
+target's script: at least :data:`lape.langid.MIN_SCRIPT_SHARE` (0.5) of its non-blank characters
+are letters of that script (Han for zh, kana or Han for ja, Hangul for ko, Arabic for ar,
+Cyrillic for ru, Latin for fr...; :func:`lape.langid.script_share`), **and** the output is not
+degenerate: distinct-2 (distinct token bigrams / all bigrams) >= 0.5 and no single token makes up
+more than a third of it. A run of "肉肉肉肉", of blank characters or of fullwidth commas (which
+``py3langid`` labels ``wuu``, a member of zh) fails whatever the identifier says.
+
+Every success rate ``k / n`` of a table (per target, per control, pooled over targets) carries its
+Wilson 95% interval (:func:`lape.intervals.wilson`; :func:`rate_interval`).
 """
 
 from __future__ import annotations
@@ -36,8 +43,16 @@ from .. import artifacts
 from ..activations import ActivationStats
 from ..config import StageConfig, option
 from ..errors import LapeError
+from ..intervals import Interval, wilson
 from ..intervene import VALUE_RULES, batch_edits, check_layers, intervene
-from ..langid import labels_of_language, langid_version, language_label, language_of_label
+from ..langid import (
+    in_script,
+    labels_of_language,
+    langid_version,
+    language_label,
+    language_of_label,
+    script_rule,
+)
 from ..masks import NeuronSets
 from ..models import fingerprint, input_device
 from ..space import NeuronSpace
@@ -130,8 +145,10 @@ class Generation:
         return f"{self.language}/{self.label}" if self.label else (self.language or "?")
 
     def success(self, target: str) -> bool:
-        """Target language identified and not degenerate (see the module docstring)."""
-        return (self.language == target and self.distinct_2 >= 0.5 and self.max_token_share <= 1 / 3)
+        """Target language identified, in the target's script and not degenerate (see the module
+        docstring)."""
+        return (self.language == target and self.distinct_2 >= 0.5 and self.max_token_share <= 1 / 3
+                and in_script(self.text, target))
 
 
 @dataclass
@@ -178,7 +195,24 @@ class SteeringEval(artifacts.Artifact):
         return {"rows": self.rows, "examples": self.examples}
 
     def tables(self) -> dict[str, list[dict[str, Any]]]:
-        return {"summary": self.rows, "examples": self.examples}
+        """``summary``: the rows, each rate with its Wilson 95% interval (``*_low``, ``*_high``);
+        ``conditions``: :meth:`condition_summary`; ``examples``."""
+        summary = [{**r, **{b: v for k in RATES if k in r for b, v in _bounds(k, self.interval(r, k)).items()}}
+                   for r in self.rows]
+        return {"summary": summary, "conditions": self.condition_summary(), "examples": self.examples}
+
+    def prompts(self, row: dict[str, Any]) -> int:
+        """The number of outputs behind a row's rates (its ``prompts``; older rows: the sidecar's)."""
+        return int(row.get("prompts") or self.meta.get("prompts") or 0)
+
+    def interval(self, rows: dict[str, Any] | Sequence[dict[str, Any]], key: str = "steered_success") -> Interval:
+        """The Wilson 95% interval of the rate ``key`` of one row, or of several rows' outputs
+        pooled (the random control's draws of one target; every target of a condition):
+        ``wilson(sum_r round(rate_r n_r), sum_r n_r)``. The point value is the pooled rate,
+        which is the mean of the rows' rates when they have equal ``n`` (as in one evaluation)."""
+        rows = [rows] if isinstance(rows, dict) else list(rows)
+        rows = [r for r in rows if r.get(key) is not None and math.isfinite(r[key])]
+        return pooled_interval([(r[key], self.prompts(r)) for r in rows])
 
     @classmethod
     def _from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], payload: Any) -> SteeringEval:
@@ -203,7 +237,10 @@ class SteeringEval(artifacts.Artifact):
         steered = self.steered()
         out = [{"condition": "unsteered", "targets": len(steered),
                 "mean_success": _mean(r["unsteered_success"] for r in steered),
-                "min_success": min((r["unsteered_success"] for r in steered), default=math.nan)}]
+                "min_success": min((r["unsteered_success"] for r in steered), default=math.nan),
+                **_bounds("mean_success", self.interval(steered, "unsteered_success")),
+                **_bounds("min_success", self.interval(
+                    min(steered, key=lambda r: r["unsteered_success"]), "unsteered_success") if steered else _NAN)}]
         for condition in dict.fromkeys(r.get("condition", "steered") for r in self.rows):
             rows = self.steered(condition)
             sweep = [s for s in (self.meta.get("inputs") or {}).get("strengths") or [None] if s is not None]
@@ -214,13 +251,18 @@ class SteeringEval(artifacts.Artifact):
                 for r in group:
                     by_target.setdefault(r["target"], []).append(r["steered_success"])
                 success = [_mean(v) for v in by_target.values()]
+                smallest = min(by_target, key=lambda t: _mean(by_target[t]), default=None)
                 row = {"condition": condition, "targets": len(by_target), "mean_success": _mean(success),
                        "min_success": min(success, default=math.nan),
-                       "at_least_90": sum(v >= 0.9 for v in success)}
+                       "at_least_90": sum(v >= 0.9 for v in success),
+                       **_bounds("mean_success", self.interval(group)),
+                       **_bounds("min_success", self.interval([r for r in group if r["target"] == smallest])
+                                 if smallest is not None else _NAN)}
                 if strength is not None and len(strengths) > 1:
                     row["strength"] = strength
                 if any("fluent_success" in r for r in group):
                     row.update({"mean_fluent_success": _mean(r["fluent_success"] for r in group),
+                                **_bounds("mean_fluent_success", self.interval(group, "fluent_success")),
                                 "median_fluency_ratio": _median(r["fluency_ratio"] for r in group)})
                 row["median_non_letter"] = _median(r.get("non_letter", math.nan) for r in group)
                 seeds = sorted({r["seed"] for r in group if r.get("seed") is not None})
@@ -231,7 +273,7 @@ class SteeringEval(artifacts.Artifact):
         return out
 
     def summary_lines(self) -> list[str]:
-        lines = [f"{r['target']} x{r['strength']:g}: steered success {r['steered_success']:.0%} "
+        lines = [f"{r['target']} x{r['strength']:g}: steered success {self.interval(r).format(percent=True)} "
                  f"(unsteered {r['unsteered_success']:.0%}), distinct-2 {r['steered_distinct_2']:.2f}"
                  + (f", fluent {r['fluent']:.0%}, PPL x{r['fluency_ratio']:.1f} of real text"
                     if "fluent" in r else "")
@@ -239,7 +281,8 @@ class SteeringEval(artifacts.Artifact):
         for c in self.condition_summary()[1:]:
             if c["condition"] != "steered":
                 lines.append(f"control {c['condition']}: mean success {c['mean_success']:.0%} "
-                             f"(smallest {c['min_success']:.0%})")
+                             f"(95% {c['mean_success_low']:.0%}-{c['mean_success_high']:.0%}; "
+                             f"smallest {c['min_success']:.0%})")
         return lines
 
 
@@ -406,6 +449,7 @@ class Steerer:
                   "targets": targets, "source": source, "strengths": strengths, "controls": controls,
                   "random_seeds": list(random_seeds), "examples_per_target": examples_per_target,
                   "langid": langid_version(), "accepts": {t: labels_of_language(t) for t in targets},
+                  "scripts": {t: script_rule(t) for t in targets},
                   "reference": reference.identity() if reference else None,
                   "profile": self.profile.identity() if self.use_profile and self.profile else None}
         key = artifacts.stage_key(SteeringEval.KIND, model_fingerprint=fingerprint(self.model),
@@ -479,6 +523,8 @@ class Steerer:
                    "steered_success": _mean(g.success(t) for g in gens),
                    "unsteered_success": _mean(g.success(t) for g in base),
                    "steered_target_language": _mean(g.language == t for g in gens),
+                   # identified as the target but not in its script: what the script check removed
+                   "steered_script_fail": _mean(g.language == t and not in_script(g.text, t) for g in gens),
                    "steered_success_own_label": _mean(g.success(t) and g.label is None for g in gens),
                    "steered_distinct_2": _mean(g.distinct_2 for g in gens),
                    "unsteered_distinct_2": _mean(g.distinct_2 for g in base),
@@ -532,6 +578,37 @@ def describe_edits(edits: Sequence[Any]) -> str:
         return "no neurons"
     return (f"{len(touched)} neurons in {len(per_layer)} layers ("
             + ", ".join(f"L{layer} {n}" for layer, n in sorted(per_layer.items())) + ")")
+
+
+RATES = ("steered_success", "unsteered_success", "steered_success_own_label", "fluent_success")
+_NAN = Interval(math.nan, math.nan, math.nan)
+
+
+def rate_interval(rate: float | None, n: int) -> Interval:
+    """The Wilson 95% interval of a share ``rate`` of ``n`` outputs (``round(rate * n)``
+    successes; NaN for a missing rate or no outputs).
+
+    Example:
+        >>> rate_interval(65 / 70, 70).format(percent=True)
+        '93% (84-97%)'
+    """
+    return pooled_interval([(rate, n)])
+
+
+def pooled_interval(rates: Iterable[tuple[float | None, int]]) -> Interval:
+    """The Wilson 95% interval of several ``(rate, n)`` groups of outputs taken together:
+    ``wilson(sum round(rate n), sum n)`` (NaN without outputs)."""
+    k = n = 0
+    for rate, count in rates:
+        if rate is None or not math.isfinite(rate) or not count:
+            continue
+        k, n = k + round(rate * count), n + int(count)
+    return wilson(k, n) if n else _NAN
+
+
+def _bounds(name: str, interval: Interval) -> dict[str, float]:
+    """``{name_low, name_high}`` of an interval, for a table row."""
+    return {f"{name}_low": interval.low, f"{name}_high": interval.high}
 
 
 def _mean(values: Iterable[float]) -> float:
