@@ -1,13 +1,12 @@
 """Dimension dependence of linguistic regions: residual axes against what each tensor touches in a
 forward pass, massive channels planted into tiny models, masks without some channels, region
-profiles against brute-force counts, the single-parameter perturbation, and bad inputs."""
+profiles against brute-force counts, and bad inputs (the super-weight perturbation: test_region_perturb.py)."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import math
-import shutil
 
 import pytest
 import torch
@@ -16,7 +15,6 @@ from torch import nn
 
 from lape import artifacts
 from lape.errors import LapeError
-from lape.evaluate.perplexity import PerplexityConfig, corpus_nll
 from lape.masks import ParamRegions
 from lape.regions.dims import (
     DimensionResult,
@@ -29,8 +27,8 @@ from lape.regions.dims import (
     plot_dimension_profile,
     residual_axes,
     without_dims,
+    writes_residual,
 )
-from lape.regions.perturb import PerturbConfig, PerturbResult, perturb, pick_entry
 from lape.space import ParamSpace
 
 HIDDEN = 32  # every tiny model's hidden size
@@ -467,156 +465,6 @@ def test_dimension_dependence_is_one_cached_artifact(tmp_path):
     _one_line_error(e, "core")
 
 
-# --------------------------------------------------------------------------------------------
-# pick_entry
-
-
-@pytest.mark.parametrize("family,tensor_type", [("llama", "mlp.down_proj.weight"), ("llama", "mlp.up_proj.weight"),
-                                                ("gpt2", "mlp.c_proj.weight"), ("llama", "input_layernorm.weight")])
-def test_pick_entry_picks_the_argmax_on_the_channel(family, tensor_type):
-    model = tiny_model(family)
-    space = ParamSpace.of(model)
-    axes = residual_axes(model, space)
-    name = next(p.name for p in space.params if p.layer == 1 and p.type == tensor_type)
-    w = dict(model.named_parameters())[name].detach()
-    axis, c = axes[name], 6
-    got_name, index = pick_entry(model, 1, tensor_type, c, axes)
-    assert got_name == name and index[axis] == c
-    candidates = [i for i in itertools.product(*map(range, w.shape)) if i[axis] == c]
-    assert index == max(candidates, key=lambda i: float(w[i].abs()))
-    scores = torch.randn(w.shape, generator=torch.Generator().manual_seed(1))
-    _, by_score = pick_entry(model, 1, tensor_type, c, axes, scores)
-    assert by_score == max(candidates, key=lambda i: float(scores[i].abs()))
-    if w.dim() == 2:
-        assert by_score != index  # the scores, not the weight, decided
-
-
-def test_pick_entry_refuses_bad_inputs():
-    model = tiny_model("gemma3")
-    axes = residual_axes(model)
-    with pytest.raises(LapeError) as e:
-        pick_entry(model, 1, "mlp.down_proj.weight", HIDDEN, axes)
-    _one_line_error(e, "outside", "find_massive_dims")
-    with pytest.raises(LapeError) as e:
-        pick_entry(model, 1, "mlp.nope.weight", 0, axes)
-    _one_line_error(e, "use one of", "mlp.down_proj.weight")
-    with pytest.raises(LapeError) as e:
-        pick_entry(model, 3, "mlp.down_proj.weight", 0, axes)
-    _one_line_error(e, "layer 3", "0 to 2")
-    with pytest.raises(LapeError) as e:
-        pick_entry(model, 0, "self_attn.q_norm.weight", 0, axes)
-    _one_line_error(e, "residual stream", "mlp.down_proj.weight")
-    with pytest.raises(LapeError) as e:
-        pick_entry(model, 0, "mlp.down_proj.weight", 0, axes, torch.zeros(3, 3))
-    _one_line_error(e, "weight-shaped")
-
-
-# --------------------------------------------------------------------------------------------
-# perturbation
-
-
-def _massive_model(c: int = 7) -> nn.Module:
-    model = tiny_model("llama")
-    with torch.no_grad():
-        model.model.layers[1].mlp.down_proj.weight[c] *= 1000
-    return model
-
-
-def _corpus() -> dict[str, list[Seq]]:
-    return {"aa": random_sequences(3, 8, seed=11, real_last=5), "bb": random_sequences(2, 8, seed=12)}
-
-
-def test_perturb_scales_one_entry_per_condition_and_restores_the_weights(tmp_path):
-    model = _massive_model()
-    corpus = _corpus()
-    massive = find_massive_dims(model, corpus["aa"], ratio=100.0)
-    assert massive.dims == [7]
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    config = PerturbConfig(batch_size=2, chunk_size=5)
-    res = perturb(model, corpus, massive, config, out=tmp_path / "perturb", progress=False)
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # bit-exact
-
-    ppl = PerplexityConfig(batch_size=2, chunk_size=5)
-    assert res.base_nll == [corpus_nll(model, corpus[lang], ppl)[0] for lang in ("aa", "bb")]
-    assert res.tokens == {"aa": 2 * 7 + 4, "bb": 2 * 7}
-    name = "model.layers.1.mlp.down_proj.weight"
-    m, o = res.entries["massive"], res.entries["ordinary"]
-    assert (m["tensor"], m["layer"], m["dim"]) == (name, 1, 7)
-    assert tuple(m["index"]) == pick_entry(model, 1, "mlp.down_proj.weight", 7, residual_axes(model))[1]
-    assert o["dim"] == massive.ordinary_dim() != 7 and o["index"][0] == o["dim"]
-    assert m["value"] == float(before[name][tuple(m["index"])]) and m["scaled"] == 4.0 * m["value"]
-    # each condition is the NLL with exactly that entry multiplied by 4
-    for cond, got in (("massive", res.massive_nll), ("ordinary", res.ordinary_nll)):
-        idx = tuple(res.entries[cond]["index"])
-        w = model.get_parameter(name)
-        with torch.no_grad():
-            w[idx] *= 4.0
-        try:
-            assert got == [corpus_nll(model, corpus[lang], ppl)[0] for lang in ("aa", "bb")]
-        finally:
-            with torch.no_grad():
-                w.copy_(before[name])
-    assert res.massive_nll != res.base_nll
-    assert "massive L1-N7" in res.summary_line()
-
-    # cached: the same inputs are not evaluated again; the saved tables are there
-    again = perturb(model, corpus, massive, config, out=tmp_path / "perturb", progress=False)
-    assert again.from_cache and again.payload() == res.payload()
-    loaded = PerturbResult.load(tmp_path / "perturb", model=model)
-    assert loaded.massive_nll == res.massive_nll and loaded.entries == res.entries
-    assert artifacts.kind_of(tmp_path / "perturb") == "perturb"
-    assert (tmp_path / "perturb" / "perturb_nll.csv").is_file()
-    rows = loaded.tables()["perturb_nll"]
-    assert [r["language"] for r in rows] == ["aa", "bb"]
-    assert rows[0]["massive_delta_nll"] == pytest.approx(res.massive_nll[0] - res.base_nll[0])
-    # another factor, control channel or score is another result
-    for k, kw in enumerate((dict(config=config.replace(factor=2.0)), dict(ordinary_dim=3),
-                            dict(scores={name: torch.rand(HIDDEN, 48, generator=torch.Generator().manual_seed(0))}))):
-        folder = shutil.copytree(tmp_path / "perturb", tmp_path / f"other{k}")
-        args = {"config": config, **kw}
-        changed = perturb(model, corpus, massive, args.pop("config"), out=folder, progress=False, **args)
-        assert not changed.from_cache, kw
-
-
-def test_perturb_by_one_changes_nothing_and_follows_scores_and_layer():
-    model = _massive_model()
-    corpus = _corpus()
-    massive = find_massive_dims(model, corpus["aa"], ratio=100.0)
-    same = perturb(model, corpus, massive, PerturbConfig(factor=1.0, batch_size=2), progress=False)
-    assert same.massive_nll == same.base_nll and same.ordinary_nll == same.base_nll
-    name = "model.layers.2.mlp.up_proj.weight"
-    scores = {name: torch.randn(48, HIDDEN, generator=torch.Generator().manual_seed(2))}
-    res = perturb(model, corpus, massive, PerturbConfig(layer=2, tensor_type="mlp.up_proj.weight", batch_size=2),
-                  scores=scores, ordinary_dim=3, progress=False)
-    want = pick_entry(model, 2, "mlp.up_proj.weight", 7, residual_axes(model), scores[name])
-    assert (res.entries["massive"]["tensor"], tuple(res.entries["massive"]["index"])) == want
-    assert res.entries["ordinary"]["dim"] == 3 and res.entries["ordinary"]["index"][1] == 3
-
-
-def test_perturb_refuses_bad_inputs():
-    model = _massive_model()
-    corpus = _corpus()
-    massive = find_massive_dims(model, corpus["aa"], ratio=100.0)
-    none = find_massive_dims(model, corpus["aa"], ratio=1e6)
-    cases = [
-        (dict(massive=none), "lower ratio"),
-        (dict(config=PerturbConfig(layer=3)), "0 to 2"),
-        (dict(config=PerturbConfig(tensor_type="mlp.nope.weight")), "use one of"),
-        (dict(ordinary_dim=7), "another ordinary_dim"),
-        (dict(ordinary_dim=HIDDEN), "outside"),
-        (dict(massive=MassiveDims([1], [1.0] * 8, 1.0, 100.0, {1: 0}, {1: 0})), "find them on this model"),
-        (dict(scores={"x": torch.zeros(1)}), "covering the perturbed tensor"),
-    ]
-    for kw, words in cases:
-        args = {"massive": massive, "config": PerturbConfig(), **kw}
-        with pytest.raises(LapeError) as e:
-            perturb(model, corpus, args.pop("massive"), args.pop("config"), progress=False, **args)
-        _one_line_error(e, words)
-    with pytest.raises(LapeError) as e:
-        perturb(model, {"aa": []}, massive, progress=False)
-    _one_line_error(e, "'aa'")
-
-
 def test_massive_is_judged_against_each_layers_median():
     """A channel 500x its layer's median at layer 0 is massive even though later layers' medians
     (the residual stream grows with depth) exceed its peak; a channel large only where everything
@@ -631,3 +479,32 @@ def test_massive_is_judged_against_each_layers_median():
     assert m.dims == [3] and m.first_layer == {3: 0}
     assert m.times[3] == pytest.approx(500.0) and m.times[4] == pytest.approx(5.0)
     assert m.peak[3] < m.median  # one median over all layers would have missed it
+
+
+def test_ordinary_dim_of_a_layer_is_that_layers_median_channel():
+    # overall peaks rank the channels 0, 1, 2, 3, 4; layer 1 ranks them 4, 3, 2, 0, 1 (ties: lower index)
+    m = MassiveDims([4], [1.0, 2.0, 3.0, 4.0, 500.0], 3.0, 100.0, {4: 0}, {4: 0}, {4: 1},
+                    [[1.0, 2.0, 3.0, 4.0, 500.0], [5.0, 6.0, 2.0, 1.0, 0.5]], 1, [3.0, 2.0], [])
+    assert m.ordinary_dim() == 2  # sorted peaks 1, 2, 3, 4, 500: the middle is channel 2
+    assert m.ordinary_dim(0) == 2
+    assert m.ordinary_dim(1) == 2  # sorted layer-1 peaks 0.5 (4), 1 (3), 2 (2), 5 (0), 6 (1): channel 2
+    m.peak_per_layer[1] = [5.0, 6.0, 0.1, 1.0, 0.5]  # now 0.1 (2), 0.5 (4), 1 (3), 5 (0), 6 (1): channel 3
+    assert m.ordinary_dim(1) == 3 and m.ordinary_dim() == 2
+    with pytest.raises(LapeError) as e:
+        m.ordinary_dim(2)
+    _one_line_error(e, "layer 2", "0 to 1")
+    # without per-layer peaks, the overall median
+    assert MassiveDims([4], m.peak, 3.0, 100.0, {4: 0}, {4: 0}).ordinary_dim(1) == 2
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2", "bloom"])
+def test_writes_residual_is_true_for_the_output_projections_only(family):
+    model = tiny_model(family)
+    space = ParamSpace.of(model)
+    axes = residual_axes(model, space)
+    writers = {p.type for p in space.params if p.layer == 0 and writes_residual(model, p.name, axes)}
+    want = {"llama": {"self_attn.o_proj.weight", "mlp.down_proj.weight"},
+            "gemma3": {"self_attn.o_proj.weight", "mlp.down_proj.weight"},
+            "gpt2": {"attn.c_proj.weight", "mlp.c_proj.weight"},
+            "bloom": {"self_attention.dense.weight", "mlp.dense_4h_to_h.weight"}}[family]
+    assert writers == want

@@ -120,6 +120,31 @@ def residual_axes(model: nn.Module, space: ParamSpace | None = None) -> dict[str
     return axes
 
 
+def writes_residual(model: nn.Module, name: str, axes: Mapping[str, int | None]) -> bool:
+    """Whether parameter ``name`` is the weight of a linear layer that adds its output to the
+    residual stream (a down- or output projection): its residual axis is its output axis
+    (``nn.Linear`` ``[out, in]``: 0; GPT-2's ``Conv1D`` ``[in, out]``: 1).
+
+    Args:
+        model: the model.
+        name: a parameter name as in ``model.named_parameters()``.
+        axes: :func:`residual_axes` of the model.
+
+    Example:
+        >>> axes = residual_axes(model)
+        >>> writes_residual(model, "model.layers.0.mlp.down_proj.weight", axes)
+        True
+    """
+    owner_path, _, attr = name.rpartition(".")
+    axis = axes.get(name)
+    if attr != "weight" or axis is None:
+        return False
+    owner = model.get_submodule(owner_path)
+    if _features(owner, "in") is None or dict(owner.named_parameters(recurse=False))["weight"].dim() != 2:
+        return False
+    return axis == (1 if _is_conv1d(owner) else 0)
+
+
 # --------------------------------------------------------------------------------------------
 # massive activations
 
@@ -165,10 +190,22 @@ class MassiveDims:
     def hidden_size(self) -> int:
         return len(self.peak)
 
-    def ordinary_dim(self) -> int:
+    def ordinary_dim(self, layer: int | None = None) -> int:
         """The channel whose peak is the median one (the lower middle for an even count; ties go
-        to the lower index): a deterministic "ordinary" channel to compare with."""
-        order = sorted(range(len(self.peak)), key=lambda c: (self.peak[c], c))
+        to the lower index): a deterministic "ordinary" channel to compare with.
+
+        Args:
+            layer: rank the channels by their peak at this layer's output
+                (``peak_per_layer[layer]``) instead of their peak over all layers; ignored when
+                the per-layer peaks were not kept.
+        """
+        peak = self.peak
+        if layer is not None and self.peak_per_layer:
+            if not 0 <= layer < len(self.peak_per_layer):
+                raise LapeError(f"layer {layer} is outside the {len(self.peak_per_layer)} layers the massive dims "
+                                f"were found on: use a layer from 0 to {len(self.peak_per_layer) - 1}")
+            peak = self.peak_per_layer[layer]
+        order = sorted(range(len(peak)), key=lambda c: (peak[c], c))
         return order[(len(order) - 1) // 2]
 
     def to_dict(self, per_layer: bool = True) -> dict[str, Any]:

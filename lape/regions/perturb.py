@@ -1,30 +1,48 @@
-"""Single-parameter perturbation (Zhang et al., ACL 2024, step 5; methods.md 3(b), 6(b)).
+"""Dimension dependence by super weights (Zhang et al. 2024 step 5; Yu et al. 2024; methods.md 3(b), 6(b), 7).
 
-Zhang et al. multiply one weight by 4: on a particular hidden dimension ("L1-N2100") Chinese
-perplexity jumps to 257.7; on another ("L1-N4200") it stays at 5.9. Their code is not released
-and the figure does not name the matrix or the element. Here:
+Zhang et al. multiply one weight by 4 and see Chinese perplexity jump to 257.7 on one hidden
+dimension ("L1-N2100") and stay at 5.9 on another. Their code is not released and the figure does
+not name the matrix or the element. Yu et al. ("The Super Weight in Large Language Models", 2024)
+explain such dimensions: a *massive activation* (Sun et al. 2024) on a residual channel ``c`` at
+the first token is written by one scalar of an early down-projection, found by the activation
+spike it writes, and zeroing that one scalar raises perplexity by orders of magnitude.
 
-* the dimension is the top massive channel (:func:`lape.regions.dims.find_massive_dims`) and the
-  layer the first one whose output shows it (or ``config.layer``);
-* the tensor is ``config.tensor_type`` of that layer (default ``mlp.down_proj.weight``: the
-  matrix that writes the massive activation, where Yu et al. find "super weights");
-* the entry is the one on that channel (along the tensor's residual axis,
-  :func:`lape.regions.dims.residual_axes`) with the largest ``|score|`` (an importance, e.g.
-  ``sum_l |S_l|``) or, without scores, the largest ``|weight|`` (:func:`pick_entry`);
-* the control is the entry picked the same way on an ordinary channel of the same tensor (by
-  default the channel whose activation peak is the median one).
+For every massive channel ``c`` (:func:`lape.regions.dims.find_massive_dims`):
 
-:func:`perturb` evaluates the mean NLL per language unmodified, with the massive entry scaled
-and with the ordinary entry scaled (``lape.weights.edit_weights``, restored bit-exactly), and
-returns a :class:`PerturbResult` (artifact kind ``perturb``).
+1. ``l`` = the first decoder layer whose output shows ``c`` as massive (``config.layer`` overrides);
+2. the *probe* is the text's first token (BOS) alone at position 0: a causal model's position 0
+   attends to nothing else, so this is the BOS state of every sequence of the text;
+3. ``a`` = the input of layer ``l``'s down-projection at the probe; the super-weight candidate is
+   ``j* = argmax_j |a_j W[c, j]|``, the largest single term of the down-projection's output on
+   ``c`` (``sum_j a_j W[c, j]``);
+4. the control is the median channel ``o`` of layer ``l`` (by its peak at that layer's output),
+   its entry ``j_o = argmax_j |a_j W[o, j]|`` chosen the same way;
+5. where a norm sits between a block's writer and the residual add (Gemma 2/3
+   ``post_feedforward_layernorm``/``post_attention_layernorm``, OLMo 2; found by its input being
+   the writer's output at the probe), the norm of the branch that writes the larger ``|value|``
+   on ``c`` sets it: its scale ``s_c = w_c + k`` (``k = 1`` for ``x * (1 + w)``, else 0) caps
+   what any down-projection weight can do, ``|y_c| <= sqrt(H) s_c``, so entry ``c`` of that norm
+   is a second candidate (entry ``o`` its control);
+6. each candidate and control is edited twice, restored bit-exactly after each
+   (:func:`lape.weights.edit_weights`): *zero* (``W[c, j*] = 0``; ``s_c = 0``, i.e. ``w_c = -k``,
+   lape's ``"remove"``) and *x factor* (``W[c, j*] * 4``; ``s_c * 4``, i.e.
+   ``w_c = 4 (w_c + k) - k``).
+
+Each edit gets the mean NLL per language (:class:`lape.evaluate.perplexity.LanguageNLL`) and the
+probe's residual stream after every layer on the massive and control channels, beside the
+unedited model's. An edit *collapses* the model when its perplexity exceeds ``collapse_ratio``
+(10) times the unedited model's (geometric mean over languages); :meth:`PerturbResult.verdict`
+says which do. :func:`perturb` returns a :class:`PerturbResult` (artifact kind ``perturb``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,23 +54,27 @@ from ..activations import check_corpus, corpus_key
 from ..config import StageConfig, option
 from ..errors import LapeError
 from ..evaluate.perplexity import LanguageNLL, PerplexityConfig
-from ..models import check_positions, fingerprint
-from ..space import ParamSpace
-from ..weights import edit_weights
-from .dims import MassiveDims, hidden_size, residual_axes
+from ..models import check_positions, fingerprint, input_device
+from ..space import NeuronSpace, ParamSpace
+from ..weights import edit_weights, removal_value
+from .dims import MassiveDims, hidden_size, residual_axes, writes_residual
 from .importance import ParamImportance
 
 logger = logging.getLogger(__name__)
-CONDITIONS = ("massive", "ordinary")
+TARGETS = ("weight", "norm")  # a down-projection entry, or a norm's scale entry
+KINDS = ("zero", "scale")  # set to 0, or multiply by the factor
 
 
 @dataclass(frozen=True)
 class PerturbConfig(StageConfig):
     """Settings of :func:`perturb`."""
 
-    factor: float = 4.0  # the entry is multiplied by this (Zhang et al.: 4)
-    layer: int | None = option(None, min=0)  # None: the first layer whose output shows the top massive channel
-    tensor_type: str = "mlp.down_proj.weight"  # block-relative name of the perturbed tensor
+    factor: float = 4.0  # the scale edit (Zhang et al.: x4)
+    layer: int | None = option(None, min=0)  # None: each channel's first layer where it is massive
+    tensor_type: str | None = None  # the writer whose input is hooked; None: the MLP's down-projection (Yu et al.)
+    norms: bool = True  # also edit the scale of the output norm that sets the channel, where there is one
+    max_dims: int | None = option(None, min=1)  # None: every massive channel; else the largest ones
+    collapse_ratio: float = option(10.0, gt=1.0)  # collapse: PPL above this x the unedited model's
     tokens_per_language: int = option(1024, gt=0)  # valid tokens per language
     seq_len: int = option(256, min=2, max=1 << 16)  # packed sequence length
     batch_size: int = option(4, min=1, max=4096)  # sequences per forward pass
@@ -61,11 +83,189 @@ class PerturbConfig(StageConfig):
     chunk_size: int = option(512, min=1, key=False)  # positions whose vocabulary logits exist at once
 
 
-def _param_of(space: ParamSpace, layer: int, tensor_type: str) -> str:
-    """The full name of ``tensor_type`` in ``layer``."""
+# --------------------------------------------------------------------------------------------
+# the probe: the first token alone, position 0
+
+
+def probe_token(corpus: Mapping[str, Iterable[Any]], per_language: int = 4) -> int:
+    """The first token of the text: the most common first token of the first ``per_language``
+    sequences of each language (BOS for a packed corpus; the first seen wins ties)."""
+    firsts = []
+    for stream in corpus.values():
+        for k, seq in enumerate(stream):
+            if k >= per_language:
+                break
+            ids = seq.input_ids.reshape(-1)
+            if ids.numel():
+                firsts.append(int(ids[0]))
+    if not firsts:
+        raise LapeError("no sequence to take the first token from: give perturb some text (e.g. the valid split)")
+    counts = Counter(firsts)
+    return max(counts, key=lambda t: (counts[t], -firsts.index(t)))
+
+
+@contextmanager
+def _position0(modules: Mapping[str, nn.Module]) -> Iterator[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Record ``(input, output)`` at batch row 0, position 0 of every forward of each module
+    (float64, CPU); the hooks are removed on exit, also after an exception."""
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    handles = []
+
+    def first(t: Any) -> torch.Tensor:
+        t = t[0] if isinstance(t, tuple) else t
+        return t.detach()[0, 0].double().cpu()
+
+    try:
+        for key, module in modules.items():
+            def hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any, _key: str = key) -> None:
+                x = args[0] if args else next(iter(kwargs.values()))
+                seen[_key] = (first(x), first(output))
+            handles.append(module.register_forward_hook(hook, with_kwargs=True))
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _probe(model: nn.Module, space: ParamSpace, token: int, watch: Mapping[str, nn.Module] | None = None
+           ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """One forward of ``token`` alone: the residual stream after every decoder layer at position 0
+    (``[layers, hidden]``, float64) and ``(input, output)`` at position 0 of each watched module."""
+    layers = {f"layer:{i}": model.get_submodule(f"{space.layers_path}.{i}") for i in range(space.num_layers)}
+    with _position0({**layers, **(watch or {})}) as seen, torch.inference_mode():
+        model.base_model(input_ids=torch.tensor([[token]], device=input_device(model)), use_cache=False)
+    states = torch.stack([seen[f"layer:{i}"][1] for i in range(space.num_layers)])  # (L, H)
+    return states, {k: v for k, v in seen.items() if not k.startswith("layer:")}
+
+
+# --------------------------------------------------------------------------------------------
+# super-weight candidates
+
+
+@dataclass
+class SuperWeight:
+    """The super-weight candidate of one massive channel, its control, and the norm that sets it.
+
+    Attributes:
+        dim: the massive channel ``c``.
+        layer: the layer ``l`` whose down-projection was hooked.
+        tensor: the down-projection weight's name (``tensor_type`` relative to its block);
+            ``index`` the entry ``(c, j*)`` in it (``(j*, c)`` for GPT-2's ``Conv1D``); ``j`` is ``j*``.
+        activation: ``a_{j*}``, the down-projection's input at the probe.
+        weight: ``W[c, j*]``.
+        contribution: ``a_{j*} W[c, j*]``.
+        output: ``sum_j a_j W[c, j]``, the down-projection's output on ``c`` at the probe.
+        control_dim, control_index, control_j, control_activation, control_weight,
+            control_contribution, control_output: the same for the control channel ``o``.
+        norm: the output norm's weight that sets ``c`` (``None``: no norm between the writer and
+            the residual add; ``norm_type`` relative to its block); ``norm_offset`` ``k`` (1 for
+            ``x * (1 + w)``); ``norm_scale`` ``s_c = w_c + k``; ``control_norm_scale`` ``s_o``.
+        branches: per writer of layer ``l`` (block-relative type): ``{"norm": its output norm's
+            type or None, "value": what the branch adds to ``c`` at the probe}``.
+        position: where channel ``c`` peaks in the text (0: the first token, the probe).
+        score, score_rank: the entry's importance ``sum_l |S_l|`` and the share of its tensor's
+            entries scored higher (``None`` without an importance); ``norm_score``,
+            ``norm_score_rank`` the same for the norm entry (``None`` where the importance has no
+            norm weights).
+    """
+
+    dim: int
+    layer: int
+    tensor: str
+    tensor_type: str
+    index: list[int]
+    j: int
+    activation: float
+    weight: float
+    contribution: float
+    output: float
+    control_dim: int
+    control_index: list[int]
+    control_j: int
+    control_activation: float
+    control_weight: float
+    control_contribution: float
+    control_output: float
+    norm: str | None = None
+    norm_type: str | None = None
+    norm_offset: float = 0.0
+    norm_scale: float | None = None
+    control_norm_scale: float | None = None
+    branches: dict[str, dict[str, Any]] = field(default_factory=dict)
+    position: int = 0
+    score: float | None = None
+    score_rank: float | None = None
+    norm_score: float | None = None
+    norm_score_rank: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SuperWeight:
+        d = dict(d)
+        d["index"] = [int(i) for i in d["index"]]
+        d["control_index"] = [int(i) for i in d["control_index"]]
+        return cls(**d)
+
+
+def _layer_watch(model: nn.Module, space: ParamSpace, layer: int, axes: Mapping[str, int | None]
+                 ) -> dict[str, nn.Module]:
+    """The modules of one layer to watch at the probe: its writers (``writer:NAME``) and its
+    hidden-sized norms (``norm:NAME``), keyed by their weight's name."""
+    watch = {}
+    hidden = hidden_size(model)
+    for p in space.params:
+        if p.layer != layer or not p.name.endswith(".weight"):
+            continue
+        module = model.get_submodule(p.name.rpartition(".")[0])
+        if writes_residual(model, p.name, axes):
+            watch[f"writer:{p.name}"] = module
+        elif p.shape == (hidden,) and axes.get(p.name) == 0 and "Norm" in type(module).__name__:
+            watch[f"norm:{p.name}"] = module
+    return watch
+
+
+def _output_norms(seen: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, str | None]:
+    """Per writer, the norm whose input at the probe is the writer's output (``None``: none)."""
+    norms = {k[5:]: v for k, v in seen.items() if k.startswith("norm:")}
+    out: dict[str, str | None] = {}
+    for key, (_, written) in seen.items():
+        if key.startswith("writer:"):
+            out[key[7:]] = next((n for n, (x, _) in norms.items()
+                                 if x.shape == written.shape and torch.allclose(x, written, rtol=1e-6, atol=0.0)),
+                                None)
+    return out
+
+
+def _argmax_term(weight: torch.Tensor, axis: int, a: torch.Tensor, channel: int) -> tuple[int, torch.Tensor]:
+    """``j = argmax_j |a_j W[channel, j]|`` (the first on ties) and the terms ``a_j W[channel, j]``."""
+    line = weight.detach().select(axis, channel).double().cpu()  # (I,): what input j adds to the channel
+    if line.shape != a.shape:
+        raise LapeError(f"the hooked input has {a.numel()} entries but the weight's row on channel {channel} has "
+                        f"{line.numel()}: tensor_type must be a down-projection whose input is its MLP's activation")
+    terms = a * line
+    return int(terms.abs().argmax()), terms
+
+
+def _check_massive(massive: MassiveDims, hidden: int) -> list[int]:
+    if massive.hidden_size != hidden:
+        raise LapeError(f"the massive dims are over {massive.hidden_size} channels but the model has {hidden}: "
+                        "find them on this model (find_massive_dims)")
+    if not massive.dims:
+        raise LapeError(f"no massive channel (none above {massive.ratio:g} x its layer's median channel peak): run "
+                        "find_massive_dims with a lower ratio=")
+    return list(massive.dims)
+
+
+def _param_of(space: ParamSpace, layer: int, tensor_type: str | None, model: nn.Module) -> str:
+    """The full name of ``tensor_type`` in ``layer`` (``None``: the MLP's down-projection weight,
+    as :class:`lape.space.NeuronSpace` finds it)."""
     if not 0 <= layer < space.num_layers:
         raise LapeError(f"layer {layer} is outside the {space.num_layers} decoder layers of {space.model_class}: "
                         f"use a layer from 0 to {space.num_layers - 1}")
+    if tensor_type is None:
+        return f"{NeuronSpace.of(model).down_paths[layer]}.weight"
     found = [p.name for p in space.params if p.layer == layer and p.type == tensor_type]
     if not found:
         raise LapeError(f"{space.model_class} has no tensor type {tensor_type!r} in layer {layer}: use one of "
@@ -73,157 +273,234 @@ def _param_of(space: ParamSpace, layer: int, tensor_type: str) -> str:
     return found[0]
 
 
-def pick_entry(model: nn.Module, layer: int, tensor_type: str, dim: int, axes: Mapping[str, int | None] | None = None,
-               scores: torch.Tensor | None = None, *, space: ParamSpace | None = None) -> tuple[str, tuple[int, ...]]:
-    """The entry of one tensor lying on hidden channel ``dim`` with the largest ``|score|``.
+def super_weights(model: nn.Module, massive: MassiveDims, token: int, *, layer: int | None = None,
+                  tensor_type: str | None = None, ordinary_dim: int | None = None,
+                  max_dims: int | None = None, space: ParamSpace | None = None) -> list[SuperWeight]:
+    """The super-weight candidate of every massive channel, with its control and norm entry.
+
+    Per massive channel ``c``: hook the input ``a`` of layer ``l``'s down-projection at the probe
+    (``token`` alone, position 0) and take ``j* = argmax_j |a_j W[c, j]|``; the control is the
+    median channel ``o`` of layer ``l`` with ``j_o = argmax_j |a_j W[o, j]|``; the norm is the
+    output norm (if any) of the branch that writes the larger ``|value|`` on ``c`` in layer ``l``
+    (see the module docstring).
 
     Args:
-        model: the model.
-        layer: the decoder layer.
-        tensor_type: block-relative name, e.g. ``"mlp.down_proj.weight"``.
-        dim: the hidden channel; the entry lies on it along the tensor's residual axis.
-        axes: :func:`lape.regions.dims.residual_axes` of the model (computed when ``None``).
-        scores: a weight-shaped score (e.g. ``sum_l |S_l|`` of the tensor); ``None``: the weight.
+        model: the model ``massive`` was found on.
+        massive: from :func:`lape.regions.dims.find_massive_dims`.
+        token: the probe token (:func:`probe_token`: BOS).
+        layer: hook this layer for every channel (default: each channel's first massive layer).
+        tensor_type: the down-projection's weight relative to its block (default: the MLP's
+            down-projection, found by :class:`lape.space.NeuronSpace`).
+        ordinary_dim: the control channel for every candidate (default: the median channel of
+            each candidate's layer, :meth:`MassiveDims.ordinary_dim`).
+        max_dims: only the ``max_dims`` largest massive channels (default: all).
         space: the model's :class:`ParamSpace`, if already built.
 
     Returns:
-        ``(parameter name, index)``; the lowest index wins ties.
+        One :class:`SuperWeight` per massive channel, in ``massive.dims`` order.
 
     Raises:
-        LapeError: a layer, tensor type or channel the model does not have, a tensor without a
-            residual axis, or scores of the wrong shape.
+        LapeError: no massive channel, massive dims of another model, a layer or tensor type
+            the model does not have, a tensor that does not write the residual stream, or a
+            control channel outside the model or equal to the massive one.
 
     Example:
-        >>> name, index = pick_entry(model, 1, "mlp.down_proj.weight", massive.dims[0], residual_axes(model))
-        >>> index[0] == massive.dims[0]   # down_proj is [hidden, mlp]: the row of the channel
-        True
+        >>> sw = super_weights(model, massive, tok.bos_token_id)
+        >>> [(s.layer, s.dim, s.j) for s in sw]     # e.g. [(3, 163, 1414), (0, 400, 1405)]
     """
     space = space or ParamSpace.of(model)
-    name = _param_of(space, layer, tensor_type)
-    axes = axes if axes is not None else residual_axes(model, space)
-    axis = axes.get(name)
-    if axis is None:
-        usable = [t for t in space.tensor_types() if axes.get(_param_of(space, layer, t)) is not None]
-        raise LapeError(f"tensor type {tensor_type!r} does not lie on the residual stream: use one of {', '.join(usable)}")
-    weight = dict(model.named_parameters())[name]
-    if not 0 <= dim < weight.shape[axis]:
-        raise LapeError(f"hidden channel {dim} is outside [0, {weight.shape[axis]}) of {type(model).__name__}: "
-                        "pass a channel of this model (e.g. from find_massive_dims)")
-    values = weight.detach() if scores is None else scores
-    if tuple(values.shape) != tuple(weight.shape):
-        raise LapeError(f"scores for {name} have shape {tuple(values.shape)}, the weight {tuple(weight.shape)}: "
-                        "pass a weight-shaped score of this tensor")
-    line = values.select(axis, dim).float().abs().reshape(-1)  # argmax returns the first maximum
-    rest = [s for d, s in enumerate(weight.shape) if d != axis]
-    flat = int(torch.argmax(line)) if line.numel() else 0
-    index = list(torch.unravel_index(torch.tensor(flat), tuple(rest))) if rest else []
-    index = [int(i) for i in index]
-    index.insert(axis, dim)
-    return name, tuple(index)
+    hidden = hidden_size(model)
+    dims = _check_massive(massive, hidden)[:max_dims]
+    axes = residual_axes(model, space)
+    plan: dict[int, int] = {}
+    for c in dims:
+        where = layer if layer is not None else massive.first_layer.get(c)
+        if where is None:
+            raise LapeError(f"the massive dims do not say where channel {c} first appears: pass layer=")
+        plan[c] = where
+    watch: dict[str, nn.Module] = {}
+    for where in sorted(set(plan.values())):
+        name = _param_of(space, where, tensor_type, model)
+        if not writes_residual(model, name, axes):
+            raise LapeError(f"{space.info(name).type} does not write into the residual stream: use the down-projection "
+                            "(mlp.down_proj.weight, mlp.c_proj.weight, ...)")
+        watch.update(_layer_watch(model, space, where, axes))
+    if ordinary_dim is not None and not 0 <= int(ordinary_dim) < hidden:
+        raise LapeError(f"ordinary_dim={ordinary_dim} is outside [0, {hidden}): pass a channel of this model")
+    _, seen = _probe(model, space, token, watch)
+    params = dict(model.named_parameters())
+    out = []
+    for c in dims:
+        where = plan[c]
+        o = int(ordinary_dim) if ordinary_dim is not None else massive.ordinary_dim(where)
+        if o == c:
+            raise LapeError(f"the control channel {o} is the massive one: pass another ordinary_dim")
+        name = _param_of(space, where, tensor_type, model)
+        w, axis = params[name], axes[name]
+        a = seen[f"writer:{name}"][0]  # (I,): the down-projection's input at the probe
+        j, terms = _argmax_term(w, axis, a, c)
+        jo, terms_o = _argmax_term(w, axis, a, o)
+        # what each branch of layer l adds to c at the probe: its output norm's output, else the writer's
+        branches = {}
+        for writer, norm in _output_norms({k: v for k, v in seen.items()
+                                           if space.layer_of(k.split(":", 1)[1]) == where}).items():
+            value = seen[f"norm:{norm}"][1][c] if norm else seen[f"writer:{writer}"][1][c]
+            branches[writer] = (norm, float(value))
+        top = max(branches, key=lambda k: abs(branches[k][1])) if branches else None
+        norm = branches[top][0] if top is not None else None  # the norm of the branch that writes c most
+        offset = -removal_value(model, norm) if norm else 0.0
+        row, row_o = w.detach().select(axis, c), w.detach().select(axis, o)
+        sw = SuperWeight(
+            dim=c, layer=where, tensor=name, tensor_type=space.info(name).type, index=_index(axis, c, j), j=j,
+            activation=float(a[j]), weight=float(row[j]), contribution=float(terms[j]), output=float(terms.sum()),
+            control_dim=o, control_index=_index(axis, o, jo), control_j=jo, control_activation=float(a[jo]),
+            control_weight=float(row_o[jo]), control_contribution=float(terms_o[jo]), control_output=float(terms_o.sum()),
+            norm=norm, norm_type=space.info(norm).type if norm else None, norm_offset=offset,
+            norm_scale=float(params[norm].detach()[c]) + offset if norm else None,
+            control_norm_scale=float(params[norm].detach()[o]) + offset if norm else None,
+            branches={space.info(k).type: {"norm": space.info(n).type if n else None, "value": v}
+                      for k, (n, v) in branches.items()},
+            position=int(massive.positions.get(c, 0)))
+        if sw.position != 0:
+            logger.info("channel %d peaks at position %d, not at the first token: its candidate is still taken at "
+                        "the first token", c, sw.position)
+        out.append(sw)
+    return out
 
 
-def one_hot_mask(model: nn.Module, name: str, index: tuple[int, ...]) -> dict[str, torch.Tensor]:
-    """``{name: bool mask}`` with only entry ``index`` set, for :func:`lape.weights.edit_weights`."""
-    weight = dict(model.named_parameters())[name]
-    mask = torch.zeros(weight.shape, dtype=torch.bool)
-    mask[index] = True
-    return {name: mask}
+def _index(axis: int, channel: int, j: int) -> list[int]:
+    return [channel, j] if axis == 0 else [j, channel]
+
+
+# --------------------------------------------------------------------------------------------
+# edits
 
 
 @dataclass
-class PerturbResult(artifacts.Artifact):
-    """Mean NLL per language, unmodified and with one entry scaled on a massive and on an ordinary channel.
+class Edit:
+    """One weight edit.
 
     Attributes:
-        languages: evaluated languages.
-        base_nll: nats/token of the unmodified model, per language.
-        massive_nll: with the entry on the massive channel scaled.
-        ordinary_nll: with the entry on the ordinary channel scaled.
-        entries: per condition (``massive``, ``ordinary``): ``tensor``, ``index``, ``layer``,
-            ``dim``, ``value`` (before), ``scaled`` (after) and ``score`` (what picked it).
-        factor: the scale factor.
-        tokens: evaluated tokens per language.
+        dim: the massive channel whose candidate this is (also for its controls).
+        channel: the channel the edited entry lies on (``dim``, or the control's).
+        layer: the edited layer.
+        target: ``"weight"`` (a down-projection entry) or ``"norm"`` (a norm's scale entry).
+        control: whether it is the control's entry.
+        kind: ``"zero"`` or ``"scale"`` (times the factor).
+        tensor, index: the edited entry; ``what`` its tensor type relative to the block, without
+            ``.weight`` (e.g. ``mlp.down_proj``).
+        op, value: the :func:`lape.weights.edit_weights` call that makes it.
+        before, after: the parameter's value before and during the edit.
+        scale_before, scale_after: the effective value: the weight, or the norm's scale ``w + k``.
     """
 
-    languages: list[str]
-    base_nll: list[float]
-    massive_nll: list[float]
-    ordinary_nll: list[float]
-    entries: dict[str, dict[str, Any]]
-    factor: float
-    tokens: dict[str, int]
-    meta: dict[str, Any] = field(default_factory=dict)
+    dim: int
+    channel: int
+    layer: int
+    target: str
+    control: bool
+    kind: str
+    tensor: str
+    what: str
+    index: list[int]
+    op: str
+    value: float | None
+    before: float
+    after: float
+    scale_before: float
+    scale_after: float
 
-    KIND: ClassVar[str] = "perturb"
-    DESCRIPTION: ClassVar[str] = "single-parameter perturbation"
+    @property
+    def key(self) -> tuple[str, tuple[int, ...], str, float | None]:
+        """What makes two edits the same change of the model."""
+        return self.tensor, tuple(self.index), self.op, self.value
 
-    def nll(self, condition: str) -> list[float]:
-        """NLL per language of ``"base"``, ``"massive"`` or ``"ordinary"``."""
-        table = {"base": self.base_nll, "massive": self.massive_nll, "ordinary": self.ordinary_nll}
-        if condition not in table:
-            raise LapeError(f"unknown condition {condition!r}: use base, massive or ordinary")
-        return table[condition]
+    def label(self, factor: float) -> str:
+        """A short name, e.g. ``zero L3 mlp.down_proj[163, 1414]``."""
+        verb = "zero" if self.kind == "zero" else f"x{factor:g}"
+        tail = " scale" if self.target == "norm" else ""
+        return f"{verb} {self.entry}{tail}"
 
-    def ppl(self, condition: str) -> list[float]:
-        """``exp(nll)`` per language."""
-        return [_exp(v) for v in self.nll(condition)]
+    @property
+    def entry(self) -> str:
+        """The edited entry, e.g. ``L3 mlp.down_proj[163, 1414]``."""
+        return f"L{self.layer} {self.what}[{', '.join(map(str, self.index))}]"
 
-    @staticmethod
-    def _entry_label(e: Mapping[str, Any]) -> str:
-        return f"L{e['layer']}-N{e['dim']} ({e['tensor']}{list(e['index'])})"
+    def describe(self, factor: float) -> str:
+        """A phrase for a sentence, e.g. ``zeroing channel 163's super weight L3 mlp.down_proj[163, 1414]``."""
+        verb = "zeroing" if self.kind == "zero" else f"x{factor:g} on"
+        whose = (f"the control (channel {self.channel})" if self.control else f"channel {self.dim}'s")
+        what = "norm scale" if self.target == "norm" else ("weight" if self.control else "super weight")
+        return f"{verb} {whose} {what} {self.entry}"
 
-    def summary_line(self) -> str:
-        """One line: the two entries and the mean PPL under each condition."""
-        def mean_ppl(condition: str) -> float:
-            vals = [v for v in self.ppl(condition) if not math.isnan(v)]
-            return sum(vals) / len(vals) if vals else math.nan
-
-        m, o = self.entries["massive"], self.entries["ordinary"]
-        return (f"x{self.factor:g} on massive {self._entry_label(m)}: mean PPL {mean_ppl('base'):.4g} -> "
-                f"{mean_ppl('massive'):.4g}; on ordinary {self._entry_label(o)}: -> {mean_ppl('ordinary'):.4g} "
-                f"({len(self.languages)} languages)")
-
-    def payload(self) -> dict[str, Any]:
-        return {"languages": self.languages, "base_nll": self.base_nll, "massive_nll": self.massive_nll,
-                "ordinary_nll": self.ordinary_nll, "entries": self.entries, "factor": self.factor,
-                "tokens": self.tokens, "base_ppl": self.ppl("base"), "massive_ppl": self.ppl("massive"),
-                "ordinary_ppl": self.ppl("ordinary")}
-
-    to_dict = payload
-
-    def tables(self) -> dict[str, list[dict[str, Any]]]:
-        rows = []
-        for i, lang in enumerate(self.languages):
-            row: dict[str, Any] = {"language": lang, "tokens": self.tokens.get(lang),
-                                   "base_nll": self.base_nll[i], "base_ppl": _exp(self.base_nll[i])}
-            for c in CONDITIONS:
-                v = self.nll(c)[i]
-                row.update({f"{c}_nll": v, f"{c}_ppl": _exp(v), f"{c}_delta_nll": v - self.base_nll[i]})
-            rows.append(row)
-        entries = [{"condition": c, **{k: (list(v) if k == "index" else v) for k, v in self.entries[c].items()},
-                    "factor": self.factor} for c in CONDITIONS]
-        return {"perturb_nll": rows, "perturb_entries": entries}
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
     @classmethod
-    def _from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], r: Any) -> PerturbResult:
-        def floats(v: list[float | None]) -> list[float]:  # null: NaN (no token)
-            return [math.nan if x is None else float(x) for x in v]
+    def from_dict(cls, d: Mapping[str, Any]) -> Edit:
+        d = dict(d)
+        d["index"] = [int(i) for i in d["index"]]
+        return cls(**d)
 
-        entries = {c: {**r["entries"][c], "index": [int(i) for i in r["entries"][c]["index"]]} for c in CONDITIONS}
-        return cls(list(r["languages"]), floats(r["base_nll"]), floats(r["massive_nll"]), floats(r["ordinary_nll"]),
-                   entries, float(r["factor"]), {k: int(v) for k, v in r["tokens"].items()}, meta)
 
-    def validate(self) -> None:
-        n = len(self.languages)
-        if any(len(v) != n for v in (self.base_nll, self.massive_nll, self.ordinary_nll)):
-            raise LapeError(f"perturbation result does not hold {n} values per condition: the artifact was "
-                            "edited or damaged; re-run the perturbation")
-        if any(v < 0 for v in self.base_nll + self.massive_nll + self.ordinary_nll if not math.isnan(v)):
-            raise LapeError("perturbation result holds a negative NLL: the artifact was edited or damaged; "
-                            "re-run the perturbation")
-        if set(self.entries) != set(CONDITIONS):
-            raise LapeError(f"perturbation result has entries {sorted(self.entries)}, not massive and ordinary: "
-                            "the artifact was edited or damaged; re-run the perturbation")
+def plan_edits(model: nn.Module, candidates: Sequence[SuperWeight], factor: float = 4.0,
+               norms: bool = True) -> list[Edit]:
+    """The edits of each candidate, in order: its super weight zeroed and scaled, the control
+    weight zeroed and scaled, then (``norms`` and a norm sets the channel) the norm scale of the
+    channel and of the control zeroed and scaled.
+
+    Zeroing a norm scale writes lape's removal value (``w = -k``: scale 0); scaling it writes
+    ``w = factor (w + k) - k`` (scale times ``factor``).
+
+    Example:
+        >>> edits = plan_edits(model, super_weights(model, massive, bos), factor=4.0)
+        >>> [e.label(4.0) for e in edits][:2]
+        ['zero L3 mlp.down_proj[163, 1414]', 'x4 L3 mlp.down_proj[163, 1414]']
+    """
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor):
+        raise LapeError(f"factor={factor!r} must be a finite number: the scale edit multiplies by it")
+    params = dict(model.named_parameters())
+    edits = []
+    for sw in candidates:
+        what = sw.tensor_type.removesuffix(".weight")
+        for control, channel, index in ((False, sw.dim, sw.index), (True, sw.control_dim, sw.control_index)):
+            entry = params[sw.tensor].detach()[tuple(index)]
+            v, scaled = float(entry), float(entry * factor)  # what lape.weights writes: old * value, in its dtype
+            common = dict(dim=sw.dim, channel=channel, layer=sw.layer, target="weight", control=control,
+                          tensor=sw.tensor, what=what, index=list(index), before=v, scale_before=v)
+            edits.append(Edit(kind="zero", op="zero", value=None, after=0.0, scale_after=0.0, **common))
+            edits.append(Edit(kind="scale", op="scale", value=float(factor), after=scaled, scale_after=scaled, **common))
+        if norms and sw.norm:
+            k, norm = sw.norm_offset, params[sw.norm]
+            for control, channel in ((False, sw.dim), (True, sw.control_dim)):
+                w = float(norm.detach()[channel])
+                new = factor * (w + k) - k  # scale s = w + k times factor
+                written = float(torch.tensor(new, dtype=norm.dtype))
+                common = dict(dim=sw.dim, channel=channel, layer=sw.layer, target="norm", control=control,
+                              tensor=sw.norm, what=(sw.norm_type or sw.norm).removesuffix(".weight"), index=[channel],
+                              before=w, scale_before=w + k)
+                edits.append(Edit(kind="zero", op="remove", value=None, after=-k, scale_after=0.0, **common))
+                edits.append(Edit(kind="scale", op="set", value=new, after=written, scale_after=written + k, **common))
+    return edits
+
+
+def _one_hot(model: nn.Module, name: str, index: Sequence[int]) -> dict[str, torch.Tensor]:
+    """``{name: bool mask}`` with only entry ``index`` set, for :func:`lape.weights.edit_weights`."""
+    weight = dict(model.named_parameters())[name]
+    mask = torch.zeros(weight.shape, dtype=torch.bool)
+    mask[tuple(index)] = True
+    return {name: mask}
+
+
+@contextmanager
+def applied(model: nn.Module, edit: Edit) -> Iterator[None]:
+    """Make ``edit`` for the duration of a ``with`` block; restored bit-exactly on exit."""
+    with edit_weights(model, _one_hot(model, edit.tensor, edit.index), op=edit.op, value=edit.value):  # type: ignore[arg-type]
+        yield
+
+
+# --------------------------------------------------------------------------------------------
+# the result
 
 
 def _exp(v: float) -> float:
@@ -232,38 +509,263 @@ def _exp(v: float) -> float:
     return math.exp(v) if v < 700 else math.inf
 
 
-def _score_tensor(scores: Any, name: str) -> torch.Tensor | None:
-    """The weight-shaped score of ``name``: ``sum_l |S_l|`` of an importance, or ``scores[name]``."""
+@dataclass
+class PerturbResult(artifacts.Artifact):
+    """Super weights and norm scales of the massive channels, zeroed and scaled: NLL per language
+    and the first token's residual stream on each channel, beside the unedited model.
+
+    Attributes:
+        languages: evaluated languages.
+        base_nll: ``[languages]`` nats/token of the unedited model.
+        nll: ``[edits][languages]`` with each edit made.
+        candidates: one :class:`SuperWeight` per massive channel.
+        edits: the :class:`Edit` list (:func:`plan_edits` order).
+        channels: the channels whose probe values are kept (massive ones, then controls).
+        base_bos: ``[layers][channels]``: the residual stream at the probe after each layer.
+        bos: ``[edits][layers][channels]``: the same with each edit made.
+        factor: the scale edit's factor.
+        collapse_ratio: an edit collapses the model above this PPL ratio.
+        probe: the probe token id.
+        tokens: evaluated tokens per language.
+    """
+
+    languages: list[str]
+    base_nll: list[float]
+    nll: list[list[float]]
+    candidates: list[SuperWeight]
+    edits: list[Edit]
+    channels: list[int]
+    base_bos: list[list[float]]
+    bos: list[list[list[float]]]
+    factor: float
+    collapse_ratio: float
+    probe: int
+    tokens: dict[str, int]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    KIND: ClassVar[str] = "perturb"
+    DESCRIPTION: ClassVar[str] = "super-weight perturbation"
+    TENSORS: ClassVar[tuple[str, ...]] = ("base_nll", "nll", "base_bos", "bos")
+
+    # --- figures -------------------------------------------------------------------------------
+    def ppl_ratios(self, i: int) -> list[float]:
+        """Per language, PPL with edit ``i`` over the unedited PPL."""
+        return [_exp(v - b) for v, b in zip(self.nll[i], self.base_nll)]
+
+    def ppl_ratio(self, i: int) -> float:
+        """Edit ``i``'s PPL over the unedited PPL, geometric mean over languages:
+        ``exp(mean_lang (NLL_edit - NLL_base))``."""
+        d = [v - b for v, b in zip(self.nll[i], self.base_nll) if not (math.isnan(v) or math.isnan(b))]
+        return _exp(sum(d) / len(d)) if d else math.nan
+
+    def collapses(self, i: int) -> bool:
+        """Whether edit ``i`` raises the perplexity above ``collapse_ratio`` x the unedited model's."""
+        r = self.ppl_ratio(i)
+        return not math.isnan(r) and r > self.collapse_ratio
+
+    def bos_value(self, channel: int, layer: int, edit: int | None = None) -> float:
+        """The residual stream at the probe on ``channel`` after ``layer`` (``edit=None``: unedited)."""
+        if channel not in self.channels:
+            raise LapeError(f"channel {channel} was not kept: use one of {', '.join(map(str, self.channels))}")
+        k = self.channels.index(channel)
+        return (self.base_bos if edit is None else self.bos[edit])[layer][k]
+
+    def candidate(self, dim: int) -> SuperWeight:
+        """The candidate of massive channel ``dim``."""
+        found = [c for c in self.candidates if c.dim == dim]
+        if not found:
+            raise LapeError(f"channel {dim} is not a massive channel here: use one of "
+                            f"{', '.join(str(c.dim) for c in self.candidates)}")
+        return found[0]
+
+    def edit_rows(self) -> list[dict[str, Any]]:
+        """One row per edit: what was changed, the PPL ratio and the probe's value on the massive
+        channel after the edited layer and after the last layer, unedited and edited."""
+        rows = []
+        last = len(self.base_bos) - 1
+        for i, e in enumerate(self.edits):
+            ratios = [r for r in self.ppl_ratios(i) if not math.isnan(r)]
+            rows.append({
+                "edit": e.label(self.factor), "dim": e.dim, "channel": e.channel, "layer": e.layer,
+                "target": e.target, "control": e.control, "kind": e.kind, "tensor": e.tensor, "index": list(e.index),
+                "before": e.before, "after": e.after, "scale_before": e.scale_before, "scale_after": e.scale_after,
+                "ppl_ratio": self.ppl_ratio(i), "ppl_ratio_min": min(ratios, default=math.nan),
+                "ppl_ratio_max": max(ratios, default=math.nan), "collapses": self.collapses(i),
+                "bos_layer_base": self.bos_value(e.dim, e.layer), "bos_layer": self.bos_value(e.dim, e.layer, i),
+                "bos_last_base": self.bos_value(e.dim, last), "bos_last": self.bos_value(e.dim, last, i)})
+        return rows
+
+    # --- sentences -----------------------------------------------------------------------------
+    def verdict(self) -> str:
+        """Which edits collapse the model and which do not, with their PPL ratios, and what zeroing
+        each super weight does to its channel at the first token."""
+        n, L = len(self.edits), len(self.languages)
+        rule = (f"PPL above {self.collapse_ratio:g}x the unedited model's, geometric mean over {L} "
+                f"language{'s' if L != 1 else ''}")
+
+        def item(i: int) -> str:
+            return f"{self.edits[i].describe(self.factor)} (x{_ratio(self.ppl_ratio(i))})"
+
+        bad = [i for i in range(n) if self.collapses(i)]
+        good = [i for i in range(n) if i not in bad]
+        if not bad:
+            first = f"No edit collapses the model ({rule}): " + "; ".join(item(i) for i in good) + "."
+        else:
+            first = (f"{len(bad)} of {n} edit{'s' if n != 1 else ''} collapse{'s' if n == 1 else ''} the model "
+                     f"({rule}): " + "; ".join(item(i) for i in bad) + ".")
+            if good:
+                rest = "The other edit does not" if len(good) == 1 else f"The other {len(good)} do not"
+                first += f" {rest}: " + "; ".join(item(i) for i in good) + "."
+        last = len(self.base_bos) - 1
+        spikes = []
+        for i, e in enumerate(self.edits):
+            if e.target == "weight" and not e.control and e.kind == "zero":
+                b, v = self.bos_value(e.dim, last), self.bos_value(e.dim, last, i)
+                bl, vl = self.bos_value(e.dim, e.layer), self.bos_value(e.dim, e.layer, i)
+                spikes.append(f"zeroing channel {e.dim}'s super weight moves its first-token value after layer "
+                              f"{e.layer} from {bl:.4g} to {vl:.4g} ({_share(vl, bl)}) and after the last layer "
+                              f"from {b:.4g} to {v:.4g} ({_share(v, b)})")
+        if not spikes:
+            return first
+        spike = "; ".join(spikes)
+        return f"{first} {spike[0].upper()}{spike[1:]}."
+
+    def summary_line(self) -> str:
+        """One line: the candidates and how many edits collapse the model."""
+        picks = ", ".join(f"channel {c.dim}: L{c.layer} [{', '.join(map(str, c.index))}]" for c in self.candidates)
+        bad = [self.edits[i].label(self.factor) for i in range(len(self.edits)) if self.collapses(i)]
+        worst = max(range(len(self.edits)), key=lambda i: (self.ppl_ratio(i) if not math.isnan(self.ppl_ratio(i))
+                                                          else -1.0), default=None)
+        if bad:
+            tail = (f"{len(bad)} of {len(self.edits)} edits collapse the model (PPL > {self.collapse_ratio:g}x): "
+                    + ", ".join(bad))
+        else:
+            tail = f"no edit of {len(self.edits)} collapses the model (PPL > {self.collapse_ratio:g}x)"
+        top = (f"; largest PPL ratio x{_ratio(self.ppl_ratio(worst))} ({self.edits[worst].label(self.factor)})"
+               if worst is not None else "")
+        return f"super weights ({picks}): {tail}{top} ({len(self.languages)} languages)"
+
+    # --- artifact ------------------------------------------------------------------------------
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"base_nll": torch.tensor(self.base_nll, dtype=torch.float64),
+                "nll": torch.tensor(self.nll, dtype=torch.float64).reshape(len(self.edits), len(self.languages)),
+                "base_bos": torch.tensor(self.base_bos, dtype=torch.float64),
+                "bos": torch.tensor(self.bos, dtype=torch.float64).reshape(len(self.edits), len(self.base_bos),
+                                                                           len(self.channels))}
+
+    def payload(self) -> dict[str, Any]:
+        return {"languages": self.languages, "candidates": [c.to_dict() for c in self.candidates],
+                "edits": [e.to_dict() for e in self.edits], "channels": self.channels, "factor": self.factor,
+                "collapse_ratio": self.collapse_ratio, "probe": self.probe, "tokens": self.tokens,
+                "ppl_ratio": [self.ppl_ratio(i) for i in range(len(self.edits))],
+                "collapses": [self.collapses(i) for i in range(len(self.edits))], "verdict": self.verdict()}
+
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        nll = [{"edit": "none" if i is None else self.edits[i].label(self.factor), "language": lang,
+                "tokens": self.tokens.get(lang), "nll": v, "ppl": _exp(v),
+                "delta_nll": v - self.base_nll[k]}
+               for i, row in [(None, self.base_nll), *enumerate(self.nll)] for k, (lang, v) in
+               enumerate(zip(self.languages, row))]
+        bos = [{"edit": "none" if i is None else self.edits[i].label(self.factor), "layer": layer,
+                **{f"h_{c}": states[layer][k] for k, c in enumerate(self.channels)}}
+               for i, states in [(None, self.base_bos), *enumerate(self.bos)] for layer in range(len(self.base_bos))]
+        return {"superweights": [c.to_dict() for c in self.candidates], "perturb_edits": self.edit_rows(),
+                "perturb_nll": nll, "perturb_bos": bos}
+
+    @classmethod
+    def _from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], r: Any) -> PerturbResult:
+        return cls(list(r["languages"]), tensors["base_nll"].tolist(), tensors["nll"].tolist(),
+                   [SuperWeight.from_dict(c) for c in r["candidates"]], [Edit.from_dict(e) for e in r["edits"]],
+                   [int(c) for c in r["channels"]], tensors["base_bos"].tolist(), tensors["bos"].tolist(),
+                   float(r["factor"]), float(r["collapse_ratio"]), int(r["probe"]),
+                   {k: int(v) for k, v in r["tokens"].items()}, meta)
+
+    def validate(self) -> None:
+        n, e, layers = len(self.languages), len(self.edits), len(self.base_bos)
+        if len(self.base_nll) != n or len(self.nll) != e or any(len(row) != n for row in self.nll):
+            raise LapeError(f"the perturbation result does not hold {n} NLL values per edit: the artifact was "
+                            "edited or damaged; re-run lape regions perturb")
+        if len(self.bos) != e or any(len(s) != layers or any(len(x) != len(self.channels) for x in s)
+                                     for s in self.bos):
+            raise LapeError("the perturbation result's first-token states do not match its edits and channels: the "
+                            "artifact was edited or damaged; re-run lape regions perturb")
+        if any(v < 0 for v in [*self.base_nll, *(x for row in self.nll for x in row)] if not math.isnan(v)):
+            raise LapeError("the perturbation result holds a negative NLL: the artifact was edited or damaged; "
+                            "re-run lape regions perturb")
+        if any(ed.dim not in self.channels or ed.channel not in self.channels for ed in self.edits):
+            raise LapeError("an edit's channel has no first-token values: the artifact was edited or damaged; "
+                            "re-run lape regions perturb")
+
+
+def _ratio(r: float) -> str:
+    if math.isnan(r):
+        return "?"
+    return f"{r:,.0f}" if r >= 100 else f"{r:.3g}"
+
+
+def _share(v: float, base: float) -> str:
+    return f"{100 * v / base:.2g}% of it" if base else "from 0"
+
+
+# --------------------------------------------------------------------------------------------
+# figure
+
+
+def superweight_figure(result: PerturbResult) -> Any:
+    """Per massive channel, ``|h_c|`` of the first token after each layer (log scale): unedited
+    and under each edit of that channel (a ``matplotlib.figure.Figure``, not saved)."""
+    import numpy as np
+
+    from ..plots import _figure
+
+    cands = result.candidates
+    fig = _figure(6.5, 0.6 + 2.4 * len(cands))
+    axs = fig.subplots(len(cands), 1, squeeze=False)[:, 0]
+    x = np.arange(len(result.base_bos))
+    colors = {"weight": "#d62728", "norm": "#1f77b4"}
+    for ax, sw in zip(axs, cands):
+        def curve(values: list[float]) -> Any:
+            return np.maximum(np.abs(np.asarray(values, dtype=float)), 1e-6)
+
+        k = result.channels.index(sw.dim)
+        ax.semilogy(x, curve([s[k] for s in result.base_bos]), color="black", lw=1.8, label="unedited")
+        for i, e in enumerate(result.edits):
+            if e.dim != sw.dim:
+                continue
+            style = ("-" if e.kind == "zero" else "--")
+            ax.semilogy(x, curve([s[k] for s in result.bos[i]]), ls=style, lw=1.0 if not e.control else 0.7,
+                        color="#999999" if e.control else colors[e.target],
+                        label=f"{e.label(result.factor)} (x{_ratio(result.ppl_ratio(i))} PPL)")
+        ax.axvline(sw.layer, color="#888888", lw=0.6, ls=":")
+        ax.set_title(f"channel {sw.dim}: first-token |h| after each layer (super weight in layer {sw.layer})",
+                     fontsize=8)
+        ax.set_ylabel("|h|", fontsize=8)
+        ax.legend(fontsize=6, loc="best")
+        ax.spines[["top", "right"]].set_visible(False)
+    axs[-1].set_xlabel("layer")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# the stage
+
+
+def _score_of(scores: Any, name: str, index: Sequence[int], required: bool) -> tuple[float | None, float | None]:
+    """The importance of one entry (``sum_l |S_l|``) and the share of its tensor scored higher."""
     if scores is None:
-        return None
+        return None, None
     if isinstance(scores, ParamImportance):
-        if name not in scores.scores:
-            raise LapeError(f"the importance has no scores for {name}: compute it with that tensor included")
-        return scores.scores[name].abs().sum(0)
-    if isinstance(scores, Mapping):
-        if name not in scores:
-            raise LapeError(f"scores has no tensor {name}: pass {{parameter name: weight-shaped score}} "
-                            "covering the perturbed tensor")
-        return scores[name]
-    raise LapeError(f"scores must be a ParamImportance or {{parameter name: tensor}}, got {type(scores).__name__}")
-
-
-def _check_massive(massive: MassiveDims, hidden: int) -> int:
-    if massive.hidden_size != hidden:
-        raise LapeError(f"the massive dims are over {massive.hidden_size} channels but the model has {hidden}: "
-                        "find them on this model (find_massive_dims)")
-    if not massive.dims:
-        raise LapeError(f"no massive channel (none above {massive.ratio:g} x the median peak): run "
-                        "find_massive_dims with a lower ratio=")
-    return massive.dims[0]
-
-
-def _entry(model: nn.Module, name: str, index: tuple[int, ...], layer: int, dim: int, factor: float,
-           score: torch.Tensor | None) -> dict[str, Any]:
-    value = float(dict(model.named_parameters())[name].detach()[index])
-    return {"tensor": name, "index": list(index), "layer": layer, "dim": dim, "value": value,
-            "scaled": value * factor, "score": float(score[index]) if score is not None else abs(value),
-            "picked_by": "score" if score is not None else "|weight|"}
+        tensor = scores.scores[name].abs().sum(0) if name in scores.scores else None
+    elif isinstance(scores, Mapping):
+        tensor = scores.get(name)
+    else:
+        raise LapeError(f"scores must be a ParamImportance or {{parameter name: tensor}}, got {type(scores).__name__}")
+    if tensor is None:
+        if required:
+            raise LapeError(f"scores have no tensor {name}: pass an importance covering the down-projection")
+        return None, None
+    value = tensor[tuple(index)]
+    return float(value), float((tensor > value).sum()) / tensor.numel()
 
 
 def perturb(
@@ -277,16 +779,19 @@ def perturb(
     out: str | Path | None = None,
     progress: bool = True,
 ) -> PerturbResult:
-    """Scale one weight on the top massive channel and one on an ordinary channel; NLL per language.
+    """Zero and scale each massive channel's super weight (and the norm scale that sets the
+    channel), against a median channel's; NLL per language and the first token's residual stream.
 
     Args:
         model: the model ``massive`` was found on; its weights are restored bit-exactly.
-        corpus: ``{language: sequences}`` of the held-out split (see :func:`lape.load_corpus`).
-        massive: from :func:`lape.regions.dims.find_massive_dims`; its first channel is perturbed.
-        config: factor, layer, tensor type and evaluation settings.
-        scores: what picks the entry on a channel: a :class:`ParamImportance` (``sum_l |S_l|``)
-            or ``{parameter name: weight-shaped score}``; ``None``: the largest ``|weight|``.
-        ordinary_dim: the control channel (default :meth:`MassiveDims.ordinary_dim`).
+        corpus: ``{language: sequences}`` of the held-out split (see :func:`lape.load_corpus`);
+            its first token (BOS) is the probe.
+        massive: from :func:`lape.regions.dims.find_massive_dims`.
+        config: factor, layer, tensor type, norms, collapse threshold and evaluation settings.
+        scores: an importance (:class:`ParamImportance`, ``sum_l |S_l|``, or ``{parameter name:
+            weight-shaped score}``): each candidate's score and rank in its tensor are reported
+            (e.g. whether the super weight is in the core region); it does not pick anything.
+        ordinary_dim: the control channel (default: the median channel of each candidate's layer).
         out: a folder to save the result into; a result there made from the same model, text,
             massive channels, scores and settings is returned without recomputation.
         progress: show a progress bar.
@@ -295,36 +800,34 @@ def perturb(
         :class:`PerturbResult`.
 
     Raises:
-        LapeError: no massive channel, massive dims of another model, a layer, tensor type or
-            channel the model does not have, an ordinary channel equal to the massive one, or a
-            language without text.
+        LapeError: no massive channel, massive dims of another model, a layer or tensor type the
+            model does not have, a control channel equal to a massive one or outside the model,
+            or a language without text.
 
     Example:
-        >>> massive = find_massive_dims(model, corpus["en"])
-        >>> res = perturb(model, corpus, massive, PerturbConfig(factor=4.0))
-        >>> res.summary_line()
+        >>> massive = find_massive_dims(model, valid)
+        >>> res = perturb(model, valid, massive, PerturbConfig(tokens_per_language=256))
+        >>> print(res.verdict())
     """
-
     space = ParamSpace.of(model)
-    hidden = hidden_size(model)
-    dim = _check_massive(massive, hidden)
-    layer = config.layer if config.layer is not None else massive.first_layer.get(dim)
-    if layer is None:
-        raise LapeError(f"the massive dims do not say where channel {dim} first appears: pass PerturbConfig(layer=...)")
-    control = massive.ordinary_dim() if ordinary_dim is None else int(ordinary_dim)
-    if control == dim:
-        raise LapeError(f"the ordinary channel {control} is the massive one: pass another ordinary_dim")
-    axes = residual_axes(model, space)
-    name = _param_of(space, layer, config.tensor_type)
-    score = _score_tensor(scores, name)
-    picks = {"massive": pick_entry(model, layer, config.tensor_type, dim, axes, score, space=space),
-             "ordinary": pick_entry(model, layer, config.tensor_type, control, axes, score, space=space)}
+    _check_massive(massive, hidden_size(model))
     check_positions(model, max([getattr(s, "seq_len", 0) for s in corpus.values()], default=0))
     check_corpus(corpus)
+    token = probe_token(corpus)
+    candidates = super_weights(model, massive, token, layer=config.layer, tensor_type=config.tensor_type,
+                               ordinary_dim=ordinary_dim, max_dims=config.max_dims, space=space)
+    for sw in candidates:
+        sw.score, sw.score_rank = _score_of(scores, sw.tensor, sw.index, required=True)
+        if sw.norm:
+            sw.norm_score, sw.norm_score_rank = _score_of(scores, sw.norm, [sw.dim], required=False)
+    edits = plan_edits(model, candidates, config.factor, config.norms)
+    channels = list(dict.fromkeys([*(c.dim for c in candidates), *(c.control_dim for c in candidates)]))
     languages = list(corpus)
+    # the scores only enter the result as the candidates' scores and ranks: those are the input
     inputs = {"corpus": {lang: corpus_key(corpus[lang]) for lang in languages},
-              "massive": artifacts.content_hash(massive.to_dict(per_layer=False)), "ordinary_dim": control,
-              "scores": None if score is None else artifacts.tensor_digest({name: score})}
+              "massive": artifacts.content_hash(massive.to_dict()), "ordinary_dim": ordinary_dim, "probe": token,
+              "scores": None if scores is None else [[c.score, c.score_rank, c.norm_score, c.norm_score_rank]
+                                                     for c in candidates]}
     key = artifacts.stage_key(PerturbResult.KIND, model_fingerprint=fingerprint(model), config=config.key_dict(),
                               inputs=inputs)
     ppl_config = PerplexityConfig(batch_size=config.batch_size, chunk_size=config.chunk_size, seed=config.seed,
@@ -332,23 +835,32 @@ def perturb(
                                   tokens_per_language=config.tokens_per_language)
 
     def compute() -> PerturbResult:
-        evaluate = LanguageNLL(model, corpus, ppl_config, total=3 * len(languages), desc="perturb", progress=progress)
-        entries = {c: _entry(model, *picks[c], layer, d, config.factor, score)
-                   for c, d in (("massive", dim), ("ordinary", control))}
+        unique = list(dict.fromkeys(e.key for e in edits))
+        evaluate = LanguageNLL(model, corpus, ppl_config, total=(1 + len(unique)) * len(languages), desc="perturb",
+                               progress=progress)
+
+        def probe_values() -> list[list[float]]:
+            states, _ = _probe(model, space, token)
+            return states[:, channels].tolist()
+
         base = [evaluate(lang) for lang in languages]
-        nll = {}
-        for c in CONDITIONS:
-            with edit_weights(model, one_hot_mask(model, *picks[c]), op="scale", value=config.factor):
-                nll[c] = [evaluate(lang) for lang in languages]
+        base_bos = probe_values()
+        done: dict[Any, tuple[list[float], list[list[float]]]] = {}
+        for e in edits:
+            if e.key not in done:
+                with applied(model, e):
+                    done[e.key] = ([evaluate(lang) for lang in languages], probe_values())
         evaluate.close()
-        tokens = evaluate.tokens
         meta = artifacts.model_sidecar(
-            PerturbResult.KIND, model, languages=languages, token_counts=tokens, config=config.to_dict(),
-            inputs=inputs, massive=massive.brief(),
-            method="single-parameter perturbation (Zhang et al. 2024): one entry on the top massive channel and "
-                   "one on an ordinary channel, each multiplied by factor")
-        return PerturbResult(languages, base, nll["massive"], nll["ordinary"], entries, float(config.factor),
-                             tokens, meta)
+            PerturbResult.KIND, model, languages=languages, token_counts=evaluate.tokens, config=config.to_dict(),
+            inputs=inputs, massive=massive.brief(), probe_token=token,
+            method="super weights (Yu et al. 2024) for Zhang et al.'s dimension dependence: per massive channel c, "
+                   "j* = argmax_j |a_j W_down[c, j]| at the first token in the layer where c becomes massive, and "
+                   "the output norm's scale of c where one sets it; each zeroed and scaled, against the median "
+                   "channel's")
+        return PerturbResult(languages, base, [done[e.key][0] for e in edits], candidates, edits, channels, base_bos,
+                             [done[e.key][1] for e in edits], float(config.factor), float(config.collapse_ratio),
+                             token, dict(evaluate.tokens), meta)
 
     result = artifacts.run_stage(PerturbResult, out, key, compute, model=model)
     logger.info("%s", result.summary_line())
