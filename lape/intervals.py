@@ -90,12 +90,34 @@ def bootstrap(values: Sequence[float] | np.ndarray, statistic: Callable[[np.ndar
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, arr.shape[0], size=(resamples, arr.shape[0]))
     stats = np.array([statistic(arr[i]) for i in idx], dtype=np.float64)
+    return percentile_interval(value, stats, level)
+
+
+def percentile_interval(value: float, stats: Sequence[float] | np.ndarray, level: float = 0.95) -> Interval:
+    """``value`` with the ``(1 - level) / 2`` and ``(1 + level) / 2`` percentiles of the resampled
+    statistics ``stats`` (non-finite ones dropped; NaN bounds when none is left)."""
+    stats = np.asarray(stats, dtype=np.float64)
     stats = stats[np.isfinite(stats)]
     if stats.size == 0:
         return Interval(value, float("nan"), float("nan"))
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(stats, [tail, 100 - tail])
     return Interval(value, float(low), float(high))
+
+
+def bootstrap_weights(n: int, *, resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """How many times each of ``n`` items is drawn in each resample, float64 ``[resamples, n]``:
+    the same draws as :func:`bootstrap` with the same ``seed``. For statistics built from sums over
+    items, all resamples at once: ``weights @ table`` (then :func:`percentile_interval`).
+
+    Example:
+        >>> bootstrap_weights(3, resamples=2).sum(1).tolist()
+        [3.0, 3.0]
+    """
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(resamples, n)) if n else np.zeros((resamples, 0), dtype=np.int64)
+    flat = (idx + n * np.arange(resamples)[:, None]).ravel()
+    return np.bincount(flat, minlength=resamples * n).reshape(resamples, n).astype(np.float64)
 
 
 def ratio_of_means(rows: np.ndarray) -> float:

@@ -5,7 +5,15 @@ import math
 import numpy as np
 import pytest
 
-from lape.intervals import Interval, bootstrap, overlap_p, ratio_of_means, wilson
+from lape.intervals import (
+    Interval,
+    bootstrap,
+    bootstrap_weights,
+    overlap_p,
+    percentile_interval,
+    ratio_of_means,
+    wilson,
+)
 
 
 def test_wilson_zero_of_ten_by_hand():
@@ -44,6 +52,21 @@ def test_bootstrap_two_items_by_hand():
     # the normal-theory interval of a mean is close to the bootstrap one for 50 normal draws
     se = x.std(ddof=1) / np.sqrt(50)
     assert iv.high - iv.low == pytest.approx(2 * 1.96 * se, rel=0.2)
+
+
+def test_bootstrap_weights_are_the_bootstrap_draws():
+    # two items, 4000 resamples: each row draws 2 items, so the weights are (2, 0), (1, 1) or (0, 2)
+    w = bootstrap_weights(2, resamples=4000, seed=1)
+    assert w.shape == (4000, 2) and set(map(tuple, w.tolist())) == {(2.0, 0.0), (1.0, 1.0), (0.0, 2.0)}
+    # the weighted means are bootstrap's resampled means: the same interval as test_bootstrap_two_items_by_hand
+    assert percentile_interval(0.5, w @ np.array([0.0, 1.0]) / 2) == bootstrap([0.0, 1.0], resamples=4000, seed=1)
+    x = np.random.default_rng(0).normal(size=30)
+    a, b = bootstrap(x, seed=3), percentile_interval(float(x.mean()), bootstrap_weights(30, seed=3) @ x / 30)
+    assert a.value == pytest.approx(b.value) and a.low == pytest.approx(b.low) and a.high == pytest.approx(b.high)
+    # percentile_interval by hand: 0..100 -> the 2.5% and 97.5% points; non-finite values dropped
+    iv = percentile_interval(50.0, [*range(101), float("inf"), float("nan")])
+    assert iv.value == 50.0 and iv.low == pytest.approx(2.5) and iv.high == pytest.approx(97.5)
+    assert math.isnan(percentile_interval(1.0, [float("nan")]).low)
 
 
 def test_bootstrap_ratio_of_means_rows():
