@@ -13,7 +13,13 @@ from lape.errors import LapeError
 from lape.evaluate.perplexity import PerplexityConfig, corpus_nll
 from lape.masks import NeuronSets, ParamRegions
 from lape.regions import RegionConfig, select_regions
-from lape.regions.ablate import AblateConfig, RegionPerplexity, ablate_regions
+from lape.regions.ablate import (
+    AblateConfig,
+    RegionPerplexity,
+    ablate_regions,
+    default_rows,
+    row_mask,
+)
 from lape.regions.bridge import region_overlap
 from lape.regions.importance import ParamImportance
 from lape.space import ParamSpace
@@ -89,6 +95,53 @@ def test_remove_sets_gemma_norm_weights_to_minus_one_and_zero_writes_zero():
     assert removed.nll[0] == pytest.approx(_nll_with(model, corpus, mask, lambda n: -1.0), rel=1e-6)
     assert zeroed.nll[0] == pytest.approx(_nll_with(model, corpus, mask, lambda n: 0.0), rel=1e-6)
     assert removed.nll[0] != pytest.approx(zeroed.nll[0], rel=1e-6)
+
+
+def _gemma_removal(name: str) -> float:
+    return -1.0 if name.endswith("norm.weight") else 0.0  # Gemma's x * (1 + w) norms, named by hand
+
+
+def test_matrices_rows_are_the_regions_without_norm_entries():
+    model, corpus = _model("gemma3"), _corpus()
+    regions = _regions(model, labels=("core", "bottom", "random", "mono:aa", "mono:bb"), rate=0.1)
+    res = ablate_regions(model, corpus, regions, AblateConfig(batch_size=2), progress=False)
+    assert res.rows == ["core", "bottom", "random", "core-matrices", "bottom-matrices", "random-matrices",
+                        "mono:aa", "mono:bb"]  # the existing rows stay; the new ones after the controls
+    space = ParamSpace.of(model)
+    norm_names = [n for n in space.names() if n.endswith("norm.weight")]  # by name, not by ParamInfo
+    assert norm_names and all(space.info(n).shape == (space.info(n).shape[0],) for n in norm_names)
+    for label in ("core", "bottom", "random"):
+        whole = regions.mask(label)
+        alone = row_mask(regions, f"{label}-matrices", space)
+        assert set(alone) == set(whole)
+        for n, m in alone.items():
+            if n in norm_names:
+                assert not m.any()  # no norm entry (the region has some: norm_entries below)
+            else:
+                assert torch.equal(m, whole[n])
+        i = res.rows.index(f"{label}-matrices")
+        assert res.nll[i] == pytest.approx(_nll_with(model, corpus, alone), rel=1e-6)
+        assert res.nll[res.rows.index(label)] == pytest.approx(_nll_with(model, corpus, whole, _gemma_removal), rel=1e-6)
+        on_norms = sum(int(whole[n].sum()) for n in norm_names)
+        assert res.meta["norm_entries"][label] == on_norms > 0 and res.meta["norm_entries"][f"{label}-matrices"] == 0
+        assert res.meta["entries"][f"{label}-matrices"] == res.meta["entries"][label] - on_norms
+    # the summary pairs each region with its -matrices row: log ratios by hand
+    by_row = {c["row"]: c["geomean_ppl_ratio"] for c in res.control_summary()}
+    for m in res.matrices_summary():
+        whole = [a - b for a, b in zip(res.nll[res.rows.index(m["region"])], res.base_nll)]
+        alone = [a - b for a, b in zip(res.nll[res.rows.index(m["region"] + "-matrices")], res.base_nll)]
+        assert m["geomean_ppl_ratio"] == pytest.approx(math.exp(sum(whole) / 2)) == by_row[m["region"]]
+        assert m["matrices_share"] == pytest.approx(sum(alone) / sum(whole))
+    assert [m["region"] for m in res.matrices_summary()] == ["core", "bottom", "random"]
+    assert "matrices" in res.tables()
+    # asked for by name; a region with only norm entries (or none) gets no default -matrices row
+    only = ablate_regions(model, corpus, regions, AblateConfig(batch_size=2), rows=["random-matrices"], progress=False)
+    assert only.nll[0] == pytest.approx(res.nll[res.rows.index("random-matrices")], rel=1e-9)
+    norm_only = ParamRegions(["core", "random"], {n: m[:2] if n in norm_names else torch.zeros_like(m[:2])
+                                                  for n, m in regions.masks.items()})
+    assert default_rows(norm_only, space) == ["core", "random"]
+    with pytest.raises(LapeError, match="no region for 'nope-matrices'"):
+        ablate_regions(model, corpus, regions, rows=["nope-matrices"], progress=False)
 
 
 def test_an_exception_mid_evaluation_restores_the_weights():

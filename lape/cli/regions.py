@@ -94,12 +94,12 @@ def _regions_and_text(args: argparse.Namespace, config, labels: list[str]) -> tu
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from ..plots import region_removal
-    from ..regions.ablate import AblateConfig, ablate_regions
+    from ..regions.ablate import AblateConfig, ablate_regions, region_of_row
 
     config = config_from_args(AblateConfig, args)
     out = common.out_folder(args.out)
-    regions, model, streams = _regions_and_text(args, config, labels=args.rows or [])
-    rows = args.rows or list(regions.labels)
+    regions, model, streams = _regions_and_text(args, config, labels=[region_of_row(r) for r in args.rows or []])
+    rows = args.rows  # None: every region, with core/bottom/random-matrices (the regions without norm entries)
     extra = _massive_rows(model, regions, streams) if args.keep_massive and "core" in regions.labels else {}
     result = ablate_regions(model, streams, regions, config, rows=rows, extra=extra, out=out,
                             progress=not args.quiet)
@@ -222,7 +222,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_model_args(s)
     s.add_argument("--corpus", default="builtin")
     s.add_argument("--out", required=True)
-    s.add_argument("--rows", nargs="+", default=None, help="regions to remove (default: all)")
+    s.add_argument("--rows", nargs="+", default=None,
+                   help="regions to remove; LABEL-matrices removes a region without its norm entries (default: "
+                        "every region, and core-, bottom- and random-matrices)")
     s.add_argument("--languages", nargs="+", default=None,
                    help="evaluated languages (default: the manifest's default languages and the regions')")
     s.add_argument("--keep-massive", action="store_true",

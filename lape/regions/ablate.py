@@ -15,6 +15,12 @@ The result is a :class:`RegionPerplexity`, a perplexity matrix whose rows are re
 
 * the controls ``core`` / ``random`` / ``bottom`` against every language
   (:meth:`RegionPerplexity.control_summary`: PPL ratio to the unmodified model);
+* ``core-matrices`` / ``bottom-matrices`` / ``random-matrices``: the same regions without their
+  norm entries (the weights of the blocks' norms, :attr:`lape.space.ParamInfo.is_norm`), added by
+  default wherever a region holds both norm and other entries. A norm scale multiplies a whole
+  channel (Gemma 3 270M's reach 100-741), so a 1% region's few norm entries can carry most of
+  its removal's effect; the pair says how much (:meth:`RegionPerplexity.matrices_summary`).
+  Linear-layer biases (GPT-2, BLOOM) are not norm entries and stay in the ``-matrices`` rows;
 * the monolingual regions ``mono:xx`` as a language x language matrix with the row test
   (is a region's own language hit hardest in its row?) and the column test (is each language
   hurt most by its own region, among the monolingual rows?), from the shared
@@ -41,10 +47,13 @@ from ..errors import LapeError
 from ..evaluate.perplexity import LanguageNLL, PerplexityConfig, PerplexityResult
 from ..masks import ParamRegions
 from ..models import check_positions, fingerprint
+from ..space import ParamSpace
 from ..weights import edit_weights
 
 logger = logging.getLogger(__name__)
 MONO = "mono:"
+MATRICES = "-matrices"  # row suffix: the region without its norm entries
+MATRIX_ROWS = ("core", "bottom", "random")  # regions that get a -matrices row by default
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,8 @@ class RegionPerplexity(PerplexityResult):
 
     def control_summary(self) -> list[dict[str, Any]]:
         """Per non-monolingual row: the geometric mean, smallest and largest PPL ratio over the
-        languages, and the number of languages whose PPL at least doubles."""
+        languages, the number of languages whose PPL at least doubles, and the row's entries and
+        norm entries."""
         out = []
         for row in self.rows:
             if row.startswith(MONO):
@@ -93,7 +103,27 @@ class RegionPerplexity(PerplexityResult):
             out.append({"row": row, "geomean_ppl_ratio": math.exp(statistics.fmean(math.log(r) for r in ratios)),
                         "min_ppl_ratio": min(ratios), "max_ppl_ratio": max(ratios),
                         "languages_doubled": sum(r >= 2 for r in ratios), "languages": len(ratios),
-                        "entries": (self.meta.get("entries") or {}).get(row)})
+                        "entries": (self.meta.get("entries") or {}).get(row),
+                        "norm_entries": (self.meta.get("norm_entries") or {}).get(row)})
+        return out
+
+    def matrices_summary(self) -> list[dict[str, Any]]:
+        """Per region removed both whole and as ``<region>-matrices``: its entries and norm
+        entries, the geometric-mean PPL ratio of each row, and ``matrices_share``, the share of
+        the region's mean log PPL ratio that its non-norm entries reach alone,
+        ``log(ratio without norms) / log(ratio)`` (near 1: the matrices carry the effect; near 0:
+        the norm entries do; undefined when the region's own ratio is 1)."""
+        controls = {c["row"]: c for c in self.control_summary()}
+        out = []
+        for row, c in controls.items():
+            m = controls.get(row + MATRICES)
+            if m is None:
+                continue
+            full, alone = math.log(c["geomean_ppl_ratio"]), math.log(m["geomean_ppl_ratio"])
+            out.append({"region": row, "entries": c["entries"], "norm_entries": c["norm_entries"],
+                        "geomean_ppl_ratio": c["geomean_ppl_ratio"],
+                        "matrices_geomean_ppl_ratio": m["geomean_ppl_ratio"],
+                        "matrices_share": alone / full if full != 0 else math.nan})
         return out
 
     def summary_line(self) -> str:
@@ -106,15 +136,63 @@ class RegionPerplexity(PerplexityResult):
         return line
 
     def payload(self) -> dict[str, Any]:
-        return {**super().payload(), "diagonal_nll": self.diagonal_summary("nll"), "controls": self.control_summary()}
+        return {**super().payload(), "diagonal_nll": self.diagonal_summary("nll"), "controls": self.control_summary(),
+                "matrices": self.matrices_summary()}
 
     def tables(self) -> dict[str, list[dict[str, Any]]]:
         d = self.payload()
         out = {name: [{"removed": r, **dict(zip(self.languages, vals))} for r, vals in zip(self.rows, d[name])]
                for name in ("nll", "delta_nll", "delta_ppl")}
         out["ppl_ratio"] = [{"removed": r, **dict(zip(self.languages, self.ppl_ratio(r)))} for r in self.rows]
-        out.update(diagonal=d["diagonal_nll"], columns=d["columns"], controls=d["controls"])
+        out.update(diagonal=d["diagonal_nll"], columns=d["columns"], controls=d["controls"], matrices=d["matrices"])
         return out
+
+
+def region_of_row(row: str) -> str:
+    """The region label a removal row names: ``core-matrices`` -> ``core``; other rows are labels."""
+    return row[:-len(MATRICES)] if row.endswith(MATRICES) else row
+
+
+def without_norms(mask: Mapping[str, torch.Tensor], space: ParamSpace) -> dict[str, torch.Tensor]:
+    """``mask`` with the entries of every norm tensor dropped (all ``False``), the others as they are.
+
+    Example:
+        >>> core_matrices = without_norms(regions.mask("core"), ParamSpace.of(model))
+    """
+    norms = {p.name for p in space.params if p.is_norm}
+    return {n: torch.zeros_like(m) if n in norms else m for n, m in mask.items()}
+
+
+def row_mask(regions: ParamRegions, row: str, space: ParamSpace) -> dict[str, torch.Tensor]:
+    """The mask a removal row removes: a region label's own, or ``<label>-matrices``: that region
+    without its norm entries (:func:`without_norms`).
+
+    Raises:
+        LapeError: a row that names no region.
+    """
+    if row not in regions.labels and row.endswith(MATRICES) and region_of_row(row) in regions.labels:
+        return without_norms(regions.mask(region_of_row(row)), space)
+    return regions.mask(row)  # an unknown label fails here
+
+
+def default_rows(regions: ParamRegions, space: ParamSpace) -> list[str]:
+    """Every region label, with ``core-matrices``, ``bottom-matrices`` and ``random-matrices``
+    after the last of the controls, for each control that holds both norm and other entries
+    (otherwise its ``-matrices`` row would be empty or the region itself)."""
+    norms = {p.name for p in space.params if p.is_norm}
+    labels = list(regions.labels)
+    extra = []
+    for label in (lab for lab in MATRIX_ROWS if lab in labels and lab + MATRICES not in labels):
+        k = labels.index(label)
+        on_norms = sum(int(m[k].sum()) for n, m in regions.masks.items() if n in norms)
+        off_norms = sum(int(m[k].sum()) for n, m in regions.masks.items() if n not in norms)
+        if on_norms and off_norms:
+            extra.append(label + MATRICES)
+        else:
+            logger.info("no %s%s row: %s holds %s", label, MATRICES, label,
+                        "no norm entry" if off_norms else "only norm entries")
+    at = max((labels.index(lab) + 1 for lab in MATRIX_ROWS if lab in labels), default=len(labels))
+    return [*labels[:at], *extra, *labels[at:]]
 
 
 def ablate_regions(
@@ -135,7 +213,9 @@ def ablate_regions(
         corpus: ``{language: sequences}`` of the held-out split (see :func:`lape.load_corpus`).
         regions: the regions (:func:`lape.regions.select_regions`).
         config: evaluation settings and the removal op.
-        rows: region labels to remove, in order (default: every label).
+        rows: rows to remove, in order: region labels, or ``<label>-matrices`` for a region
+            without its norm entries (default: :func:`default_rows`, every label with
+            ``core-matrices``, ``bottom-matrices``, ``random-matrices`` after the controls).
         extra: more rows, ``{row name: {parameter name: bool mask}}`` (e.g. the core region
             without its massive-dimension entries, :func:`lape.regions.dims.without_dims`).
         out: a folder to save the result into; a result there made from the same model, text,
@@ -157,15 +237,18 @@ def ablate_regions(
     check_positions(model, max([getattr(s, "seq_len", 0) for s in corpus.values()], default=0))
     check_corpus(corpus)
     extra = dict(extra or {})
-    rows = list(rows) if rows is not None else list(regions.labels)
+    space = ParamSpace.of(model)
+    rows = list(rows) if rows is not None else default_rows(regions, space)
     masks: dict[str, Mapping[str, torch.Tensor]] = {}
     for row in rows:
-        masks[row] = regions.mask(row)  # an unknown label fails here, before any work
+        masks[row] = row_mask(regions, row, space)  # an unknown label fails here, before any work
     for name, mask in extra.items():
         if name in masks:
             raise LapeError(f"row {name!r} is given twice (a region label and an extra mask): rename the extra mask")
         masks[name] = mask
     entries = {row: sum(int(m.sum()) for m in mask.values()) for row, mask in masks.items()}
+    norms = {p.name for p in space.params if p.is_norm}
+    norm_entries = {row: sum(int(m.sum()) for n, m in mask.items() if n in norms) for row, mask in masks.items()}
     empty = [row for row, n in entries.items() if n == 0]
     if empty:
         raise LapeError(f"region {empty[0]!r} is empty, so removing it measures nothing: select it with a larger "
@@ -191,7 +274,8 @@ def ablate_regions(
         tokens = evaluate.tokens
         meta = artifacts.model_sidecar(
             RegionPerplexity.KIND, model, languages=languages, token_counts=tokens, config=config.to_dict(),
-            inputs=inputs, entries=entries, extra_rows=list(extra),
+            inputs=inputs, entries=entries, norm_entries=norm_entries, extra_rows=list(extra),
+            matrices_rows=f"<region>{MATRICES}: the region without its norm entries (the blocks' norm weights)",
             regions={"method": regions.meta.get("method"), "config": regions.meta.get("config"),
                      "counts": regions.counts()},
             removal="0, or -1 for the weights of x*(1+w) norms (Gemma)" if config.op == "remove" else "0")

@@ -85,13 +85,24 @@ def render_removal(folder: Path, ctx: ReportContext) -> str:
                    *(_dec(math.exp(res.nll[res.rows.index(r)][j])) for r in control_rows))
                   for j, (lang, b) in enumerate(zip(res.languages, res.base_nll))],
                  caption="Perplexity per language, unmodified and with each control row removed")
-    controls = _table(["removed", "entries", "PPL ratio (geometric mean)", "min", "max", "languages ≥ 2x"],
-                      [(c["row"], c["entries"], _dec(c["geomean_ppl_ratio"], 3), _dec(c["min_ppl_ratio"], 3),
-                        _dec(c["max_ppl_ratio"], 3), f"{c['languages_doubled']} / {c['languages']}")
+    controls = _table(["removed", "entries", "norm entries", "PPL ratio (geometric mean)", "min", "max",
+                       "languages ≥ 2x"],
+                      [(c["row"], c["entries"], c.get("norm_entries"), _dec(c["geomean_ppl_ratio"], 3),
+                        _dec(c["min_ppl_ratio"], 3), _dec(c["max_ppl_ratio"], 3),
+                        f"{c['languages_doubled']} / {c['languages']}")
                        for c in res.control_summary()], caption="PPL with the region removed / unmodified")
     parts = [_facts({"evaluated languages": len(res.languages), "removal": res.meta.get("removal"),
                      "tokens per language": (res.meta.get("config") or {}).get("tokens_per_language")}),
              fig, '<div class="row">' + controls + ppl + "</div>"]
+    matrices = res.matrices_summary()
+    if matrices:
+        parts.append(_table(
+            ["region", "entries", "norm entries", "PPL ratio", "PPL ratio without its norm entries",
+             "share of log PPL ratio without them"],
+            [(m["region"], m["entries"], m["norm_entries"], _dec(m["geomean_ppl_ratio"], 3),
+              _dec(m["matrices_geomean_ppl_ratio"], 3), _pct(m["matrices_share"], 1)) for m in matrices],
+            caption="What a region's norm entries carry: each region removed whole and as REGION-matrices "
+                    "(its weight-matrix entries only); geometric means over languages"))
     diag, cols = res.diagonal_summary("nll"), res.column_summary()
     if diag:
         parts.append('<div class="row">' + _table(
