@@ -34,7 +34,8 @@ and the **log-probability difference** ``dlogp_p = log P_edited - log P_unedited
 averaged like the percentage change (related, unrelated, and related - unrelated).
 
 **Intervals.** Every figure carries a percentile bootstrap 95% interval over **questions**
-(:func:`lape.intervals.bootstrap`): the evaluation questions are resampled with replacement, each
+(:func:`lape.intervals.bootstrap`'s draws, as counts from :func:`~lape.intervals.bootstrap_weights`,
+so that every resample is one matrix product): the evaluation questions are resampled with replacement, each
 keeping all its prompts (templates) and its roles (related for its own cluster, unrelated for the
 clusters whose control sample holds it), and the figure is recomputed from the resampled prompts.
 Related and unrelated questions are different questions (no pairing), so each group is resampled
@@ -62,7 +63,7 @@ it overlaps or that score higher.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -74,7 +75,7 @@ from torch import nn
 from .. import artifacts
 from ..config import StageConfig, option
 from ..errors import LapeError
-from ..intervals import Interval, bootstrap, wilson
+from ..intervals import Interval, bootstrap_weights, percentile_interval, wilson
 from ..masks import NeuronSets
 from ..models import fingerprint, input_device
 from ..space import NeuronSpace
@@ -272,45 +273,34 @@ def _sample_unrelated(prompt_cluster: torch.Tensor, prompt_question: torch.Tenso
 # Figures with intervals over questions
 
 
-def _group_figures(n_clusters: int, draws: int, valid: np.ndarray) -> dict[str, Callable[[np.ndarray], float]]:
-    """Statistics of a question table (:func:`_question_table`) for :func:`lape.intervals.bootstrap`.
+def _group_figures(table: np.ndarray, weights: np.ndarray, n_clusters: int, draws: int,
+                   valid: np.ndarray) -> dict[str, np.ndarray]:
+    """Each of :data:`METRICS` of a question table (:func:`_question_table`) for every row of
+    ``weights`` ``[B, Q]`` (how often each question is drawn; a row of ones gives the point value).
 
-    ``rows`` holds one row per question: prompts ``n_q``, cluster, ``C`` flags "in cluster c's
+    ``table`` holds one row per question: prompts ``n_q``, cluster, ``C`` flags "in cluster c's
     unrelated sample", then per-question sums over its prompts of the percentage change, the
     log-probability difference and the flip indicator, ``[3, draws, C]`` flattened (column ``c``:
-    cluster ``c``'s set edited). Means are over prompts: ``sum_q S_q / sum_q n_q``.
+    cluster ``c``'s set edited). Means are over prompts, ``sum_q w_q S_q / sum_q w_q n_q``; PCR and
+    the other figures are then averaged over the ``valid`` clusters and the draws.
     """
-    C, D = n_clusters, draws
-
-    def parts(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n, cl, unrel = rows[:, 0], rows[:, 1], rows[:, 2:2 + C]
-        sums = rows[:, 2 + C:].reshape(len(rows), 3, D, C)
-        rel_ind = (cl[:, None] == np.arange(C)).astype(np.float64)  # [Q, C]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rel = np.einsum("qc,qkdc->kdc", rel_ind, sums) / (rel_ind.T @ n)  # [3, D, C] means over prompts
-            un = np.einsum("qc,qkdc->kdc", unrel, sums) / (unrel.T @ n)
-        return rel[:, :, valid], un[:, :, valid]
-
-    def pooled(rows: np.ndarray) -> float:
-        n, cl, unrel = rows[:, 0], rows[:, 1], rows[:, 2:2 + C][:, valid]
-        change = rows[:, 2 + C:].reshape(len(rows), 3, D, C)[:, 0][:, :, valid]  # [Q, D, C']
-        rel_ind = (cl[:, None] == np.arange(C)[valid]).astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            r = np.einsum("qc,qdc->d", rel_ind, change) / (rel_ind * n[:, None]).sum()
-            u = np.einsum("qc,qdc->d", unrel, change) / (unrel * n[:, None]).sum()
-        return float(np.mean(np.abs(r) / np.maximum(np.abs(u), 1e-9)))
-
-    def pcr(rows: np.ndarray) -> float:
-        rel, un = parts(rows)
-        return float(np.mean(np.abs(rel[0]) / np.maximum(np.abs(un[0]), 1e-9)))
-
-    return {"pcr": pcr, "pooled_pcr": pooled,
-            "related_change": lambda rows: float(np.mean(parts(rows)[0][0])),
-            "unrelated_change": lambda rows: float(np.mean(parts(rows)[1][0])),
-            "related_dlogp": lambda rows: float(np.mean(parts(rows)[0][1])),
-            "unrelated_dlogp": lambda rows: float(np.mean(parts(rows)[1][1])),
-            "dlogp_gap": lambda rows: float(np.mean(parts(rows)[0][1] - parts(rows)[1][1])),
-            "edit_success": lambda rows: float(np.mean(parts(rows)[0][2]))}
+    C, D, B, Q = n_clusters, draws, len(weights), len(table)
+    n, cl, unrel = table[:, 0], table[:, 1], table[:, 2:2 + C]
+    sums = table[:, 2 + C:].reshape(Q, 3, D, C)
+    rel_ind = (cl[:, None] == np.arange(C)).astype(np.float64)  # [Q, C]
+    rel_n, un_n = weights @ (rel_ind * n[:, None]), weights @ (unrel * n[:, None])  # [B, C] prompts
+    rel_s = (weights @ (sums * rel_ind[:, None, None, :]).reshape(Q, -1)).reshape(B, 3, D, C)
+    un_s = (weights @ (sums * unrel[:, None, None, :]).reshape(Q, -1)).reshape(B, 3, D, C)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = (rel_s / rel_n[:, None, None, :])[..., valid]  # [B, 3, D, C'] means over prompts
+        un = (un_s / un_n[:, None, None, :])[..., valid]
+        pooled_rel = rel_s[:, 0][..., valid].sum(-1) / rel_n[:, valid].sum(-1)[:, None]  # [B, D]
+        pooled_un = un_s[:, 0][..., valid].sum(-1) / un_n[:, valid].sum(-1)[:, None]
+    return {"pcr": (np.abs(rel[:, 0]) / np.maximum(np.abs(un[:, 0]), 1e-9)).mean((1, 2)),
+            "pooled_pcr": (np.abs(pooled_rel) / np.maximum(np.abs(pooled_un), 1e-9)).mean(1),
+            "related_change": rel[:, 0].mean((1, 2)), "unrelated_change": un[:, 0].mean((1, 2)),
+            "related_dlogp": rel[:, 1].mean((1, 2)), "unrelated_dlogp": un[:, 1].mean((1, 2)),
+            "dlogp_gap": (rel[:, 1] - un[:, 1]).mean((1, 2)), "edit_success": rel[:, 2].mean((1, 2))}
 
 
 def _question_table(per_prompt: torch.Tensor, prompt_question: torch.Tensor, q_cluster: np.ndarray,
@@ -396,11 +386,13 @@ def _summaries(clusters: list[str], rows: list[dict[str, Any]], t: Mapping[str, 
     per_prompt = torch.stack([change, dlogp, flips])  # [3, P, R]
     where = {(r["family"], r["seed"], r["cluster"], r["op"]): i for i, r in enumerate(rows)}
 
+    weights = np.vstack([np.ones((1, Q)), bootstrap_weights(Q, resamples=resamples, seed=seed)])
+
     def figures(fam: str, seeds: list[Any], op: str) -> dict[str, dict[str, float]]:
         index = [[where[(fam, s, c, op)] for c in clusters] for s in seeds]
         table = _question_table(per_prompt, pq, q_cluster, unrel_q, index)
-        return {m: bootstrap(table, stat, resamples=resamples, seed=seed).to_dict()
-                for m, stat in _group_figures(C, len(seeds), valid).items()}
+        return {m: percentile_interval(float(v[0]), v[1:]).to_dict()
+                for m, v in _group_figures(table, weights, C, len(seeds), valid).items()}
 
     sets, families = [], []
     if valid.any():
