@@ -458,6 +458,8 @@ def render_ppl(folder: Path, ctx: ReportContext) -> str:
 def render_steering(folder: Path, ctx: ReportContext) -> str:
     """Steering: per-target table with fluency, the controls, success bars (+ strength sweep)
     and example outputs from ``steering/``."""
+    from .evaluate.steering import format_rate, row_interval
+
     ev = SteeringEval.load(folder)
     steered = ev.steered()
     strengths = list(dict.fromkeys(float(r["strength"]) for r in steered))
@@ -465,11 +467,13 @@ def render_steering(folder: Path, ctx: ReportContext) -> str:
     table = _table(
         ["target", "rule", "steered success", "unsteered success", "steered distinct-2",
          *(["fluent", "PPL / real text"] if fluency else []), "non-letters", "identified languages"],
-        [(_Raw(_lang(r["target"])), r.get("rule") or f"x{r['strength']:g}", plots.pct(r.get("steered_success")),
-          plots.pct(r.get("unsteered_success")), _dec(r.get("steered_distinct_2")),
+        [(_Raw(_lang(r["target"])), r.get("rule") or f"x{r['strength']:g}", format_rate(ev.interval(r)),
+          format_rate(ev.interval(r, "unsteered_success")), _dec(r.get("steered_distinct_2")),
           *([plots.pct(r.get("fluent")), _dec(r.get("fluency_ratio"))] if fluency else []),
           plots.pct(r.get("non_letter")), r.get("identified") or {}) for r in steered],
-        caption="Per target language (success: target language identified and not degenerate; fluent: as "
+        caption="Per target language (success, with its Wilson 95% interval over the prompts: target language "
+                "identified, at least half of the non-blank characters letters of its script, and not degenerate; "
+                "fluent: as "
                 "predictable to the unmodified model as 90% of real text windows of the language, at most 30% "
                 "non-letters; PPL / real text: median output perplexity over real text's median)",
         left={0, 1, 7 if fluency else 5})
@@ -478,10 +482,11 @@ def render_steering(folder: Path, ctx: ReportContext) -> str:
         ["condition", "targets", "mean success", "smallest", "targets >= 90%", "mean fluent success",
          "median PPL / real", "spread over draws (SD)"],
         [(c["condition"] + (f" x{c['strength']:g}" if "strength" in c else ""), c["targets"],
-          plots.pct(c["mean_success"]), plots.pct(c["min_success"]), c.get("at_least_90", ""),
-          plots.pct(c.get("mean_fluent_success")), _dec(c.get("median_fluency_ratio")),
+          format_rate(row_interval(c, "mean_success")), format_rate(row_interval(c, "min_success")),
+          c.get("at_least_90", ""), format_rate(row_interval(c, "mean_fluent_success")), _dec(c.get("median_fluency_ratio")),
           plots.pct(c.get("sd_over_draws"))) for c in controls],
-        caption="Steered outputs next to their controls (random: the same edits on random neurons with the same "
+        caption="Steered outputs next to their controls, each rate with its Wilson 95% interval (mean: every "
+                "target's outputs pooled; smallest: that target's) (random: the same edits on random neurons with the same "
                 "per-layer counts and values; source_on/off: the source's neurons untouched/off; no_ngram_ban: "
                 "without the 4-gram ban; plain: the settings' rule instead of the profile)", left={0})
     default = plots.default_strength(ev)

@@ -3,7 +3,8 @@
 Imported by ``scripts/readme_results.py`` (the one script that writes the README's results).
 Every figure is read from a saved artifact: the calibration's candidates (development prompts),
 the development evaluations of the alternatives, the stability halves and the held-out test
-evaluation with its controls.
+evaluation with its controls. Every success rate carries its Wilson 95% interval over the prompts
+(:func:`lape.evaluate.steering.rate_interval`; a mean over targets: all their outputs pooled).
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from typing import Any
 
 from readme_results import ROOT, _table
 
+from lape.evaluate.steering import format_rate, pooled_interval, rate_interval, row_interval
 from lape.plots import pct
+
+
+def _ci(ev: Any, rows: Any, key: str = "steered_success") -> str:
+    """``93% (84-97%)``: the rate of one row (or of several rows' outputs pooled) with its interval."""
+    return format_rate(ev.interval(rows, key))
 
 
 def _ratio(v: Any) -> str:
@@ -34,6 +41,16 @@ def _by(ev: Any, condition: str) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def _script_removed(ev: Any) -> str:
+    """How many steered outputs were identified as their target but fail the script check."""
+    rows = ev.steered()
+    if not rows or "steered_script_fail" not in rows[0]:
+        return "this evaluation predates the check"
+    failed = sum(round(r["steered_script_fail"] * ev.prompts(r)) for r in rows)
+    return (f"{failed} of the {sum(ev.prompts(r) for r in rows)} steered outputs were identified as their target "
+            "but fail this check")
+
+
 def test_section(run: Path, prefix: str) -> str:
     """The held-out test prompts: per target the calibrated rule's success and fluency next to
     every control."""
@@ -47,35 +64,40 @@ def test_section(run: Path, prefix: str) -> str:
     rows = []
     for t, (r,) in steered.items():
         rnd = [x["steered_success"] for x in random.get(t, [])]
-        rows.append([t, r["rule"], f"**{pct(r['steered_success'])}**", pct(r.get("steered_success_own_label")),
-                     pct(r["fluent_success"]),
-                     _ratio(r["fluency_ratio"]), pct(r["non_letter"]), pct(r["unsteered_success"]),
-                     pct(_mean(rnd)) + (f" ± {pct(statistics.stdev(rnd))}" if len(rnd) > 1 else ""),
-                     pct(on[t][0]["steered_success"]) if t in on else "–",
-                     pct(off[t][0]["steered_success"]) if t in off else "–",
-                     pct(free[t][0]["steered_success"]) if t in free else "–",
-                     pct(plain[t][0]["steered_success"]) if t in plain else "–"])
+        rows.append([t, r["rule"], f"**{_ci(ev, r)}**", _ci(ev, r, "steered_success_own_label"),
+                     _ci(ev, r, "fluent_success"),
+                     _ratio(r["fluency_ratio"]), pct(r["non_letter"]), _ci(ev, r, "unsteered_success"),
+                     (_ci(ev, random[t]) + (f" ± {pct(statistics.stdev(rnd))}" if len(rnd) > 1 else ""))
+                     if rnd else "–",
+                     *(_ci(ev, c[t][0]) if t in c else "–" for c in (on, off, free, plain))])
     summary = {c["condition"]: c for c in ev.condition_summary()}
     s = summary["steered"]
-    own = _mean([r.get("steered_success_own_label", math.nan) for (r,) in steered.values()])
+    own_ci = _ci(ev, [r for (r,) in steered.values()], "steered_success_own_label")
     own90 = sum(r.get("steered_success_own_label", 0) >= 0.9 for (r,) in steered.values())
     lines = [
         "#### Held-out test prompts (`builtin:test`, scored once, after the profile was frozen)", "",
         f"{ev.meta.get('prompts')} English prompt openings of twenty genres, written after the first test round "
         "(below) was spent and never scored while anything was chosen; "
         f"{len(rows)} targets, the calibrated steering profile (default: `lape steer` picks it up). "
-        f"**{s['at_least_90']} of {s['targets']} targets reach >= 90% success, mean {pct(s['mean_success'])}, "
-        f"smallest {pct(s['min_success'])}**; the steered outputs are fluent (as predictable to the unmodified "
+        f"**{s['at_least_90']} of {s['targets']} targets reach >= 90% success, mean "
+        f"{format_rate(row_interval(s, 'mean_success'))}, smallest {format_rate(row_interval(s, 'min_success'))}**"
+        " (95% Wilson intervals over the prompts; the mean's pools every target's outputs); the steered outputs "
+        "are fluent (as predictable to the unmodified "
         f"model as 90% of real text windows of the language, <= 30% non-letters) in "
-        f"{pct(s.get('mean_fluent_success'))} of cases, median perplexity {_ratio(s.get('median_fluency_ratio'))} "
+        f"{format_rate(row_interval(s, 'mean_fluent_success'))} of cases, median perplexity "
+        f"{_ratio(s.get('median_fluency_ratio'))} "
         "that of real text of the target language. A success needs the target language identified by "
         "`py3langid`, where a member of the target's ISO 639-3 macrolanguage counts as the target (Egyptian "
         "`arz` and Moroccan `ary` as Arabic, `wuu`/`yue` as Chinese; decided on the first test round's failures, "
-        "before this set was written), and a non-degenerate output. Counting only the target's own label "
-        f"(column *own label*): {own90} of {len(rows)} at >= 90%, mean {pct(own)}.", "",
+        "before this set was written); at least half of the output's non-blank characters letters of the target's "
+        "script (Han for Chinese, kana or Han for Japanese, Hangul for Korean, Arabic script for Arabic, Cyrillic "
+        "for Russian, Latin for the others; `py3langid` labels a run of fullwidth commas `wuu`, which the "
+        f"macrolanguage rule alone would count as Chinese; {_script_removed(ev)}); and a non-degenerate output. "
+        "Counting only the target's own label "
+        f"(column *own label*): {own90} of {len(rows)} at >= 90%, mean {own_ci}.", "",
         _table(["target", "rule (profile)", "success", "own label", "fluent success", "PPL / real text", "non-letters",
-                "unsteered", "random neurons (mean ± SD over draws)", "source on", "source off", "no 4-gram ban",
-                "plain settings"], rows), "",
+                "unsteered", "random neurons (all draws; ± SD over draws)", "source on", "source off",
+                "no 4-gram ban", "plain settings"], rows), "",
         "Controls: *unsteered* is the same prompts without edits; *random neurons* moves each edit to as many "
         "random neurons of the same layer with the same values (same rule and strength; "
         f"{summary.get('random', {}).get('draws', 1)} draws); *source on/off* is the profile's rule with the "
@@ -87,9 +109,9 @@ def test_section(run: Path, prefix: str) -> str:
                   "label (raw labels; success also needs a non-degenerate output): " + "; ".join(
                       f"{t}: " + ", ".join(f"{lab} {n}" for lab, n in r["identified"].items()) for t, r in mixed)
                   + ".", ""]
-    ctrl = [[c["condition"], pct(c["mean_success"]), pct(c["min_success"]), c.get("at_least_90", "–"),
-             pct(c.get("mean_fluent_success")), _ratio(c.get("median_fluency_ratio"))]
-            for c in ev.condition_summary()]
+    ctrl = [[c["condition"], *(format_rate(row_interval(c, k)) for k in ("mean_success", "min_success")),
+             c.get("at_least_90", "–"), format_rate(row_interval(c, "mean_fluent_success")),
+             _ratio(c.get("median_fluency_ratio"))] for c in ev.condition_summary()]
     lines += [_table(["condition", "mean success", "smallest", "targets >= 90%", "mean fluent success",
                       "median PPL / real text"], ctrl), ""]
     stem = ROOT / "docs" / "figures" / f"{prefix}-steering_bars"
@@ -119,15 +141,15 @@ def spent_test_section(run: Path) -> str:
     for ev, label in evs:
         by = {r["target"]: r for r in ev.steered()}
         c = next(c for c in ev.condition_summary() if c["condition"] == "steered")
-        rows.append([label, *(pct(by[t]["steered_success"]) if t in by else "–" for t in targets),
-                     f"**{pct(c['mean_success'])}**", c["at_least_90"]])
+        rows.append([label, *(_ci(ev, by[t]) if t in by else "–" for t in targets),
+                     f"**{format_rate(row_interval(c, 'mean_success'))}**", c["at_least_90"]])
     return "\n".join([
         "#### The spent first test round (`builtin:test1`)", "",
         f"{evs[0][0].meta.get('prompts')} openings written as the first test set. They were scored once with the "
         "profile frozen; reading "
         "their failures (Arabic outputs labelled Egyptian or Moroccan Arabic) decided the macrolanguage rule, "
         "so they are development data from then on, and `builtin:test` above was written afresh. Success per "
-        "target:", "",
+        "target, with its Wilson 95% interval (the first round predates the script check):", "",
         _table(["profile and rule", *targets, "mean", "targets >= 90%"], rows), ""])
 
 
@@ -141,16 +163,24 @@ def calibration_section(run: Path) -> str:
     for c in profile.candidates:
         stages.setdefault(c["stage"], []).append(c)
     kept = {t: r.describe() for t, r in profile.rules.items()}
+    n = int(profile.meta.get("inputs", {}).get("prompts") or 0)
+
+    def dev(rate: Any) -> str:  # one dev rate with its interval over the development prompts
+        return format_rate(rate_interval(rate, n))
+
+    def pooled(cands: list[dict[str, Any]], key: str) -> str:  # every candidate's outputs together
+        return format_rate(pooled_interval((c[key], n) for c in cands))
+
     rows = []
     for stage, cands in stages.items():
         wins = sum(c["rule"] == kept[c["target"]] for c in cands)
-        rows.append([stage, pct(_mean([c["success"] for c in cands])), pct(_mean([c["fluent_success"] for c in cands])),
-                     pct(min(c["success"] for c in cands)), _ratio(statistics.median(c["fluency_ratio"] for c in cands)),
+        rows.append([stage, pooled(cands, "success"), pooled(cands, "fluent_success"),
+                     dev(min(c["success"] for c in cands)), _ratio(statistics.median(c["fluency_ratio"] for c in cands)),
                      wins])
     refined = sorted({c["target"] for c in profile.candidates if c["stage"].startswith("refine")})
     polished = sorted({c["target"] for c in profile.candidates if c["stage"].startswith("polish")})
-    dev = profile.meta.get("dev_scores", {})
-    chosen = [[t, r.describe(), pct(dev.get(t, {}).get("success")), pct(dev.get(t, {}).get("fluent_success"))]
+    scores = profile.meta.get("dev_scores", {})
+    chosen = [[t, r.describe(), dev(scores.get(t, {}).get("success")), dev(scores.get(t, {}).get("fluent_success"))]
               for t, r in profile.rules.items()]
     return "\n".join([
         "#### Development prompts (`builtin:dev`): what was tried", "",
@@ -158,7 +188,7 @@ def calibration_section(run: Path) -> str:
         "every edit rule and strength, then (from each target's best) layer windows that leave the bottom layers "
         "alone, the target's exclusive neurons, and softer or no deactivation of the English neurons. A change is "
         "kept for a target only when it raises the share of outputs that are both a success and fluent. Mean over "
-        f"the {len(profile.rules)} targets" + (f" (the `refine` rows: over the targets still below "
+        f"the {len(profile.rules)} targets, with Wilson 95% intervals over all their outputs" + (f" (the `refine` rows: over the targets still below "
                                               f"{profile.meta.get('config', {}).get('refine_below', 0):.0%} after the "
                                               f"search, {', '.join(refined)}, each window tried with their three best "
                                               "first-stage rules" if refined else "")
@@ -189,8 +219,9 @@ def alternatives_section(run: Path) -> str:
             name = label if c["condition"] == "steered" else f"{label}: {c['condition']} control"
             if "strength" in c:
                 name += f", strength {c['strength']:g}"
-            rows.append([name, pct(c["mean_success"]), pct(c["min_success"]), c.get("at_least_90", "–"),
-                         pct(c.get("mean_fluent_success")), _ratio(c.get("median_fluency_ratio"))])
+            rows.append([name, *(format_rate(row_interval(c, k)) for k in ("mean_success", "min_success")),
+                         c.get("at_least_90", "–"), format_rate(row_interval(c, "mean_fluent_success")),
+                         _ratio(c.get("median_fluency_ratio"))])
     if not rows:
         return ""
     return "\n".join(["Other development evaluations (`lape steer-eval --no-profile`; to compare with: the settings' "

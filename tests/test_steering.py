@@ -300,3 +300,59 @@ def test_every_success_rate_carries_its_wilson_interval(steerer):
     for r in ev.tables()["summary"]:
         k = round(r["steered_success"] * 2)
         assert (r["steered_success_low"], r["steered_success_high"]) == (wilson(k, 2).low, wilson(k, 2).high)
+
+
+def _fabricated_test_eval(n: int = 70):
+    """A held-out evaluation as scripts/run_steering.sh saves it: fr 65 of 70, zh 70 of 70, with
+    every control (random: two draws)."""
+    from lape.evaluate.steering import SteeringEval
+
+    def row(condition, target, success, seed=None, **extra):
+        return {"condition": condition, "seed": seed, "target": target, "strength": 1.5, "rule": "add x1.5",
+                "prompts": n, "steered_success": success, "unsteered_success": 0.0,
+                "steered_target_language": success, "steered_script_fail": 1 / n if target == "zh" else 0.0,
+                "steered_success_own_label": success, "steered_distinct_2": 0.9, "unsteered_distinct_2": 0.95,
+                "steered_repetition": 0.1, "steered_degenerate": 0.0, "non_letter": 0.1,
+                "identified": {target: n}, "fluency_ratio": 0.3, "fluent": success, "fluent_success": success,
+                **extra}
+
+    rows = []
+    for t, k in (("fr", 65), ("zh", 70)):
+        rows += [row("steered", t, k / n), row("source_on", t, 0.5), row("source_off", t, k / n),
+                 row("random", t, 0.0, seed=0), row("random", t, 1 / n, seed=1), row("no_ngram_ban", t, 0.9),
+                 row("plain", t, 0.8)]
+    examples = [{"target": "fr", "strength": 1.5, "prompt": "The weather", "unsteered": "is fine",
+                 "unsteered_language": "en", "steered": "Il fait beau", "steered_language": "fr", "success": True}]
+    meta = {"source": "en", "targets": ["fr", "zh"], "prompts": n, "prompt_set": "builtin:test",
+            "config": {"max_new_tokens": 32}, "profile": {"fr": {}, "zh": {}}}
+    return SteeringEval(rows, examples, meta)
+
+
+def test_the_readme_and_the_report_show_every_steering_rate_with_its_interval(tmp_path, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    from lape import report
+    from lape.intervals import wilson
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "scripts"))
+    import readme_steering
+
+    monkeypatch.setattr(readme_steering, "ROOT", tmp_path)  # the bar figure goes to tmp_path/docs/figures
+    run = tmp_path / "run"
+    _fabricated_test_eval().save(run / "steer-test")
+    text = readme_steering.steering_section(run)
+    fr, zh = wilson(65, 70).format(percent=True), wilson(70, 70).format(percent=True)
+    assert fr == "93% (84-97%)"
+    assert f"| fr | add x1.5 | **{fr}** | {fr} | {fr} |" in text  # success, own label, fluent success
+    assert f"| zh | add x1.5 | **{zh}** |" in text
+    assert f"| {wilson(0, 70).format(percent=True)} | {wilson(1, 140).format(percent=True)} ± 1% |" in text
+    assert f"mean {wilson(135, 140).format(percent=True)}, smallest {fr}" in text  # pooled over both targets
+    assert "1 of the 140 steered outputs were identified as their target but fail this check" in text
+    assert f"| random | {wilson(2, 280).format(percent=True)} |" in text  # both targets' draws pooled
+    assert (tmp_path / "docs" / "figures" / "steer-steering_bars.png").is_file()
+    del sys.modules["readme_steering"]
+    (run / "plots").mkdir()
+    page = report.write_report(run).read_text(encoding="utf-8")
+    assert fr in page and zh in page and wilson(135, 140).format(percent=True) in page
+    assert "Wilson 95% interval" in page

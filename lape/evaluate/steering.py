@@ -606,6 +606,20 @@ def pooled_interval(rates: Iterable[tuple[float | None, int]]) -> Interval:
     return wilson(k, n) if n else _NAN
 
 
+def row_interval(row: dict[str, Any], name: str) -> Interval:
+    """The interval a table row holds as ``name``, ``name_low``, ``name_high`` (NaN if absent)."""
+    return Interval(*(float(row.get(k, math.nan)) for k in (name, f"{name}_low", f"{name}_high")))
+
+
+def format_rate(interval: Interval) -> str:
+    """``"93% (84-97%)"``; a dash for a missing rate, the bare rate without an interval."""
+    if not math.isfinite(interval.value):
+        return "–"
+    if not (math.isfinite(interval.low) and math.isfinite(interval.high)):
+        return f"{interval.value * 100:.0f}%"
+    return interval.format(percent=True)
+
+
 def _bounds(name: str, interval: Interval) -> dict[str, float]:
     """``{name_low, name_high}`` of an interval, for a table row."""
     return {f"{name}_low": interval.low, f"{name}_high": interval.high}
