@@ -98,25 +98,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     sets = NeuronSets.load(args.neurons)
     out = common.out_folder(args.out)
     questions = questions_half(args, "eval")
+    selection = questions_half(args, "select")  # their activations choose the activation baselines
     if artifacts.exists(args.neurons, KeyNeuronMaps.KIND):
-        seen = set(KeyNeuronMaps.load(args.neurons).uids) & {q.uid for q in questions}
+        used = set(KeyNeuronMaps.load(args.neurons).uids)
+        seen = used & {q.uid for q in questions}
         if seen:
             raise LapeError(f"{len(seen)} evaluation question(s) (e.g. {sorted(seen)[0]!r}) were used to select these "
                             "key neurons: give the same --questions/--clusters/--per-cluster/--eval-share as for "
                             "attribute")
+        selection = [q for q in selection if q.uid in used]
+    if not selection or not set(sets.labels) <= {q.cluster for q in selection}:
+        logger.info("the selection questions are not all known here: the activation baselines use the evaluation "
+                    "questions' own activations")
+        selection = None
     na_sets = None
     if args.scores:
         na_sets, _ = select(KeyNeuronScores.load(args.scores), plain_na_config(sets))
     model, tok = common.load(args)
-    ev = evaluate_key_neurons(model, tok, sets, questions, config, na_sets=na_sets, out=out,
+    ev = evaluate_key_neurons(model, tok, sets, questions, config, na_sets=na_sets, selection=selection, out=out,
                               templates=custom_templates(args), progress=not args.quiet)
-    for row in ev.family_summary():
-        logger.info("%-7s %-8s PCR %6.2f (sd %.2f)  related %+7.2f%%  unrelated %+7.2f%%  edit success %5.1f%%",
-                    row["family"], row["op"], row["pcr"], row["pcr_sd"], row["related_change"],
-                    row["unrelated_change"], 100 * row["edit_success"])
-    for row in ev.summary["prediction"]:
-        logger.info("cluster prediction %-16s accuracy %5.1f%% (chance %.1f%%)", row["family"],
-                    100 * row["accuracy"], 100 * row["chance"])
+    answers = ev.summary["answers"][0]
+    logger.info("%d evaluation questions (%d prompts); 95%% intervals over questions (%d resamples)",
+                answers.get("questions", ev.meta.get("questions", 0)), answers["prompts"], config.resamples)
+    for text in ev.family_rows():
+        logger.info("%-10s %-8s PCR %s  pooled %s  related %s  unrelated %s  dlogP related %s  unrelated %s  "
+                    "edit success %s", *text[:2], *text[3:])
+    for text in ev.prediction_rows():
+        logger.info("cluster prediction %-20s accuracy %s (chance %s)", *text)
+    for v in ev.verdicts():
+        logger.info("%s", v["sentence"])
     return 0
 
 

@@ -189,6 +189,52 @@ class KeyNeuronEval(artifacts.Artifact):
         """The judging sentences (:func:`judge`), one per op and figure and for prediction."""
         return list(self.summary.get("verdicts", []))
 
+    def validate(self) -> None:
+        if "sets" not in self.summary or "verdicts" not in self.summary:
+            raise LapeError("this key-neuron evaluation was made by an older lape (no intervals): re-run "
+                            "lape keyneurons eval")
+
+    def family_rows(self) -> list[list[str]]:
+        """:data:`FAMILY_HEADER` rows, formatted (the report's and the README's table)."""
+        return [[r["family"], r["op"], str(r["draws"]), pcr_text(r), fmt_interval(r["pooled_pcr"]),
+                 fmt_interval(r["related_change"], 1, signed=True, unit="%"),
+                 fmt_interval(r["unrelated_change"], 1, signed=True, unit="%"),
+                 fmt_interval(r["related_dlogp"], 3, signed=True), fmt_interval(r["unrelated_dlogp"], 3, signed=True),
+                 fmt_interval(r["edit_success"], 1, scale=100, unit="%")] for r in self.family_summary()]
+
+    def prediction_rows(self) -> list[list[str]]:
+        """:data:`PREDICTION_HEADER` rows, formatted."""
+        return [[r["family"], fmt_interval(r["accuracy"], 1, scale=100, unit="%"), f"{100 * r['chance']:.1f}%"]
+                for r in self.summary["prediction"]]
+
+
+FAMILY_HEADER = ("set", "edit", "draws", "PCR", "pooled PCR", "related change", "unrelated change",
+                 "Δlog P related", "Δlog P unrelated", "edit success")
+PREDICTION_HEADER = ("set", "accuracy", "chance")
+
+
+def fmt_interval(d: Mapping[str, float], digits: int = 2, *, signed: bool = False, scale: float = 1.0,
+                 unit: str = "") -> str:
+    """``{value, low, high}`` as ``"+12.3% [+4.1, +20.0]"`` (``"-"`` for NaN bounds).
+
+    Example:
+        >>> fmt_interval({"value": 2.5, "low": 1.0, "high": 4.0})
+        '2.50 [1.00, 4.00]'
+    """
+    spec = f"{'+' if signed else ''}.{digits}f"
+
+    def one(x: float) -> str:
+        return format(x * scale, spec) if np.isfinite(x) else "-"
+
+    return f"{one(d['value'])}{unit} [{one(d['low'])}, {one(d['high'])}]"
+
+
+def pcr_text(row: Mapping[str, Any]) -> str:
+    """A family row's PCR with its 95% interval over questions, and the SD over draws only where
+    there are several draws: ``"11.10 [3.20, 20.10]"``, ``"2.61 [1.90, 3.40], SD 1.52 over 3 draws"``."""
+    text = fmt_interval(row["pcr"])
+    return text + (f", SD {row['pcr_sd']:.2f} over {row['draws']} draws" if row["draws"] > 1 else "")
+
 
 def _edit_rows(families: Mapping[str, NeuronSets], clusters: Sequence[str], random_seeds: int, boost: float,
                extra: Mapping[tuple[str, int | None], Sequence[torch.Tensor]] | None = None
