@@ -7,30 +7,38 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import plots
-from ..report import ReportContext, _dec, _facts, _section, _table
+from ..report import ReportContext, _dec, _e, _facts, _section, _table
 
 
 def render_keyneuron_eval(folder: Path, ctx: ReportContext) -> str:
-    """PCR, editing success and cluster prediction per set family."""
-    from .evaluate import KeyNeuronEval
+    """PCR, pooled PCR, log-probability difference, editing success and cluster prediction per set
+    family, each with its 95% interval, and the judging sentences."""
+    from .evaluate import FAMILY_HEADER, PREDICTION_HEADER, KeyNeuronEval
 
     ev = KeyNeuronEval.load(folder)
     answers = ev.summary["answers"][0]
+    cfg = ev.meta.get("config", {})
     facts = _facts({"clusters": ", ".join(ev.clusters), "held-out questions": ev.meta.get("questions"),
                     "prompts": answers["prompts"], "unmodified accuracy": f"{100 * answers['accuracy_unmodified']:.1f}%",
                     "mean P(right letter)": f"{answers['mean_prob_unmodified']:.3f}",
-                    "boost factor": ev.meta.get("config", {}).get("boost")})
-    rows = [(r["family"], r["op"], r["draws"], f"{_dec(r['pcr'], 2)}" + (f" ± {_dec(r['pcr_sd'], 2)}" if r["draws"] > 1 else ""),
-             f"{r['related_change']:+.1f}%", f"{r['unrelated_change']:+.1f}%", f"{100 * r['edit_success']:.1f}%")
-            for r in ev.family_summary()]
-    pcr = _table(["family", "edit", "draws", "PCR", "related change", "unrelated change", "edit success"], rows, left=2,
-                 caption="Mean over clusters of the probability change ratio |related| / |unrelated| (percentage change "
-                         "of the right letter's probability), and the share of related prompts flipped wrong->right "
-                         "(boost) or right->wrong (suppress); random: same count per layer, mean ± SD over draws")
-    pred = _table(["set family", "accuracy", "chance"],
-                  [(r["family"], f"{100 * r['accuracy']:.1f}%", f"{100 * r['chance']:.1f}%") for r in ev.summary["prediction"]],
-                  caption="Neuron-based cluster prediction: " + ev.meta.get("prediction_rule", ""))
-    return _section(folder.name, "Key neurons: boost and suppress", facts + pcr + pred)
+                    "boost factor": cfg.get("boost"),
+                    "activation baselines from": f"{ev.meta.get('activation_source')} "
+                                                 f"({ev.meta.get('activation_prompts')} prompts)",
+                    "intervals": ev.meta.get("intervals", "")})
+    pcr = _table(FAMILY_HEADER, ev.family_rows(), left=2,
+                 caption="Mean over clusters (and draws) with its bootstrap 95% interval over questions. PCR: the mean "
+                         "over clusters of |related| / |unrelated| percentage change of the right letter's probability; "
+                         "pooled PCR: one ratio of means over every prompt of every cluster; Δlog P: log P(edited) - "
+                         "log P(unedited) of the right letter (nats); edit success: related prompts flipped "
+                         "wrong->right (boost) or right->wrong (suppress). random: same count per layer; random-act: "
+                         "also the same rank bin of mean |activation| (" + str(ev.meta.get("activation_matching", ""))
+                         + "); activation: " + str(ev.meta.get("activation_baseline", "")) + "; SD over draws where "
+                         "there are several")
+    judged = "".join(f"<p>{_e(v['sentence'])}</p>" for v in ev.verdicts())
+    pred = _table(PREDICTION_HEADER, ev.prediction_rows(),
+                  caption="Neuron-based cluster prediction (Wilson 95% interval, n = questions): "
+                          + ev.meta.get("prediction_rule", ""))
+    return _section(folder.name, "Key neurons: boost and suppress", facts + pcr + judged + pred)
 
 
 def render_comparison(folder: Path, ctx: ReportContext) -> str:
