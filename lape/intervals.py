@@ -134,3 +134,22 @@ def overlap_p(overlap: int, size_a: int, size_b: int, population: int) -> float:
     if not 0 <= overlap <= min(size_a, size_b) or max(size_a, size_b) > population:
         raise ValueError(f"impossible overlap {overlap} of sets {size_a} and {size_b} in {population}")
     return float(hypergeom.sf(overlap - 1, population, size_a, size_b))
+
+
+def overlap_p_layers(overlap: int, sizes_a: Sequence[int], sizes_b: Sequence[int], width: int) -> float:
+    """One-sided p-value of at least ``overlap`` shared members when, in every layer ``l``, two
+    sets of ``sizes_a[l]`` and ``sizes_b[l]`` are drawn at random from its ``width`` members: the
+    null of :func:`lape.keyneurons.compare.chance_overlap` (counts per layer kept). The total
+    overlap is a sum of independent hypergeometric counts, whose distribution is the convolution
+    of the layers' pmfs: ``P(X >= overlap)``, ``X = sum_l X_l``, ``X_l ~ Hypergeom(width, a_l, b_l)``.
+    """
+    from scipy.stats import hypergeom
+
+    if len(sizes_a) != len(sizes_b) or any(not 0 <= s <= width for s in (*sizes_a, *sizes_b)):
+        raise ValueError(f"per-layer sizes {list(sizes_a)} and {list(sizes_b)} do not fit layers of {width}")
+    pmf = np.ones(1)
+    for a, b in zip(sizes_a, sizes_b):
+        pmf = np.convolve(pmf, hypergeom.pmf(np.arange(min(a, b) + 1), width, a, b))
+    if not 0 <= overlap < len(pmf):
+        raise ValueError(f"impossible overlap {overlap} of sets with per-layer sizes {list(sizes_a)}, {list(sizes_b)}")
+    return float(min(1.0, pmf[overlap:].sum()))

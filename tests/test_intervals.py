@@ -10,6 +10,7 @@ from lape.intervals import (
     bootstrap,
     bootstrap_weights,
     overlap_p,
+    overlap_p_layers,
     percentile_interval,
     ratio_of_means,
     wilson,
@@ -89,3 +90,16 @@ def test_interval_round_trip_and_format():
     assert Interval.from_dict(iv.to_dict()) == iv
     assert iv.format(percent=True) == "93% (84-97%)"
     assert Interval(1, 0, 2).excludes(Interval(3, 2.5, 4)) and not Interval(1, 0, 3).excludes(Interval(3, 2.5, 4))
+
+
+def test_overlap_p_layers_by_hand():
+    # layer 0: 2 of 4 and 2 of 4 -> X0 in {0, 1, 2} with P 1/6, 4/6, 1/6; layer 1: 1 of 4 and 1 of 4 ->
+    # X1 = 1 with P 1/4. P(X >= 3) = P(2)P(1) = 1/24; P(X >= 2) = 1/6 + 4/6 * 1/4 = 1/3
+    assert overlap_p_layers(3, [2, 1], [2, 1], 4) == pytest.approx(1 / 24)
+    assert overlap_p_layers(2, [2, 1], [2, 1], 4) == pytest.approx(1 / 3)
+    assert overlap_p_layers(0, [2, 1], [2, 1], 4) == pytest.approx(1.0)
+    assert overlap_p_layers(1, [1], [1], 4) == pytest.approx(overlap_p(1, 1, 1, 4))  # one layer: hypergeometric
+    with pytest.raises(ValueError):
+        overlap_p_layers(1, [2, 0], [0, 2], 4)
+    with pytest.raises(ValueError):
+        overlap_p_layers(0, [5], [1], 4)
