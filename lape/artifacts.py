@@ -58,6 +58,7 @@ _KIND_MODULES = {"stats": "lape.activations", "neurons": "lape.masks", "regions"
                  "region_ppl": "lape.regions.ablate", "perturb": "lape.regions.perturb",
                  "forgetting": "lape.regions.train",
                  "region_overlap": "lape.regions.bridge", "dims": "lape.regions.dims",
+                 "region_stability": "lape.regions.stability",
                  "fluency_reference": "lape.evaluate.fluency", "steering_profile": "lape.evaluate.steer_profile"}
 _TYPES: dict[str, type[Artifact]] = {}
 

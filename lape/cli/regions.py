@@ -1,7 +1,8 @@
 """``lape regions ...``: Zhang et al.'s linguistic regions.
 
 ``importance`` (per-language theta x gradient), ``select`` (core / bottom / random /
-monolingual regions), ``ablate`` (perplexity with each region removed), ``dims`` (massive
+monolingual regions), ``stability`` (the regions of two disjoint halves of the text against each
+other), ``ablate`` (perplexity with each region removed), ``dims`` (massive
 activation dimensions and where the core region sits), ``perturb`` (one weight x4 on a massive
 vs an ordinary dimension), ``train`` (further pre-training with a region frozen) and ``bridge``
 (LAPE neurons against the regions).
@@ -59,6 +60,24 @@ def cmd_select(args: argparse.Namespace) -> int:
     regions = select_regions(ParamImportance.load(args.importance), config, out=out)
     logger.info("regions (entries): %s -> %s", ", ".join(f"{k} {v:,}" for k, v in regions.counts().items()),
                 args.out)
+    return 0
+
+
+def cmd_stability(args: argparse.Namespace) -> int:
+    from ..corpora import load_manifest
+    from ..regions import ImportanceConfig, RegionConfig
+    from ..regions.stability import split_half_stability
+
+    config = config_from_args(ImportanceConfig, args)
+    region_config = RegionConfig(top_rate=args.top_rate, seed=config.seed, norms=config.norms)
+    out = common.out_folder(args.out)
+    model, tok, first = common.corpus_pass(args, config, part=(0, 2))  # documents 1, 3, 5, ... (1-based)
+    second = common.corpus(load_manifest(args.corpus), tok, config.split, config.tokens_per_language, config.seq_len,
+                           config.seed, config.languages, part=(1, 2))
+    result = split_half_stability(model, (first, second), config, region_config, labels=args.labels, out=out,
+                                  progress=not args.quiet)
+    logger.info("%s -> %s", result.summary_line(), args.out)
+    common.finish_distributed()
     return 0
 
 
@@ -200,7 +219,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from ..regions.train import TrainConfig
     from . import _Parser
 
-    group = sub.add_parser("regions", help="linguistic regions (Zhang et al. 2024): importance, select, ablate, "
+    group = sub.add_parser("regions", help="linguistic regions (Zhang et al. 2024): importance, select, stability, ablate, "
                            "dims, perturb, train, bridge")
     rsub = group.add_subparsers(dest="regions_command", required=True, metavar="STEP", parser_class=_Parser)
 
@@ -216,6 +235,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True, help="output folder, e.g. runs/x/regions")
     add_config_args(s, RegionConfig)
     s.set_defaults(fn=cmd_select)
+
+    s = rsub.add_parser("stability", help="split-half stability: importance and regions on two disjoint halves "
+                        "of each language's text, Jaccard between them against chance")
+    common.add_model_args(s)
+    s.add_argument("--corpus", default="builtin", help="a data manifest (YAML) or builtin")
+    s.add_argument("--out", required=True, help="output folder, e.g. runs/x/region-stability")
+    s.add_argument("--top-rate", type=float, default=RegionConfig.top_rate,
+                   help=f"share of each tensor per region (default: {RegionConfig.top_rate})")
+    s.add_argument("--labels", nargs="+", default=None,
+                   help="regions to compare (default: core and every monolingual region)")
+    add_config_args(s, ImportanceConfig)
+    s.set_defaults(fn=cmd_stability)
 
     s = rsub.add_parser("ablate", help="perplexity per language with each region removed")
     s.add_argument("regions", help="folder written by lape regions select")

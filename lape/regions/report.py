@@ -117,6 +117,30 @@ def render_removal(folder: Path, ctx: ReportContext) -> str:
     return _section(folder.name, "Removing regions", "".join(parts))
 
 
+def render_stability(folder: Path, ctx: ReportContext) -> str:
+    """Split-half stability: Jaccard between the regions selected on two disjoint halves of the text."""
+    from .stability import ALL, RegionStability
+
+    res = RegionStability.load(folder)
+    overall = _table(["region", "entries (half 1)", "entries (half 2)", "shared", "Jaccard", "chance", "above chance"],
+                     [(r["label"], r["size_a"], r["size_b"], r["intersection"], _dec(r["jaccard"], 3),
+                       _dec(r["chance"], 4), _pct(r["above_chance"], 1)) for r in res.overall()],
+                     caption="All block tensors pooled: |A ∩ B| / |A ∪ B| of the regions from the two halves")
+    labels = [r["label"] for r in res.overall()]
+    cells = {(r["type"], r["label"]): r for r in res.rows}
+    types = [t for t in dict.fromkeys(r["type"] for r in res.rows) if t != ALL]
+    by_type = _table(["tensor type", *labels],
+                     [(t, *(f"{_dec(cells[t, lab]['jaccard'], 3)} ({_dec(cells[t, lab]['chance'], 4)})"
+                            if (t, lab) in cells else "–" for lab in labels)) for t in types],
+                     caption="Jaccard per tensor type (chance in brackets)", left=1)
+    note = ("Importance and regions were computed on each half of every language's text (alternate documents) "
+            "with the same settings. Chance: the exact expected Jaccard of independent uniform draws of the "
+            "same sizes in every tensor; above chance = (J − chance) / (1 − chance).")
+    body = (f'<p class="note">{note}</p>' + '<div class="row">' + overall + by_type + "</div>"
+            + f'<p class="note">{res.summary_line()}</p>')
+    return _section(folder.name, "Split-half stability of the regions", body)
+
+
 def render_dims(folder: Path, ctx: ReportContext) -> str:
     """Massive activation dimensions and where the core region sits."""
     from .dims import DimensionResult, dimension_figure
@@ -198,7 +222,9 @@ def render_bridge(folder: Path, ctx: ReportContext) -> str:
     return _section(folder.name, "LAPE neurons and regions", table)
 
 
-SECTIONS = [("importance", render_importance), ("regions", render_regions), ("region_ppl", render_removal), ("dims", render_dims),
+SECTIONS = [("importance", render_importance), ("regions", render_regions), ("region_stability", render_stability),
+            ("region_ppl", render_removal), ("dims", render_dims),
             ("perturb", render_perturb), ("forgetting", render_forgetting), ("region_overlap", render_bridge)]
-TITLES = {"importance": "Importance", "regions": "Regions", "region_ppl": "Region removal", "dims": "Dimensions", "perturb": "Perturbation",
+TITLES = {"importance": "Importance", "regions": "Regions", "region_stability": "Region stability",
+          "region_ppl": "Region removal", "dims": "Dimensions", "perturb": "Perturbation",
           "forgetting": "Forgetting", "region_overlap": "Neurons x regions"}
