@@ -42,24 +42,40 @@ def render_keyneuron_eval(folder: Path, ctx: ReportContext) -> str:
 
 
 def render_comparison(folder: Path, ctx: ReportContext) -> str:
-    """Overlap of the three methods' sets against chance, and the effect of switching each off."""
+    """Overlap of the three methods' sets against chance (with hypergeometric p-values), and the
+    effect of switching each off next to size-matched random sets."""
     from .compare import MethodComparison
 
+    def p(v: float | None) -> str:
+        return "–" if v is None else f"{v:.1e}" if v < 1e-3 else f"{v:.3f}"
+
+    def own(r: dict) -> str:
+        sd = r.get("own_delta_nll_sd")
+        return f"{r['own_delta_nll']:+.3f}" + (f" ± {sd:.3f}" if sd is not None and sd == sd else "")
+
     res = MethodComparison.load(folder)
-    over = _table(["language", "set A", "set B", "|A|", "|B|", "overlap", "chance", "x chance"],
+    over = _table(["language", "set A", "set B", "|A|", "|B|", "overlap", "chance", "x chance", "p", "p (per layer)"],
                   [(r["language"], r["a"], r["b"], r["size_a"], r["size_b"], r["overlap"], _dec(r["chance"], 2),
-                    _dec(r["enrichment"], 1)) for r in res.overlap], left=3,
+                    _dec(r["enrichment"], 1), p(r.get("p_value")), p(r.get("p_value_layers"))) for r in res.overlap],
+                  left=3,
                   caption="Neurons shared by two methods' sets for one language, against random sets with the same "
-                          "count per layer")
+                          "count per layer; p: one-sided hypergeometric p-value of at least this overlap, drawing "
+                          "from all layers x neurons (p) or keeping each set's count per layer (p per layer)")
     body = over
     if res.effect:
-        body += _table(["method", "language", "own ΔNLL", "others' mean ΔNLL", "own hit most"],
-                       [(r["family"], r["language"], f"{r['own_delta_nll']:+.3f}", f"{r['others_delta_nll']:+.3f}",
-                         "yes" if r["own_hit_most"] else "no") for r in res.effect], left=2,
-                       caption="NLL change (nats/token) on held-out text when one method's set for a language is "
-                               "switched off")
+        text = res.meta.get("ppl_text") or {}
+        where = f" ({text['split']} split, no document holding a cloze question's sentence)" if text else ""
+        body += _table(["method", "language", "own ΔNLL", "others' mean ΔNLL", "own hit most", "own above every random"],
+                       [(r["family"], r["language"], own(r), f"{r['others_delta_nll']:+.3f}",
+                         "yes" if r["own_hit_most"] else "no",
+                         {True: "yes", False: "no"}.get(r.get("own_above_every_random"), "")) for r in res.effect],
+                       left=2,
+                       caption=f"NLL change (nats/token) on held-out text{where} when one method's set for a language "
+                               "is switched off; random like X: random neurons with the same count per layer as X's "
+                               f"set, mean ± SD over {res.meta.get('random_draws', 0)} draws")
         body += ctx.figure(plots.method_effects(res.effect), "method_effects",
-                           "Own-language vs other languages' NLL change per method and language")
+                           "Own-language vs other languages' NLL change per method (and its size-matched random sets) "
+                           "and language")
     return _section(folder.name, "Three methods on one neuron space", body)
 
 

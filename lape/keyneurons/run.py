@@ -71,13 +71,19 @@ def run_keyneurons(model: Any, tok: Any, run: str | Path, config: KeyNeuronsRunC
 
 def method_comparison(model: Any, tok: Any, lape_sets: Any, key_sets: Any, regions: Any, manifest: Any,
                       out: str | Path, config: KeyNeuronsRunConfig = KeyNeuronsRunConfig(), *, progress: bool = True,
-                      timer: Callable[[str, Callable[[], Any]], Any] | None = None) -> Any:
+                      timer: Callable[[str, Callable[[], Any]], Any] | None = None, questions: Any = None) -> Any:
     """Compare LAPE's sets, the key neurons of the language clusters and (when ``regions`` is
     given) the monolingual regions' neuron view on their shared languages; with ``manifest``,
-    one perplexity matrix per method on held-out text (saved beside ``out``)."""
+    one perplexity matrix per method on held-out text disjoint from the cloze questions (saved
+    beside ``out``), each set next to ``max(1, config.random_seeds)`` random sets with its counts
+    per layer (:mod:`lape.keyneurons.compare`).
+
+    ``questions``: the questions the key neurons were selected and evaluated on (default: those
+    ``config`` describes, loaded as :func:`run_keyneurons` loads them); no perplexity document
+    holds one of their sentences."""
     from ..evaluate.perplexity import PerplexityConfig, ppl_matrix
     from ..space import ParamSpace
-    from .compare import compare_methods, region_neuron_sets
+    from .compare import compare_methods, comparison_text, region_neuron_sets, with_random
 
     step = timer or (lambda name, fn: fn())
     out = Path(out)
@@ -85,23 +91,28 @@ def method_comparison(model: Any, tok: Any, lape_sets: Any, key_sets: Any, regio
     if regions is not None:
         families["regions"] = region_neuron_sets(regions, ParamSpace.of(model), config.region_min_share)
     languages = [c for c in key_sets.labels if c in lape_sets.labels]
-    ppl = {}
+    ppl, counts, text_info = {}, {}, None
+    draws = max(1, config.random_seeds)
     if manifest is not None and languages:
-        from ..corpora import load_corpus
+        from .questions import load_questions
 
+        if questions is None:
+            questions = load_questions(config.questions, clusters=config.clusters, per_cluster=config.per_cluster)
         pcfg = PerplexityConfig(tokens_per_language=config.ppl_tokens_per_language, seq_len=config.seq_len,
                                 seed=config.seed, random_baseline="none")
-        valid = load_corpus(manifest, tok, split="valid", tokens_per_language=pcfg.tokens_per_language,
-                            seq_len=pcfg.seq_len, seed=pcfg.seed, languages=languages)
+        text, text_info = comparison_text(manifest, tok, languages, questions,
+                                          tokens_per_language=pcfg.tokens_per_language, seq_len=pcfg.seq_len)
         for fam, fsets in families.items():
             have = [lang for lang in languages if lang in fsets.labels]
             if have:
                 slug = fam.replace(" ", "-").lower()
-                ppl[fam] = step(f"compare-ppl-{slug}", lambda fsets=fsets, have=have, slug=slug: ppl_matrix(
-                    model, valid, fsets.subset(have), pcfg, out=out.parent / f"{out.name}-ppl-{slug}",
-                    progress=progress))
+                rows = with_random(fsets, have, draws, seed=config.seed)
+                counts[fam] = rows.counts_per_layer()
+                ppl[fam] = step(f"compare-ppl-{slug}", lambda rows=rows, slug=slug: ppl_matrix(
+                    model, text, rows, pcfg, out=out.parent / f"{out.name}-ppl-{slug}", progress=progress))
     comparison = compare_methods(families, languages, ppl, meta=artifacts.model_sidecar(
         "method_comparison", model, languages=languages, config=config.to_dict(),
-        inputs={f: s.identity() for f, s in families.items()}, region_min_share=config.region_min_share))
+        inputs={f: s.identity() for f, s in families.items()}, region_min_share=config.region_min_share,
+        random_draws=draws if ppl else 0, ppl_text=text_info), counts=counts)
     comparison.save(out)
     return comparison
