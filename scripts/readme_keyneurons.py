@@ -21,19 +21,15 @@ def _copy(src: Path, name: str) -> str | None:
 
 
 def _pcr_rows(kind: str, ev) -> list[list[object]]:
-    rows = []
-    for r in ev.family_summary():
-        sd = f" ± {r['pcr_sd']:.2f}" if r["draws"] > 1 else ""
-        rows.append([kind, r["family"], r["op"], f"{r['pcr']:.2f}{sd}", f"{r['related_change']:+.1f}%",
-                     f"{r['unrelated_change']:+.1f}%", f"{100 * r['edit_success']:.1f}%"])
-    return rows
+    """The evaluation's family rows (every figure with its 95% interval), prefixed by the question kind."""
+    return [[kind, *row] for row in ev.family_rows()]
 
 
 def keyneurons_section(run: Path) -> str:
     """Markdown for the key-neuron results in ``run`` (empty when the runs are absent)."""
     from lape.keyneurons.attribute import KeyNeuronScores
     from lape.keyneurons.compare import MethodComparison
-    from lape.keyneurons.evaluate import KeyNeuronEval
+    from lape.keyneurons.evaluate import FAMILY_HEADER, PREDICTION_HEADER, KeyNeuronEval
     from lape.masks import NeuronSets
 
     kinds = [k for k in ("domains", "languages") if (run / f"kn-{k}-eval").is_dir()]
@@ -44,7 +40,7 @@ def keyneurons_section(run: Path) -> str:
            "**selection half** of each cluster's questions, NA-ICA selection (top 20 per question, common neurons "
            "removed), then boost (x2) and suppress (x0) at the last position on the **held-out half**. Domains: MMLU "
            "dev+validation questions; languages: cloze questions built from each language's held-out text.\n"]
-    facts, pcr, pred = [], [], []
+    facts, pcr, pred, judged = [], [], [], []
     for kind in kinds:
         scores = KeyNeuronScores.load(run / f"kn-{kind}-scores")
         sets = NeuronSets.load(run / f"kn-{kind}")
@@ -57,18 +53,28 @@ def keyneurons_section(run: Path) -> str:
                       f"{100 * answers['accuracy_unmodified']:.0f}%", f"{comp.get('median_rel_delta', float('nan')):.2f}",
                       f"{scores.meta.get('seconds', 0) / max(scores.meta.get('prompts', 1), 1):.1f} s"])
         pcr += _pcr_rows(kind, ev)
-        pred += [[kind, r["family"], f"{100 * r['accuracy']:.0f}%", f"{100 * r['chance']:.0f}%"]
-                 for r in ev.summary["prediction"]]
+        pred += [[kind, *row] for row in ev.prediction_rows()]
+        judged += [f"- {kind}: {v['sentence']}" for v in ev.verdicts()]
+        draws, bins = (ev.meta.get("config", {}).get(k, 0) for k in ("random_seeds", "activation_bins"))
+        source = ev.meta.get("activation_source", "selection questions")
     out.append(_table(["questions", "clusters", "selection questions", "held-out questions", "key neurons per question",
                        "common neurons", "accuracy (held out, unmodified)", "median completeness gap / (P - P0)",
                        "attribution per prompt"], facts))
-    out.append("\nProbability change ratio on the held-out questions (mean over clusters; random: same count per "
-               "layer, mean ± SD over 3 draws; `na`: plain NA without ICA or common-neuron removal):\n")
-    out.append(_table(["questions", "set", "edit", "PCR", "related change", "unrelated change",
-                       "edit success (related)"], pcr))
+    out.append("\nProbability change ratio on the held-out questions: the mean over clusters (and draws), each "
+               "figure with its bootstrap 95% interval over questions. `pooled PCR`: one ratio of means over every "
+               "prompt of every cluster; `Δlog P`: log P(edited) - log P(unedited) of the right letter (nats). "
+               f"Baselines: `na`, plain NA without ICA or common-neuron removal; `random`, the same count per layer "
+               f"({draws} draws, SD over draws beside the PCR); `random-act`, also drawn from the key neuron's rank "
+               f"bin ({bins} equal-size bins per layer) of mean |activation| at the last position over the {source}; "
+               "`activation`, the paper's Activation baseline, per cluster and layer the neurons of highest mean "
+               f"activation at the last position over the cluster's {source}, the key neurons' count per layer:\n")
+    out.append(_table(["questions", *FAMILY_HEADER[:-1], "edit success (related)"], pcr))
+    out.append("\nEach sentence below is computed by `lape`: \"as in the paper\" only where the key neurons' interval "
+               "lies above every baseline set's (each random draw counted separately):\n")
+    out.append("\n".join(judged) + "\n")
     out.append("\nNeuron-based cluster prediction (rule: the cluster whose key neurons have the highest mean "
-               "standardised unmodified activation at the last position):\n")
-    out.append(_table(["questions", "set", "accuracy", "chance"], pred))
+               "standardised unmodified activation at the last position; Wilson 95% interval with n = questions):\n")
+    out.append(_table(["questions", *PREDICTION_HEADER], pred))
     figs = [(f"kn-{k}-plots/layer_distribution.png", f"kn-{k}-layers.png", f"Key neurons per layer ({k})")
             for k in kinds] + [(f"kn-{k}-plots/accumulated_heatmap.png", f"kn-{k}-heatmap.png",
                                 f"Accumulated NA-ICA scores ({k})") for k in kinds]

@@ -363,11 +363,13 @@ def _question_table(per_prompt: torch.Tensor, prompt_question: torch.Tensor, q_c
                            sums.reshape(Q, -1).numpy()], axis=1)
 
 
-def judge(what: str, key: Interval, baselines: Mapping[str, Interval], paper: bool = True) -> dict[str, Any]:
+def judge(what: str, key: Interval, baselines: Mapping[str, Interval], paper: bool = True,
+          percent: bool = False) -> dict[str, Any]:
     """The sentence that judges ``key`` (the key neurons' figure) against every baseline's 95%
     interval: "as in the paper" (``paper=True``; else "separated from every baseline") only when
     ``key.low`` lies above every baseline's ``high``; otherwise the baselines it overlaps and those
-    above it are named. A NaN bound never counts as separated.
+    above it are named (``percent``: rates written as percentages). A NaN bound never counts as
+    separated.
 
     Example:
         >>> judge("PCR", Interval(9, 6, 12), {"random": Interval(2, 1, 3)})["as_in_paper"]
@@ -379,20 +381,23 @@ def judge(what: str, key: Interval, baselines: Mapping[str, Interval], paper: bo
     above = [n for n, b in baselines.items() if sep_above(b, key)]
     overlap = [n for n, b in baselines.items() if not sep_above(key, b) and n not in above]
     ok = bool(baselines) and not above and not overlap
-    k = key.format()
+    def fmt(iv: Interval) -> str:
+        return iv.format(percent=percent)
+
+    k = fmt(key)
     if not baselines:
         sentence = f"{what} of the key neurons is {k}; there is no baseline to compare it with."
     elif ok:
         top = max(baselines, key=lambda n: baselines[n].high)
         lead = "As in the paper" if paper else "Separated from every baseline"
         sentence = (f"{lead}: {what} of the key neurons, {k}, lies above the 95% interval of every baseline "
-                    f"(the highest: {top} {baselines[top].format()}).")
+                    f"(the highest: {top} {fmt(baselines[top])}).")
     else:
         bits = []
         if overlap:
-            bits.append("overlaps " + ", ".join(f"{n} {baselines[n].format()}" for n in overlap))
+            bits.append("overlaps " + ", ".join(f"{n} {fmt(baselines[n])}" for n in overlap))
         if above:
-            bits.append("lies below " + ", ".join(f"{n} {baselines[n].format()}" for n in above))
+            bits.append("lies below " + ", ".join(f"{n} {fmt(baselines[n])}" for n in above))
         sentence = f"Not separated from the baselines: {what} of the key neurons, {k}, " + " and ".join(bits) + "."
     return {"what": what, "as_in_paper": ok, "overlaps": overlap, "below": above, "sentence": sentence}
 
@@ -470,7 +475,8 @@ def _summaries(clusters: list[str], rows: list[dict[str, Any]], t: Mapping[str, 
         chance = key_pred[0]["chance"]
         base["chance"] = Interval(chance, chance, chance)
         verdicts.append({"op": None, "metric": "prediction", **judge(
-            "cluster-prediction accuracy", Interval.from_dict(key_pred[0]["accuracy"]), base, paper=False)})
+            "cluster-prediction accuracy", Interval.from_dict(key_pred[0]["accuracy"]), base, paper=False,
+            percent=True)})
     accuracy = {"prompts": int(len(pc)), "questions": Q, "accuracy_unmodified": float(ok0.float().mean()),
                 "mean_prob_unmodified": float(p0.mean())}
     return {"per_cluster": per_cluster, "sets": sets, "families": families, "verdicts": verdicts,
