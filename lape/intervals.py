@@ -7,7 +7,8 @@ Every effect lape prints carries one of these, computed here and nowhere else:
 - a statistic of per-item values (a mean change, a perplexity ratio, a PCR): :func:`bootstrap`,
   percentile interval over items resampled with replacement, seeded;
 - the overlap of two sets drawn from one population: :func:`overlap_p` (the one-sided
-  hypergeometric p-value of at least the observed overlap).
+  hypergeometric p-value of at least the observed overlap); summed over layers or tensors drawn
+  independently, :func:`overlap_law` (its law) and :func:`overlap_p_layers`.
 
 Example:
     >>> wilson(65, 70)
@@ -136,6 +137,46 @@ def overlap_p(overlap: int, size_a: int, size_b: int, population: int) -> float:
     return float(hypergeom.sf(overlap - 1, population, size_a, size_b))
 
 
+def overlap_law(parts: Sequence[tuple[int, int, int]], tail: float = 0.0) -> tuple[int, np.ndarray]:
+    """The law of ``X = sum_t X_t``, the total overlap of two sets drawn at random independently
+    in every part ``t`` (a layer, a tensor): ``X_t ~ Hypergeom(n_t, a_t, b_t)`` for sets of
+    ``a_t`` and ``b_t`` of the part's ``n_t`` members; the law is the convolution of the parts'.
+
+    Args:
+        parts: ``(n, a, b)`` per part.
+        tail: 0 keeps the whole support; otherwise probabilities below ``tail`` times the peak are
+            dropped after each convolution (at least 1e-30), for sums over many large parts whose
+            support would grow to millions of values.
+
+    Returns:
+        ``(x0, pmf)`` with ``pmf[i] = P(X = x0 + i)`` (float64; sums to 1 but for dropped tails).
+
+    Raises:
+        ValueError: a part whose sets are larger than it, or a tail in (0, 1e-30).
+
+    Example:
+        >>> overlap_law([(4, 2, 2)])   # P(X = 0, 1, 2) = 1/6, 4/6, 1/6
+        (0, array([0.16666667, 0.66666667, 0.16666667]))
+    """
+    from scipy.stats import hypergeom
+
+    if 0 < tail < 1e-30:
+        raise ValueError(f"tail={tail} is below 1e-30: use 0 for the whole support")
+    x0, pmf = 0, np.ones(1)
+    for n, a, b in parts:
+        if not (0 <= a <= n and 0 <= b <= n):
+            raise ValueError(f"cannot draw {a} and {b} of {n} members")
+        lo, hi = max(0, a + b - n), min(a, b)
+        if tail > 0 and n > 1:  # mean +- (40 sd + 100) holds every probability above 1e-30 of the peak
+            mean, sd = a * b / n, math.sqrt(a * b * (n - a) * (n - b) / (n * n * (n - 1)))
+            lo, hi = max(lo, math.floor(mean - 40 * sd - 100)), min(hi, math.ceil(mean + 40 * sd + 100))
+        x0, pmf = x0 + lo, np.convolve(pmf, hypergeom.pmf(np.arange(lo, hi + 1), n, a, b))
+        if tail > 0:
+            keep = np.nonzero(pmf >= tail * pmf.max())[0]
+            x0, pmf = x0 + int(keep[0]), pmf[keep[0]:keep[-1] + 1]
+    return x0, pmf
+
+
 def overlap_p_layers(overlap: int, sizes_a: Sequence[int], sizes_b: Sequence[int], width: int) -> float:
     """One-sided p-value of at least ``overlap`` shared members when, in every layer ``l``, two
     sets of ``sizes_a[l]`` and ``sizes_b[l]`` are drawn at random from its ``width`` members: the
@@ -143,13 +184,9 @@ def overlap_p_layers(overlap: int, sizes_a: Sequence[int], sizes_b: Sequence[int
     overlap is a sum of independent hypergeometric counts, whose distribution is the convolution
     of the layers' pmfs: ``P(X >= overlap)``, ``X = sum_l X_l``, ``X_l ~ Hypergeom(width, a_l, b_l)``.
     """
-    from scipy.stats import hypergeom
-
     if len(sizes_a) != len(sizes_b) or any(not 0 <= s <= width for s in (*sizes_a, *sizes_b)):
         raise ValueError(f"per-layer sizes {list(sizes_a)} and {list(sizes_b)} do not fit layers of {width}")
-    pmf = np.ones(1)
-    for a, b in zip(sizes_a, sizes_b):
-        pmf = np.convolve(pmf, hypergeom.pmf(np.arange(min(a, b) + 1), width, a, b))
-    if not 0 <= overlap < len(pmf):
+    x0, pmf = overlap_law([(width, a, b) for a, b in zip(sizes_a, sizes_b)])
+    if not 0 <= overlap < x0 + len(pmf):
         raise ValueError(f"impossible overlap {overlap} of sets with per-layer sizes {list(sizes_a)}, {list(sizes_b)}")
-    return float(min(1.0, pmf[overlap:].sum()))
+    return float(min(1.0, pmf[max(0, overlap - x0):].sum()))

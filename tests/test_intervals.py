@@ -9,6 +9,7 @@ from lape.intervals import (
     Interval,
     bootstrap,
     bootstrap_weights,
+    overlap_law,
     overlap_p,
     overlap_p_layers,
     percentile_interval,
@@ -90,6 +91,25 @@ def test_interval_round_trip_and_format():
     assert Interval.from_dict(iv.to_dict()) == iv
     assert iv.format(percent=True) == "93% (84-97%)"
     assert Interval(1, 0, 2).excludes(Interval(3, 2.5, 4)) and not Interval(1, 0, 3).excludes(Interval(3, 2.5, 4))
+
+
+def test_overlap_law_by_hand():
+    # 2 of 4 and 2 of 4: P(X = 0, 1, 2) = 1/6, 4/6, 1/6; 1 of 4 and 1 of 4: P(0, 1) = 3/4, 1/4
+    x0, pmf = overlap_law([(4, 2, 2), (4, 1, 1)])
+    assert x0 == 0 and pmf == pytest.approx([1 / 8, 13 / 24, 7 / 24, 1 / 24], rel=1e-12)
+    # 3 of 4 twice share at least 2: P(2) = C(3,2) C(1,1) / C(4,3) = 3/4, P(3) = 1/4
+    x0, pmf = overlap_law([(4, 3, 3)])
+    assert x0 == 2 and pmf == pytest.approx([3 / 4, 1 / 4], rel=1e-12)
+    assert overlap_law([]) == (0, pytest.approx([1.0]))
+    # dropped tails: a law centred on 3 * 100 = 300 from a narrow window, the moments kept
+    x0, pmf = overlap_law([(10**6, 10**4, 10**4)] * 3, tail=1e-30)
+    x = np.arange(x0, x0 + len(pmf))
+    assert len(pmf) < 700 and pmf.sum() == pytest.approx(1.0, abs=1e-9)  # scipy rounding: 1.5e-11
+    assert (x * pmf).sum() == pytest.approx(300.0, rel=1e-9)
+    with pytest.raises(ValueError):
+        overlap_law([(4, 5, 1)])
+    with pytest.raises(ValueError):
+        overlap_law([(4, 2, 2)], tail=1e-40)
 
 
 def test_overlap_p_layers_by_hand():

@@ -17,8 +17,8 @@ hypergeometric, ``P(X = x) = C(a, x) C(n - a, b - x) / C(n, b)``, and ``|A | B| 
 so ``E[J] = sum_x P(X = x) * x / (a + b - x)``. Pooled over tensors, the overlaps add
 (independent draws per tensor, as the random region draws them), ``S = sum_t X_t``, and
 ``E[J] = sum_s P(S = s) * s / (A + B - s)`` with ``P(S)`` the convolution of the tensors'
-hypergeometric laws. Both are computed exactly (tails below 1e-30 of a law's peak, which move
-no printed digit, are dropped). For two ``k``-of-``n`` draws the ratio of the expectations,
+hypergeometric laws (:func:`lape.intervals.overlap_law`). Both are computed exactly (tails below
+1e-30 of a law's peak, which move no printed digit, are dropped). For two ``k``-of-``n`` draws the ratio of the expectations,
 ``E|A & B| / E|A | B| = k / (2n - k)``, is the familiar approximation; it is close to ``E[J]``
 when ``k^2 / n`` is large and undershoots it for tiny tensors (``n = 4, k = 2``: 1/3 against
 the exact 7/18). ``above_chance = (J - E[J]) / (1 - E[J])`` puts 0 at chance and 1 at identity.
@@ -46,6 +46,7 @@ import torch
 from .. import artifacts
 from ..activations import corpus_key
 from ..errors import LapeError
+from ..intervals import overlap_law
 from ..masks import ParamRegions
 from .importance import ImportanceConfig, ParamImportance, importance
 from .select import RegionConfig, select_regions
@@ -57,33 +58,6 @@ _TAIL = 1e-30  # probabilities below this share of a law's peak are dropped
 
 # --------------------------------------------------------------------------------------------
 # chance
-
-
-def _log_choose(n: int, k: torch.Tensor) -> torch.Tensor:
-    return torch.lgamma(torch.tensor(n + 1.0, dtype=torch.float64)) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
-
-
-def overlap_law(n: int, a: int, b: int) -> tuple[int, np.ndarray]:
-    """The law of ``|A & B|`` for two independent uniform draws of ``a`` and ``b`` of ``n``
-    entries (hypergeometric): ``(smallest value, probabilities from it on)``, float64, sum 1.
-
-    Example:
-        >>> overlap_law(4, 2, 2)   # P(X = 0, 1, 2) = 1/6, 4/6, 1/6
-        (0, array([0.16666667, 0.66666667, 0.16666667]))
-    """
-    if not (0 <= a <= n and 0 <= b <= n):
-        raise LapeError(f"cannot draw {a} and {b} of {n} entries: sizes must be in [0, {n}]")
-    lo, hi = max(0, a + b - n), min(a, b)
-    if n > 1:  # only mean +- (40 sd + 100) can hold mass above _TAIL: skip the rest of the support
-        mean, sd = a * b / n, math.sqrt(a * b * (n - a) * (n - b) / (n * n * (n - 1)))
-        lo, hi = max(lo, math.floor(mean - 40 * sd - 100)), min(hi, math.ceil(mean + 40 * sd + 100))
-    x = torch.arange(lo, hi + 1, dtype=torch.float64)
-    logp = _log_choose(a, x) + _log_choose(n - a, b - x) - _log_choose(n, torch.tensor(float(b), dtype=torch.float64))
-    p = (logp - logp.max()).exp()
-    keep = (p >= _TAIL).nonzero().squeeze(1)
-    first, last = int(keep[0]), int(keep[-1])
-    p = p[first:last + 1].numpy()
-    return lo + first, p / p.sum()
 
 
 def chance_jaccard(parts: Iterable[tuple[int, int, int]]) -> float:
@@ -100,14 +74,12 @@ def chance_jaccard(parts: Iterable[tuple[int, int, int]]) -> float:
         >>> chance_jaccard([(4, 2, 2)])   # 4/6 * 1/3 + 1/6 * 1 = 7/18
         0.3888888888888889
     """
-    start, law = 0, np.ones(1)
-    total = 0
-    for n, a, b in parts:
-        total += a + b
-        lo, p = overlap_law(n, a, b)
-        start, law = start + lo, np.convolve(law, p)
-        keep = np.nonzero(law >= law.max() * _TAIL)[0]
-        start, law = start + int(keep[0]), law[keep[0]:keep[-1] + 1]
+    parts = list(parts)
+    total = sum(a + b for _, a, b in parts)
+    try:
+        start, law = overlap_law(parts, tail=_TAIL)
+    except ValueError as err:
+        raise LapeError(f"{err}: the sizes must fit their tensors") from None
     if total == 0:
         return math.nan
     s = np.arange(start, start + len(law), dtype=np.float64)
