@@ -156,7 +156,7 @@ def _stats_of(mean: torch.Tensor, languages: list[str]) -> ActivationStats:
     return ActivationStats(languages, zeros, tokens, act_sums, act_sums.clamp(min=0), {})
 
 
-def test_attribute_picks_the_sound_baseline_and_says_what_it_computed():
+def test_attribute_picks_the_sound_baseline_and_says_what_it_computed(tmp_path):
     """auto: the mean baseline on Gemma 3 (completeness holds, named integrated gradients, every
     question's abs normaliser positive); zero on Gemma 3 is named grad x activation. The ranking check
     correlates the scores with exact ablation."""
@@ -165,7 +165,7 @@ def test_attribute_picks_the_sound_baseline_and_says_what_it_computed():
     reference = _stats_of(_mean_activation(model, space), ["en"])
     qs = QUESTIONS[:2]
     auto = attribute(model, tok, qs, AttributeConfig(steps=32, templates=1, validate_top=8), reference=reference,
-                     progress=False)
+                     out=tmp_path / "run" / "keyneurons-scores", progress=False)
     assert auto.meta["baseline"] == "mean" and auto.meta["normalises_mlp_output"] is True
     assert auto.meta["completeness"]["median_rel_delta"] < 0.1 and auto.meta["completeness"]["holds"]
     assert auto.meta["method"].startswith("integrated gradients from the mean-activation baseline")
@@ -179,6 +179,12 @@ def test_attribute_picks_the_sound_baseline_and_says_what_it_computed():
     assert math.isnan(float(zero.get("bio", "rank_corr")[0, 0]))
     # the baseline enters the cache key
     assert auto.meta["cache_key"] != zero.meta["cache_key"]
+    # the report says what was computed and whether completeness holds
+    from lape.report import write_report
+
+    html = write_report(tmp_path / "run").read_text(encoding="utf-8")
+    assert "Key neurons: attribution" in html and "integrated gradients from the mean-activation baseline" in html
+    assert "holds below 0.2: yes" in html and "over 2 prompts" in html
 
 
 def test_mean_baselines_refuse_missing_languages():

@@ -60,9 +60,12 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     scores = attribute(model, tok, questions, config, out=out, templates=custom_templates(args),
                        progress=not args.quiet)
     comp = scores.meta.get("completeness", {})
-    logger.info("attributed %d prompts of %d questions in %d clusters (completeness: median |delta| %.2g, "
-                "median relative %.2g) -> %s", scores.meta.get("prompts", 0), len(questions), len(scores.clusters),
-                comp.get("median_abs_delta", float("nan")), comp.get("median_rel_delta", float("nan")), args.out)
+    rho = (scores.meta.get("ranking_check") or {}).get("median_spearman") or {}
+    logger.info("attributed %d prompts of %d questions in %d clusters: %s; completeness: median relative gap %.2g "
+                "(%s); top-K vs exact ablation: median Spearman %.2f -> %s", scores.meta.get("prompts", 0),
+                len(questions), len(scores.clusters), scores.meta.get("method"),
+                comp.get("median_rel_delta", float("nan")), "holds" if comp.get("holds") else "FAILS",
+                rho.get("value", float("nan")), args.out)
     common.finish_distributed()
     return 0
 
