@@ -799,7 +799,8 @@ def test_cli_eval_and_the_refused_overlap(work, capsys):
                  str(work / "one"), "--eval-share", "0.5", *eval_args]) == 0
     ev = KeyNeuronEval.load(ev_out)
     assert ev.meta["questions"] == len(evaluation) == 5 and ev.meta["prompts"] == 10
-    assert {r["family"] for r in ev.rows} == {"naica", "na", "random"}
+    assert {r["family"] for r in ev.rows} == {"naica", "na", "random", "activation", "random-act"}
+    assert ev.meta["activation_source"] == "selection questions"  # the selection half's activations
     # the plain-NA baseline is the same selection (top_v 5) without ICA and common-neuron removal
     na, _ = select(KeyNeuronScores.load(work / "one"), SelectConfig(top_v=5, ica=False, exclude_common=False))
     assert ev.meta["set_sizes"]["na"] == na.counts() != \
