@@ -404,6 +404,10 @@ def judge(what: str, key: Interval, baselines: Mapping[str, Interval], paper: bo
 
 def _summaries(clusters: list[str], rows: list[dict[str, Any]], t: Mapping[str, torch.Tensor], seed: int,
                prediction: list[dict[str, Any]], resamples: int = 2000) -> dict[str, list[dict[str, Any]]]:
+    """The evaluation's tables from its per-prompt tensors (module docstring): ``per_cluster``
+    (point values per edit row), ``sets`` (per set, draw and op, every :data:`METRICS` figure with
+    its interval over questions), ``families`` (draws together, SD of the PCR over draws),
+    ``verdicts`` (:func:`judge` against every other set), ``prediction`` and ``answers``."""
     pc, pq = t["prompt_cluster"], t["prompt_question"]
     p0, ok0 = t["base_prob"], t["base_correct"].bool()
     change = 100.0 * (t["probs"] - p0[:, None]) / p0[:, None].clamp(min=1e-12)  # [P, R]
