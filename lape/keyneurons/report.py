@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from .. import plots
 from ..report import ReportContext, _dec, _e, _facts, _section, _table
 
@@ -39,6 +41,34 @@ def render_keyneuron_eval(folder: Path, ctx: ReportContext) -> str:
                   caption="Neuron-based cluster prediction (Wilson 95% interval, n = questions): "
                           + ev.meta.get("prediction_rule", ""))
     return _section(folder.name, "Key neurons: boost and suppress", facts + pcr + judged + pred)
+
+
+def render_keyneuron_scores(folder: Path, ctx: ReportContext) -> str:
+    """What the attribution computed (integrated gradients only where completeness holds), its
+    completeness, the ranking check against exact ablation and how often each normaliser is defined."""
+    from .attribute import COMPLETENESS_OK, KeyNeuronScores
+
+    sc = KeyNeuronScores.load(folder)
+    comp, check = sc.meta.get("completeness") or {}, sc.meta.get("ranking_check") or {}
+    total = torch.cat([sc.get(c, "total") for c in sc.clusters])
+    signed_bad = int((total <= 0).sum())
+    spearman = check.get("median_spearman")
+    cfg = sc.meta.get("config") or {}
+    facts = _facts({
+        "computed": sc.meta.get("method"),
+        "baseline": f"{sc.meta.get('baseline')} (asked: {cfg.get('baseline')})",
+        "block normalises its MLP output": sc.meta.get("normalises_mlp_output"),
+        "completeness, median |Σ scores − (P(a) − P(b))| / |P(a) − P(b)|":
+            f"{_dec(comp.get('median_rel_delta'), 3)} (90th percentile {_dec(comp.get('p90_rel_delta'), 2)}; "
+            f"holds below {COMPLETENESS_OK}: {'yes' if comp.get('holds') else 'no'})",
+        "ranking vs exact single-neuron ablation (median Spearman over prompts, top "
+        f"{cfg.get('validate_top')} by |score|)":
+            "not checked" if not spearman else
+            f"{_dec(spearman['value'], 2)} [{_dec(spearman['low'], 2)}, {_dec(spearman['high'], 2)}] over "
+            f"{check.get('prompts')} prompts",
+        "questions whose signed Z ≤ 0 (the paper's normaliser falls back)": f"{signed_bad} of {total.numel()}",
+        "prompts": sc.meta.get("prompts"), "steps": cfg.get("steps"), "templates": cfg.get("templates")})
+    return _section(folder.name, "Key neurons: attribution", facts)
 
 
 def render_comparison(folder: Path, ctx: ReportContext) -> str:
@@ -79,5 +109,6 @@ def render_comparison(folder: Path, ctx: ReportContext) -> str:
     return _section(folder.name, "Three methods on one neuron space", body)
 
 
-SECTIONS = [("keyneuron_eval", render_keyneuron_eval), ("method_comparison", render_comparison)]
-TITLES = {"keyneuron_eval": "Key neurons", "method_comparison": "Methods compared"}
+SECTIONS = [("keyneuron_scores", render_keyneuron_scores), ("keyneuron_eval", render_keyneuron_eval),
+            ("method_comparison", render_comparison)]
+TITLES = {"keyneuron_scores": "Attribution", "keyneuron_eval": "Key neurons", "method_comparison": "Methods compared"}

@@ -59,7 +59,8 @@ def run_keyneurons(model: Any, tok: Any, run: str | Path, config: KeyNeuronsRunC
         save_figure(accumulated_heatmap(maps.clusters, maps.accumulated), run / "keyneurons-plots" / "accumulated_heatmap")
     ecfg = KeyEvalConfig(templates=config.templates, random_seeds=config.random_seeds, seed=config.seed)
     ev = step("keyneurons-eval", lambda: evaluate_key_neurons(model, tok, sets, evaluation, ecfg, na_sets=na_sets,
-                                                              out=run / "keyneurons-eval", progress=progress))
+                                                              selection=selection, out=run / "keyneurons-eval",
+                                                              progress=progress))
     out = {"scores": scores, "sets": sets, "eval": ev}
     if lape_sets is None:
         return out
