@@ -35,11 +35,23 @@ def keyneurons_section(run: Path) -> str:
     kinds = [k for k in ("domains", "languages") if (run / f"kn-{k}-eval").is_dir()]
     if not kinds:
         return ""
+    first = KeyNeuronScores.load(run / f"kn-{kinds[0]}-scores")
+    acfg = first.meta.get("config", {})
     out = ["### Key neurons (Chen et al., NA-ICA), built-in model\n",
-           "From `scripts/run_keyneurons.sh`: integrated gradients (m = 16, 3 templates, threshold 0.2) on the "
-           "**selection half** of each cluster's questions, NA-ICA selection (top 20 per question, common neurons "
-           "removed), then boost (x2) and suppress (x0) at the last position on the **held-out half**. Domains: MMLU "
-           "dev+validation questions; languages: cloze questions built from each language's held-out text.\n"]
+           f"From `scripts/run_keyneurons.sh`: attribution (m = {acfg.get('steps')}, {acfg.get('templates')} "
+           f"template(s) per question, threshold {acfg.get('threshold')}) on the **selection half** of each cluster's "
+           "questions, NA-ICA selection (top 20 per question, common neurons removed, NA normalised by the sum of "
+           "|scores|), then boost (x2) and suppress (x0) at the last position on the **held-out half**. Domains: "
+           "every MMLU dev+validation question of the six domains (their counts differ: 27 to 112); languages: 50 "
+           "cloze questions per language built from its held-out text.\n",
+           f"**What the attribution is.** Gemma 3 normalises each block's MLP output, so the answer probability does "
+           f"not change when a layer's activations are scaled: zero-baseline integrated gradients (the paper's) are "
+           f"then exactly H_m x gradient x activation and sum to about 0 (the previous README run: median relative "
+           f"completeness gap 0.99, 7 of 8 demo questions without a defined normaliser). lape detects this "
+           f"(`normalises_mlp_output`) and integrates from each layer's mean activation over reference text of the "
+           f"question's language instead; this run computed: *{first.meta.get('method')}*. Each prompt's top "
+           f"{acfg.get('validate_top')} neurons by |score| were also set to their baseline one at a time in exact "
+           "forward passes; the median Spearman correlation with the scores is in the table.\n"]
     facts, pcr, pred, judged = [], [], [], []
     for kind in kinds:
         scores = KeyNeuronScores.load(run / f"kn-{kind}-scores")
@@ -48,9 +60,13 @@ def keyneurons_section(run: Path) -> str:
         comp = scores.meta.get("completeness", {})
         per_q = sets.meta.get("key_neurons_per_question", {})
         answers = ev.summary["answers"][0]
+        rho = (scores.meta.get("ranking_check") or {}).get("median_spearman")
         facts.append([kind, ", ".join(sets.labels), sum(scores.meta["questions"].values()), ev.meta.get("questions"),
                       f"{sum(per_q.values()) / max(len(per_q), 1):.1f}", sets.meta.get("common_neurons"),
-                      f"{100 * answers['accuracy_unmodified']:.0f}%", f"{comp.get('median_rel_delta', float('nan')):.2f}",
+                      f"{100 * answers['accuracy_unmodified']:.0f}%", scores.meta.get("baseline"),
+                      f"{comp.get('median_rel_delta', float('nan')):.2f}",
+                      "-" if not rho else f"{rho['value']:.2f} [{rho['low']:.2f}, {rho['high']:.2f}]",
+                      sets.meta.get("normaliser_fallbacks"),
                       f"{scores.meta.get('seconds', 0) / max(scores.meta.get('prompts', 1), 1):.1f} s"])
         pcr += _pcr_rows(kind, ev)
         pred += [[kind, *row] for row in ev.prediction_rows()]
@@ -58,8 +74,9 @@ def keyneurons_section(run: Path) -> str:
         draws, bins = (ev.meta.get("config", {}).get(k, 0) for k in ("random_seeds", "activation_bins"))
         source = ev.meta.get("activation_source", "selection questions")
     out.append(_table(["questions", "clusters", "selection questions", "held-out questions", "key neurons per question",
-                       "common neurons", "accuracy (held out, unmodified)", "median completeness gap / (P - P0)",
-                       "attribution per prompt"], facts))
+                       "common neurons", "accuracy (held out, unmodified)", "IG baseline",
+                       "median completeness gap / abs(P(a) - P(b))", "Spearman vs exact ablation (95% CI)",
+                       "normaliser fallbacks", "attribution per prompt"], facts))
     out.append("\nProbability change ratio on the held-out questions: the mean over clusters (and draws), each "
                "figure with its bootstrap 95% interval over questions. `pooled PCR`: one ratio of means over every "
                "prompt of every cluster; `Δlog P`: log P(edited) - log P(unedited) of the right letter (nats). "
