@@ -3,9 +3,9 @@
 ``importance`` (per-language theta x gradient), ``select`` (core / bottom / random /
 monolingual regions), ``stability`` (the regions of two disjoint halves of the text against each
 other), ``ablate`` (perplexity with each region removed), ``dims`` (massive
-activation dimensions and where the core region sits), ``perturb`` (one weight x4 on a massive
-vs an ordinary dimension), ``train`` (further pre-training with a region frozen) and ``bridge``
-(LAPE neurons against the regions).
+activation dimensions and where the core region sits), ``perturb`` (each massive channel's super
+weight and norm scale zeroed and x4, against a median channel), ``train`` (further pre-training
+with a region frozen) and ``bridge`` (LAPE neurons against the regions).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def cmd_dims(args: argparse.Namespace) -> int:
 def cmd_perturb(args: argparse.Namespace) -> int:
     from ..regions import ParamImportance
     from ..regions.dims import find_massive_dims
-    from ..regions.perturb import PerturbConfig, perturb
+    from ..regions.perturb import PerturbConfig, perturb, superweight_figure
 
     config = config_from_args(PerturbConfig, args)
     out = common.out_folder(args.out)
@@ -160,6 +160,8 @@ def cmd_perturb(args: argparse.Namespace) -> int:
                         f"({massive.summary_line()})")
     result = perturb(model, streams, massive, config, scores=imp, ordinary_dim=args.ordinary_dim, out=out,
                      progress=not args.quiet)
+    _save_figure(result, out, "superweights", superweight_figure)
+    logger.info("%s", result.verdict())
     logger.info("%s -> %s", result.summary_line(), args.out)
     return 0
 
@@ -273,15 +275,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(s, DimsConfig)
     s.set_defaults(fn=cmd_dims)
 
-    s = rsub.add_parser("perturb", help="scale one weight on a massive vs an ordinary dimension; PPL per language")
+    s = rsub.add_parser("perturb", help="super weights: each massive channel's down-projection entry (and norm scale) "
+                        "zeroed and x4 against a median channel; PPL per language and first-token values")
     common.add_model_args(s)
     s.add_argument("--corpus", default="builtin")
     s.add_argument("--out", required=True)
     s.add_argument("--importance", default=None,
-                   help="importance folder: pick each channel's most important entry (default: the largest |weight|)")
+                   help="importance folder: report each super weight's importance and rank in its tensor")
     s.add_argument("--languages", nargs="+", default=None, help="evaluated languages (default: the manifest's default)")
     s.add_argument("--ratio", type=float, default=100.0, help="massive: peak |h| above this x the median (default: 100)")
-    s.add_argument("--ordinary-dim", type=int, default=None, help="the control channel (default: the median one)")
+    s.add_argument("--ordinary-dim", type=int, default=None,
+                   help="the control channel (default: the median channel of each super weight's layer)")
     add_config_args(s, PerturbConfig)
     s.set_defaults(fn=cmd_perturb)
 

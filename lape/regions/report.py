@@ -1,5 +1,5 @@
 """The report's linguistic-regions sections: region sizes, removal, dimension dependence, the
-single-parameter perturbation, frozen further pre-training and the LAPE bridge.
+super weights (single-weight and norm-scale edits), frozen further pre-training and the LAPE bridge.
 
 Each renderer gets the folder holding one artifact (found by its sidecar's kind) and returns a
 ``<section>``; :data:`SECTIONS` is appended to :data:`lape.report.SECTIONS`.
@@ -164,20 +164,49 @@ def render_dims(folder: Path, ctx: ReportContext) -> str:
 
 
 def render_perturb(folder: Path, ctx: ReportContext) -> str:
-    """One weight scaled on a massive vs an ordinary channel."""
-    from .perturb import CONDITIONS, PerturbResult
+    """Super weights of the massive channels and the norm scales that set them, zeroed and scaled,
+    against a median channel: PPL and the first token's value on each channel."""
+    from .perturb import PerturbResult, superweight_figure
 
     res = PerturbResult.load(folder)
-    entries = _table(["condition", "tensor", "index", "layer", "channel", "value", "scaled to"],
-                     [(c, res.entries[c]["tensor"], str(list(res.entries[c]["index"])), res.entries[c]["layer"],
-                       res.entries[c]["dim"], _dec(res.entries[c]["value"], 4), _dec(res.entries[c]["scaled"], 4))
-                      for c in CONDITIONS], caption=f"The two entries (x{res.factor:g})", left=3)
-    ppl = _table(["language", "PPL", "massive entry scaled", "ordinary entry scaled"],
-                 [(_Raw(_lang(lang)), _dec(b), _dec(m), _dec(o)) for lang, b, m, o in
-                  zip(res.languages, res.ppl("base"), res.ppl("massive"), res.ppl("ordinary"))],
-                 caption="Perplexity per language")
-    body = '<div class="row">' + entries + ppl + "</div>" + f'<p class="note">{res.summary_line()}</p>'
-    return _section(folder.name, "Single-parameter perturbation", body)
+
+    def entry(t: str, index: list[int]) -> str:
+        return f"{t.removesuffix('.weight')}[{', '.join(map(str, index))}]"
+
+    def writer(c) -> str:
+        if not c.branches:
+            return "–"
+        t, b = max(c.branches.items(), key=lambda kv: abs(kv[1]["value"]))
+        return f"{t.removesuffix('.weight')}{' via ' + b['norm'].removesuffix('.weight') if b['norm'] else ''} ({b['value']:.4g})"
+
+    cands = _table(["channel", "layer", "super weight", "a_j*", "W[c, j*]", "a_j* W[c, j*]", "Σ_j a_j W[c, j]",
+                    "branch writing c most", "norm scale of c", "control", "control weight", "its a_j W"],
+                   [(c.dim, c.layer, entry(c.tensor_type, c.index), _dec(c.activation, 3), _dec(c.weight, 4),
+                     _dec(c.contribution, 3), _dec(c.output, 3), writer(c), _dec(c.norm_scale, 1),
+                     c.control_dim, entry(c.tensor_type, c.control_index), _dec(c.control_contribution, 3))
+                    for c in res.candidates], left={0, 2, 7, 10},
+                   caption="Per massive channel c: the down-projection entry j* = argmax_j |a_j W[c, j]| at the "
+                           "first token in the layer where c becomes massive, and the median channel's entry")
+    last = len(res.base_bos) - 1
+    edits = _table(["edit", "PPL ratio (geometric mean)", "min", "max", "collapses",
+                    "first-token h_c after layer l: unedited", "edited", f"after layer {last}: unedited", "edited"],
+                   [(r["edit"], _dec(r["ppl_ratio"], 3), _dec(r["ppl_ratio_min"], 3), _dec(r["ppl_ratio_max"], 3),
+                     _yes(r["collapses"]), _dec(r["bos_layer_base"], 1), _dec(r["bos_layer"], 1),
+                     _dec(r["bos_last_base"], 1), _dec(r["bos_last"], 1)) for r in res.edit_rows()],
+                   caption=f"Each edit (zero, or x{res.factor:g}) against the unedited model; h_c is the residual "
+                           "stream of the massive channel c the edit belongs to")
+    ppl = _table(["edit", *(_Raw(_lang(lang)) for lang in res.languages)],
+                 [("none", *(_dec(math.exp(v)) for v in res.base_nll)),
+                  *((e.label(res.factor), *(_dec(math.exp(v) if v < 700 else math.inf) for v in row))
+                    for e, row in zip(res.edits, res.nll))], caption="Perplexity per language")
+    fig = ctx.figure(superweight_figure(res), "superweights",
+                     "First-token |h| on each massive channel after every layer, unedited and under each edit")
+    config = res.meta.get("config") or {}
+    facts = {"massive channels": [c.dim for c in res.candidates], "probe token": res.probe,
+             "scale edit": f"x{res.factor:g}", "collapse": f"PPL above {res.collapse_ratio:g}x the unedited model's",
+             "languages": len(res.languages), "tokens per language": config.get("tokens_per_language")}
+    body = (_facts(facts) + f'<p class="note">{res.verdict()}</p>' + cands + edits + fig + ppl)
+    return _section(folder.name, "Dimension dependence: super weights", body)
 
 
 def render_forgetting(folder: Path, ctx: ReportContext) -> str:
@@ -226,5 +255,5 @@ SECTIONS = [("importance", render_importance), ("regions", render_regions), ("re
             ("region_ppl", render_removal), ("dims", render_dims),
             ("perturb", render_perturb), ("forgetting", render_forgetting), ("region_overlap", render_bridge)]
 TITLES = {"importance": "Importance", "regions": "Regions", "region_stability": "Region stability",
-          "region_ppl": "Region removal", "dims": "Dimensions", "perturb": "Perturbation",
+          "region_ppl": "Region removal", "dims": "Dimensions", "perturb": "Super weights",
           "forgetting": "Forgetting", "region_overlap": "Neurons x regions"}
