@@ -107,19 +107,20 @@ def probe_token(corpus: Mapping[str, Iterable[Any]], per_language: int = 4) -> i
 @contextmanager
 def _position0(modules: Mapping[str, nn.Module]) -> Iterator[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     """Record ``(input, output)`` at batch row 0, position 0 of every forward of each module
-    (float64, CPU); the hooks are removed on exit, also after an exception."""
+    (float64, CPU; the input is ``None`` where it is not a ``[B, T, ...]`` tensor); the hooks are
+    removed on exit, also after an exception."""
     seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     handles = []
 
-    def first(t: Any) -> torch.Tensor:
+    def first(t: Any) -> torch.Tensor | None:
         t = t[0] if isinstance(t, tuple) else t
-        return t.detach()[0, 0].double().cpu()
+        return t.detach()[0, 0].double().cpu() if isinstance(t, torch.Tensor) and t.dim() >= 2 else None
 
     try:
         for key, module in modules.items():
             def hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any, _key: str = key) -> None:
-                x = args[0] if args else next(iter(kwargs.values()))
-                seen[_key] = (first(x), first(output))
+                x = args[0] if args else kwargs.get("hidden_states", kwargs.get("input"))
+                seen[_key] = (first(x), first(output))  # type: ignore[assignment]
             handles.append(module.register_forward_hook(hook, with_kwargs=True))
         yield seen
     finally:
@@ -232,9 +233,8 @@ def _output_norms(seen: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> dict
     out: dict[str, str | None] = {}
     for key, (_, written) in seen.items():
         if key.startswith("writer:"):
-            out[key[7:]] = next((n for n, (x, _) in norms.items()
-                                 if x.shape == written.shape and torch.allclose(x, written, rtol=1e-6, atol=0.0)),
-                                None)
+            out[key[7:]] = next((n for n, (x, _) in norms.items() if x is not None and x.shape == written.shape
+                                 and torch.allclose(x, written, rtol=1e-6, atol=0.0)), None)
     return out
 
 
