@@ -106,7 +106,7 @@ def ppl_section(run: Path, prefix: str) -> str:
 
 def regions_section(run: Path, prefix: str) -> str:
     """Linguistic regions: sizes, removal (controls and the monolingual matrix), dimension
-    dependence, the single-parameter perturbation, forgetting, and the bridge to LAPE neurons."""
+    dependence, the super weights, forgetting, and the bridge to LAPE neurons."""
     import json
     import math
 
@@ -177,10 +177,12 @@ def regions_section(run: Path, prefix: str) -> str:
                   *[f"![{k}]({v})" for k, v in figs.items()], ""]
     if (run / "region-perturb").is_dir():
         p_ = load(run / "region-perturb")
-        rows = [[lang, f"{b:.1f}", f"{m:,.1f}", f"{o:.1f}"] for lang, b, m, o in
-                zip(p_.languages, p_.ppl("base"), p_.ppl("massive"), p_.ppl("ordinary"))]
-        lines += ["#### One weight x4", "", p_.summary_line() + ".", "",
-                  _table(["language", "PPL", "massive-channel weight x4", "ordinary-channel weight x4"], rows), ""]
+        rows = [[r_["edit"], f"x{r_['ppl_ratio']:,.3g}", "yes" if r_["collapses"] else "no",
+                 f"{r_['bos_layer_base']:,.0f} -> {r_['bos_layer']:,.0f}",
+                 f"{r_['bos_last_base']:,.0f} -> {r_['bos_last']:,.0f}"] for r_ in p_.edit_rows()]
+        lines += ["#### Super weights", "", p_.verdict(), "",
+                  _table(["edit", "PPL ratio (geometric mean over languages)", "collapses",
+                          "first-token h_c after its layer", "after the last layer"], rows), ""]
     if (run / "region-train").is_dir():
         f_ = load(run / "region-train")
         figs = _copy_figures(run, prefix, ["forgetting"])

@@ -330,13 +330,17 @@ def test_perturb_at_a_low_ratio_equals_the_library_call(work, loaded, runs):
     direct = perturb(model, streams, massive, PerturbConfig(tokens_per_language=200, seq_len=32, batch_size=4),
                      progress=False)
     assert res.languages == LANGUAGES and res.factor == 4.0 and res.tokens == direct.tokens
-    assert res.entries == direct.entries
-    assert res.entries["massive"]["dim"] == massive.dims[0]
-    assert res.entries["ordinary"]["dim"] == massive.ordinary_dim() != massive.dims[0]
-    for c in ("base", "massive", "ordinary"):
-        assert res.nll(c) == pytest.approx(direct.nll(c), rel=1e-6), c
-    assert res.massive_nll != pytest.approx(res.base_nll, rel=1e-6)  # the x4 entry changed something
+    assert res.candidates == direct.candidates and res.edits == direct.edits
+    (sw,) = res.candidates
+    assert sw.dim == massive.dims[0] and sw.layer == massive.first_layer[sw.dim]
+    assert sw.control_dim == massive.ordinary_dim(sw.layer) != massive.dims[0]
+    assert res.base_nll == pytest.approx(direct.base_nll, rel=1e-6)
+    for got, want in zip(res.nll, direct.nll):
+        assert got == pytest.approx(want, rel=1e-6)
+    assert res.nll[0] != pytest.approx(res.base_nll, rel=1e-6)  # zeroing the super weight changed something
     assert f"{res.summary_line()} -> {runs['perturb'].out}" in runs["perturb"].log
+    assert res.verdict() in runs["perturb"].log
+    assert (runs["perturb"].out / "superweights.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_perturb_with_a_huge_ratio_is_a_one_line_error_naming_the_ratio(runs, tmp_path, capsys):
@@ -353,8 +357,8 @@ def test_perturb_layer_option_perturbs_that_layer(runs, tmp_path):
     argv = runs["perturb"].args
     assert cli(*argv[:-1], str(tmp_path / "p"), "--layer", "0") == 0
     res = PerturbResult.load(tmp_path / "p")
-    assert res.entries["massive"]["layer"] == res.entries["ordinary"]["layer"] == 0
-    assert res.entries["massive"]["tensor"] == "model.layers.0.mlp.down_proj.weight"
+    assert [c.layer for c in res.candidates] == [0] and {e.layer for e in res.edits} == {0}
+    assert res.candidates[0].tensor == "model.layers.0.mlp.down_proj.weight"
 
 
 def test_train_before_nll_is_the_unmodified_model_and_the_weights_are_unchanged(work, loaded, model_digest, runs):
@@ -482,8 +486,9 @@ def test_perturb_recomputes_when_the_factor_changes(runs, tmp_path, info_logs):
     assert cli(*args, "--factor", "0") == 0
     assert "skipped" not in info_logs.text
     res, first = PerturbResult.load(out), PerturbResult.load(runs["perturb"].out)
-    assert res.factor == 0.0 and res.entries["massive"]["scaled"] == 0.0
-    assert res.base_nll == pytest.approx(first.base_nll, rel=1e-9) and res.massive_nll != first.massive_nll
+    assert res.factor == 0.0 and res.edits[1].kind == "scale" and res.edits[1].after == 0.0
+    assert res.base_nll == pytest.approx(first.base_nll, rel=1e-9) and res.nll[1] != first.nll[1]
+    assert res.nll[1] == res.nll[0]  # x0 is zeroing
 
 
 # --------------------------------------------------------------------------------------------

@@ -291,7 +291,9 @@ def test_regions_stage_writes_its_artifacts_and_report_sections(demo_run):
     dims = lape.load(run / "region-dims")
     assert dims.massive.dims, dims.massive.summary_line()
     assert "core-keep-massive" in removal.rows
-    assert lape.load(run / "region-perturb").entries["massive"]["dim"] == dims.massive.dims[0]
+    perturbed = lape.load(run / "region-perturb")
+    assert [c.dim for c in perturbed.candidates] == dims.massive.dims  # every massive channel
+    assert {e.kind for e in perturbed.edits if not e.control} == {"zero", "scale"}
     bridge = lape.load(run / "region-bridge")
     assert {r["set"] for r in bridge.rows} == {"en", "fr", "ja"}
     page = (run / "report.html").read_text(encoding="utf-8")
