@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 import torch
+from test_region_dims import _layer_outputs
 from tiny_models import Seq, random_sequences, tiny_model
 from torch import nn
 
@@ -75,16 +76,8 @@ def _corpus() -> dict[str, list[Seq]]:
 
 
 def _first_token_states(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """``[layers, H]``: the residual stream at position 0 after each decoder layer, from Hugging
-    Face's ``output_hidden_states`` (layers 0..L-2) and the final norm's input (layer L-1)."""
-    seen = []
-    handle = model.model.norm.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
-    try:
-        with torch.no_grad():
-            hs = model(input_ids=ids[None], output_hidden_states=True).hidden_states
-    finally:
-        handle.remove()
-    return torch.stack([*hs[1:-1], seen[0]])[:, 0, 0].double()
+    """``[layers, H]``: the residual stream at position 0 after each decoder layer."""
+    return _layer_outputs(model, ids)[:, 0].double()
 
 
 def _down_input_at_first_token(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
