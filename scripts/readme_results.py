@@ -150,16 +150,35 @@ def regions_section(run: Path, prefix: str) -> str:
                       [[row, *(f"{v:+.3f}" for v in vals)] for row, vals in zip(r.rows, r.delta_nll())
                        if row.startswith("mono:")])
         figs = _copy_figures(run, prefix, ["region_removal"])
+        matrices = r.matrices_summary()
+        matrices_note = ("Without their norm entries (`-matrices` rows; Gemma's norm scales reach the hundreds, so a "
+                         "region holding norm entries is no neutral control): " + "; ".join(
+                             f"{m['region']} x{m['geomean_ppl_ratio']:.3g} with its {m['norm_entries']:,} norm entries, "
+                             f"x{m['matrices_geomean_ppl_ratio']:.3g} without"
+                             + (f" (the matrices carry {m['matrices_share']:.0%} of the log ratio)"
+                                if math.isfinite(m["matrices_share"]) else "") for m in matrices) + "."
+                         if matrices else "")
         lines += ["#### Removing regions", "",
                   f"Held-out text, {r.meta['config']['tokens_per_language']} tokens per language; removal = "
                   f"{r.meta['removal']}. PPL ratio to the unmodified model, geometric mean over "
                   f"{len(r.languages)} languages: "
                   + ", ".join(f"**{c['row']} x{c['geomean_ppl_ratio']:.3g}** (>= 2x in {c['languages_doubled']} of "
-                              f"{c['languages']})" for c in controls) + ". " + massive_note, "", table, "",
+                              f"{c['languages']})" for c in controls) + ". " + massive_note, "", matrices_note, "",
+                  table, "",
                   f"Monolingual regions (NLL change, nats/token): the region's own language is hit hardest in its "
                   f"row in **{sum(d['own_hit_hardest'] for d in diag)} of {len(diag)}**, and each language is hurt "
                   f"most by its own region (column test) in **{sum(c['own_hit_hardest'] for c in cols)} of "
                   f"{len(cols)}**.", "", mono, "", *[f"![{k}]({v})" for k, v in figs.items()], ""]
+    if (run / "region-stability").is_dir():
+        st = load(run / "region-stability")
+        lines += ["#### Are the regions stable?", "",
+                  "The regions selected again from two disjoint halves of each language's text (alternate documents; "
+                  f"{st.meta.get('config', {}).get('tokens_per_language', '?')} tokens per language and half): Jaccard "
+                  "similarity of the two halves' regions, pooled over every tensor, against the exact chance Jaccard "
+                  "of random sets of the same sizes:", "",
+                  _table(["region", "Jaccard", "chance", "x chance"],
+                         [[x["label"], f"{x['jaccard']:.3f}", f"{x['chance']:.4f}",
+                           f"{x['jaccard'] / x['chance']:.1f}" if x["chance"] else "–"] for x in st.overall()]), ""]
     if (run / "region-dims").is_dir():
         d = load(run / "region-dims")
         s_ = d.profile.summary()

@@ -12,6 +12,9 @@ REGION_LANGS="ar es ru zh ko vi"
 lape regions importance --model builtin --languages $REGION_LANGS --tokens-per-language 4096 --seq-len 512 \
   --batch-size 4 --out "$RUN/importance"
 lape regions select "$RUN/importance" --out "$RUN/regions"
+# split-half stability: the regions again from two disjoint halves of each language's text (2 x 2048 tokens)
+lape regions stability --model builtin --languages $REGION_LANGS --tokens-per-language 2048 --seq-len 512 \
+  --batch-size 4 --out "$RUN/region-stability"
 lape regions dims "$RUN/regions" --model builtin --languages $LANGS13 --tokens-per-language 512 --out "$RUN/region-dims"
 lape regions ablate "$RUN/regions" --model builtin --keep-massive --languages $LANGS13 --tokens-per-language 512 \
   --out "$RUN/region-ppl"
