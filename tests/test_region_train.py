@@ -509,3 +509,19 @@ def test_plot_shows_bars_with_intervals_per_setting_and_language_and_the_loss_cu
     assert path.suffix == ".png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(LapeError, match=".gif"):
         plot_forgetting(res, tmp_path / "f.gif")
+
+
+def test_report_section_shows_the_verdict_intervals_and_whether_the_trained_nll_fell(tmp_path):
+    import html
+
+    from lape.regions.report import render_forgetting
+    from lape.report import ReportContext
+
+    for res, fell in ((_result(), True), (_result(trained={"none": 0.05}), False)):
+        folder = res.save(tmp_path / f"forgetting-{fell}")
+        page = render_forgetting(folder, ReportContext(run=tmp_path, plots_dir=tmp_path / "plots"))
+        assert html.escape(res.verdict()) in page
+        assert (AGREES if fell else DAMAGE) in page and (DAMAGE if fell else AGREES) not in page
+        core = {r["setting"]: r for r in res.forgetting_rows()}["core"]
+        assert f"{core['others_mean_delta_nll']:+.3f} [{core['others_low']:+.3f}, {core['others_high']:+.3f}]" in page
+        assert ('<span class="fail">no</span>' in page) is not fell

@@ -168,17 +168,17 @@ def cmd_perturb(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..masks import ParamRegions
-    from ..regions.train import TrainConfig, continued_pretraining, forgetting_figure
+    from ..regions import train as rt
 
-    config = config_from_args(TrainConfig, args)
+    config = config_from_args(rt.TrainConfig, args)
     if not config.train_language:
         raise LapeError("lape regions train needs --train-language (the language to continue pre-training on)")
     out = common.out_folder(args.out)
     m = load_manifest(args.corpus)
     regions = ParamRegions.load(args.regions) if args.regions else None
-    if regions is None and any(s != "none" for s in config.freeze):
+    if regions is None and any(s not in (rt.NONE, rt.MAGNITUDE) for s in config.freeze):
         raise LapeError(f"--freeze {' '.join(config.freeze)} needs --regions (a folder written by lape regions "
-                        "select), or use --freeze none")
+                        "select), or use --freeze none magnitude")
     languages = _eval_languages(args, m, [config.train_language, *((regions.meta.get("languages") or [])
                                                                    if regions else [])])
     m.with_split("train", [config.train_language])
@@ -189,8 +189,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     train = common.corpus(m, tok, "train", config.steps * config.batch_size * config.seq_len, config.seq_len,
                           config.seed, [config.train_language])
     valid = common.corpus(m, tok, "valid", config.eval_tokens_per_language, config.seq_len, config.seed, languages)
-    result = continued_pretraining(model, train, valid, regions, config, out=out, progress=not args.quiet)
-    _save_figure(result, out, "forgetting", forgetting_figure)
+    result = rt.continued_pretraining(model, train, valid, regions, config, out=out, progress=not args.quiet)
+    _save_figure(result, out, "forgetting", rt.forgetting_figure)
+    logger.info("%s", result.verdict())
     logger.info("%s -> %s", result.summary_line(), args.out)
     return 0
 
@@ -289,9 +290,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(s, PerturbConfig)
     s.set_defaults(fn=cmd_perturb)
 
-    s = rsub.add_parser("train", help="continued pre-training on one language with a region frozen (forgetting)")
+    s = rsub.add_parser("train", help="continued pre-training on one language with a region, the largest-|theta| "
+                        "entries or nothing frozen, per seed (forgetting, with 95%% intervals)")
     common.add_model_args(s)
-    s.add_argument("--regions", default=None, help="folder written by lape regions select (for --freeze core/random)")
+    s.add_argument("--regions", default=None, help="folder written by lape regions select (for --freeze core/random; "
+                   "--freeze magnitude matches the core's count per tensor)")
     s.add_argument("--corpus", default="builtin")
     s.add_argument("--out", required=True)
     s.add_argument("--languages", nargs="+", default=None,

@@ -7,6 +7,7 @@ Each renderer gets the folder holding one artifact (found by its sidecar's kind)
 
 from __future__ import annotations
 
+import html
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -215,18 +216,32 @@ def render_forgetting(folder: Path, ctx: ReportContext) -> str:
 
     res = ForgettingResult.load(folder)
     fig = ctx.figure(forgetting_figure(res), "forgetting",
-                     f"NLL change per language after continued pre-training on {res.train_language}, per setting")
+                     f"NLL change per language after continued pre-training on {res.train_language}, per setting "
+                     f"(mean over {len(res.seeds)} seeds, 95% bootstrap intervals over held-out windows)")
+
+    def iv(r: dict, value: str, low: str, high: str) -> str:
+        return f"{_dec(r[value], 3, True)} [{_dec(r[low], 3, True)}, {_dec(r[high], 3, True)}]"
+
     rows = res.forgetting_rows()
-    table = _table(["setting", "frozen entries", f"Δ NLL {res.train_language}", "mean Δ NLL of the others",
-                    "final loss"],
-                   [(r["setting"], r["frozen_params"], _dec(r["trained_delta_nll"], 3, True),
-                     _dec(r["others_mean_delta_nll"], 3, True), _dec(r["final_loss"], 3)) for r in rows],
-                   caption="Forgetting (nats/token; positive: worse than before training)")
+    table = _table(["setting", "frozen entries", f"Δ NLL {res.train_language} [95%]", "fell",
+                    "mean Δ NLL of the others [95%]", "final loss"],
+                   [(r["setting"], r["frozen_params"], iv(r, "trained_delta_nll", "trained_low", "trained_high"),
+                     _yes(r["trained_nll_fell"]), iv(r, "others_mean_delta_nll", "others_low", "others_high"),
+                     _dec(r["final_loss"], 3)) for r in rows],
+                   caption="Forgetting (nats/token; positive: worse than before training; "
+                           "magnitude: the largest |θ| entries, as many per tensor as the core)")
+    langs = _table(["setting", *res.languages],
+                   [(s, *(iv(r, "delta_nll", "low", "high") for r in res.interval_rows()
+                          if r["setting"] == s and r["language"] != "others")) for s in res.settings],
+                   caption="Δ NLL per language [95% interval]")
     config = res.meta.get("config") or {}
-    facts = {"trained language": res.train_language, "steps": config.get("steps"),
-             "batch": config.get("batch_size"), "sequence length": config.get("seq_len"), "lr": config.get("lr")}
+    facts = {"trained language": res.train_language, "seeds": res.seeds, "steps": config.get("steps"),
+             "batch": config.get("batch_size"), "sequence length": config.get("seq_len"), "lr": config.get("lr"),
+             "seconds per step": res.meta.get("seconds_per_step"),
+             f"{res.train_language} NLL fell": _yes(res.trained_nll_fell())}
     return _section(folder.name, "Freezing against forgetting",
-                    _facts(facts) + fig + table + f'<p class="note">{res.summary_line()}</p>')
+                    _facts(facts) + f"<p><strong>{html.escape(res.verdict())}</strong></p>" + fig
+                    + '<div class="row">' + table + langs + "</div>" + f'<p class="note">{res.summary_line()}</p>')
 
 
 def render_bridge(folder: Path, ctx: ReportContext) -> str:
