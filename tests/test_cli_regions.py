@@ -406,7 +406,7 @@ def test_train_refuses_a_missing_language_and_freeze_without_regions(work, tmp_p
     rc, err = _outcome([*base, "--train-language", "aa", "--freeze", "core"], capsys)
     assert "--freeze core needs --regions" in _one_line_error(rc, err)
     rc, err = _outcome([*base, "--train-language", "aa"], capsys)  # the default freezes core and random
-    assert "--freeze none core random needs --regions" in _one_line_error(rc, err)
+    assert "--freeze none core random magnitude needs --regions" in _one_line_error(rc, err)
     assert model_loads == [] and not (tmp_path / "t").exists()
 
 

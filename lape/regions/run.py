@@ -40,7 +40,7 @@ class RegionsRunConfig(StageConfig):
     perturb_factor: float = 4.0  # the single-parameter experiment's scale (paper: x4)
     train_steps: int = option(0, min=0)  # further pre-training steps per setting (0: skip)
     train_language: str | None = None  # None: the first importance language
-    train_lr: float = option(5e-5, gt=0.0, max=1.0)  # AdamW learning rate (paper: 5e-5)
+    train_lr: float = option(1e-5, gt=0.0, max=1.0)  # AdamW learning rate (paper: 5e-5; 1e-5 lowers the trained language's NLL in 12 CPU-sized steps)
     seed: int = option(0, min=0)  # corpus shuffling, random region
 
 
