@@ -1,15 +1,21 @@
 """Linguistic regions (Zhang et al., ACL 2024): parameter importance, regions, and what they do.
 
 * :mod:`.importance`: ``importance(model, corpus) -> ParamImportance``, the signed per-language
-  ``theta * sum_b grad loss_b`` of every decoder-block parameter (step 1);
+  ``(theta - r) * sum_b grad loss_b`` of every decoder-block parameter, ``r`` the value removal
+  writes (0; -1 for ``x * (1 + w)`` norm weights) (step 1);
 * :mod:`.select`: ``select_regions(imp) -> ParamRegions``, per-tensor core / bottom / random and
   monolingual regions (steps 2-3);
 * :mod:`.ablate`: ``ablate_regions(model, valid, regions) -> RegionPerplexity``, perplexity per
   language with each region removed, with the row and column tests (step 4);
+* :mod:`.stability`: ``split_half_stability(model, halves) -> RegionStability``, the Jaccard
+  between the regions of two disjoint halves of the text, against its exact chance value;
 * :mod:`.dims`: massive-activation channels and where a region sits along the residual stream;
-  :mod:`.perturb`: one weight x4 on a massive vs an ordinary channel (step 5);
-* :mod:`.train`: further pre-training with a region frozen, and what the other languages
-  forget (step 6);
+  :mod:`.perturb`: the super-weight test (Yu et al. 2024): per massive channel, the
+  down-projection entry that writes it at the first token and the norm scale that sets it,
+  zeroed and x4, against the median channel's (step 5);
+* :mod:`.train`: further pre-training with a region frozen, beside random and magnitude-matched
+  controls over several seeds; what the other languages forget, or perturbation damage where the
+  trained language's own NLL did not fall (step 6);
 * :mod:`.bridge`: LAPE neurons against the regions; :mod:`.run`: every step in order, cached
   (``lape demo`` and the README's full run); :mod:`.report`: the report's sections.
 
@@ -29,9 +35,17 @@ from .dims import DimsConfig, dimension_dependence, find_massive_dims, residual_
 from .importance import ImportanceConfig, ParamImportance, importance
 from .perturb import PerturbConfig, perturb
 from .select import RegionConfig, select_regions
+from .stability import (
+    RegionStability,
+    chance_jaccard,
+    load_halves,
+    region_agreement,
+    split_half_stability,
+)
 from .train import TrainConfig, continued_pretraining
 
 __all__ = ["AblateConfig", "DimsConfig", "ImportanceConfig", "ParamImportance", "PerturbConfig", "RegionConfig",
-           "RegionPerplexity", "TrainConfig", "ablate_regions", "continued_pretraining", "dimension_dependence",
-           "find_massive_dims", "importance", "overlap_result", "perturb", "region_overlap", "residual_axes",
-           "select_regions", "without_dims"]
+           "RegionPerplexity", "RegionStability", "TrainConfig", "ablate_regions", "chance_jaccard",
+           "continued_pretraining", "dimension_dependence", "find_massive_dims", "importance", "load_halves",
+           "overlap_result", "perturb", "region_agreement", "region_overlap", "residual_axes", "select_regions",
+           "split_half_stability", "without_dims"]

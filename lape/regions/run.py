@@ -1,5 +1,6 @@
 """The whole linguistic-regions experiment on one model and corpus, each step cached:
-importance -> regions -> dimension dependence -> removal -> single-parameter perturbation ->
+importance -> regions -> dimension dependence -> removal -> the super-weight test (each massive
+channel's super weight and norm scale zeroed and scaled: :mod:`lape.regions.perturb`) ->
 frozen further pre-training -> the bridge to LAPE neurons.
 
 ``lape demo`` runs it with small budgets (minutes on a CPU); ``scripts/run_full.sh`` with the
@@ -37,7 +38,7 @@ class RegionsRunConfig(StageConfig):
     eval_languages: tuple[str, ...] | None = None  # removal/perturbation languages (None: importance languages + en)
     eval_tokens_per_language: int = option(256, gt=0)  # held-out tokens per evaluated language
     massive_ratio: float = option(100.0, gt=0.0)  # massive channel: peak above this x the median
-    perturb_factor: float = 4.0  # the single-parameter experiment's scale (paper: x4)
+    perturb_factor: float = 4.0  # the super-weight test's scale edit, beside zeroing (Zhang et al.: x4)
     train_steps: int = option(0, min=0)  # further pre-training steps per setting (0: skip)
     train_language: str | None = None  # None: the first importance language
     train_lr: float = option(1e-5, gt=0.0, max=1.0)  # AdamW learning rate (paper: 5e-5; 1e-5 lowers the trained language's NLL in 12 CPU-sized steps)
