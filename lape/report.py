@@ -583,7 +583,8 @@ def _methods(found: Mapping[str, list[Path]]) -> str:
     names = []
     if found.keys() & {"stats", "neurons", "ppl", "steering"} or not found:
         names.append("Language-specific neurons (LAPE, Tang et al., ACL 2024)")
-    if found.keys() & {"importance", "regions", "region_ppl", "dims", "perturb", "forgetting", "region_overlap"}:
+    if found.keys() & {"importance", "regions", "region_ppl", "region_stability", "dims", "perturb", "forgetting",
+                       "region_overlap"}:
         names.append("linguistic regions (Zhang et al., ACL 2024)")
     return " and ".join(names)
 
