@@ -586,7 +586,11 @@ def _methods(found: Mapping[str, list[Path]]) -> str:
     if found.keys() & {"importance", "regions", "region_ppl", "region_stability", "dims", "perturb", "forgetting",
                        "region_overlap"}:
         names.append("linguistic regions (Zhang et al., ACL 2024)")
-    return " and ".join(names)
+    if found.keys() & {"keyneuron_scores", "keyneuron_maps", "keyneuron_eval", "method_comparison"}:
+        names.append("key neurons (NA-ICA, Chen et al. 2024)")
+    if "explain" in found:
+        names.append("neuron cards")
+    return ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1] if names else ""
 
 
 def _header(run: Path, present: Sequence[tuple[str, str]], found: Mapping[str, list[Path]],
