@@ -365,6 +365,9 @@ def render_neurons(folder: Path, ctx: ReportContext) -> str:
     for k, v in (sets.meta.get("config") or {}).items():
         if k != "method":
             facts[k] = v
+    if "normaliser_fallbacks" in sets.meta:  # key-neuron selection: questions whose NA normaliser Z was not positive
+        facts["normaliser fallbacks (Z <= 0, kept sum used)"] = (f"{sets.meta['normaliser_fallbacks']} of "
+                                                                 f"{sets.meta.get('questions')} questions")
     summary_table = _table(
         ["set", "neurons", "bottom third", "top third"],
         [(r["set"], r["neurons"], plots.pct(r["bottom_third"]), plots.pct(r["top_third"])) for r in summary],
