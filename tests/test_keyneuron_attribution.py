@@ -180,9 +180,13 @@ def test_attribute_picks_the_sound_baseline_and_says_what_it_computed(tmp_path):
     # the baseline enters the cache key
     assert auto.meta["cache_key"] != zero.meta["cache_key"]
     # the report says what was computed and whether completeness holds
+    from lape.keyneurons.select import select
     from lape.report import write_report
 
+    sets, _ = select(auto, out=tmp_path / "run" / "keyneurons")
+    assert sets.meta["normaliser"] == "abs" and sets.meta["normaliser_fallbacks"] == 0
     html = write_report(tmp_path / "run").read_text(encoding="utf-8")
+    assert "normaliser fallbacks" in html and "0 of 2 questions" in html
     assert "Key neurons: attribution" in html and "integrated gradients from the mean-activation baseline" in html
     assert "holds below 0.2: yes" in html and "over 2 prompts" in html
 
