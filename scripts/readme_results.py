@@ -236,6 +236,32 @@ def regions_section(run: Path, prefix: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def demo_methods_note(demo: Path) -> str:
+    """The demo's regions and key-neuron stages in a few computed sentences: removal with and without
+    norm entries, the super-weight verdict, and what the attribution computed."""
+    import math
+
+    from lape import load
+
+    bits = []
+    if (demo / "region-ppl").is_dir():
+        r = load(demo / "region-ppl")
+        bits += [f"removing `{m['region']}` multiplies PPL by x{m['geomean_ppl_ratio']:.3g} with its "
+                 f"{m['norm_entries']:,} norm entries and by x{m['matrices_geomean_ppl_ratio']:.3g} without them"
+                 for m in r.matrices_summary() if math.isfinite(m["geomean_ppl_ratio"])]
+    if (demo / "region-perturb").is_dir():
+        bits.append(load(demo / "region-perturb").verdict().rstrip("."))
+    if (demo / "keyneurons-scores").is_dir():
+        sc = load(demo / "keyneurons-scores")
+        comp, rho = sc.meta.get("completeness", {}), (sc.meta.get("ranking_check") or {}).get("median_spearman")
+        bits.append(f"the key-neuron attribution is *{sc.meta.get('method')}* (median relative completeness gap "
+                    f"{comp.get('median_rel_delta', float('nan')):.2f}"
+                    + (f"; Spearman {rho['value']:.2f} [{rho['low']:.2f}, {rho['high']:.2f}] with exact single-neuron "
+                       "ablation" if rho else "") + ")")
+    return ("Demo regions and key neurons (built-in model, default settings): " + "; ".join(bits) + ".\n") if bits \
+        else ""
+
+
 def _keyneurons(run: Path) -> str:
     from readme_keyneurons import keyneurons_section
 
@@ -344,6 +370,7 @@ def main() -> None:
                          f"the settings' rule, no profile): {len(good)} of {len(rows)} targets at >= 90% success "
                          f"({', '.join(good)})" + (f"; random neurons with the same values: mean "
                                                    f"{pct(sum(random) / len(random))}" if random else "") + ".\n")
+        parts.append(demo_methods_note(demo))
         from readme_explain import explain_section
 
         parts.append(explain_section(demo))
