@@ -236,6 +236,57 @@ def regions_section(run: Path, prefix: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def demo_section(demo: Path, bench_json: str | None = None, demo_note: str = "") -> str:
+    """The ``lape demo`` subsection: its neuron sets, stage times, steering, regions and key-neuron
+    sentences and the neuron cards."""
+    parts: list[str] = []
+    if (demo / "stats").is_dir():
+        import json
+
+        parts.append(neuron_section(demo, "demo", "`lape demo` (default settings)"))
+        # each stage's time when it ran, from its artifact's sidecar (a re-run skips the stage and keeps it)
+        stages = {}
+        for stage, folder, kind in (("record", "stats", "stats"), ("identify", "neurons", "neurons"),
+                                    ("ppl", "ppl", "ppl"), ("steering", "steering", "steering"),
+                                    ("importance", "importance", "importance"), ("regions", "regions", "regions"),
+                                    ("region-dims", "region-dims", "dims"), ("region-ppl", "region-ppl", "region_ppl"),
+                                    ("region-perturb", "region-perturb", "perturb"),
+                                    ("explain", "explain", "explain")):
+            sidecar = demo / folder / f"{kind}.json"
+            if sidecar.is_file() and json.loads(sidecar.read_text()).get("seconds") is not None:
+                stages[stage] = json.loads(sidecar.read_text())["seconds"]
+        total = None
+        if bench_json:  # benchmarks/bench_demo.py's first run: every stage it ran, and the total
+            stages = {}
+            for line in Path(bench_json).read_text().splitlines():
+                f = json.loads(line)
+                if f["benchmark"] == "demo" and f["figure"].startswith("stage "):
+                    stages[f["figure"][len("stage "):]] = f["value"]
+                if f["benchmark"] == "demo" and f["figure"].startswith("total"):
+                    total = f["value"]
+        if stages:
+            parts.append("Stage times of this demo run: " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items())
+                         + (f"; **total {total:.0f} s** with model load and report "
+                            "(`benchmarks/bench_demo.py`; target < 600 s)" if total else "") + "."
+                         + (f" {demo_note}" if demo_note else "") + "\n")
+        if (demo / "steering" / "steering.json").is_file():
+            from lape.evaluate.steering import SteeringEval
+
+            ev = SteeringEval.load(demo / "steering")
+            rows = ev.steered()
+            good = [r["target"] for r in rows if r["steered_success"] >= 0.9]
+            random = [r["steered_success"] for r in ev.steered("random")]
+            parts.append(f"Demo steering ({ev.meta.get('prompts')} `builtin:dev` development prompts per target, "
+                         f"the settings' rule, no profile): {len(good)} of {len(rows)} targets at >= 90% success "
+                         f"({', '.join(good)})" + (f"; random neurons with the same values: mean "
+                                                   f"{pct(sum(random) / len(random))}" if random else "") + ".\n")
+        parts.append(demo_methods_note(demo))
+        from readme_explain import explain_section
+
+        parts.append(explain_section(demo))
+    return "\n".join(parts)
+
+
 def demo_methods_note(demo: Path) -> str:
     """The demo's regions and key-neuron stages in a few computed sentences: removal with and without
     norm entries, the super-weight verdict, and what the attribution computed."""
@@ -274,20 +325,23 @@ def _regions(run: Path) -> str:
 
 # subsections that can be rewritten on their own (--only): heading prefix and writer
 SECTIONS = {"keyneurons": ("### Key neurons (Chen et al., NA-ICA)", _keyneurons),
-            "regions": ("### Linguistic regions", _regions)}
+            "regions": ("### Linguistic regions", _regions),
+            "demo": ("### `lape demo` (default settings)", lambda run: demo_section(run))}
 
 
-def replace_subsection(name: str, run: Path) -> None:
+def replace_subsection(name: str, run: Path, writer=None) -> None:
     """Rewrite one ``### `` subsection of README.md from ``run``, stamped with the commit, up to the
     next ``### `` or ``## `` heading; the rest of the README is left as it was."""
-    heading, writer = SECTIONS[name]
+    heading, default = SECTIONS[name]
+    writer = writer or default
     readme = ROOT / "README.md"
     text = readme.read_text(encoding="utf-8")
     if heading not in text:
         raise SystemExit(f"README.md has no subsection starting {heading!r}")
     start = text.index(heading)
-    ends = [i for i in (text.find("\n### ", start + 1), text.find("\n## ", start + 1)) if i >= 0]
-    end = min(ends) + 1 if ends else len(text)
+    stops = ("<!-- RESULTS:END -->",) if name == "demo" else ("\n### ", "\n## ", "<!-- RESULTS:END -->")
+    ends = [i for i in (text.find(stop, start + 1) for stop in stops) if i >= 0]
+    end = min(ends) + (1 if text[min(ends)] == "\n" else 0) if ends else len(text)
     body = writer(run)
     if not body:
         raise SystemExit(f"{run} holds no {name} results")
@@ -310,7 +364,9 @@ def main() -> None:
                    help="rewrite one subsection from --full (its own commit stamp), leaving the rest of the README")
     args = p.parse_args()
     if args.only:
-        replace_subsection(args.only, Path(args.full or "runs/full"))
+        run = Path(args.demo if args.only == "demo" else (args.full or "runs/full"))
+        writer = (lambda r: demo_section(r, args.bench_json, args.demo_note)) if args.only == "demo" else None
+        replace_subsection(args.only, run, writer)
         return
     runs = (f"runs started at commit `{args.runs_from}`, tables written at `{_commit()}`"
             if args.runs_from and args.runs_from != _commit() else f"runs at commit `{_commit()}`")
@@ -329,51 +385,7 @@ def main() -> None:
         from readme_keyneurons import keyneurons_section
 
         parts.append(keyneurons_section(full))
-    demo = Path(args.demo)
-    if (demo / "stats").is_dir():
-        import json
-
-        parts.append(neuron_section(demo, "demo", "`lape demo` (default settings)"))
-        # each stage's time when it ran, from its artifact's sidecar (a re-run skips the stage and keeps it)
-        stages = {}
-        for stage, folder, kind in (("record", "stats", "stats"), ("identify", "neurons", "neurons"),
-                                    ("ppl", "ppl", "ppl"), ("steering", "steering", "steering"),
-                                    ("importance", "importance", "importance"), ("regions", "regions", "regions"),
-                                    ("region-dims", "region-dims", "dims"), ("region-ppl", "region-ppl", "region_ppl"),
-                                    ("region-perturb", "region-perturb", "perturb"),
-                                    ("explain", "explain", "explain")):
-            sidecar = demo / folder / f"{kind}.json"
-            if sidecar.is_file() and json.loads(sidecar.read_text()).get("seconds") is not None:
-                stages[stage] = json.loads(sidecar.read_text())["seconds"]
-        total = None
-        if args.bench_json:  # benchmarks/bench_demo.py's first run: every stage it ran, and the total
-            stages = {}
-            for line in Path(args.bench_json).read_text().splitlines():
-                f = json.loads(line)
-                if f["benchmark"] == "demo" and f["figure"].startswith("stage "):
-                    stages[f["figure"][len("stage "):]] = f["value"]
-                if f["benchmark"] == "demo" and f["figure"].startswith("total"):
-                    total = f["value"]
-        if stages:
-            parts.append("Stage times of this demo run: " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items())
-                         + (f"; **total {total:.0f} s** with model load and report "
-                            "(`benchmarks/bench_demo.py`; target < 600 s)" if total else "") + "."
-                         + (f" {args.demo_note}" if args.demo_note else "") + "\n")
-        if (demo / "steering" / "steering.json").is_file():
-            from lape.evaluate.steering import SteeringEval
-
-            ev = SteeringEval.load(demo / "steering")
-            rows = ev.steered()
-            good = [r["target"] for r in rows if r["steered_success"] >= 0.9]
-            random = [r["steered_success"] for r in ev.steered("random")]
-            parts.append(f"Demo steering ({ev.meta.get('prompts')} `builtin:dev` development prompts per target, "
-                         f"the settings' rule, no profile): {len(good)} of {len(rows)} targets at >= 90% success "
-                         f"({', '.join(good)})" + (f"; random neurons with the same values: mean "
-                                                   f"{pct(sum(random) / len(random))}" if random else "") + ".\n")
-        parts.append(demo_methods_note(demo))
-        from readme_explain import explain_section
-
-        parts.append(explain_section(demo))
+    parts.append(demo_section(Path(args.demo), args.bench_json, args.demo_note))
     readme = ROOT / "README.md"
     text = readme.read_text(encoding="utf-8")
     start, end = "<!-- RESULTS:START -->", "<!-- RESULTS:END -->"
