@@ -41,9 +41,13 @@ def keyneurons_section(run: Path) -> str:
            f"From `scripts/run_keyneurons.sh`: attribution (m = {acfg.get('steps')}, {acfg.get('templates')} "
            f"template(s) per question, threshold {acfg.get('threshold')}) on the **selection half** of each cluster's "
            "questions, NA-ICA selection (top 20 per question, common neurons removed, NA normalised by the sum of "
-           "|scores|), then boost (x2) and suppress (x0) at the last position on the **held-out half**. Domains: "
-           "every MMLU dev+validation question of the six domains (their counts differ: 27 to 112); languages: 50 "
-           "cloze questions per language built from its held-out text.\n",
+           "|scores|), then boost (x2) and suppress (x0) at the last position on the **held-out half**. "
+           + "; ".join(text for kind, text in (
+               ("domains", "Domains: every MMLU dev+validation question of the six domains (their counts differ: 27 "
+                           "to 112)"),
+               ("languages", "Languages: 50 cloze questions per language built from its held-out text"))
+               if kind in kinds)
+           + (". Domain clusters were not re-run with this attribution" if "domains" not in kinds else "") + ".\n",
            f"**What the attribution is.** Gemma 3 normalises each block's MLP output, so the answer probability does "
            f"not change when a layer's activations are scaled: zero-baseline integrated gradients (the paper's) are "
            f"then exactly H_m x gradient x activation and sum to about 0 (the previous README run: median relative "

@@ -329,7 +329,7 @@ SECTIONS = {"keyneurons": ("### Key neurons (Chen et al., NA-ICA)", _keyneurons)
             "demo": ("### `lape demo` (default settings)", lambda run: demo_section(run))}
 
 
-def replace_subsection(name: str, run: Path, writer=None) -> None:
+def replace_subsection(name: str, run: Path, writer=None, runs_from: str | None = None) -> None:
     """Rewrite one ``### `` subsection of README.md from ``run``, stamped with the commit, up to the
     next ``### `` or ``## `` heading; the rest of the README is left as it was."""
     heading, default = SECTIONS[name]
@@ -346,7 +346,9 @@ def replace_subsection(name: str, run: Path, writer=None) -> None:
     if not body:
         raise SystemExit(f"{run} holds no {name} results")
     first, rest = body.split("\n", 1)
-    stamp = f"\n_Regenerated on its own (`scripts/readme_results.py --only {name}`) from runs at commit `{_commit()}`._\n"
+    runs = (f"runs started at commit `{runs_from}`, written at `{_commit()}`" if runs_from and runs_from != _commit()
+            else f"runs at commit `{_commit()}`")
+    stamp = f"\n_Regenerated on its own (`scripts/readme_results.py --only {name}`) from {runs}._\n"
     readme.write_text(text[:start] + first + "\n" + stamp + rest.rstrip("\n") + "\n\n" + text[end:], encoding="utf-8")
     print(f"README subsection {name!r} rewritten from {run}")
 
@@ -366,7 +368,7 @@ def main() -> None:
     if args.only:
         run = Path(args.demo if args.only == "demo" else (args.full or "runs/full"))
         writer = (lambda r: demo_section(r, args.bench_json, args.demo_note)) if args.only == "demo" else None
-        replace_subsection(args.only, run, writer)
+        replace_subsection(args.only, run, writer, args.runs_from)
         return
     runs = (f"runs started at commit `{args.runs_from}`, tables written at `{_commit()}`"
             if args.runs_from and args.runs_from != _commit() else f"runs at commit `{_commit()}`")
