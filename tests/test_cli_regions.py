@@ -168,7 +168,7 @@ class Run:
 @pytest.fixture(scope="module")
 def runs(work, loaded, model_digest) -> dict[str, Run]:
     """Every ``lape regions`` command run once on the tiny model: importance -> select -> ablate,
-    dims, perturb, train and bridge on those regions."""
+    dims, perturb, train and bridge on those regions, and split-half stability."""
     model_args = ["--model", str(work / "model")]
     corpus = ["--corpus", str(work / "corpus.yaml")]
     regions = str(work / "regions")
@@ -181,6 +181,7 @@ def runs(work, loaded, model_digest) -> dict[str, Run]:
         "perturb": ["perturb", *model_args, *corpus, *EVAL, "--ratio", repr(ratio)],
         "train": ["train", *model_args, *corpus, "--regions", regions, *TRAIN, "--freeze", "none", "core"],
         "bridge": ["bridge", regions, "--neurons", str(work / "neurons"), *model_args],
+        "stability": ["stability", *model_args, *corpus, *IMPORTANCE, "--top-rate", "0.05"],
     }
     outs = {"importance": "importance", "select": "regions"}
     result = {}
@@ -558,9 +559,10 @@ def test_artifacts_of_another_model_are_refused(work, runs, other, tmp_path, cap
 # Out-of-range options: status 0 or a one-line error, never a traceback
 
 
-ZERO_OK = {"--seed", "--layer", "--ordinary-dim", "--warmup-steps", "--weight-decay", "--grad-clip", "--factor"}
+ZERO_OK = {"--seed", "--layer", "--ordinary-dim", "--warmup-steps", "--weight-decay", "--grad-clip", "--factor", "--seeds"}
 NEGATIVE_OK = {"--factor"}  # x-1 flips the entry's sign
-HUGE_OK = {"--factor", "--grad-clip", "--ratio"}  # a huge clip never clips; a huge ratio finds no massive channel
+HUGE_OK = {"--factor", "--grad-clip", "--ratio", "--collapse-ratio"}  # a huge clip never clips; a huge ratio
+# finds no massive channel; a huge collapse ratio calls nothing a collapse
 BIG_REFUSED = {"--seq-len", "--batch-size", "--steps", "--layer", "--ordinary-dim", "--top-rate", "--top-share",
                "--lr", "--weight-decay", "--betas"}
 
@@ -599,7 +601,8 @@ def test_out_of_range_options_are_one_line_errors_never_tracebacks(work, loaded,
     assert sorted(commands) == sorted(runs)
     problems, walked = [], {}
     for name, run in runs.items():
-        monkeypatch.setattr(lape.models, "load_model", no_model if name in ("importance", "ablate", "dims") else tiny)
+        monkeypatch.setattr(lape.models, "load_model",
+                            no_model if name in ("importance", "ablate", "dims", "stability") else tiny)
         base = [*run.args[:-1], str(tmp_path / name), *(["--freeze", "none"] if name == "train" else [])]
         rc, err = _outcome(base, capsys)  # the base command line is valid
         assert rc in (0, "accepted"), (name, rc, err)

@@ -54,7 +54,7 @@ CLI_ARGS = ["--languages", "en", "fr", "ja", "--tokens-per-language", "1024", "-
             "--regions-tokens-per-language", "128", "--regions-eval-tokens", "128", "--no-keyneurons",
             "--explain-tokens-per-language", "256"]
 REPORT_FIGURES = {"layer_distribution", "overlap_heatmap", "probability_heatmap", "ppl_heatmaps", "steering_bars",
-                  "region_removal", "region_dimensions"}
+                  "region_removal", "region_dimensions", "superweights"}
 ARTIFACT_DIRS = ["stats", "neurons", "neurons-agnostic", "ppl", "steering", *REGION_STAGES, "explain"]
 ARTIFACT_KINDS = {"record": ("stats", "stats"), "identify": ("neurons", "neurons"), "ppl": ("ppl", "ppl"),
                   "steering": ("steering", "steering"), "importance": ("importance", "importance"),

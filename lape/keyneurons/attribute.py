@@ -33,6 +33,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from .. import artifacts
+from ..activations import corpus_key
 from ..config import StageConfig, option
 from ..errors import LapeError
 from ..models import input_device
@@ -290,19 +291,26 @@ def attribute(model: nn.Module, tokenizer: Any, questions: Sequence[Question],
     space = space or NeuronSpace.of(model)
     clusters = list(dict.fromkeys(q.cluster for q in questions))
     by_cluster = {c: [q for q in questions if q.cluster == c] for c in clusters}
-    normalised = normalises_mlp_output(model, space)
-    baseline = config.baseline if config.baseline != "auto" else ("mean" if normalised else "zero")
     languages = sorted({q.language for q in questions})
-    baselines = None
-    if baseline == "mean":
-        reference = reference if reference is not None else reference_stats(model, tokenizer, languages, config)
-        baselines = mean_baselines(reference, languages, space)
+    # the cache key needs no forward pass: "auto" resolves the same way for the same model (its fingerprint is in the
+    # key), and the reference text is keyed by what it is read from
+    streams = None
+    if config.baseline != "zero" and reference is None:
+        streams = reference_streams(tokenizer, languages, config)
+    ref_key = (reference.identity() if reference is not None
+               else {lang: corpus_key(stream) for lang, stream in streams.items()} if streams is not None else None)
     inputs = {"questions": questions_key(questions), "tokenizer": getattr(tokenizer, "name_or_path", ""),
-              "vocab": len(tokenizer), "templates": templates_key(templates), "baseline": baseline,
-              "reference": reference.identity() if baselines is not None else None}
+              "vocab": len(tokenizer), "templates": templates_key(templates), "reference": ref_key}
     key, done = stage_cache(KeyNeuronScores, model, config, inputs, out)
     if done is not None:
         return done
+    normalised = normalises_mlp_output(model, space)
+    baseline = config.baseline if config.baseline != "auto" else ("mean" if normalised else "zero")
+    baselines = None
+    if baseline == "mean":
+        if reference is None:
+            reference = reference_stats(model, streams or reference_streams(tokenizer, languages, config), config)
+        baselines = mean_baselines(reference, languages, space)
     rank, world = dist_info()
     per_question = config.templates
     results, report = tally(
@@ -345,10 +353,9 @@ def attribution_name(baseline: str, normalised: bool, holds: bool) -> str:
     return name if holds else f"{name}; completeness fails (median relative gap >= {COMPLETENESS_OK}): read as grad x activation"
 
 
-def reference_stats(model: nn.Module, tokenizer: Any, languages: Sequence[str], config: AttributeConfig) -> Any:
-    """Activation statistics of ``config.reference_tokens`` tokens of each language's training text in
-    ``config.reference_corpus`` (:func:`lape.activations.record`, not saved): the mean baseline's source."""
-    from ..activations import RecordConfig, record
+def reference_streams(tokenizer: Any, languages: Sequence[str], config: AttributeConfig) -> dict[str, Any]:
+    """``config.reference_tokens`` tokens of each language's training text in ``config.reference_corpus``:
+    the mean baseline's text (read lazily; their keys identify it in the cache key)."""
     from ..corpora import load_corpus, load_manifest
 
     manifest = load_manifest(config.reference_corpus)
@@ -357,11 +364,18 @@ def reference_stats(model: nn.Module, tokenizer: Any, languages: Sequence[str], 
         raise LapeError(f"the mean IG baseline needs reference text in {', '.join(missing)}, which corpus "
                         f"{config.reference_corpus!r} lacks: give --reference-corpus a manifest with them, or "
                         "--baseline zero")
-    seq_len = min(256, config.reference_tokens)
-    streams = load_corpus(manifest, tokenizer, split="train", tokens_per_language=config.reference_tokens,
-                          seq_len=seq_len, seed=config.seed, languages=list(languages))
-    return record(model, streams, RecordConfig(tokens_per_language=config.reference_tokens, seq_len=seq_len,
-                                               batch_size=4, seed=config.seed), progress=False)
+    return load_corpus(manifest, tokenizer, split="train", tokens_per_language=config.reference_tokens,
+                       seq_len=min(256, config.reference_tokens), seed=config.seed, languages=list(languages))
+
+
+def reference_stats(model: nn.Module, streams: Mapping[str, Any], config: AttributeConfig) -> Any:
+    """Activation statistics of the reference text (:func:`lape.activations.record`, not saved): the
+    source of the mean baseline."""
+    from ..activations import RecordConfig, record
+
+    return record(model, streams, RecordConfig(tokens_per_language=config.reference_tokens,
+                                               seq_len=min(256, config.reference_tokens), batch_size=4,
+                                               seed=config.seed), progress=False)
 
 
 def mean_baselines(stats: Any, languages: Sequence[str], space: NeuronSpace) -> dict[str, torch.Tensor]:
