@@ -105,9 +105,11 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "kn": ("KANNADA",), "ml": ("MALAYALAM",), "si": ("SINHALA",), "th": ("THAI",), "lo": ("LAO",),
     "km": ("KHMER",), "my": ("MYANMAR",), "am": ("ETHIOPIC",),
 }
-# At least this share of an output's non-blank characters must be letters of the target's script.
-# Real text clears it easily (Chinese, Japanese and Korean prose ~0.8-0.9: punctuation and digits
-# are the rest; Latin-script prose ~0.95); a run of punctuation, digits or another script fails.
+# At least this share of an output's non-blank, non-digit characters must be letters of the target's
+# script. Digits are left out: they belong to no script, and a Korean date or a numbered list is no
+# less Korean for them. Real text clears it easily (Chinese, Japanese and Korean prose ~0.8-0.9,
+# punctuation being the rest; Latin-script prose ~0.95); a run of punctuation, markup in another
+# script (`<strong>...`) or text in another script fails.
 MIN_SCRIPT_SHARE = 0.5
 
 
@@ -118,13 +120,14 @@ def script_of(ch: str) -> str:
 
 
 def script_share(text: str, language: str) -> float | None:
-    """The share of the non-blank characters of ``text`` (NFKC-normalised, so fullwidth Latin
-    and halfwidth kana count as their plain forms) that are letters (``str.isalpha``) of one of
-    ``language``'s :data:`SCRIPTS`:
+    """The share of the non-blank, non-digit characters of ``text`` (NFKC-normalised, so fullwidth
+    Latin and halfwidth kana count as their plain forms) that are letters (``str.isalpha``) of one
+    of ``language``'s :data:`SCRIPTS`:
 
-    ``share = #{c non-blank : c.isalpha() and script_of(c) in SCRIPTS[language]} / #{c non-blank}``.
+    ``share = #{c counted : c.isalpha() and script_of(c) in SCRIPTS[language]} / #{c counted}``,
+    counted = not blank and not a decimal digit.
 
-    0.0 for blank text; ``None`` for a language without a script entry.
+    0.0 for text with nothing counted; ``None`` for a language without a script entry.
 
     Example:
         >>> script_share("你好，世界", "zh")
@@ -133,7 +136,7 @@ def script_share(text: str, language: str) -> float | None:
     scripts = SCRIPTS.get(language)
     if scripts is None:
         return None
-    chars = [c for c in unicodedata.normalize("NFKC", text) if not c.isspace()]
+    chars = [c for c in unicodedata.normalize("NFKC", text) if not c.isspace() and not c.isdecimal()]
     if not chars:
         return 0.0
     return sum(c.isalpha() and script_of(c) in scripts for c in chars) / len(chars)
@@ -151,4 +154,5 @@ def script_rule(language: str) -> dict[str, object] | None:
     ``None`` without a check: part of a steering score's cache key, like
     :func:`labels_of_language`."""
     scripts = SCRIPTS.get(language)
-    return None if scripts is None else {"scripts": list(scripts), "min_share": MIN_SCRIPT_SHARE}
+    return None if scripts is None else {"scripts": list(scripts), "min_share": MIN_SCRIPT_SHARE,
+                                         "of": "non-blank non-digit characters"}

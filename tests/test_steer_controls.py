@@ -524,7 +524,7 @@ def test_a_changed_script_check_rescores_only_the_targets_it_touches(steerer, re
     assert [c for c in rescored.candidates if c["target"] == "a"] == \
         [c for c in first.candidates if c["target"] == "a"]
     b_new = [c for c in rescored.candidates if c["target"] == "b"]
-    assert b_new[0]["script"] == {"scripts": ["HANGUL"], "min_share": lape.langid.MIN_SCRIPT_SHARE}
+    assert b_new[0]["script"] == lape.langid.script_rule("b") and b_new[0]["script"]["scripts"] == ["HANGUL"]
     assert all(c["success"] == 0 for c in b_new)  # the same outputs, now out of b's script
     after = steerer.evaluate(prompts, ["b"], source=None, progress=False, out=ev_dir)
     assert not after.from_cache

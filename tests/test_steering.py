@@ -256,11 +256,17 @@ def test_script_share_check_refuses_punctuation_labelled_chinese():
     # kana and Han both count for Japanese; fullwidth Latin counts as Latin (NFKC)
     assert script_share("ひらがなカタカナ漢字ー", "ja") == 1.0 and script_share("ひらがな", "zh") == 0.0
     assert script_share("ＡＢＣ abc", "en") == 1.0
-    # by hand: "ok, 123" -> 6 non-blank characters, 2 Latin letters: 2/6 < 0.5
-    assert script_share("ok, 123", "en") == pytest.approx(2 / 6) and not in_script("ok, 123", "en")
+    # by hand: "ok, 123" -> digits are not counted: "o", "k", "," -> 2 Latin letters of 3
+    assert script_share("ok, 123", "en") == pytest.approx(2 / 3) and in_script("ok, 123", "en")
+    assert script_share("o, ..., 123", "en") == pytest.approx(1 / 6) and not in_script("o, ..., 123", "en")
+    # a Korean date keeps its digits without failing; markup around Korean words fails (tags are Latin)
+    date = "꽤나 춥고,\n이날은 10월 23일(토) 14:05~16:"
+    assert script_share(date, "ko") == pytest.approx(10 / 16) and in_script(date, "ko")
+    assert not in_script("<b>“</b><b>미술</b><b>”</b>", "ko")
     assert script_share("", "fr") == 0.0
     assert script_share("anything", "a") is None and in_script("，，，", "a")  # no script entry: no check
-    assert script_rule("zh") == {"scripts": ["CJK", "IDEOGRAPHIC"], "min_share": MIN_SCRIPT_SHARE}
+    assert script_rule("zh") == {"scripts": ["CJK", "IDEOGRAPHIC"], "min_share": MIN_SCRIPT_SHARE,
+                                 "of": "non-blank non-digit characters"}
     assert script_rule("a") is None
 
 
