@@ -301,9 +301,18 @@ def demo_methods_note(demo: Path) -> str:
                  f"{m['norm_entries']:,} norm entries and by x{m['matrices_geomean_ppl_ratio']:.3g} without them"
                  for m in r.matrices_summary() if math.isfinite(m["geomean_ppl_ratio"])]
     if (demo / "region-perturb").is_dir():
-        bits.append(load(demo / "region-perturb").verdict().rstrip("."))
+        p_ = load(demo / "region-perturb")
+        rows = p_.edit_rows()
+        worst = max(rows, key=lambda r_: r_["ppl_ratio"])
+        collapsed = [r_["edit"] for r_ in rows if r_["collapses"]]
+        bits.append(f"the super-weight test ({len(rows)} edits: zero and x4 on each massive channel's super weight and "
+                    "norm scale and on a median channel's) " + (f"collapses the model with {', '.join(collapsed)}"
+                                                                 if collapsed else "collapses nothing")
+                    + f"; the largest PPL ratio is x{worst['ppl_ratio']:.3g} ({worst['edit']})")
     if (demo / "keyneurons-scores").is_dir():
-        sc = load(demo / "keyneurons-scores")
+        from lape.keyneurons.attribute import KeyNeuronScores
+
+        sc = KeyNeuronScores.load(demo / "keyneurons-scores")
         comp, rho = sc.meta.get("completeness", {}), (sc.meta.get("ranking_check") or {}).get("median_spearman")
         bits.append(f"the key-neuron attribution is *{sc.meta.get('method')}* (median relative completeness gap "
                     f"{comp.get('median_rel_delta', float('nan')):.2f}"
