@@ -87,6 +87,13 @@ class PerturbConfig(StageConfig):
 # the probe: the first token alone, position 0
 
 
+def _scores_key(scores: Any) -> str:
+    """The content key of an importance (its artifact identity) or of a ``{name: tensor}`` mapping."""
+    if hasattr(scores, "identity"):
+        return artifacts.content_hash(scores.identity())
+    return artifacts.tensor_digest({k: v for k, v in scores.items() if isinstance(v, torch.Tensor)})
+
+
 def probe_token(corpus: Mapping[str, Iterable[Any]], per_language: int = 4) -> int:
     """The first token of the text: the most common first token of the first ``per_language``
     sequences of each language (BOS for a packed corpus; the first seen wins ties)."""
@@ -814,20 +821,12 @@ def perturb(
     check_positions(model, max([getattr(s, "seq_len", 0) for s in corpus.values()], default=0))
     check_corpus(corpus)
     token = probe_token(corpus)
-    candidates = super_weights(model, massive, token, layer=config.layer, tensor_type=config.tensor_type,
-                               ordinary_dim=ordinary_dim, max_dims=config.max_dims, space=space)
-    for sw in candidates:
-        sw.score, sw.score_rank = _score_of(scores, sw.tensor, sw.index, required=True)
-        if sw.norm:
-            sw.norm_score, sw.norm_score_rank = _score_of(scores, sw.norm, [sw.dim], required=False)
-    edits = plan_edits(model, candidates, config.factor, config.norms)
-    channels = list(dict.fromkeys([*(c.dim for c in candidates), *(c.control_dim for c in candidates)]))
     languages = list(corpus)
-    # the scores only enter the result as the candidates' scores and ranks: those are the input
+    # the key needs no forward pass: the candidates are a function of the model (fingerprint), the probe token, the
+    # massive channels and the settings, and their scores of the importance (keyed by its content)
     inputs = {"corpus": {lang: corpus_key(corpus[lang]) for lang in languages},
               "massive": artifacts.content_hash(massive.to_dict()), "ordinary_dim": ordinary_dim, "probe": token,
-              "scores": None if scores is None else [[c.score, c.score_rank, c.norm_score, c.norm_score_rank]
-                                                     for c in candidates]}
+              "scores": None if scores is None else _scores_key(scores)}
     key = artifacts.stage_key(PerturbResult.KIND, model_fingerprint=fingerprint(model), config=config.key_dict(),
                               inputs=inputs)
     ppl_config = PerplexityConfig(batch_size=config.batch_size, chunk_size=config.chunk_size, seed=config.seed,
@@ -835,6 +834,14 @@ def perturb(
                                   tokens_per_language=config.tokens_per_language)
 
     def compute() -> PerturbResult:
+        candidates = super_weights(model, massive, token, layer=config.layer, tensor_type=config.tensor_type,
+                                   ordinary_dim=ordinary_dim, max_dims=config.max_dims, space=space)
+        for sw in candidates:
+            sw.score, sw.score_rank = _score_of(scores, sw.tensor, sw.index, required=True)
+            if sw.norm:
+                sw.norm_score, sw.norm_score_rank = _score_of(scores, sw.norm, [sw.dim], required=False)
+        edits = plan_edits(model, candidates, config.factor, config.norms)
+        channels = list(dict.fromkeys([*(c.dim for c in candidates), *(c.control_dim for c in candidates)]))
         unique = list(dict.fromkeys(e.key for e in edits))
         evaluate = LanguageNLL(model, corpus, ppl_config, total=(1 + len(unique)) * len(languages), desc="perturb",
                                progress=progress)
