@@ -43,6 +43,20 @@ def render_keyneuron_eval(folder: Path, ctx: ReportContext) -> str:
     return _section(folder.name, "Key neurons: boost and suppress", facts + pcr + judged + pred)
 
 
+def _selection_fallbacks(scores, ctx: ReportContext) -> dict[str, str]:
+    """``{"normaliser fallbacks in SEL/": "k of n questions (normaliser abs)"}`` for every selection in
+    the run made from these scores (its sidecar names them)."""
+    from .. import artifacts
+
+    out, ident = {}, scores.identity()
+    for sidecar in sorted(Path(ctx.run).glob("*/neurons.json")):
+        meta = artifacts.read_json(sidecar)
+        if "normaliser_fallbacks" in meta and meta.get("source_scores") == ident:
+            out[f"normaliser fallbacks in {sidecar.parent.name}/ ({meta.get('normaliser')})"] = (
+                f"{meta['normaliser_fallbacks']} of {meta.get('questions')} questions")
+    return out
+
+
 def render_keyneuron_scores(folder: Path, ctx: ReportContext) -> str:
     """What the attribution computed (integrated gradients only where completeness holds), its
     completeness, the ranking check against exact ablation and how often each normaliser is defined."""
@@ -67,6 +81,7 @@ def render_keyneuron_scores(folder: Path, ctx: ReportContext) -> str:
             f"{_dec(spearman['value'], 2)} [{_dec(spearman['low'], 2)}, {_dec(spearman['high'], 2)}] over "
             f"{check.get('prompts')} prompts",
         "questions whose signed Z ≤ 0 (the paper's normaliser falls back)": f"{signed_bad} of {total.numel()}",
+        **_selection_fallbacks(sc, ctx),
         "prompts": sc.meta.get("prompts"), "steps": cfg.get("steps"), "templates": cfg.get("templates")})
     return _section(folder.name, "Key neurons: attribution", facts)
 
