@@ -294,9 +294,14 @@ def attribute(model: nn.Module, tokenizer: Any, questions: Sequence[Question],
     languages = sorted({q.language for q in questions})
     # the cache key needs no forward pass: "auto" resolves the same way for the same model (its fingerprint is in the
     # key), and the reference text is keyed by what it is read from
-    streams = None
+    streams, missing_text = None, None
     if config.baseline != "zero" and reference is None:
-        streams = reference_streams(tokenizer, languages, config)
+        try:
+            streams = reference_streams(tokenizer, languages, config)
+        except LapeError as exc:  # "auto" needs the text only on a model that normalises its MLP output
+            if config.baseline == "mean":
+                raise
+            missing_text = exc
     ref_key = (reference.identity() if reference is not None
                else {lang: corpus_key(stream) for lang, stream in streams.items()} if streams is not None else None)
     inputs = {"questions": questions_key(questions), "tokenizer": getattr(tokenizer, "name_or_path", ""),
@@ -309,7 +314,9 @@ def attribute(model: nn.Module, tokenizer: Any, questions: Sequence[Question],
     baselines = None
     if baseline == "mean":
         if reference is None:
-            reference = reference_stats(model, streams or reference_streams(tokenizer, languages, config), config)
+            if missing_text is not None:
+                raise missing_text
+            reference = reference_stats(model, streams, config)
         baselines = mean_baselines(reference, languages, space)
     rank, world = dist_info()
     per_question = config.templates
