@@ -53,13 +53,16 @@ FORMAT_VERSION = 2  # 2: tensor checksums in the sidecar, write-beside-then-swap
 A = TypeVar("A", bound="Artifact")
 
 # the module that defines each artifact kind (imported when a folder of that kind is loaded)
-_KIND_MODULES = {"stats": "lape.activations", "neurons": "lape.masks", "regions": "lape.masks", "ppl": "lape.evaluate.perplexity",
-                 "steering": "lape.evaluate.steering", "importance": "lape.regions.importance",
-                 "region_ppl": "lape.regions.ablate", "perturb": "lape.regions.perturb",
-                 "forgetting": "lape.regions.train",
+_KIND_MODULES = {"stats": "lape.activations", "neurons": "lape.masks", "regions": "lape.masks",
+                 "ppl": "lape.evaluate.perplexity", "steering": "lape.evaluate.steering",
+                 "fluency_reference": "lape.evaluate.fluency", "steering_profile": "lape.evaluate.steer_profile",
+                 "importance": "lape.regions.importance", "region_ppl": "lape.regions.ablate",
+                 "perturb": "lape.regions.perturb", "forgetting": "lape.regions.train",
                  "region_overlap": "lape.regions.bridge", "dims": "lape.regions.dims",
                  "region_stability": "lape.regions.stability",
-                 "fluency_reference": "lape.evaluate.fluency", "steering_profile": "lape.evaluate.steer_profile"}
+                 "keyneuron_scores": "lape.keyneurons.attribute", "keyneuron_maps": "lape.keyneurons.select",
+                 "keyneuron_eval": "lape.keyneurons.evaluate", "method_comparison": "lape.keyneurons.compare",
+                 "explain": "lape.explain.cards"}
 _TYPES: dict[str, type[Artifact]] = {}
 
 

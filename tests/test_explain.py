@@ -223,6 +223,9 @@ def test_cards_resume_and_skip_when_nothing_changed(tmp_path):
                     out=tmp_path / "explain", progress=False)  # another corpus: recomputed
     assert not getattr(other, "from_cache", True)
     assert NeuronCards.load(tmp_path / "explain").meta["cache_key"] == other.meta["cache_key"]
+    from test_registry import fresh_kinds
+
+    assert fresh_kinds([tmp_path / "explain"]) == ["explain NeuronCards"]  # in a new interpreter too
 
 
 def test_inline_card_renders_the_same_fragment_as_the_page(tmp_path):

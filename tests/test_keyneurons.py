@@ -805,6 +805,13 @@ def test_cli_eval_and_the_refused_overlap(work, capsys):
     na, _ = select(KeyNeuronScores.load(work / "one"), SelectConfig(top_v=5, ica=False, exclude_common=False))
     assert ev.meta["set_sizes"]["na"] == na.counts() != \
         select(KeyNeuronScores.load(work / "one"), SelectConfig(ica=False, exclude_common=False))[0].counts()
+    # a new interpreter loads each of the three key-neuron kinds (they were missing from the registry)
+    from test_registry import fresh_kinds
+
+    maps_dir = work / "maps-only"
+    maps.save(maps_dir)
+    assert fresh_kinds([work / "one", maps_dir, ev_out]) == [
+        "keyneuron_scores KeyNeuronScores", "keyneuron_maps KeyNeuronMaps", "keyneuron_eval KeyNeuronEval"]
     capsys.readouterr()
     rc = main(["-q", "keyneurons", "eval", str(neurons), "--model", str(work / "no-such-model"),
                "--questions", str(work / "questions.yaml"), "--out", str(work / "eval-bad"),

@@ -157,6 +157,14 @@ def test_method_comparison_puts_size_matched_random_rows_beside_each_method(tmp_
     from lape import report
 
     res.save(tmp_path / "run" / "method-comparison")
+    from test_registry import fresh, fresh_kinds
+
+    # a new interpreter loads it and its report shows it (the kind was missing from the registry)
+    assert fresh_kinds([tmp_path / "run" / "method-comparison"]) == [f"method_comparison {type(res).__name__}"]
+    proc = fresh("from lape.cli import main; import sys; sys.exit(main(['-q', 'report', sys.argv[1]]))",
+                 str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr
+    assert "no lape artifact" not in (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
     page = report.write_report(tmp_path / "run").read_text(encoding="utf-8")
     assert "p (per layer)" in page and "random like LAPE" in page and "random like key neurons" in page
     assert "valid split, no document holding a cloze question" in page

@@ -1,0 +1,57 @@
+"""The one registry of result kinds: every artifact class of the package is listed (with the module
+that defines it) in ``lape.artifacts``, so that a fresh interpreter can load any result folder and
+``lape report`` recognises it without the defining module imported first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# a fresh interpreter imports every module of the package and prints {kind: defining module}
+_WALK = """
+import importlib, json, pkgutil
+import lape, lape.artifacts as a
+listed = dict(a._KIND_MODULES)
+for m in pkgutil.walk_packages(lape.__path__, "lape."):
+    if m.name.startswith("lape.__main__"):
+        continue
+    importlib.import_module(m.name)
+print(json.dumps({"defined": {k: t.__module__ for k, t in a._TYPES.items()}, "listed": listed}))
+"""
+
+INTERNAL = {"partial"}  # runningstats' checkpoint of a shard: never a result folder
+
+
+def fresh(code: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_every_artifact_kind_is_registered_with_its_module():
+    """Catches a new result kind whose module is missing from the loader's table (five were: the
+    key-neuron kinds, the method comparison and the neuron cards could not be loaded in a new
+    process)."""
+    proc = fresh(_WALK)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    defined = {k: m for k, m in out["defined"].items() if k not in INTERNAL}
+    assert len(defined) >= 19
+    assert out["listed"] == defined
+
+
+def fresh_kinds(folders: list[Path]) -> list[str]:
+    """Each folder's kind and loaded class, in a new interpreter that imported only ``lape``."""
+    code = ("import sys, lape\nfrom lape import artifacts\n"
+            "for f in sys.argv[1:]:\n"
+            "    a = lape.load(f)\n"
+            "    print(artifacts.kind_of(f), type(a).__name__)\n")
+    proc = fresh(code, *map(str, folders))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip().splitlines()
