@@ -44,7 +44,7 @@ from common import (
 )
 
 from lape import load_model
-from lape.regions import ImportanceConfig, importance
+from lape.regions import ImportanceConfig, param_importance
 from lape.regions.importance import gradients_for
 from lape.regions.select import random_mask, region_size
 from lape.space import ParamSpace
@@ -64,7 +64,7 @@ def _memory_child(n_batches: int, batch: int, seq_len: int, threads: int) -> Non
     seqs = sequences(data)
     reset_peak_rss(model)  # the pass's peak (model included), not the loading's
     base = rss_mb()
-    importance(model, {"en": seqs}, ImportanceConfig(batch_size=batch), out=None, progress=False)
+    param_importance(model, {"en": seqs}, ImportanceConfig(batch_size=batch), out=None, progress=False)
     print(base, peak_rss_mb())
 
 
@@ -116,7 +116,7 @@ def main() -> None:
                 p.grad = None
 
     def lape_importance() -> None:
-        importance(model, {"en": seqs}, ImportanceConfig(batch_size=batch), out=None, progress=False)
+        param_importance(model, {"en": seqs}, ImportanceConfig(batch_size=batch), out=None, progress=False)
 
     times = interleaved({"plain forward+backward": plain, "importance": lape_importance},
                         repeats=1 if quick else 3)

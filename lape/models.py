@@ -27,6 +27,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -638,18 +639,52 @@ def _picks(params: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tens
     return [params[0], params[len(params) // 2], params[-1]] if params else []
 
 
+_content_cache: dict[int, tuple[Any, int, int, str]] = {}  # id(param) -> (weakref, data_ptr, _version, digest)
+
+
+def _param_digest(p: torch.Tensor) -> str:
+    """Every value of ``p``: its raw bytes summed as int64 words and as int32 words (wrapping, so
+    exact and independent of the reduction order and thread count; about 0.1 s per 100M values).
+    Any edit that changes a value changes them, short of edits that cancel exactly."""
+    raw = p.detach().contiguous().reshape(-1).view(torch.uint8)
+    n8, n4 = raw.numel() // 8 * 8, raw.numel() // 4 * 4
+    s64 = int(raw[:n8].view(torch.int64).sum()) & (2**64 - 1)
+    s32 = int(raw[:n4].view(torch.int32).sum(dtype=torch.int32)) & (2**32 - 1)
+    return f"{s64:x}.{s32:x}.{bytes(raw[n8:].tolist()).hex()}"
+
+
+def _content(params: list[tuple[str, torch.Tensor]]) -> str:
+    """A digest of every parameter's content. Each tensor's digest is kept until the tensor is
+    changed in place (its version counter moves) or replaced, so repeated calls on an unchanged
+    model cost microseconds; an edit (``edit_weights``, an optimizer step) is always seen."""
+    h = hashlib.sha256()
+    for name, p in params:
+        hit = _content_cache.get(id(p))
+        if hit is None or hit[0]() is not p or hit[1] != p.data_ptr() or hit[2] != p._version:
+            hit = (weakref.ref(p), p.data_ptr(), p._version, _param_digest(p))
+            _content_cache[id(p)] = hit
+        h.update(f"{name}{tuple(p.shape)}:{hit[3]};".encode())
+    for key in [k for k, v in _content_cache.items() if v[0]() is None]:
+        del _content_cache[key]
+    return h.hexdigest()[:16]
+
+
 def fingerprint(model: torch.nn.Module) -> dict[str, Any]:
-    """Identify a model's weights: architecture, sizes, a few weight values and a checksum.
+    """Identify a model's weights: architecture, sizes, a few weight values, a checksum of those
+    and a digest of every value.
 
     Artifacts carry this so that neurons found on one model are never silently applied to another.
-    It is computed afresh on every call (about a millisecond), so it can never go stale after
-    weights are edited. :func:`same_model` compares architecture, sizes and the sampled weight
-    values with a tolerance, so the same weights loaded in float32, bfloat16 or float16 match;
-    ``dtype`` is recorded (results computed in another dtype differ, so cache keys include it).
+    It is computed afresh on every call, so it can never go stale after weights are edited:
+    ``content`` covers every weight (cached per tensor until the tensor changes in place), so a
+    model edited by ``edit_weights`` or trained never shares a stage's cache key with the unedited
+    one. :func:`same_model` compares architecture, sizes and the sampled weight values with a
+    tolerance, so the same weights loaded in float32, bfloat16 or float16 match (an edited model is
+    still "the same model" for applying its neurons); ``dtype`` is recorded (results computed in
+    another dtype differ, so cache keys include it).
 
     Returns:
         ``{"architecture", "num_layers", "hidden_size", "intermediate_size", "vocab_size",
-        "num_parameters", "dtype", "sample", "checksum"}``.
+        "num_parameters", "dtype", "sample", "checksum", "content"}``.
     """
     cfg = model.config
     cfg = getattr(cfg, "text_config", None) or cfg
@@ -673,6 +708,7 @@ def fingerprint(model: torch.nn.Module) -> dict[str, Any]:
         "dtype": str(params[0][1].dtype).replace("torch.", "") if params else None,
         "sample": sample,
         "checksum": h.hexdigest()[:16],
+        "content": _content(params),
     }
 
 

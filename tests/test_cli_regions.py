@@ -203,12 +203,12 @@ def info_logs(caplog):
 
 
 def test_importance_equals_the_library_call(work, loaded, runs):
-    from lape.regions import ImportanceConfig, ParamImportance, importance
+    from lape.regions import ImportanceConfig, ParamImportance, param_importance
 
     imp = ParamImportance.load(runs["importance"].out)
     model, tok = loaded
     streams = lape.load_corpus(work / "corpus.yaml", tok, split="train", tokens_per_language=300, seq_len=32, seed=0)
-    direct = importance(model, streams, ImportanceConfig(tokens_per_language=300, seq_len=32, batch_size=4),
+    direct = param_importance(model, streams, ImportanceConfig(tokens_per_language=300, seq_len=32, batch_size=4),
                         progress=False)
     assert imp.languages == direct.languages == LANGUAGES
     assert list(imp.scores) == list(direct.scores) and len(imp.scores) == 3 * 9  # 7 matrices + 2 norms a layer
@@ -320,7 +320,7 @@ def test_dims_at_the_default_ratio_equals_dimension_dependence(work, loaded, run
 
 def test_perturb_at_a_low_ratio_equals_the_library_call(work, loaded, runs):
     from lape.regions.dims import find_massive_dims
-    from lape.regions.perturb import PerturbConfig, PerturbResult, perturb
+    from lape.regions.perturb import PerturbConfig, PerturbResult, superweight_test
 
     res = PerturbResult.load(runs["perturb"].out)
     model, tok = loaded
@@ -328,7 +328,7 @@ def test_perturb_at_a_low_ratio_equals_the_library_call(work, loaded, runs):
     ratio = float(runs["perturb"].args[runs["perturb"].args.index("--ratio") + 1])
     massive = find_massive_dims(model, streams, ratio=ratio)
     assert len(massive.dims) == 1  # the ratio lies between the two largest peaks
-    direct = perturb(model, streams, massive, PerturbConfig(tokens_per_language=200, seq_len=32, batch_size=4),
+    direct = superweight_test(model, streams, massive, PerturbConfig(tokens_per_language=200, seq_len=32, batch_size=4),
                      progress=False)
     assert res.languages == LANGUAGES and res.factor == 4.0 and res.tokens == direct.tokens
     assert res.candidates == direct.candidates and res.edits == direct.edits
@@ -424,7 +424,7 @@ def test_reruns_skip_and_rewrite_no_result_file(runs, info_logs, command):
 
 
 def test_importance_recomputes_when_an_option_changes(work, loaded, runs, tmp_path, info_logs):
-    from lape.regions import ImportanceConfig, ParamImportance, importance
+    from lape.regions import ImportanceConfig, ParamImportance, param_importance
 
     out = tmp_path / "importance"
     shutil.copytree(runs["importance"].out, out)
@@ -435,7 +435,7 @@ def test_importance_recomputes_when_an_option_changes(work, loaded, runs, tmp_pa
     again = ParamImportance.load(out)
     model, tok = loaded
     streams = lape.load_corpus(work / "corpus.yaml", tok, split="train", tokens_per_language=300, seq_len=32, seed=1)
-    direct = importance(model, streams, ImportanceConfig(tokens_per_language=300, seq_len=32, batch_size=4, seed=1),
+    direct = param_importance(model, streams, ImportanceConfig(tokens_per_language=300, seq_len=32, batch_size=4, seed=1),
                         progress=False)
     first = ParamImportance.load(runs["importance"].out)
     name = next(iter(direct.scores))

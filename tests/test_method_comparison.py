@@ -129,6 +129,15 @@ def test_method_comparison_puts_size_matched_random_rows_beside_each_method(tmp_
     config = KeyNeuronsRunConfig(random_seeds=2, ppl_tokens_per_language=96, seq_len=32, seed=3)
     res = method_comparison(model, tok, lape_sets, key_sets, None, manifest, tmp_path / "cmp", config, progress=False,
                             questions=questions)
+    assert not res.from_cache and res.meta["cache_key"]
+    # the same inputs again: served from the folder; another set of LAPE neurons: computed again
+    again = method_comparison(model, tok, lape_sets, key_sets, None, manifest, tmp_path / "cmp", config,
+                              progress=False, questions=questions)
+    assert again.from_cache and again.meta["cache_key"] == res.meta["cache_key"]
+    other = NeuronSets.from_neurons({"aa": [(0, 1)], "bb": [(1, 2)]}, (3, width), {"method": "lape"})
+    changed = method_comparison(model, tok, other, key_sets, None, manifest, tmp_path / "cmp-other", config,
+                                progress=False, questions=questions)
+    assert not changed.from_cache and changed.meta["cache_key"] != res.meta["cache_key"]
     res = MethodComparison.load(tmp_path / "cmp")
     assert res.meta["ppl_text"] == {"split": "valid", "dropped_documents": {"aa": 1, "bb": 0}}
     assert res.meta["random_draws"] == 2

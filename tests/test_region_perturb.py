@@ -23,8 +23,8 @@ from lape.regions.perturb import (
     PerturbResult,
     SuperWeight,
     applied,
-    perturb,
     super_weights,
+    superweight_test,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -143,7 +143,7 @@ def test_zeroing_the_super_weight_removes_the_spike_in_later_layers(tmp_path):
     massive = find_massive_dims(model, corpus, ratio=100.0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     config = PerturbConfig(batch_size=2, chunk_size=5)
-    res = perturb(model, corpus, massive, config, out=tmp_path / "perturb", progress=False)
+    res = superweight_test(model, corpus, massive, config, out=tmp_path / "perturb", progress=False)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # bit-exact
     o = massive.ordinary_dim(1)
     assert [(e.target, e.control, e.kind, e.index) for e in res.edits] == [
@@ -182,7 +182,7 @@ def test_zeroing_the_super_weight_removes_the_spike_in_later_layers(tmp_path):
     assert "channel 7: L1 [7, 5]" in res.summary_line()
 
     # cached; saved with its tables; another factor, control channel or score is another result
-    again = perturb(model, corpus, massive, config, out=tmp_path / "perturb", progress=False)
+    again = superweight_test(model, corpus, massive, config, out=tmp_path / "perturb", progress=False)
     assert again.from_cache and again.payload() == res.payload()
     loaded = PerturbResult.load(tmp_path / "perturb", model=model)
     assert loaded.nll == res.nll and loaded.bos == res.bos and loaded.candidates == res.candidates
@@ -195,7 +195,7 @@ def test_zeroing_the_super_weight_removes_the_spike_in_later_layers(tmp_path):
                             dict(config=config.replace(collapse_ratio=5.0)))):
         folder = shutil.copytree(tmp_path / "perturb", tmp_path / f"other{k}")
         args = {"config": config, **kw}
-        changed = perturb(model, corpus, massive, args.pop("config"), out=folder, progress=False, **args)
+        changed = superweight_test(model, corpus, massive, args.pop("config"), out=folder, progress=False, **args)
         assert not changed.from_cache, kw
 
 
@@ -204,7 +204,7 @@ def test_gemma3_norm_scale_edit_hits_channel_c_and_is_restored_bit_exactly():
     corpus = _corpus()
     massive = find_massive_dims(model, corpus, ratio=100.0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    res = perturb(model, corpus, massive, PerturbConfig(batch_size=2), progress=False)
+    res = superweight_test(model, corpus, massive, PerturbConfig(batch_size=2), progress=False)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # bit-exact after every edit
     o = res.candidates[0].control_dim
     norm_edits = [(i, e) for i, e in enumerate(res.edits) if e.target == "norm"]
@@ -240,7 +240,7 @@ def test_gemma3_norm_scale_edit_hits_channel_c_and_is_restored_bit_exactly():
     # x4 on the super weight itself barely moves it: the norm caps the branch at sqrt(H) x scale
     assert abs(res.bos_value(C, 1, 1)) < 1.1 * abs(res.bos_value(C, 1))
     assert abs(res.bos_value(C, 1)) < math.sqrt(HIDDEN) * 300 + abs(res.bos_value(C, 0)) + 10
-    no_norms = perturb(model, corpus, massive, PerturbConfig(batch_size=2, norms=False), progress=False)
+    no_norms = superweight_test(model, corpus, massive, PerturbConfig(batch_size=2, norms=False), progress=False)
     assert [e.target for e in no_norms.edits] == ["weight"] * 4
 
 
@@ -312,7 +312,7 @@ def test_scores_give_each_candidate_its_rank_in_its_tensor():
     s = torch.zeros(HIDDEN, 48)
     s[C, J0] = 0.5
     s[0, :3] = 1.0  # three entries score higher
-    res = perturb(model, corpus, massive, PerturbConfig(batch_size=2, tokens_per_language=8), scores={DOWN: s},
+    res = superweight_test(model, corpus, massive, PerturbConfig(batch_size=2, tokens_per_language=8), scores={DOWN: s},
                   progress=False)
     sw = res.candidates[0]
     assert sw.score == 0.5 and sw.score_rank == 3 / (HIDDEN * 48) and sw.norm_score is None
@@ -337,8 +337,8 @@ def test_perturb_refuses_bad_inputs():
     for kw, words in cases:
         args = {"massive": massive, "config": PerturbConfig(), **kw}
         with pytest.raises(LapeError) as e:
-            perturb(model, corpus, args.pop("massive"), args.pop("config"), progress=False, **args)
+            superweight_test(model, corpus, args.pop("massive"), args.pop("config"), progress=False, **args)
         _one_line_error(e, words)
     with pytest.raises(LapeError) as e:
-        perturb(model, {"aa": []}, massive, progress=False)
+        superweight_test(model, {"aa": []}, massive, progress=False)
     _one_line_error(e, "'aa'")

@@ -15,7 +15,13 @@ from tiny_models import Interrupted, Seq, interrupt_after, random_sequences, tin
 from lape.errors import LapeError
 from lape.masks import ParamRegions
 from lape.models import fingerprint
-from lape.regions import ImportanceConfig, ParamImportance, RegionConfig, importance, select_regions
+from lape.regions import (
+    ImportanceConfig,
+    ParamImportance,
+    RegionConfig,
+    param_importance,
+    select_regions,
+)
 from lape.regions.select import extreme_mask, random_mask
 from lape.space import ParamSpace
 
@@ -81,7 +87,7 @@ def test_importance_is_theta_times_the_summed_gradient_and_leaves_the_model_alon
     # "aa": 3 batches of 2, 2, 1 sequences, the last sequence padded; "bb": 2 full batches
     corpus = {"aa": _seqs(5, 7, seed=1, real_last=4), "bb": _seqs(4, 7, seed=2)}
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    imp = importance(model, corpus, ImportanceConfig(batch_size=2, chunk_size=5), progress=False)
+    imp = param_importance(model, corpus, ImportanceConfig(batch_size=2, chunk_size=5), progress=False)
 
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # bit-identical
     assert not any(p.requires_grad for p in model.parameters())  # flags restored
@@ -116,7 +122,7 @@ def test_other_families_match_their_own_loss(family):
     if family == "gemma3":  # norm weights are 0 at init: (1 + w) * G and w * G would differ by all of G
         _randomise_norms(model, low=0.5, high=1.5)
     seqs = _seqs(3, 6, seed=17, real_last=4)
-    imp = importance(model, {"aa": seqs}, ImportanceConfig(batch_size=2, chunk_size=4), progress=False)
+    imp = param_importance(model, {"aa": seqs}, ImportanceConfig(batch_size=2, chunk_size=4), progress=False)
     want = _expected(model, seqs, batch_size=2)
     assert list(imp.scores) == list(want)
     for name, w in want.items():
@@ -178,7 +184,7 @@ def test_norm_importance_is_the_first_order_effect_of_the_removal_applied(family
         for name, i in near:
             params[name][i] = offset + 0.05
     seqs = _seqs(4, 12, seed=5)
-    imp = importance(model, {"aa": seqs}, ImportanceConfig(batch_size=4), progress=False)
+    imp = param_importance(model, {"aa": seqs}, ImportanceConfig(batch_size=4), progress=False)
     assert {imp.meta["params"][n]["norm_scale"] for n, _ in entries} == {"1 + w" if family == "gemma3" else "w"}
     before = _nll64(model, seqs)
     for name, i in entries:
@@ -213,9 +219,9 @@ def test_norm_importance_is_the_first_order_effect_of_the_removal_applied(family
 def test_bfloat16_model_gives_float32_scores_close_to_float32():
     corpus = {"aa": _seqs(4, 8, seed=3), "bb": _seqs(4, 8, seed=4)}
     cfg = ImportanceConfig(batch_size=2)
-    ref = importance(_frozen_model(), corpus, cfg, progress=False)
+    ref = param_importance(_frozen_model(), corpus, cfg, progress=False)
     model = _frozen_model().to(torch.bfloat16)
-    imp = importance(model, corpus, cfg, progress=False)
+    imp = param_importance(model, corpus, cfg, progress=False)
     assert all(s.dtype == torch.float32 for s in imp.scores.values())
     assert imp.meta["model_dtype"] == "bfloat16"
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
@@ -227,31 +233,31 @@ def test_params_and_norms_choose_the_scored_tensors():
     model = _frozen_model()
     corpus = {"aa": _seqs(2, 5, seed=5)}
     space = ParamSpace.of(model)
-    no_norms = importance(model, corpus, ImportanceConfig(norms=False), progress=False)
+    no_norms = param_importance(model, corpus, ImportanceConfig(norms=False), progress=False)
     assert list(no_norms.scores) == space.names(norms=False) and len(space.names(norms=False)) < len(space.names())
     some = ["model.layers.1.mlp.up_proj.weight", "model.layers.1.input_layernorm.weight"]
-    picked = importance(model, corpus, params=some, progress=False)
+    picked = param_importance(model, corpus, params=some, progress=False)
     assert list(picked.scores) == some
-    full = importance(model, corpus, progress=False)
+    full = param_importance(model, corpus, progress=False)
     assert all(torch.equal(picked.scores[n], full.scores[n]) for n in some)
     with pytest.raises(LapeError, match="not a decoder-block parameter"):
-        importance(model, corpus, params=["lm_head.weight"], progress=False)
+        param_importance(model, corpus, params=["lm_head.weight"], progress=False)
 
 
 def test_resume_after_interruption_gives_identical_scores_and_the_cache_skips(tmp_path):
     model = _frozen_model()
     corpus = {"aa": _seqs(4, 6, seed=6, real_last=3), "bb": _seqs(3, 6, seed=7)}
     cfg = ImportanceConfig(batch_size=1, checkpoint_every=1)
-    reference = importance(model, corpus, cfg, progress=False)
+    reference = param_importance(model, corpus, cfg, progress=False)
     with pytest.raises(Interrupted), interrupt_after(model.base_model, 5):  # all of "aa", one of "bb"
-        importance(model, corpus, cfg, out=tmp_path, progress=False)
+        param_importance(model, corpus, cfg, out=tmp_path, progress=False)
     assert not (tmp_path / "importance.json").exists()
     assert not any(p.requires_grad for p in model.parameters())  # restored after the failure too
 
     calls, handle = _count_calls(model.base_model)
     try:
-        resumed = importance(model, corpus, cfg, out=tmp_path, progress=False)
-        again = importance(model, corpus, cfg, out=tmp_path, progress=False)
+        resumed = param_importance(model, corpus, cfg, out=tmp_path, progress=False)
+        again = param_importance(model, corpus, cfg, out=tmp_path, progress=False)
     finally:
         handle.remove()
     assert len(calls) == 2  # only the two missing batches ran; the third call ran nothing
@@ -261,7 +267,7 @@ def test_resume_after_interruption_gives_identical_scores_and_the_cache_skips(tm
     assert resumed.meta["resumed_languages"] == 2
 
     # other text for "aa" under the same settings: recomputed, "bb" unchanged
-    changed = importance(model, {"aa": _seqs(4, 6, seed=8), "bb": corpus["bb"]}, cfg, out=tmp_path, progress=False)
+    changed = param_importance(model, {"aa": _seqs(4, 6, seed=8), "bb": corpus["bb"]}, cfg, out=tmp_path, progress=False)
     assert not changed.from_cache
     name = "model.layers.0.mlp.down_proj.weight"
     assert not torch.equal(changed.scores[name][0], reference.scores[name][0])
@@ -270,21 +276,21 @@ def test_resume_after_interruption_gives_identical_scores_and_the_cache_skips(tm
 
 def test_the_scored_edit_is_in_the_cache_key(tmp_path, monkeypatch):
     """An importance from before (1 + w) * G (estimate version 1) is not reused."""
-    mod = sys.modules["lape.regions.importance"]  # the package's `importance` is the function
+    import lape.regions.importance as mod  # the submodule, not a function of the same name
     model = _frozen_model("gemma3")
     corpus = {"aa": _seqs(2, 5, seed=9)}
     monkeypatch.setattr(mod, "ESTIMATE_VERSION", 1)
-    old = importance(model, corpus, out=tmp_path, progress=False)
+    old = param_importance(model, corpus, out=tmp_path, progress=False)
     monkeypatch.setattr(mod, "ESTIMATE_VERSION", 2)
-    new = importance(model, corpus, out=tmp_path, progress=False)
+    new = param_importance(model, corpus, out=tmp_path, progress=False)
     assert not new.from_cache and new.meta["cache_key"] != old.meta["cache_key"]
     assert new.meta["inputs"]["estimate_version"] == 2
-    assert importance(model, corpus, out=tmp_path, progress=False).from_cache
+    assert param_importance(model, corpus, out=tmp_path, progress=False).from_cache
 
 
 def test_save_load_roundtrip_and_a_mismatched_model_is_refused(tmp_path):
     model = _frozen_model()
-    imp = importance(model, {"aa": _seqs(2, 5, seed=9), "bb": _seqs(2, 5, seed=10)}, progress=False)
+    imp = param_importance(model, {"aa": _seqs(2, 5, seed=9), "bb": _seqs(2, 5, seed=10)}, progress=False)
     imp.save(tmp_path / "imp")
     back = ParamImportance.load(tmp_path / "imp", model=model)
     assert back.languages == ["aa", "bb"] and list(back.scores) == list(imp.scores)
@@ -303,11 +309,11 @@ def test_bad_inputs_give_one_line_errors():
     model = _frozen_model()
     corpus = {"aa": _seqs(2, 5, seed=11), "bb": _seqs(2, 5, seed=12)}
     cases = [
-        (lambda: importance(model, corpus, ImportanceConfig(languages=("aa", "xx")), progress=False),
+        (lambda: param_importance(model, corpus, ImportanceConfig(languages=("aa", "xx")), progress=False),
          "'xx' is not in the corpus"),
-        (lambda: importance(model, {}, progress=False), "no languages"),
-        (lambda: importance(model, {"aa": corpus["aa"], "bb": []}, progress=False), "'bb' has no text"),
-        (lambda: importance(model, {"aa": [Seq(torch.tensor([5]), torch.ones(1, dtype=torch.long))]},
+        (lambda: param_importance(model, {}, progress=False), "no languages"),
+        (lambda: param_importance(model, {"aa": corpus["aa"], "bb": []}, progress=False), "'bb' has no text"),
+        (lambda: param_importance(model, {"aa": [Seq(torch.tensor([5]), torch.ones(1, dtype=torch.long))]},
                             progress=False), "no token to predict"),
         (lambda: RegionConfig(top_rate=0.0), "greater than 0"),
         (lambda: RegionConfig(top_rate=0.6), "at most 0.5"),
@@ -319,7 +325,7 @@ def test_bad_inputs_give_one_line_errors():
             call()
         assert text in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(LapeError, match="inference_mode"), torch.inference_mode():
-        importance(model, corpus, progress=False)
+        param_importance(model, corpus, progress=False)
     bad = _hand_made()
     bad.scores[DOWN][1, 0, 0] = float("nan")
     with pytest.raises(LapeError, match="NaN"):
@@ -412,7 +418,7 @@ def test_extreme_mask_equals_the_first_k_of_a_stable_sort():
 
 def test_regions_from_a_model_save_load_and_cache(tmp_path):
     model = _frozen_model()
-    imp = importance(model, {"aa": _seqs(2, 6, seed=13), "bb": _seqs(2, 6, seed=14)}, progress=False)
+    imp = param_importance(model, {"aa": _seqs(2, 6, seed=13), "bb": _seqs(2, 6, seed=14)}, progress=False)
     regions = select_regions(imp, out=tmp_path / "regions")
     assert not regions.from_cache and select_regions(imp, out=tmp_path / "regions").from_cache
     assert not select_regions(imp, RegionConfig(seed=3), out=tmp_path / "regions").from_cache
@@ -436,10 +442,10 @@ import sys
 import torch
 sys.path.insert(0, {tests!r})
 from test_regions import _dist_corpus, _frozen_model
-from lape.regions import ImportanceConfig, importance
+from lape.regions import ImportanceConfig, param_importance
 from lape.cli.common import finish_distributed
 torch.distributed.init_process_group("gloo")
-importance(_frozen_model(), _dist_corpus(), ImportanceConfig(batch_size=2), out=sys.argv[1], progress=False)
+param_importance(_frozen_model(), _dist_corpus(), ImportanceConfig(batch_size=2), out=sys.argv[1], progress=False)
 finish_distributed()  # barrier, leave the group, exit before gloo's threads can abort
 """
 
@@ -460,7 +466,7 @@ def test_two_gloo_ranks_give_the_scores_of_one_process(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = ParamImportance.load(tmp_path / "two")
-    one = importance(_frozen_model(), _dist_corpus(), ImportanceConfig(batch_size=2), progress=False)
+    one = param_importance(_frozen_model(), _dist_corpus(), ImportanceConfig(batch_size=2), progress=False)
     assert two.meta["world_size"] == 2 and two.meta["cache_key"] == one.meta["cache_key"]
     assert two.meta["batches"] == one.meta["batches"] == {"aa": 4, "bb": 2}
     assert two.meta["token_counts"] == one.meta["token_counts"]

@@ -55,3 +55,21 @@ def fresh_kinds(folders: list[Path]) -> list[str]:
     proc = fresh(code, *map(str, folders))
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.strip().splitlines()
+
+
+def test_the_method_packages_submodules_are_modules():
+    """``import lape.regions.importance as m`` gave the function the package re-exported under the
+    submodule's name; no package re-exports a name that is also one of its submodules."""
+    import importlib
+    import pkgutil
+    import types
+
+    import lape
+
+    for info in pkgutil.walk_packages(lape.__path__, "lape."):
+        if not info.ispkg:
+            continue
+        pkg = importlib.import_module(info.name)
+        for sub in pkgutil.iter_modules(pkg.__path__):
+            importlib.import_module(f"{info.name}.{sub.name}")
+            assert isinstance(getattr(pkg, sub.name), types.ModuleType), f"{info.name}.{sub.name} is shadowed"

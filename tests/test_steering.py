@@ -114,6 +114,19 @@ def test_batched_prompts_with_left_padding_equal_single_prompts(steerer):
     assert [g.tokens for g in batch] == [g.tokens for g in single]
 
 
+def test_a_tokenizer_without_a_pad_token_is_left_without_one(steerer):
+    """Generation pads with EOS for its own call; the caller's tokenizer kept the borrowed pad
+    token afterwards (its later batches padded with EOS, and its pad id changed)."""
+    tok = char_tokenizer()
+    tok.pad_token = None
+    s = Steerer(steerer.model, tok, steerer.sets, steerer.stats, steerer.config)
+    prompts = ["Hi", "The weather today"]
+    batch = s.generate(prompts, target="b", source="a")
+    assert tok.pad_token is None and tok.pad_token_id is None and tok.padding_side == "right"
+    single = [s.generate([p], target="b", source="a")[0] for p in prompts]
+    assert [g.tokens for g in batch] == [g.tokens for g in single]
+
+
 def test_one_batch_with_mixed_targets_equals_one_target_at_a_time(steerer):
     prompts = ["Hi", "The weather today", "Hi", "The weather today", "Hi"]
     targets = ["b", "b", None, "a", "a"]

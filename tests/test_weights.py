@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import random_ids, tiny_model
+from tiny_models import Seq, random_ids, tiny_model
 
 from lape.errors import LapeError
 from lape.masks import ParamRegions
@@ -214,3 +214,28 @@ def test_bad_input_gets_lape_error_and_changes_nothing():
         freeze(model, {name: good.int()})
     with pytest.raises(LapeError, match="no parameter"):
         removal_value(model, "model.norm.bias")
+
+
+def test_an_edited_model_never_shares_a_cache_key_with_the_unedited_one(tmp_path):
+    """A stage run inside ``edit_weights`` with ``out=`` was served the unedited model's cached
+    result: the fingerprint sampled 48 values, none of them in the edited entry. Catches a
+    fingerprint that misses an edit far from its samples, or one that stays changed after restore."""
+    from lape.activations import RecordConfig, record
+    from lape.models import fingerprint, same_model
+
+    model = tiny_model("llama")
+    corpus = {"aa": [Seq(ids, torch.ones(16, dtype=torch.long)) for ids in random_ids(4, 16, seed=1)]}
+    config = RecordConfig(seq_len=16)
+    plain = record(model, corpus, config, out=tmp_path / "stats", progress=False)
+    before = fingerprint(model)
+    name = "model.layers.1.mlp.down_proj.weight"
+    mask = {name: torch.zeros_like(dict(model.named_parameters())[name], dtype=torch.bool)}
+    mask[name][5, 7] = True  # one entry, in no sampled tensor
+    with edit_weights(model, mask, op="scale", value=4.0):
+        edited = fingerprint(model)
+        assert edited["content"] != before["content"] and same_model(edited, before)  # still its neurons' model
+        again = record(model, corpus, config, out=tmp_path / "stats", progress=False)
+        assert not again.from_cache and again.meta["cache_key"] != plain.meta["cache_key"]
+    assert fingerprint(model) == before  # restored bit-exactly: the unedited key again
+    assert record(model, corpus, config, out=tmp_path / "stats-2", progress=False).meta["cache_key"] == \
+        plain.meta["cache_key"]

@@ -40,12 +40,12 @@ def _eval_languages(args: argparse.Namespace, manifest, regions_languages: list[
 
 
 def cmd_importance(args: argparse.Namespace) -> int:
-    from ..regions import ImportanceConfig, importance
+    from ..regions import ImportanceConfig, param_importance
 
     config = config_from_args(ImportanceConfig, args)
     out = common.out_folder(args.out)
     model, _, streams = common.corpus_pass(args, config)
-    imp = importance(model, streams, config, out=out, progress=not args.quiet)
+    imp = param_importance(model, streams, config, out=out, progress=not args.quiet)
     logger.info("importance of %d tensors over %s (%s predicted tokens) -> %s", len(imp.scores),
                 ", ".join(imp.languages), f"{sum(imp.meta['token_counts'].values()):,}", args.out)
     common.finish_distributed()
@@ -142,7 +142,7 @@ def cmd_dims(args: argparse.Namespace) -> int:
 def cmd_perturb(args: argparse.Namespace) -> int:
     from ..regions import ParamImportance
     from ..regions.dims import find_massive_dims
-    from ..regions.perturb import PerturbConfig, perturb, superweight_figure
+    from ..regions.perturb import PerturbConfig, superweight_figure, superweight_test
 
     config = config_from_args(PerturbConfig, args)
     out = common.out_folder(args.out)
@@ -158,7 +158,7 @@ def cmd_perturb(args: argparse.Namespace) -> int:
     if not massive.dims:
         raise LapeError(f"no massive-activation dimension above {args.ratio:g}x its layer's median channel peak: lower --ratio "
                         f"({massive.summary_line()})")
-    result = perturb(model, streams, massive, config, scores=imp, ordinary_dim=args.ordinary_dim, out=out,
+    result = superweight_test(model, streams, massive, config, scores=imp, ordinary_dim=args.ordinary_dim, out=out,
                      progress=not args.quiet)
     _save_figure(result, out, "superweights", superweight_figure)
     logger.info("%s", result.verdict())

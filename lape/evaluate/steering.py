@@ -365,26 +365,29 @@ class Steerer:
 
     def _generate(self, prompts: list[str]) -> list[Generation]:
         tok = self.tokenizer
-        old_side = tok.padding_side
+        old_side, old_pad = tok.padding_side, tok.pad_token
         tok.padding_side = "left"
-        if tok.pad_token_id is None:
+        if tok.pad_token_id is None:  # pad with EOS for this call only; the caller's tokenizer is left as it was
             tok.pad_token = tok.eos_token
+        pad_id = tok.pad_token_id
         try:
             enc = tok(prompts, return_tensors="pt", padding=True)
         finally:
             tok.padding_side = old_side
+            if old_pad is None:
+                tok.pad_token = None
         device = input_device(self.model)
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=enc.input_ids.to(device), attention_mask=enc.attention_mask.to(device),
                 max_new_tokens=self.config.max_new_tokens, do_sample=False,
-                repetition_penalty=self.config.repetition_penalty, pad_token_id=tok.pad_token_id,
+                repetition_penalty=self.config.repetition_penalty, pad_token_id=pad_id,
                 **({"no_repeat_ngram_size": self.config.no_repeat_ngram_size}
                    if self.config.no_repeat_ngram_size else {}))
         new = out[:, enc.input_ids.shape[1]:].tolist()
         gens = []
         for ids in new:
-            ids = [t for t in ids if t != tok.pad_token_id]
+            ids = [t for t in ids if t != pad_id]
             if tok.eos_token_id in ids:
                 ids = ids[:ids.index(tok.eos_token_id)]
             text = tok.decode(ids, skip_special_tokens=True)

@@ -111,9 +111,14 @@ def method_comparison(model: Any, tok: Any, lape_sets: Any, key_sets: Any, regio
                 counts[fam] = rows.counts_per_layer()
                 ppl[fam] = step(f"compare-ppl-{slug}", lambda rows=rows, slug=slug: ppl_matrix(
                     model, text, rows, pcfg, out=out.parent / f"{out.name}-ppl-{slug}", progress=progress))
-    comparison = compare_methods(families, languages, ppl, meta=artifacts.model_sidecar(
-        "method_comparison", model, languages=languages, config=config.to_dict(),
-        inputs={f: s.identity() for f, s in families.items()}, region_min_share=config.region_min_share,
-        random_draws=draws if ppl else 0, ppl_text=text_info), counts=counts)
-    comparison.save(out)
-    return comparison
+    from .compare import MethodComparison
+
+    inputs = {"families": {f: s.identity() for f, s in families.items()},
+              "ppl": {f: r.identity() for f, r in ppl.items()}, "ppl_text": text_info, "languages": languages}
+    key = artifacts.stage_key(MethodComparison.KIND, model_fingerprint=artifacts.fingerprint(model),
+                              config=config.to_dict(), inputs=inputs)
+    return artifacts.run_stage(MethodComparison, out, key, lambda: compare_methods(
+        families, languages, ppl, meta=artifacts.model_sidecar(
+            "method_comparison", model, languages=languages, config=config.to_dict(),
+            inputs={f: s.identity() for f, s in families.items()}, region_min_share=config.region_min_share,
+            random_draws=draws if ppl else 0, ppl_text=text_info), counts=counts))

@@ -1,6 +1,6 @@
 """Linguistic regions (Zhang et al., ACL 2024): parameter importance, regions, and what they do.
 
-* :mod:`.importance`: ``importance(model, corpus) -> ParamImportance``, the signed per-language
+* :mod:`.importance`: ``param_importance(model, corpus) -> ParamImportance``, the signed per-language
   ``(theta - r) * sum_b grad loss_b`` of every decoder-block parameter, ``r`` the value removal
   writes (0; -1 for ``x * (1 + w)`` norm weights) (step 1);
 * :mod:`.select`: ``select_regions(imp) -> ParamRegions``, per-tensor core / bottom / random and
@@ -23,8 +23,8 @@ Importing this package registers the ``importance`` artifact kind, so that
 :func:`lape.artifacts.load` can read it (the other kinds load their module on demand).
 
 Example:
-    >>> from lape.regions import ImportanceConfig, RegionConfig, importance, select_regions, ablate_regions
-    >>> imp = importance(model, corpus, ImportanceConfig(), out="runs/demo/importance")
+    >>> from lape.regions import ImportanceConfig, RegionConfig, param_importance, select_regions, ablate_regions
+    >>> imp = param_importance(model, corpus, ImportanceConfig(), out="runs/demo/importance")
     >>> regions = select_regions(imp, RegionConfig(top_rate=0.01), out="runs/demo/regions")
     >>> ablate_regions(model, valid, regions, rows=["core", "random", "bottom"]).summary_line()
 """
@@ -32,8 +32,8 @@ Example:
 from .ablate import AblateConfig, RegionPerplexity, ablate_regions
 from .bridge import overlap_result, region_overlap
 from .dims import DimsConfig, dimension_dependence, find_massive_dims, residual_axes, without_dims
-from .importance import ImportanceConfig, ParamImportance, importance
-from .perturb import PerturbConfig, perturb
+from .importance import ImportanceConfig, ParamImportance, param_importance
+from .perturb import PerturbConfig, superweight_test
 from .select import RegionConfig, select_regions
 from .stability import (
     RegionStability,
@@ -46,6 +46,6 @@ from .train import TrainConfig, continued_pretraining
 
 __all__ = ["AblateConfig", "DimsConfig", "ImportanceConfig", "ParamImportance", "PerturbConfig", "RegionConfig",
            "RegionPerplexity", "RegionStability", "TrainConfig", "ablate_regions", "chance_jaccard",
-           "continued_pretraining", "dimension_dependence", "find_massive_dims", "importance", "load_halves",
-           "overlap_result", "perturb", "region_agreement", "region_overlap", "residual_axes", "select_regions",
-           "split_half_stability", "without_dims"]
+           "continued_pretraining", "dimension_dependence", "find_massive_dims", "load_halves",
+           "overlap_result", "param_importance", "region_agreement", "region_overlap", "residual_axes", "select_regions",
+           "split_half_stability", "superweight_test", "without_dims"]

@@ -290,7 +290,7 @@ def _param_names(model: nn.Module, params: ParamSpace | Sequence[str] | None, no
     return space, [n for n in names if norms or not space.info(n).is_norm]
 
 
-def importance(
+def param_importance(
     model: nn.Module,
     corpus: Mapping[str, Iterable[Any]],
     config: ImportanceConfig = ImportanceConfig(),
@@ -322,7 +322,7 @@ def importance(
 
     Example:
         >>> corpus = lape.load_corpus("builtin", tok, languages=["en", "fr"], tokens_per_language=8192)
-        >>> imp = importance(model, corpus, ImportanceConfig(), out="runs/demo/importance")
+        >>> imp = param_importance(model, corpus, ImportanceConfig(), out="runs/demo/importance")
     """
     if not corpus:
         raise LapeError("no languages to score: give the corpus at least one language")

@@ -775,7 +775,7 @@ def _score_of(scores: Any, name: str, index: Sequence[int], required: bool) -> t
     return float(value), float((tensor > value).sum()) / tensor.numel()
 
 
-def perturb(
+def superweight_test(
     model: nn.Module,
     corpus: Mapping[str, Iterable[Any]],
     massive: MassiveDims,
@@ -813,7 +813,7 @@ def perturb(
 
     Example:
         >>> massive = find_massive_dims(model, valid)
-        >>> res = perturb(model, valid, massive, PerturbConfig(tokens_per_language=256))
+        >>> res = superweight_test(model, valid, massive, PerturbConfig(tokens_per_language=256))
         >>> print(res.verdict())
     """
     space = ParamSpace.of(model)

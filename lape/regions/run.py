@@ -79,8 +79,8 @@ def run_regions(model: Any, tok: Any, manifest: Any, run: str | Path, config: Re
     from .ablate import AblateConfig, ablate_regions
     from .bridge import overlap_result
     from .dims import DimsConfig, dimension_dependence, residual_axes, without_dims
-    from .importance import ImportanceConfig, importance
-    from .perturb import PerturbConfig, perturb
+    from .importance import ImportanceConfig, param_importance
+    from .perturb import PerturbConfig, superweight_test
     from .select import RegionConfig, select_regions
     from .train import TrainConfig, continued_pretraining
 
@@ -100,7 +100,7 @@ def run_regions(model: Any, tok: Any, manifest: Any, run: str | Path, config: Re
                             batch_size=config.batch_size, seed=config.seed, languages=tuple(languages))
     train = load_corpus(manifest, tok, split="train", tokens_per_language=icfg.tokens_per_language,
                         seq_len=icfg.seq_len, seed=icfg.seed, languages=languages)
-    imp = out["importance"] = step("importance", lambda: importance(model, train, icfg, out=run / "importance",
+    imp = out["importance"] = step("importance", lambda: param_importance(model, train, icfg, out=run / "importance",
                                                                     progress=progress))
     regions = out["regions"] = step("regions", lambda: select_regions(
         imp, RegionConfig(top_rate=config.top_rate, seed=config.seed), out=run / "regions"))
@@ -121,7 +121,7 @@ def run_regions(model: Any, tok: Any, manifest: Any, run: str | Path, config: Re
     if massive.dims:
         pcfg = PerturbConfig(factor=config.perturb_factor, tokens_per_language=config.eval_tokens_per_language,
                              seq_len=config.seq_len, seed=config.seed)
-        out["region-perturb"] = step("region-perturb", lambda: perturb(
+        out["region-perturb"] = step("region-perturb", lambda: superweight_test(
             model, valid, massive, pcfg, scores=imp, out=run / "region-perturb", progress=progress))
     if config.train_steps > 0:
         tcfg = TrainConfig(train_language=train_language, steps=config.train_steps, seq_len=config.seq_len,

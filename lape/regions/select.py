@@ -113,7 +113,7 @@ def select_regions(imp: ParamImportance, config: RegionConfig = RegionConfig(), 
     """Core, bottom, random and monolingual regions of every tensor of an importance.
 
     Args:
-        imp: per-language signed importance (:func:`lape.regions.importance`, or built by hand).
+        imp: per-language signed importance (:func:`lape.regions.param_importance`, or built by hand).
         config: region size, seed, norms, languages.
         out: a folder to write ``regions`` into; a complete artifact made from the same
             importance and settings is returned without recomputation.

@@ -2,7 +2,7 @@
 of the model, or of the particular text their importance was accumulated on?
 
 Each language's text is split into two disjoint halves (documents ``0, 2, 4, ...`` and
-``1, 3, 5, ...``: :func:`load_halves`); importance (:func:`lape.regions.importance`) and regions
+``1, 3, 5, ...``: :func:`load_halves`); importance (:func:`lape.regions.param_importance`) and regions
 (:func:`lape.regions.select_regions`) are computed on each half with the same settings, and the
 two halves' regions are compared label by label with the Jaccard similarity
 
@@ -48,7 +48,7 @@ from ..activations import corpus_key
 from ..errors import LapeError
 from ..intervals import overlap_law
 from ..masks import ParamRegions
-from .importance import ImportanceConfig, ParamImportance, importance
+from .importance import ImportanceConfig, ParamImportance, param_importance
 from .select import RegionConfig, select_regions
 
 logger = logging.getLogger(__name__)
@@ -264,7 +264,7 @@ def split_half_stability(
     regions: list[ParamRegions] = []
     for i, half in enumerate(halves, start=1):
         sub = folder / f"half-{i}" if folder is not None else None
-        imp = importance(model, half, importance_config, out=sub / "importance" if sub else None, progress=progress)
+        imp = param_importance(model, half, importance_config, out=sub / "importance" if sub else None, progress=progress)
         imps.append(imp)
         regions.append(select_regions(imp, region_config, out=sub / "regions" if sub else None))
     a, b = regions
