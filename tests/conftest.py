@@ -6,7 +6,32 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# under pytest-xdist (the README's `-n 2`) each worker gets one core: one torch thread per worker
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the subprocesses the tests start too
+torch.set_num_threads(1 if WORKER else min(2, os.cpu_count() or 1))
+
+
+SPREAD = {"test_benchmarks.py"}  # independent subprocess runs: spread over the workers one by one
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``--dist loadgroup`` each test file runs on one worker (its module fixtures are built
+    once; the notebooks run in order), except the files in ``SPREAD``, whose tests go to whichever
+    worker is free."""
+    for item in items:
+        if item.path.name not in SPREAD:
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
+
+
+def pytest_configure(config):
+    """With several workers, build the built-in model's cache (de-quantised once, about a minute)
+    before they start, so that they do not build it side by side and swap it under each other."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        from lape.models import load_model
+
+        load_model("builtin")
 
 
 @pytest.fixture(scope="session")

@@ -427,6 +427,32 @@ def test_calibration_reuses_scored_candidates_and_refines_weak_targets(steerer, 
     assert len(generated) == len(new_rules)
 
 
+def test_an_interrupted_calibration_resumes_from_the_candidates_it_had_scored(steerer, reference, tmp_path,
+                                                                              monkeypatch):
+    """Ctrl-C after the third candidate: the re-run generates only the candidates not yet scored
+    and ends with the profile of an uninterrupted search (it once started again from nothing)."""
+    prompts = ["Hi there", "The weather"]
+    config = CalibrateConfig(modes=("replace", "add"), strengths=(0.5, 2.0), layer_windows=("upper",))
+    whole = calibrate(steerer, prompts, ["b"], reference, source="a", config=config, progress=False)
+    original, calls = Steerer.evaluate, []
+
+    def stop_after_three(self, *args, **kwargs):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Steerer, "evaluate", stop_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        calibrate(steerer, prompts, ["b"], reference, source="a", config=config, progress=False, out=tmp_path)
+    monkeypatch.setattr(Steerer, "evaluate", original)
+    generated = _count_evaluations(monkeypatch)
+    resumed = calibrate(steerer, prompts, ["b"], reference, source="a", config=config, progress=False, out=tmp_path)
+    assert len(generated) == len(whole.candidates) - 3
+    assert resumed.candidates == whole.candidates and resumed.rules == whole.rules
+    assert [p.name for p in tmp_path.iterdir() if "scored" in p.name] == []  # the checkpoint is gone
+
+
 def test_describe_edits_names_the_neurons_per_layer():
     from lape.evaluate.steering import describe_edits
 

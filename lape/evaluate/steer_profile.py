@@ -28,6 +28,7 @@ neuron sets. Choose on ``builtin:dev`` and report on ``builtin:test``.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from torch import nn
 from .. import artifacts
 from ..config import StageConfig, option
 from ..errors import LapeError
+from ..files import atomic_write_text
 from ..langid import labels_of_language, langid_version, script_rule
 from ..masks import NeuronSets
 from ..models import fingerprint
@@ -101,17 +103,38 @@ def _scored(out: str | Path | None, scores_key: str) -> dict[tuple[str, Steering
     """The candidates a profile in ``out`` scored on the same inputs (``scores_key``) and the same
     success rule for their target (:func:`_scoring`), by (target, rule): a new search reuses them
     instead of generating again."""
-    if out is None or not artifacts.exists(out, SteeringProfile.KIND):
+    if out is None:
         return {}
-    try:
-        old = SteeringProfile.load(out)
-    except LapeError:
-        return {}
-    if old.meta.get("scores_key") != scores_key:
-        return {}
+    candidates: list[dict[str, Any]] = []
+    if artifacts.exists(out, SteeringProfile.KIND):
+        try:
+            old = SteeringProfile.load(out)
+            if old.meta.get("scores_key") == scores_key:
+                candidates += old.candidates
+        except LapeError:
+            pass
+    partial = _partial_path(out)
+    if partial.is_file():  # an interrupted search: the candidates it had scored
+        try:
+            saved = json.loads(partial.read_text(encoding="utf-8"))
+            if saved.get("scores_key") == scores_key:
+                candidates += saved["candidates"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
     fields = [f for f in SteeringRule.__dataclass_fields__]
-    return {(c["target"], SteeringRule.from_dict({f: c[f] for f in fields})): c for c in old.candidates
+    return {(c["target"], SteeringRule.from_dict({f: c[f] for f in fields})): c for c in candidates
             if all(c.get(k) == v for k, v in _scoring(c["target"]).items())}
+
+
+def _partial_path(out: str | Path) -> Path:
+    return Path(out) / f".{SteeringProfile.KIND}.scored.json"
+
+
+def _checkpoint(out: str | Path | None, scores_key: str, known: dict[Any, dict[str, Any]]) -> None:
+    """Keep every candidate scored so far (atomically), so that an interrupted search resumes."""
+    if out is not None:
+        atomic_write_text(_partial_path(out), json.dumps({"scores_key": scores_key,
+                                                          "candidates": list(known.values())}))
 
 
 def find_profile(neurons: str | Path) -> SteeringProfile | None:
@@ -214,6 +237,8 @@ def calibrate(steerer: Steerer, prompts: Sequence[str], targets: Iterable[str], 
                     first.setdefault(t, []).append((score, rule))
                 if t not in best or score > best[t][0]:
                     best[t] = (score, rule)
+            if todo:
+                _checkpoint(out, scores_key, known)
             logger.info("[calibrate] %s: mean fluent success %.0f%% (%d of %d targets generated)", stage,
                         100 * sum(known[(t, r)]["fluent_success"] for t, r in rules.items()) / len(rules),
                         len(todo), len(rules))
@@ -253,4 +278,7 @@ def calibrate(steerer: Steerer, prompts: Sequence[str], targets: Iterable[str], 
                                                    for t in targets})
         return SteeringProfile(rules, candidates, meta)
 
-    return artifacts.run_stage(SteeringProfile, out, key, compute, model=steerer.model)
+    profile = artifacts.run_stage(SteeringProfile, out, key, compute, model=steerer.model)
+    if out is not None:  # the profile holds every scored candidate now
+        _partial_path(out).unlink(missing_ok=True)
+    return profile
