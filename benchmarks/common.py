@@ -48,16 +48,6 @@ def sequences(data: list[tuple[torch.Tensor, torch.Tensor]]) -> list[Seq]:
     return [Seq(i, m) for ids, mask in data for i, m in zip(ids, mask)]
 
 
-def best_of(fn: Callable[[], object], repeats: int) -> float:
-    """Smallest wall time of ``repeats`` calls (seconds)."""
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Best wall time of each function, calls interleaved (a, b, a, b, ...)."""
     best = {k: float("inf") for k in fns}

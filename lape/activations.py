@@ -26,22 +26,21 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from . import artifacts
 from .config import StageConfig, option
+from .corpora.identity import MAX_SEQ_LEN, corpus_config, counted_positions
 from .errors import LapeError
 from .hooks import activation_hooks
-from .models import check_positions, input_device
+from .models import input_device
 from .runningstats import RunningSums, dist_info, shard, stage_cache, tally
 from .space import NeuronSpace
 
 logger = logging.getLogger(__name__)
-C = TypeVar("C", bound=StageConfig)
-MAX_SEQ_LEN = 1 << 16  # longer sequences than any model here can attend over; refused early
 
 
 @dataclass(frozen=True)
@@ -191,56 +190,6 @@ class FiringCounts(RunningSums):
         # count act > 0 as a float sum of sign(max(act, 0)): 4x faster on CPU than summing a bool
         # tensor, and exact (a batch has far fewer than 2^24 rows)
         s["fire_counts"][layer] += pos.sign_().sum(dims, dtype=torch.float32).to(dev, torch.int64)
-
-
-def counted_positions(mask: torch.Tensor) -> torch.Tensor:
-    """``[B, T]`` mask of the positions whose activations count: real tokens but the first of
-    each sequence (the attention-sink position)."""
-    counted = mask.clone()
-    counted[:, 0] = 0
-    return counted
-
-
-def corpus_key(stream: Iterable[Any]) -> Any:
-    """The cache key of one language's sequences: the stream's own key (manifest, source
-    content, split, budget, seq_len, seed, tokenizer), or a digest of the sequences themselves."""
-    key = getattr(stream, "key", None)
-    if key is not None:
-        return key
-    from .corpora import batches
-
-    ids = [torch.cat([i.reshape(-1), m.reshape(-1)]) for i, m in batches(stream, 64)]
-    return artifacts.tensor_digest({"sequences": torch.cat(ids) if ids else torch.zeros(0, dtype=torch.long)})
-
-
-def check_corpus(corpus: Mapping[str, Iterable[Any]]) -> None:
-    """Refuse, before any model pass, a language whose stream yields no sequence (an empty or
-    fully filtered source), so that a bad language found late costs no finished work."""
-    for lang, stream in corpus.items():
-        if next(iter(stream), None) is None:
-            raise LapeError(f"language {lang!r} has no text to run: check its source in the manifest "
-                            "(or leave the language out)")
-
-
-def corpus_config(model: nn.Module, corpus: Mapping[str, Iterable[Any]], config: C) -> tuple[C, dict[str, Any]]:
-    """``config`` with its corpus fields (split, budget, seq_len, seed, languages) replaced by what
-    the streams actually hold, after checking the sequences fit the model and no language is
-    empty (the sidecar then describes what was computed, not what a default said), and the
-    stage inputs ``{"corpus": {language: corpus key}}`` for the cache key."""
-    described = describe_corpus(corpus)
-    config = config.replace(
-        languages=tuple(corpus), split=described.get("split", config.split),
-        tokens_per_language=described.get("budget", config.tokens_per_language),
-        seq_len=described.get("seq_len", config.seq_len), seed=described.get("seed", config.seed))
-    check_positions(model, config.seq_len)
-    check_corpus(corpus)
-    return config, {"corpus": {lang: corpus_key(stream) for lang, stream in corpus.items()}}
-
-
-def describe_corpus(corpus: Mapping[str, Iterable[Any]]) -> dict[str, Any]:
-    """What the sidecar says about the streams it was computed from (budget, seq_len, ...)."""
-    first = next(iter(corpus.values()))
-    return {k: getattr(first, k) for k in ("split", "budget", "seq_len", "seed") if hasattr(first, k)}
 
 
 def record(

@@ -44,7 +44,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 
 from .errors import LapeError
-from .files import _write_error, atomic_write_bytes, atomic_write_text, ensure_folder, read_json
+from .files import atomic_write_bytes, atomic_write_text, ensure_folder, read_json, write_error
 from .models import describe_fingerprint, dtype_note, fingerprint, same_model
 
 logger = logging.getLogger(__name__)
@@ -358,7 +358,7 @@ def _save(folder: Path, artifact: Artifact) -> Path:
         if not tensors:
             (folder / f"{kind}.safetensors").unlink(missing_ok=True)
     except OSError as exc:
-        raise _write_error(folder, exc) from None
+        raise write_error(folder, exc) from None
     finally:
         if not swapped:
             t_new.unlink(missing_ok=True)

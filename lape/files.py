@@ -22,7 +22,7 @@ from typing import Any
 from .errors import LapeError
 
 
-def _write_error(path: Path, exc: OSError) -> LapeError:
+def write_error(path: Path, exc: OSError) -> LapeError:
     reason = exc.strerror or type(exc).__name__
     return LapeError(f"cannot write {path} ({reason}): choose a writable output folder (--out) "
                      "with free space")
@@ -36,7 +36,7 @@ def ensure_folder(folder: str | Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _write_error(folder, exc) from None
+        raise write_error(folder, exc) from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise LapeError(f"output folder {folder} is not writable: choose another --out")
     return folder
@@ -58,7 +58,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except OSError as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        raise _write_error(path, exc) from None
+        raise write_error(path, exc) from None
     except BaseException:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)

@@ -9,7 +9,6 @@ tensor ``[labels, *weight.shape]`` per named weight tensor.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -148,6 +147,19 @@ class NeuronSets(LabelledMasks):
                             f"{layers} x {neurons}: the artifact was edited or damaged; re-run lape identify")
 
 
+MONO_PREFIX = "mono:"  # a monolingual region's label is MONO_PREFIX + its language
+
+
+def mono_label(language: str) -> str:
+    """The label of ``language``'s monolingual region (``"mono:fr"``)."""
+    return MONO_PREFIX + language
+
+
+def mono_language(label: str) -> str | None:
+    """The language of a monolingual region's label, ``None`` for any other label."""
+    return label[len(MONO_PREFIX):] if label.startswith(MONO_PREFIX) else None
+
+
 @dataclass
 class ParamRegions(LabelledMasks):
     """Labelled boolean masks over named weight tensors (linguistic regions, their controls).
@@ -220,15 +232,6 @@ class ParamRegions(LabelledMasks):
                 counts[:, layer] += per_row.reshape(len(self.labels), s.copies, -1).sum(1).cpu()
         return counts
 
-    def neuron_view(self, space: ParamSpace, label: str, min_share: float = 0.5) -> torch.Tensor:
-        """Bool ``[layers, neurons]``: neurons with at least ``min_share`` of their parameters in
-        region ``label``.
-
-        Example:
-            >>> regions.neuron_view(ParamSpace.of(model), "core", min_share=0.1).sum()
-        """
-        return self._neuron_select(space, min_share)[self._index(label)]
-
     def to_neuron_sets(self, space: ParamSpace, min_share: float = 0.5) -> NeuronSets:
         """The neuron view of every region as :class:`NeuronSets` (same labels), e.g. to compare
         regions with LAPE neurons or to silence them with :func:`lape.intervene.intervene`."""
@@ -269,9 +272,10 @@ def set_agreement(a: NeuronSets, b: NeuronSets) -> list[dict[str, Any]]:
     return rows
 
 
-def parse_neuron_list(text: str) -> list[Neuron]:
-    """Parse ``"3:17, 5:1024"`` or ``"(3,17) (5,1024)"`` into ``[(3, 17), (5, 1024)]``."""
-    pairs = re.findall(r"(\d+)\s*[:,]\s*(\d+)", text)
-    if not pairs:
-        raise LapeError(f"no neurons in {text!r}: write them as layer:index, e.g. '3:17,5:1024'")
-    return [(int(a), int(b)) for a, b in pairs]
+def parse_neuron(text: str) -> Neuron:
+    """``"17:803"`` -> ``(17, 803)``: the one way a neuron is written (``LAYER:INDEX``); anything
+    else is a one-line error."""
+    layer, sep, index = text.partition(":")
+    if not sep or not layer.strip().isdigit() or not index.strip().isdigit():
+        raise LapeError(f"a neuron is written LAYER:INDEX, e.g. 17:803; got {text!r}")
+    return int(layer), int(index)

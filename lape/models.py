@@ -39,7 +39,6 @@ from .files import atomic_folder, read_json
 logger = logging.getLogger(__name__)
 
 BUILTIN = "builtin"
-BUILTIN_MODEL_ID = "google/gemma-3-270m (Q4_K_M GGUF, de-quantised)"
 CACHE_MARKER = "lape_cache.json"  # written last into a finished model cache folder
 _CACHE_FORMAT = 1  # bump when the layout of a cached model folder changes
 

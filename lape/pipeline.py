@@ -47,6 +47,7 @@ class DemoConfig(StageConfig):
     regions_languages: tuple[str, ...] | None = None  # importance languages (None: the paper's six the corpus has)
     regions_tokens_per_language: int = option(384, gt=0)  # importance budget per language (paper: 10,000 x 512)
     regions_eval_tokens: int = option(128, gt=0)  # held-out tokens per language for region removal and perturbation
+    regions_perturb_dims: int | None = option(None, min=1)  # super-weight test on the largest N massive channels (None: all)
     keyneurons: bool = True  # run the key-neuron stage (lape.keyneurons.run; sizes: KeyNeuronsRunConfig's defaults)
     explain: bool = True  # neuron cards of the LAPE sets and a random control (RUN/explain/index.html)
     explain_tokens_per_language: int = option(1024, gt=0)  # held-out tokens per language the cards' contexts come from
@@ -142,7 +143,7 @@ def run_demo(config: DemoConfig = DemoConfig(), out: str | Path = "runs/demo", p
         rcfg_regions = RegionsRunConfig(languages=config.regions_languages,
                                         tokens_per_language=config.regions_tokens_per_language,
                                         eval_tokens_per_language=config.regions_eval_tokens, seq_len=config.seq_len,
-                                        seed=config.seed)
+                                        perturb_max_dims=config.regions_perturb_dims, seed=config.seed)
         run_regions(model, tok, manifest, run, rcfg_regions, neurons=sets, progress=progress, timer=timer.run)
 
     if config.keyneurons:

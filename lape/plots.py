@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import LapeError
+from .masks import mono_language
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -41,12 +42,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PPL_METRICS = ("delta_ppl", "delta_nll", "nll")  # what ppl_heatmap can draw
+PPL_METRICS = ("delta_ppl", "delta_nll", "nll")  # what ppl_heatmaps can draw
 _METRIC_TITLES = {"delta_ppl": "PPL change", "delta_nll": "NLL change (nats/token)", "nll": "NLL (nats/token)"}
 _MISSING = "#d9d9d9"  # cells without a value (no random baseline)
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     """A new figure that belongs to no pyplot state (rendered by Agg when saved)."""
     from matplotlib.figure import Figure
 
@@ -101,7 +102,7 @@ def layer_distribution(sets: NeuronSets, shares: tuple[float | None, float | Non
         >>> fig.axes[0].lines[0].get_ydata()   # neurons of sets.labels[0] per layer
     """
     num_layers = sets.shape[0]
-    fig = _figure(5.8, 3.6)
+    fig = new_figure(5.8, 3.6)
     ax = fig.add_subplot()
     bottom, top = thirds(num_layers)
     for span, name in ((bottom, "bottom third"), (top, "top third")):
@@ -109,7 +110,7 @@ def layer_distribution(sets: NeuronSets, shares: tuple[float | None, float | Non
         ax.text((span.start + span.stop - 1) / 2, 1.0, name, transform=ax.get_xaxis_transform(),
                 ha="center", va="bottom", fontsize=7, color="#777777")
     layers = np.arange(num_layers)
-    cmap = _label_colors(len(sets.labels))
+    cmap = label_colors(len(sets.labels))
     for k, (label, counts) in enumerate(sets.counts_per_layer().items()):
         ax.plot(layers, np.asarray(counts), marker="o", ms=3, lw=1.5, label=label, color=cmap[k])
     ax.set_xlabel("layer")
@@ -142,7 +143,7 @@ def overlap_heatmap(sets: NeuronSets) -> Figure:
     ov = sets.overlaps().numpy()  # (labels, labels)
     n = len(sets.labels)
     size = 1.6 + 0.42 * n
-    fig = _figure(size + 1.0, size)
+    fig = new_figure(size + 1.0, size)
     ax = fig.add_subplot()
     norm = Normalize(0, max(int(ov.max()), 1))
     im = ax.imshow(ov, cmap="Blues", norm=norm)
@@ -211,7 +212,7 @@ def probability_heatmap(sets: NeuronSets, stats: ActivationStats, max_neurons: i
     # an empty selection still gets an axis (one blank column) and says so in its label
     data = probs[:, layer_idx, neuron_idx] if cols else np.full((len(stats.languages), 1), np.nan)
     n_lang = len(stats.languages)
-    fig = _figure(10.0, 1.5 + 0.32 * n_lang)
+    fig = new_figure(10.0, 1.5 + 0.32 * n_lang)
     ax = fig.add_subplot()
     im = ax.imshow(data, aspect="auto", cmap="magma", norm=Normalize(0.0, 1.0), interpolation="nearest")
     ax.set_yticks(range(n_lang), stats.languages, fontsize=8)
@@ -290,29 +291,6 @@ def _ppl_title(result: PerplexityResult, random: bool, metric: str) -> str:
     return f"{_METRIC_TITLES[metric]}: {what} deactivated"
 
 
-def ppl_heatmap(result: PerplexityResult, random: bool = False, metric: str = "delta_ppl") -> Figure:
-    """The deactivation matrix: rows deactivated language, columns evaluated language.
-
-    Cells are annotated; changes use a diverging colour scale centred on 0 (red: worse).
-
-    Args:
-        result: from :func:`lape.ppl_matrix`.
-        random: draw the random-neuron baseline instead of the selected neurons.
-        metric: ``"delta_ppl"`` (``exp(nll) - exp(base_nll)``, the paper's figure),
-            ``"delta_nll"`` (nats/token) or ``"nll"``.
-
-    Example:
-        >>> fig = ppl_heatmap(PerplexityResult.load("runs/demo/ppl"), random=True)
-    """
-    m = _ppl_matrix(result, random, metric)
-    norm, cmap = _ppl_norm([m], metric)
-    fig = _figure(1.8 + 0.55 * len(result.languages), 1.4 + 0.45 * len(result.rows))
-    ax = fig.add_subplot()
-    im = _ppl_axes(ax, result, m, norm, cmap, metric, _ppl_title(result, random, metric))
-    _colorbar(fig, im, ax, _METRIC_TITLES[metric])
-    return fig
-
-
 def ppl_heatmaps(result: PerplexityResult, metric: str = "delta_ppl") -> Figure:
     """The selected-neuron matrix beside its random baseline, on one shared colour scale.
 
@@ -323,7 +301,7 @@ def ppl_heatmaps(result: PerplexityResult, metric: str = "delta_ppl") -> Figure:
     mats = [_ppl_matrix(result, r, metric) for r in (False, True)]
     norm, cmap = _ppl_norm(mats, metric)
     w = 1.2 + 0.5 * len(result.languages)
-    fig = _figure(2 * w + 1.2, 1.5 + 0.42 * len(result.rows))
+    fig = new_figure(2 * w + 1.2, 1.5 + 0.42 * len(result.rows))
     axes = fig.subplots(1, 2, sharey=True)
     im = None
     for ax, m, r in zip(axes, mats, (False, True), strict=True):
@@ -346,11 +324,11 @@ def region_removal(result: RegionPerplexity) -> Figure:
     import matplotlib
 
     m = _ppl_matrix(result, False, "delta_nll")
-    groups = [("controls", [i for i, r in enumerate(result.rows) if not r.startswith("mono:")]),
-              ("monolingual regions", [i for i, r in enumerate(result.rows) if r.startswith("mono:")])]
+    groups = [("controls", [i for i, r in enumerate(result.rows) if not mono_language(r)]),
+              ("monolingual regions", [i for i, r in enumerate(result.rows) if mono_language(r)])]
     groups = [(name, idx) for name, idx in groups if idx]
     w = 1.6 + 0.55 * len(result.languages)
-    fig = _figure(len(groups) * w + 1.0, 1.6 + 0.45 * max(len(idx) for _, idx in groups))
+    fig = new_figure(len(groups) * w + 1.0, 1.6 + 0.45 * max(len(idx) for _, idx in groups))
     axes = fig.subplots(1, len(groups), squeeze=False)[0]
     for ax, (name, idx) in zip(axes, groups, strict=True):
         sub = m[idx]
@@ -411,7 +389,7 @@ def steering_bars(ev: SteeringEval, strength: float | None = None) -> Figure:
     if all("fluent_success" in r for r in rows) and rows:
         series.append(("steered and fluent", [r["fluent_success"] for r in rows], "#67001f"))
     x = np.arange(len(rows))
-    fig = _figure(max(3.4, 1.4 + 0.2 * len(series) * len(rows)), 3.3)
+    fig = new_figure(max(3.4, 1.4 + 0.2 * len(series) * len(rows)), 3.3)
     ax = fig.add_subplot()
     width = 0.8 / len(series)
     for k, (name, values, color) in enumerate(series):
@@ -441,8 +419,8 @@ def strength_sweep(ev: SteeringEval) -> Figure:
     steered = ev.steered()
     targets = list(dict.fromkeys(str(r["target"]) for r in steered))
     strengths = sorted({float(r["strength"]) for r in steered})
-    colors = _label_colors(len(targets))
-    fig = _figure(5.2, 2.9)
+    colors = label_colors(len(targets))
+    fig = new_figure(5.2, 2.9)
     axes = fig.subplots(1, 2, sharex=True)
     panels = (("steered_success", "steered success (%)", 100.0), ("steered_distinct_2", "distinct-2", 1.0))
     for ax, (key, ylabel, scale) in zip(axes, panels, strict=True):
@@ -482,7 +460,7 @@ def accumulated_heatmap(labels: Sequence[str], accumulated: Any, bins: int = 64)
     binned = torch.stack([accumulated[:, :, a:b].sum(-1) for a, b in zip(edges[:-1], edges[1:])], dim=-1)
     cols = min(3, n)
     rows = (n + cols - 1) // cols
-    fig = _figure(4.2 * cols, 2.6 * rows)
+    fig = new_figure(4.2 * cols, 2.6 * rows)
     for k, label in enumerate(labels):
         ax = fig.add_subplot(rows, cols, k + 1)
         im = ax.imshow(binned[k].numpy(), aspect="auto", origin="lower", cmap="magma",
@@ -502,10 +480,10 @@ def method_effects(effect: Sequence[dict[str, Any]]) -> Figure:
     languages = list(dict.fromkeys(r["language"] for r in effect))
     methods = list(dict.fromkeys(r["family"] for r in effect))
     cell = {(r["family"], r["language"]): r for r in effect}
-    fig = _figure(max(4.5, 1.3 * len(languages) + 2), 3.2)
+    fig = new_figure(max(4.5, 1.3 * len(languages) + 2), 3.2)
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / max(len(methods), 1)
-    colors = _label_colors(len(methods))
+    colors = label_colors(len(methods))
     for k, m in enumerate(methods):
         xs = [i + (k - (len(methods) - 1) / 2) * width for i in range(len(languages))]
         own = [cell[(m, lang)]["own_delta_nll"] if (m, lang) in cell else float("nan") for lang in languages]
@@ -520,7 +498,7 @@ def method_effects(effect: Sequence[dict[str, Any]]) -> Figure:
     return fig
 
 
-def _label_colors(n: int) -> list[Any]:
+def label_colors(n: int) -> list[Any]:
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]

@@ -41,7 +41,7 @@ KNOWN_SITES: list[tuple[str, str]] = [
 _DOWN_NAMES = ("down_proj", "c_proj", "dense_4h_to_h", "fc2", "fc_out", "w2", "wo")
 
 
-def _features(module: nn.Module, side: str) -> int | None:
+def feature_counts(module: nn.Module, side: str) -> int | None:
     """``in`` or ``out`` width of a linear layer (``nn.Linear`` or GPT-2's ``Conv1D``), else ``None``."""
     if isinstance(module, nn.Linear):
         return module.in_features if side == "in" else module.out_features
@@ -52,11 +52,11 @@ def _features(module: nn.Module, side: str) -> int | None:
 
 
 def _in_features(module: nn.Module) -> int | None:
-    return _features(module, "in")
+    return feature_counts(module, "in")
 
 
 def _out_features(module: nn.Module) -> int | None:
-    return _features(module, "out")
+    return feature_counts(module, "out")
 
 
 def _decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -261,7 +261,7 @@ _UP_NAMES = ("gate_proj", "up_proj", "gate_up_proj", "c_fc", "dense_h_to_4h", "f
              "w1", "w3", "wi", "wi_0", "wi_1")
 
 
-def _is_conv1d(module: nn.Module) -> bool:
+def is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D"
 
 
@@ -414,16 +414,6 @@ class ParamSpace:
             masks[s.name] = mask.index_fill_(s.axis, rows, True)
         return masks
 
-    def neuron_set_mask(self, selected: torch.Tensor) -> dict[str, torch.Tensor]:
-        """:meth:`neuron_mask` for a bool ``[layers, neurons]`` selection (e.g. ``sets.mask("fr")``)."""
-        if selected.dtype != torch.bool or tuple(selected.shape) != (self.num_layers, self.neurons_per_layer):
-            raise LapeError(f"neuron selection must be bool [{self.num_layers}, {self.neurons_per_layer}]; "
-                            f"got {selected.dtype} {tuple(selected.shape)}")
-        masks: dict[str, torch.Tensor] = {}
-        for layer in range(self.num_layers):
-            masks.update(self.neuron_mask(layer, selected[layer].nonzero().squeeze(1)))
-        return masks
-
     def _slices(self, layer: int) -> tuple[NeuronSlice, ...]:
         if not 0 <= layer < self.num_layers:
             raise LapeError(f"layer {layer} is outside the {self.num_layers} decoder layers of {self.model_class}")
@@ -460,11 +450,11 @@ def _neuron_slices(model: nn.Module, neurons: NeuronSpace, layer: int, names: se
     down_path = neurons.down_paths[layer]
     parent_path, _, down_name = down_path.rpartition(".")
     down = model.get_submodule(down_path)
-    slices = [NeuronSlice(f"{down_path}.weight", axis=0 if _is_conv1d(down) else 1)]
+    slices = [NeuronSlice(f"{down_path}.weight", axis=0 if is_conv1d(down) else 1)]
     width = neurons.neurons_per_layer
     for name, mod in _up_modules(model.get_submodule(parent_path), down_name, width):
         copies = _out_features(mod) // width
-        slices.append(NeuronSlice(f"{parent_path}.{name}.weight", 1 if _is_conv1d(mod) else 0, copies))
+        slices.append(NeuronSlice(f"{parent_path}.{name}.weight", 1 if is_conv1d(mod) else 0, copies))
         if getattr(mod, "bias", None) is not None:
             slices.append(NeuronSlice(f"{parent_path}.{name}.bias", 0, copies))
     # a tensor outside named_parameters() (shared and listed elsewhere) cannot be edited by name

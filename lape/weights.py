@@ -70,11 +70,6 @@ class WeightPatch:
         self._entries = entries
         self.names = [e.name for e in entries]
 
-    @property
-    def active(self) -> bool:
-        """Whether the edits are still in force."""
-        return bool(self._entries)
-
     def restore(self) -> None:
         """Write the saved entries back, last edit first (so aliased tensors end up original)."""
         while self._entries:

@@ -42,11 +42,12 @@ def builtin():
     return load_model("builtin")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
-    """One intra-op thread for a test: tiny models gain nothing from more, and OpenMP threads
-    spin-wait for a busy core (a tiny backward pass took 5 s instead of 25 ms with 2 threads
-    beside a benchmark). Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    """One intra-op thread for a test module (the only such fixture): tiny models gain nothing from
+    more, and OpenMP threads spin-wait for a busy core (a tiny backward pass took 5 s instead of
+    25 ms with 2 threads beside a benchmark). Module-scoped, so that module fixtures computed for
+    the tests run with it too: ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -37,6 +37,8 @@ IDENTIFY = ["--top-rate", "0.2", "--filter-rate", "0.8", "--activation-bar-ratio
 IDENTIFY_CONFIG = IdentifyConfig(top_rate=0.2, filter_rate=0.8, activation_bar_ratio=0.8)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _held_out(doc: str, share: float = 0.2) -> bool:
     """The documented split rule: a document is held out when its sha256 position is below the share."""
@@ -66,16 +68,6 @@ def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
 
 # --------------------------------------------------------------------------------------------
 # Fixtures: a model folder, a manifest, and the recorded stats and neuron sets
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the tiny model gains nothing from more, and threads that wait for each
-    other slow every forward pass down many times over on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,8 @@ import lape
 from lape.cli import build_parser
 from lape.masks import NeuronSets, ParamRegions
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 RECORD = ["--tokens-per-language", "600", "--seq-len", "64", "--batch-size", "4"]
 IDENTIFY = ["--top-rate", "0.2", "--filter-rate", "0.8", "--activation-bar-ratio", "0.8"]  # both languages get neurons
 IMPORTANCE = ["--tokens-per-language", "300", "--seq-len", "32", "--batch-size", "4"]  # train split
@@ -99,15 +101,6 @@ def _folder_digest(folder: Path) -> dict[str, str]:
 
 # --------------------------------------------------------------------------------------------
 # Fixtures: a model folder, a manifest, the LAPE neuron sets, and one run of every command
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread (see test_cli): the tiny model gains nothing from more."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -296,7 +296,7 @@ def test_cli_explains_sets_and_listed_neurons_and_refuses_bad_ones(tmp_path, mon
     assert data["cards"][1]["sets"] == ["bb"] and (tmp_path / "explain" / "index.html").is_file()
     capsys.readouterr()
     for bad, msg in ((["--neuron", "9:0"], "neuron (9, 0) is outside this model's neuron space"),
-                     (["--neuron", "x"], "--neuron expects LAYER:INDEX"),
+                     (["--neuron", "x"], "written LAYER:INDEX"),
                      (["stats-nowhere"], "holds no lape result, not neuron sets or regions")):
         assert main(["-q", "explain", *bad, *common, "--out", "explain2"]) == 2
         err = capsys.readouterr().err

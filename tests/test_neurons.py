@@ -4,7 +4,7 @@ from tiny_models import FAMILIES, WIDTH, random_ids, tiny_model
 
 from lape.errors import LapeError
 from lape.intervene import intervene
-from lape.masks import NeuronSets, parse_neuron_list
+from lape.masks import NeuronSets, parse_neuron
 from lape.space import NeuronSpace
 
 
@@ -92,4 +92,7 @@ def test_neuron_sets_roundtrip_overlaps_and_counts(tmp_path):
     assert back.neurons("b") == [(1, 2), (2, 5)]
     with pytest.raises(LapeError, match="outside the 3 x 8 neuron space"):
         NeuronSets.from_neurons({"a": [(3, 0)]}, (3, 8))
-    assert parse_neuron_list("3:17, (5,1024)") == [(3, 17), (5, 1024)]
+    assert parse_neuron("3:17") == (3, 17) and parse_neuron(" 5 : 1024") == (5, 1024)
+    for bad in ("3", "3:x", "-1:2", "3,17", ""):
+        with pytest.raises(LapeError, match="LAYER:INDEX"):
+            parse_neuron(bad)

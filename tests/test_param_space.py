@@ -140,17 +140,12 @@ def test_inputs_alone_silence_the_neuron_only_with_their_bias(family):
     assert (gap > 1e-4) if has_bias else (gap <= 1e-5)
 
 
-def test_neuron_set_mask_unions_the_neuron_masks():
-    space = ParamSpace.of(tiny_model("phi3"))
-    selected = torch.zeros(3, 48, dtype=torch.bool)
-    selected[0, [1, 2]] = selected[2, 47] = True
-    got = space.neuron_set_mask(selected)
-    want = {**space.neuron_mask(0, [1, 2]), **space.neuron_mask(2, 47)}
-    layer1 = space.neuron_mask(1, [])  # no neuron chosen: all-False masks
-    assert set(got) == set(want) | set(layer1)
-    for name, mask in want.items():
-        assert torch.equal(got[name], mask)
-    assert not any(got[n].any() for n in layer1)
+def _union_of_neuron_masks(space: ParamSpace, chosen: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every parameter entry of the chosen neurons, as per-tensor masks (layer by layer)."""
+    masks: dict[str, torch.Tensor] = {}
+    for layer in range(space.num_layers):
+        masks.update(space.neuron_mask(layer, chosen[layer].nonzero().squeeze(1)))
+    return masks
 
 
 def _regions(space: ParamSpace, seed: int = 0) -> ParamRegions:
@@ -173,20 +168,20 @@ def test_neuron_counts_match_counting_each_neurons_mask(family):
                 assert counts[k, layer, i] == sum(int((region[n] & m).sum()) for n, m in own.items())
 
 
-def test_neuron_view_round_trips_a_neuron_selection():
+def test_the_neuron_view_round_trips_a_neuron_selection():
     space = ParamSpace.of(tiny_model("gpt2"))
     chosen = torch.zeros(3, 48, dtype=torch.bool)
     chosen[0, 5] = chosen[1, [0, 30]] = chosen[2, 47] = True
-    masks = space.neuron_set_mask(chosen)
+    masks = _union_of_neuron_masks(space, chosen)
     partial = space.neuron_mask(2, 9)  # neuron (2, 9): only its down column
     down = space.neuron_slices[2][0].name
     masks[down] = masks[down] | partial[down]
     regions = ParamRegions(["r", "empty"], {n: torch.stack([m, torch.zeros_like(m)]) for n, m in masks.items()},
                            {"method": "test", "fingerprint": {"x": 1}})
-    assert torch.equal(regions.neuron_view(space, "r", min_share=1.0), chosen)
+    assert torch.equal(regions.to_neuron_sets(space, min_share=1.0).mask("r"), chosen)
     share = 32 / space.params_per_neuron(2)  # GPT-2 tiny: 32 of 65 entries in the down row
-    assert regions.neuron_view(space, "r", min_share=share)[2, 9]
-    assert not regions.neuron_view(space, "r", min_share=share + 0.01)[2, 9]
+    assert regions.to_neuron_sets(space, min_share=share).mask("r")[2, 9]
+    assert not regions.to_neuron_sets(space, min_share=share + 0.01).mask("r")[2, 9]
     sets = regions.to_neuron_sets(space, min_share=0.5)
     assert sets.labels == ["r", "empty"] and sets.shape == (3, 48)
     assert torch.equal(sets.mask("r"), chosen) and not sets.mask("empty").any()
@@ -201,11 +196,9 @@ def test_bad_input_gets_lape_error():
         space.neuron_mask(3, 0)
     with pytest.raises(LapeError, match="not a decoder-block parameter"):
         space.layer_of("model.embed_tokens.weight")
-    with pytest.raises(LapeError, match="bool"):
-        space.neuron_set_mask(torch.zeros(3, 48))
     regions = _regions(space)
     with pytest.raises(LapeError, match="min_share"):
-        regions.neuron_view(space, "a", min_share=0.0)
+        regions.to_neuron_sets(space, min_share=0.0)
     down = space.neuron_slices[0][0].name
     wrong_shape = ParamRegions(["a"], {down: torch.zeros(1, 3, 3, dtype=torch.bool)})
     with pytest.raises(LapeError, match="regions made for this model"):

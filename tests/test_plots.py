@@ -156,23 +156,22 @@ def test_probability_heatmap_refuses_other_neuron_space():
 
 
 @pytest.mark.parametrize("metric", ["delta_ppl", "delta_nll", "nll"])
-@pytest.mark.parametrize("random", [False, True])
-def test_ppl_heatmap(metric, random):
+def test_ppl_heatmaps_draw_each_metric_for_the_sets_and_their_random_baseline(metric):
     result = make_ppl()
-    fig = plots.ppl_heatmap(result, random=random, metric=metric)
+    fig = plots.ppl_heatmaps(result, metric=metric)
     assert_png(png_bytes(fig))
-    ax = fig.axes[0]
-    expected = {"delta_ppl": result.delta_ppl(random), "delta_nll": result.delta_nll(random),
-                "nll": result.random_nll if random else result.nll}[metric]
-    np.testing.assert_allclose(np.ma.filled(ax.images[0].get_array(), np.nan), expected)
-    assert ("random" in ax.get_title()) == random
-    assert ("LAPE" in ax.get_title()) != random
-    assert len(ax.texts) == 9
+    for ax, random in zip(fig.axes[:2], (False, True)):
+        expected = {"delta_ppl": result.delta_ppl(random), "delta_nll": result.delta_nll(random),
+                    "nll": result.random_nll if random else result.nll}[metric]
+        np.testing.assert_allclose(np.ma.filled(ax.images[0].get_array(), np.nan), expected)
+        assert ("random" in ax.get_title()) == random
+        assert ("LAPE" in ax.get_title()) != random
+        assert len(ax.texts) == 9
 
 
-def test_ppl_heatmap_rejects_unknown_metric():
+def test_ppl_heatmaps_reject_an_unknown_metric():
     with pytest.raises(LapeError, match="metric"):
-        plots.ppl_heatmap(make_ppl(), metric="accuracy")
+        plots.ppl_heatmaps(make_ppl(), metric="accuracy")
 
 
 def test_ppl_heatmaps_share_one_colour_scale():

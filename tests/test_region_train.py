@@ -28,7 +28,6 @@ from lape.regions.train import (
     forgetting_figure,
     learning_rate,
     magnitude_masks,
-    plot_forgetting,
     training_batches,
 )
 from lape.space import ParamSpace
@@ -505,10 +504,6 @@ def test_plot_shows_bars_with_intervals_per_setting_and_language_and_the_loss_cu
     assert segments[1][:, 1] == pytest.approx([core_bb.low, core_bb.high])
     assert [t.get_text() for t in bars_ax.get_xticklabels()] == ["aa\n(trained)", "bb", "cc"]
     assert [list(line.get_ydata()) for line in loss_ax.lines] == res.losses
-    path = plot_forgetting(res, tmp_path / "plots" / "forgetting")
-    assert path.suffix == ".png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(LapeError, match=".gif"):
-        plot_forgetting(res, tmp_path / "f.gif")
 
 
 def test_report_section_shows_the_verdict_intervals_and_whether_the_trained_nll_fell(tmp_path):

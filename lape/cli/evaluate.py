@@ -181,12 +181,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             s.add_argument("--to", nargs="+", default=None, help="target languages (default all)")
             s.add_argument("--prompts", required=True, help="a text file (one prompt per line) or "
                            "builtin:dev / builtin:test / builtin:test1 / builtin:parallel")
-            s.add_argument("--limit", type=_positive, default=None, help="use the first N prompts")
+            s.add_argument("--limit", type=positive_number, default=None, help="use the first N prompts")
         s.add_argument("--corpus", default="builtin", help="manifest whose valid split gives the real-text "
                        "fluency reference")
         s.add_argument("--reference", default=None, help="folder caching the fluency reference (default: "
                        "fluency-reference beside --neurons)")
-        s.add_argument("--reference-windows", type=_positive, default=48,
+        s.add_argument("--reference-windows", type=positive_number, default=48,
                        help="held-out text windows per language for the fluency reference")
         if name == "steer-eval":
             s.add_argument("--strengths", type=float, nargs="+", default=None, help="a strength sweep")
@@ -212,7 +212,7 @@ def _whole(text: str, least: int) -> int:
     return value
 
 
-def _positive(text: str) -> int:
+def positive_number(text: str) -> int:
     return _whole(text, 1)
 
 

@@ -8,18 +8,11 @@ from pathlib import Path
 
 from ..config import add_config_args, config_from_args
 from ..errors import LapeError
+from ..masks import parse_neuron
 from . import common
 from .common import logger
 
 REGION_MIN_SHARE = 0.05  # a neuron belongs to a region's neuron view when >= 5% of its parameters are in it
-
-
-def parse_neuron(text: str) -> tuple[int, int]:
-    """``"17:803"`` -> ``(17, 803)``; anything else is a one-line error."""
-    layer, sep, index = text.partition(":")
-    if not sep or not layer.strip().isdigit() or not index.strip().isdigit():
-        raise LapeError(f"--neuron expects LAYER:INDEX, e.g. 17:803; got {text!r}")
-    return int(layer), int(index)
 
 
 def _set_names(folders: list[str]) -> list[str]:

@@ -16,7 +16,7 @@ from ..config import add_config_args, config_from_args
 from ..errors import LapeError
 from . import common
 from .common import logger
-from .evaluate import _positive
+from .evaluate import positive_number
 
 
 def add_question_args(p: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def add_question_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--questions", default="builtin:domains",
                    help="builtin:domains (MMLU), builtin:languages (cloze), builtin (both) or a question manifest")
     p.add_argument("--clusters", nargs="+", default=None, help="keep these clusters only (default: all)")
-    p.add_argument("--per-cluster", type=_positive, default=None,
+    p.add_argument("--per-cluster", type=positive_number, default=None,
                    help="questions per cluster (default: all)")
     p.add_argument("--eval-share", type=float, default=0.5,
                    help="share of each cluster's questions held out for lape keyneurons eval (default 0.5)")

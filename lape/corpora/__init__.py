@@ -5,9 +5,11 @@
   the content key of what a split reads (``sources_key``), ``show_manifest``;
 * :mod:`.packing`: packed token sequences and per-language streams (``load_corpus``,
   ``batches``);
-* :mod:`.builtin`: building the cached built-in corpus (``build_builtin_corpus``).
+* :mod:`.builtin`: building the cached built-in corpus (``build_builtin_corpus``);
+* :mod:`.identity`: what a stage records about its text (``corpus_key``, ``corpus_config``) and the
+  checks before the model runs (``check_corpus``).
 
-This package never touches a model.
+This package never runs a model (:mod:`.identity` reads its position limit).
 """
 
 from .builtin import BUILTIN_SOURCES, build_builtin_corpus, clean_generated_text

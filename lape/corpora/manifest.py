@@ -88,7 +88,7 @@ def bucket(doc: str) -> float:
 
 
 @functools.cache
-def _yaml_loader() -> Any:
+def yaml_loader() -> Any:
     """A YAML SafeLoader where only true/false are booleans (``no:`` is Norwegian, not False)
     and a repeated key (a copied entry whose code was not changed) is an error."""
     import yaml
@@ -203,7 +203,7 @@ def load_manifest(spec: str | Path | Manifest) -> Manifest:
             raise LapeError(f"manifest {spec} does not exist: pass a YAML manifest file or "
                             "'builtin'")
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=yaml_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -258,9 +258,9 @@ def _validate(path: Path, raw: Any) -> Manifest:
                 _check_derived(fail, at, spec, split, entry)
                 shares[spec["from"]] = shares.get(spec["from"], 0.0) + float(spec["share"])
             else:
-                for i, src in enumerate(_as_list(spec)):
+                for i, src in enumerate(as_list(spec)):
                     _check_source(fail, f"{at}, source {i + 1}", src, path.parent)
-        plain = {k: _as_list(entry[k]) for k in splits if not (isinstance(entry[k], dict) and "from" in entry[k])}
+        plain = {k: as_list(entry[k]) for k in splits if not (isinstance(entry[k], dict) and "from" in entry[k])}
         if "train" in plain and "valid" in plain and plain["train"] == plain["valid"]:
             raise fail(f"{where}: 'valid' reads the same sources as 'train', so held-out results would be "
                        "measured on training text: give it other text, or derive it with "
@@ -289,7 +289,7 @@ def _validate(path: Path, raw: Any) -> Manifest:
                     default_languages=default_languages, entries=entries)
 
 
-def _as_list(spec: Any) -> list[Any]:
+def as_list(spec: Any) -> list[Any]:
     return spec if isinstance(spec, list) else [spec]
 
 
@@ -325,8 +325,8 @@ def _check_source(fail: _Fail, at: str, src: Any, base: Path) -> None:
             raise fail(f"{at} (text) has no 'path': give a file or a glob")
         if src.get("docs", "lines") not in ("lines", "blocks"):
             raise fail(f"{at} has docs {src.get('docs')!r}: use 'lines' or 'blocks'")
-        for pattern in _as_list(src["path"]):
-            _text_files(fail, at, str(pattern), base)
+        for pattern in as_list(src["path"]):
+            text_files(fail, at, str(pattern), base)
     elif kind == "hf":
         if not src.get("path"):
             raise fail(f"{at} (hf) has no 'path': give a hub dataset id or a folder written by "
@@ -340,7 +340,7 @@ def _check_source(fail: _Fail, at: str, src: Any, base: Path) -> None:
         raise fail(f"{at} has min_chars {min_chars!r}: give a positive integer")
 
 
-def _text_files(fail: _Fail, at: str, pattern: str, base: Path) -> list[Path]:
+def text_files(fail: _Fail, at: str, pattern: str, base: Path) -> list[Path]:
     """The files a text source's path names (a glob is expanded, sorted)."""
     full = Path(pattern).expanduser()
     if not full.is_absolute():

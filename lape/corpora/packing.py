@@ -19,7 +19,7 @@ import torch
 
 from ..errors import LapeError
 from .manifest import Manifest, load_manifest
-from .sources import _chunks, iter_documents, sources_key
+from .sources import chunks, iter_documents, sources_key
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def _special_ids(tokenizer: Any) -> tuple[int | None, int, int]:
 
 def _token_lists(documents: Iterable[str], tokenizer: Any, batch: int = 32) -> Iterator[list[int]]:
     """Token ids of each document, without special tokens (tokenized a batch at a time)."""
-    for docs in _chunks(documents, batch):
+    for docs in chunks(documents, batch):
         yield from tokenizer(docs, add_special_tokens=False)["input_ids"]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import LapeError
 from .builtin import BUILTIN_SOURCES, UDHR_DIR, build_builtin_corpus
-from .manifest import SPLITS, Manifest, _as_list, _text_files, bucket, load_manifest
+from .manifest import SPLITS, Manifest, as_list, bucket, load_manifest, text_files
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +88,8 @@ def sources_key(manifest: Manifest | str | Path, lang: str, split: str) -> dict[
         kind = src["kind"]
         files: list[Path] = []
         if kind == "text":
-            for pattern in _as_list(src["path"]):
-                files += _text_files(LapeError, f"manifest {m.path}, language {lang!r}", str(pattern), m.path.parent)
+            for pattern in as_list(src["path"]):
+                files += text_files(LapeError, f"manifest {m.path}, language {lang!r}", str(pattern), m.path.parent)
         elif kind == "builtin":  # cleaned with the pinned language identifier: say which
             from ..langid import langid_version
 
@@ -118,16 +118,16 @@ def _resolve_split(entry: Mapping[str, Any], split: str) -> tuple[list[dict], fl
             if s["from"] != base:
                 continue
             if name == split:
-                return _as_list(entry[base]), lo, lo + float(s["share"])
+                return as_list(entry[base]), lo, lo + float(s["share"])
             lo += float(s["share"])
     held = sum(float(s["share"]) for _, s in derived if s["from"] == split)
-    return _as_list(spec), held, 1.0
+    return as_list(spec), held, 1.0
 
 
 def _describe_source(src: Mapping[str, Any]) -> str:
     kind = src.get("kind")
     if kind == "text":
-        paths = ", ".join(str(p) for p in _as_list(src["path"]))
+        paths = ", ".join(str(p) for p in as_list(src["path"]))
         return f"text {paths} ({src.get('docs', 'lines')})"
     if kind == "hf":
         parts = [str(src["path"])] + [f"{k}={src[k]}" for k in ("name", "split") if src.get(k)]
@@ -152,8 +152,8 @@ def _iter_source(m: Manifest, lang: str, src: Mapping[str, Any], where: str) -> 
 
 def _iter_text(m: Manifest, src: Mapping[str, Any], where: str) -> Iterator[str]:
     blocks = src.get("docs", "lines") == "blocks"
-    for pattern in _as_list(src["path"]):
-        for path in _text_files(LapeError, where, str(pattern), m.path.parent):
+    for pattern in as_list(src["path"]):
+        for path in text_files(LapeError, where, str(pattern), m.path.parent):
             try:
                 yield from _read_docs(path, blocks)
             except UnicodeDecodeError:
@@ -339,12 +339,12 @@ def show_manifest(manifest: Manifest | str | Path, tokenizer: Any = None) -> str
             if isinstance(spec, dict) and "from" in spec:
                 what = f"{spec['share']:g} of {spec['from']} by document hash"
             else:
-                what = "; ".join(_describe_source(s) for s in _as_list(spec))
+                what = "; ".join(_describe_source(s) for s in as_list(spec))
             if _is_streaming(entry, split):
                 lines.append(f"  {split:<9} streamed, not counted  [{what}]")
                 continue
             docs = tokens = 0
-            for batch in _chunks(iter_documents(m, code, split), 64):
+            for batch in chunks(iter_documents(m, code, split), 64):
                 docs += len(batch)
                 if sample is None:
                     sample = batch[0]
@@ -358,7 +358,7 @@ def show_manifest(manifest: Manifest | str | Path, tokenizer: Any = None) -> str
     return "\n".join(lines)
 
 
-def _chunks(items: Iterable[str], n: int) -> Iterator[list[str]]:
+def chunks(items: Iterable[str], n: int) -> Iterator[list[str]]:
     buf: list[str] = []
     for item in items:
         buf.append(item)

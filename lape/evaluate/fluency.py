@@ -151,7 +151,7 @@ def fluency_reference(model: nn.Module, windows: Mapping[str, Iterable], *, out:
     docstring). ``out`` caches it per language: a language whose windows (corpus key) and model
     are unchanged is read from there, the others are computed and added, so references for
     different target lists share one folder. Returns the requested languages only."""
-    from ..activations import corpus_key
+    from ..corpora.identity import corpus_key
 
     keys = {lang: artifacts.content_hash(corpus_key(w)) for lang, w in windows.items()}
     saved: dict[str, dict[str, Any]] = {}

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import artifacts
-from ..activations import check_corpus, corpus_key
 from ..config import StageConfig, option
 from ..corpora import batches
+from ..corpora.identity import check_corpus, corpus_key
 from ..entropy import random_like
 from ..errors import LapeError
 from ..head import logits_from_hidden

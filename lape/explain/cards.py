@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from .. import artifacts
-from ..activations import corpus_config, counted_positions
 from ..config import StageConfig, option
+from ..corpora.identity import corpus_config, counted_positions
 from ..errors import LapeError
 from ..hooks import activation_hooks
 from ..models import input_device

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..report import ReportContext, _e, _facts, _Raw, _section, _table
+from ..report.html import Raw, ReportContext, esc, facts_list, html_table, section_html
 from .page import LENS_CAVEAT, read_cards_json
 from .summary import explain_summary
 
@@ -36,7 +36,7 @@ def render_explain(folder: Path, ctx: ReportContext) -> str:
     data = read_cards_json(folder)
     meta = data["meta"]
     link = os.path.relpath(folder / "index.html", ctx.run)
-    facts = _facts({"page": _Raw(f'<a href="{_e(link)}">{_e(link)}</a>'), "neurons": len(data["cards"]),
+    facts = facts_list({"page": Raw(f'<a href="{esc(link)}">{esc(link)}</a>'), "neurons": len(data["cards"]),
                     "contexts from": f"{(meta.get('config') or {}).get('split')} split of "
                                      f"{', '.join(meta.get('languages') or [])}",
                     "tokens per language": (meta.get("config") or {}).get("tokens_per_language")})
@@ -45,12 +45,12 @@ def render_explain(folder: Path, ctx: ReportContext) -> str:
              _pct(r["promoted_mostly_in_script"]),
              _pct(r["control"]["promoted_mostly_in_script"]) if r["control"] else "–")
             for r in summary_rows(data)]
-    table = _table(["set", "neurons", "top contexts all in the language", "random", "promoted tokens mostly in its "
+    table = html_table(["set", "neurons", "top contexts all in the language", "random", "promoted tokens mostly in its "
                     "script", "random"], rows,
                    caption="Per language set: share of its neurons whose top contexts over all languages are all in "
                            "that language, and whose promoted tokens (logit lens, those with letters) are mostly in its "
                            "script; random: neurons of the same count per layer")
-    return _section(folder.name, "Neuron cards", facts + table + f'<p class="note">{_e(LENS_CAVEAT)}</p>')
+    return section_html(folder.name, "Neuron cards", facts + table + f'<p class="note">{esc(LENS_CAVEAT)}</p>')
 
 
 SECTIONS = [("explain", render_explain)]

@@ -33,8 +33,8 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from .. import artifacts
-from ..activations import corpus_key
 from ..config import StageConfig, option
+from ..corpora.identity import corpus_key
 from ..errors import LapeError
 from ..models import input_device
 from ..runningstats import RunningSums, dist_info, shard, stage_cache, tally

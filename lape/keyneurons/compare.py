@@ -38,20 +38,19 @@ import torch
 from .. import artifacts
 from ..errors import LapeError
 from ..intervals import overlap_p, overlap_p_layers
-from ..masks import NeuronSets
+from ..masks import NeuronSets, mono_language
 
-MONO_PREFIX = "mono:"
 RANDOM_PREFIX = "random"  # random rows of a perplexity matrix: "random<k>:<language>"
 PPL_SPLITS = ("parallel", "valid")  # the comparison's perplexity text: the first every language declares
 
 
 def region_neuron_sets(regions: Any, space: Any, min_share: float) -> NeuronSets:
     """The monolingual regions' neuron view, labelled by language (``mono:fr`` -> ``fr``)."""
-    langs = [lab for lab in regions.labels if lab.startswith(MONO_PREFIX)]
+    langs = [lab for lab in regions.labels if mono_language(lab)]
     if not langs:
         raise LapeError("the regions hold no monolingual region (mono:LANG): select regions with languages first")
     view = regions.subset(langs).to_neuron_sets(space, min_share)
-    return NeuronSets([lab[len(MONO_PREFIX):] for lab in langs], view.masks,
+    return NeuronSets([mono_language(lab) for lab in langs], view.masks,
                       {**view.meta, "min_share": min_share})
 
 

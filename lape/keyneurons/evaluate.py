@@ -73,6 +73,7 @@ import torch
 from torch import nn
 
 from .. import artifacts
+from ..autograd import gradients_for
 from ..config import StageConfig, option
 from ..errors import LapeError
 from ..intervals import Interval, bootstrap_weights, percentile_interval, wilson
@@ -80,7 +81,7 @@ from ..masks import NeuronSets
 from ..models import fingerprint, input_device
 from ..space import NeuronSpace
 from .attribute import letter_spellings, prompt_ids, question_prompts, templates_key
-from .ig import _no_param_grads, _prefix_cache, last_activations, last_position
+from .ig import last_activations, last_position, prefix_cache
 from .questions import Question, Template, questions_key
 
 OPS = ("boost", "suppress")
@@ -269,7 +270,7 @@ def _prompt_pass(model: nn.Module, space: NeuronSpace, tokenizer: Any, prompt: A
     under every row of ``mults`` ``[R, L, N]`` applied at the last position."""
     spellings = letter_spellings(tokenizer, prompt)
     ids = prompt_ids(tokenizer, prompt.text).to(input_device(model))
-    cache = _prefix_cache(model, ids)
+    cache = prefix_cache(model, ids)
     acts, logits = last_activations(model, space, ids, cache)
     probs = logits.softmax(-1)
     letters = max(spellings.values(), key=lambda v: float(probs[v].sum()))
@@ -299,7 +300,7 @@ def _activation_means(model: nn.Module, space: NeuronSpace, tokenizer: Any, prom
         for c, p in tqdm(prompts, desc="key-neuron eval: activations", unit="prompt", disable=not progress,
                          leave=False):
             ids = prompt_ids(tokenizer, p.text).to(input_device(model))
-            acts = last_activations(model, space, ids, _prefix_cache(model, ids))[0].double().cpu()
+            acts = last_activations(model, space, ids, prefix_cache(model, ids))[0].double().cpu()
             sums[c] += acts
             abs_sum += acts.abs()
             counts[c] += 1
@@ -567,7 +568,7 @@ def evaluate_key_neurons(model: nn.Module, tokenizer: Any, sets: NeuronSets, que
         source = selection if selection is not None else questions
         act_prompts = [(clusters.index(q.cluster), p) for q in source
                        for p in question_prompts(q, templates, config.templates, config.seed)]
-        with _no_param_grads(model), torch.no_grad():
+        with gradients_for(model, ()), torch.no_grad():
             act_mean, abs_mean = _activation_means(model, space, tokenizer, act_prompts, len(clusters), progress)
         key_masks = [sets.mask(c) for c in clusters]
         top_masks = [top_activation_like(m, act_mean[i]) for i, m in enumerate(key_masks)]
@@ -582,7 +583,7 @@ def evaluate_key_neurons(model: nn.Module, tokenizer: Any, sets: NeuronSets, que
             if row["op"] == "boost":
                 named.setdefault(_set_name(row), []).append(mults[r] != 1.0)
         base_p, base_ok, ps, oks, acts = [], [], [], [], []
-        with _no_param_grads(model), torch.no_grad():
+        with gradients_for(model, ()), torch.no_grad():
             for _, p in tqdm(prompts, desc="key-neuron eval", unit="prompt", disable=not progress, leave=False):
                 p0, ok0, pr, ok, act = _prompt_pass(model, space, tokenizer, p, mults, config.batch_size)
                 base_p.append(p0)

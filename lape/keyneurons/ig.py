@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..autograd import gradients_for
 from ..errors import LapeError
 from ..head import logits_from_hidden
 from ..hooks import activation_hooks
@@ -78,31 +79,13 @@ class PromptAttribution:
         return self.scores.sum(dim=1) - (self.prob - self.prob_base)
 
 
-@contextmanager
-def _no_param_grads(model: nn.Module) -> Iterator[None]:
-    """Autograd on, the model in eval mode and no parameter requiring grad (gradients are taken
-    with respect to activations only, so nothing is stored for weights); restored on exit."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    training = model.training
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        model.eval()
-        with torch.enable_grad():
-            yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(training)
-
-
 def _cache_kw(model: nn.Module) -> str:
     """The keyword the base model takes its KV cache by: ``cache`` (transformers >= 5.2x) or
     ``past_key_values`` (older; still accepted, with a deprecation warning, by newer ones)."""
     return "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
 
 
-def _prefix_cache(model: nn.Module, ids: torch.Tensor):
+def prefix_cache(model: nn.Module, ids: torch.Tensor):
     """The KV cache of ``ids[:-1]`` (``None`` for a one-token prompt)."""
     if ids.numel() < 2:
         return None
@@ -197,8 +180,8 @@ def attribute_prompt(model: nn.Module, space: NeuronSpace, ids: torch.Tensor,
                         f"{space.shape}: give one activation per layer and neuron")
     layers = list(range(space.num_layers) if layers is None else layers)
     ids = ids.to(input_device(model))
-    with _no_param_grads(model):
-        cache = _prefix_cache(model, ids)
+    with gradients_for(model, ()):
+        cache = prefix_cache(model, ids)
         base, logits = last_activations(model, space, ids, cache)
         start = (torch.zeros_like(base, dtype=torch.float32) if baseline is None
                  else baseline.to(base.device, torch.float32))
@@ -251,7 +234,7 @@ def ablation_effects(model: nn.Module, space: NeuronSpace, ids: torch.Tensor, ta
     if not neurons:
         return out
     with torch.no_grad():
-        cache = _prefix_cache(model, ids)
+        cache = prefix_cache(model, ids)
         p0 = last_position(model, space, ids, cache, 1)[0].float().softmax(-1)[target]
         for s in range(0, len(neurons), batch_size):
             chunk = list(neurons[s:s + batch_size])
@@ -289,30 +272,3 @@ def normalises_mlp_output(model: nn.Module, space: NeuronSpace, factor: float = 
             scaled = model.base_model(input_ids=ids).last_hidden_state.float()
     rel = float((scaled - plain).norm() / plain.norm().clamp(min=1e-30))
     return rel < tol
-
-
-class NeuronIntegratedGradients:
-    """Captum-like integrated gradients over a model's neurons at the last prompt position.
-
-    Example:
-        >>> ig = NeuronIntegratedGradients(model)
-        >>> attr, delta = ig.attribute(ids, target=tok_id, n_steps=16, return_convergence_delta=True)
-        >>> attr.shape  # [layers, neurons]
-    """
-
-    def __init__(self, model: nn.Module, space: NeuronSpace | None = None) -> None:
-        self.model = model
-        self.space = space or NeuronSpace.of(model)
-
-    def attribute(self, inputs: torch.Tensor, target: int, n_steps: int = 16, internal_batch_size: int = 96,
-                  layers: Sequence[int] | None = None, return_convergence_delta: bool = False,
-                  baselines: torch.Tensor | None = None
-                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Attributions ``[layers, neurons]`` of ``P(target)`` for one prompt ``inputs`` (1-D ids,
-        or ``[1, T]``) from ``baselines`` ``[layers, neurons]`` (default zero); with
-        ``return_convergence_delta`` also the per-layer completeness delta."""
-        ids = inputs[0] if inputs.dim() == 2 and inputs.shape[0] == 1 else inputs
-        res = attribute_prompt(self.model, self.space, ids, target, steps=n_steps, layers=layers,
-                               batch_size=internal_batch_size, baseline=baselines,
-                               completeness=return_convergence_delta)
-        return (res.scores, res.convergence_delta()) if return_convergence_delta else res.scores

@@ -391,14 +391,14 @@ def _read_manifest(spec: str | Path) -> tuple[dict[str, Any], Path, str]:
         return builtin_manifest(str(spec)), DATA_DIR, str(spec)
     import yaml
 
-    from ..corpora.manifest import _yaml_loader
+    from ..corpora.manifest import yaml_loader
 
     path = Path(spec).expanduser()
     if not path.is_file():
         raise LapeError(f"question manifest {spec} does not exist: pass a YAML manifest or one "
                         f"of {', '.join(BUILTIN_SPECS)}")
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=yaml_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .. import plots
-from ..report import ReportContext, _dec, _e, _facts, _section, _table
+from ..report.html import ReportContext, esc, facts_list, fmt_dec, html_table, section_html
 
 
 def render_keyneuron_eval(folder: Path, ctx: ReportContext) -> str:
@@ -20,14 +20,14 @@ def render_keyneuron_eval(folder: Path, ctx: ReportContext) -> str:
     ev = KeyNeuronEval.load(folder)
     answers = ev.summary["answers"][0]
     cfg = ev.meta.get("config", {})
-    facts = _facts({"clusters": ", ".join(ev.clusters), "held-out questions": ev.meta.get("questions"),
+    facts = facts_list({"clusters": ", ".join(ev.clusters), "held-out questions": ev.meta.get("questions"),
                     "prompts": answers["prompts"], "unmodified accuracy": f"{100 * answers['accuracy_unmodified']:.1f}%",
                     "mean P(right letter)": f"{answers['mean_prob_unmodified']:.3f}",
                     "boost factor": cfg.get("boost"),
                     "activation baselines from": f"{ev.meta.get('activation_source')} "
                                                  f"({ev.meta.get('activation_prompts')} prompts)",
                     "intervals": ev.meta.get("intervals", "")})
-    pcr = _table(FAMILY_HEADER, ev.family_rows(), left=2,
+    pcr = html_table(FAMILY_HEADER, ev.family_rows(), left=2,
                  caption="Mean over clusters (and draws) with its bootstrap 95% interval over questions. PCR: the mean "
                          "over clusters of |related| / |unrelated| percentage change of the right letter's probability; "
                          "pooled PCR: one ratio of means over every prompt of every cluster; Δlog P: log P(edited) - "
@@ -36,11 +36,11 @@ def render_keyneuron_eval(folder: Path, ctx: ReportContext) -> str:
                          "also the same rank bin of mean |activation| (" + str(ev.meta.get("activation_matching", ""))
                          + "); activation: " + str(ev.meta.get("activation_baseline", "")) + "; SD over draws where "
                          "there are several")
-    judged = "".join(f"<p>{_e(v['sentence'])}</p>" for v in ev.verdicts())
-    pred = _table(PREDICTION_HEADER, ev.prediction_rows(),
+    judged = "".join(f"<p>{esc(v['sentence'])}</p>" for v in ev.verdicts())
+    pred = html_table(PREDICTION_HEADER, ev.prediction_rows(),
                   caption="Neuron-based cluster prediction (Wilson 95% interval, n = questions): "
                           + ev.meta.get("prediction_rule", ""))
-    return _section(folder.name, "Key neurons: boost and suppress", facts + pcr + judged + pred)
+    return section_html(folder.name, "Key neurons: boost and suppress", facts + pcr + judged + pred)
 
 
 def _selection_fallbacks(scores, ctx: ReportContext) -> dict[str, str]:
@@ -68,22 +68,22 @@ def render_keyneuron_scores(folder: Path, ctx: ReportContext) -> str:
     signed_bad = int((total <= 0).sum())
     spearman = check.get("median_spearman")
     cfg = sc.meta.get("config") or {}
-    facts = _facts({
+    facts = facts_list({
         "computed": sc.meta.get("method"),
         "baseline": f"{sc.meta.get('baseline')} (asked: {cfg.get('baseline')})",
         "block normalises its MLP output": sc.meta.get("normalises_mlp_output"),
         "completeness, median |Σ scores − (P(a) − P(b))| / |P(a) − P(b)|":
-            f"{_dec(comp.get('median_rel_delta'), 3)} (90th percentile {_dec(comp.get('p90_rel_delta'), 2)}; "
+            f"{fmt_dec(comp.get('median_rel_delta'), 3)} (90th percentile {fmt_dec(comp.get('p90_rel_delta'), 2)}; "
             f"holds below {COMPLETENESS_OK}: {'yes' if comp.get('holds') else 'no'})",
         "ranking vs exact single-neuron ablation (median Spearman over prompts, top "
         f"{cfg.get('validate_top')} by |score|)":
             "not checked" if not spearman else
-            f"{_dec(spearman['value'], 2)} [{_dec(spearman['low'], 2)}, {_dec(spearman['high'], 2)}] over "
+            f"{fmt_dec(spearman['value'], 2)} [{fmt_dec(spearman['low'], 2)}, {fmt_dec(spearman['high'], 2)}] over "
             f"{check.get('prompts')} prompts",
         "questions whose signed Z ≤ 0 (the paper's normaliser falls back)": f"{signed_bad} of {total.numel()}",
         **_selection_fallbacks(sc, ctx),
         "prompts": sc.meta.get("prompts"), "steps": cfg.get("steps"), "templates": cfg.get("templates")})
-    return _section(folder.name, "Key neurons: attribution", facts)
+    return section_html(folder.name, "Key neurons: attribution", facts)
 
 
 def render_comparison(folder: Path, ctx: ReportContext) -> str:
@@ -99,9 +99,9 @@ def render_comparison(folder: Path, ctx: ReportContext) -> str:
         return f"{r['own_delta_nll']:+.3f}" + (f" ± {sd:.3f}" if sd is not None and sd == sd else "")
 
     res = MethodComparison.load(folder)
-    over = _table(["language", "set A", "set B", "|A|", "|B|", "overlap", "chance", "x chance", "p", "p (per layer)"],
-                  [(r["language"], r["a"], r["b"], r["size_a"], r["size_b"], r["overlap"], _dec(r["chance"], 2),
-                    _dec(r["enrichment"], 1), p(r.get("p_value")), p(r.get("p_value_layers"))) for r in res.overlap],
+    over = html_table(["language", "set A", "set B", "|A|", "|B|", "overlap", "chance", "x chance", "p", "p (per layer)"],
+                  [(r["language"], r["a"], r["b"], r["size_a"], r["size_b"], r["overlap"], fmt_dec(r["chance"], 2),
+                    fmt_dec(r["enrichment"], 1), p(r.get("p_value")), p(r.get("p_value_layers"))) for r in res.overlap],
                   left=3,
                   caption="Neurons shared by two methods' sets for one language, against random sets with the same "
                           "count per layer; p: one-sided hypergeometric p-value of at least this overlap, drawing "
@@ -110,7 +110,7 @@ def render_comparison(folder: Path, ctx: ReportContext) -> str:
     if res.effect:
         text = res.meta.get("ppl_text") or {}
         where = f" ({text['split']} split, no document holding a cloze question's sentence)" if text else ""
-        body += _table(["method", "language", "own ΔNLL", "others' mean ΔNLL", "own hit most", "own above every random"],
+        body += html_table(["method", "language", "own ΔNLL", "others' mean ΔNLL", "own hit most", "own above every random"],
                        [(r["family"], r["language"], own(r), f"{r['others_delta_nll']:+.3f}",
                          "yes" if r["own_hit_most"] else "no",
                          {True: "yes", False: "no"}.get(r.get("own_above_every_random"), "")) for r in res.effect],
@@ -121,7 +121,7 @@ def render_comparison(folder: Path, ctx: ReportContext) -> str:
         body += ctx.figure(plots.method_effects(res.effect), "method_effects",
                            "Own-language vs other languages' NLL change per method (and its size-matched random sets) "
                            "and language")
-    return _section(folder.name, "Three methods on one neuron space", body)
+    return section_html(folder.name, "Three methods on one neuron space", body)
 
 
 SECTIONS = [("keyneuron_scores", render_keyneuron_scores), ("keyneuron_eval", render_keyneuron_eval),

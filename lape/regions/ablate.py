@@ -41,17 +41,16 @@ import torch
 from torch import nn
 
 from .. import artifacts
-from ..activations import check_corpus, corpus_key
 from ..config import StageConfig, option
+from ..corpora.identity import check_corpus, corpus_key
 from ..errors import LapeError
 from ..evaluate.perplexity import LanguageNLL, PerplexityConfig, PerplexityResult
-from ..masks import ParamRegions
+from ..masks import ParamRegions, mono_language
 from ..models import check_positions, fingerprint
 from ..space import ParamSpace
 from ..weights import edit_weights
 
 logger = logging.getLogger(__name__)
-MONO = "mono:"
 MATRICES = "-matrices"  # row suffix: the region without its norm entries
 MATRIX_ROWS = ("core", "bottom", "random")  # regions that get a -matrices row by default
 
@@ -81,7 +80,7 @@ class RegionPerplexity(PerplexityResult):
 
     def row_language(self, row: str) -> str | None:
         """``mono:xx`` belongs to language ``xx`` (when evaluated); other rows are controls."""
-        lang = row[len(MONO):] if row.startswith(MONO) else None
+        lang = mono_language(row)
         return lang if lang in self.languages else None
 
     def ppl_ratio(self, row: str) -> list[float]:
@@ -95,7 +94,7 @@ class RegionPerplexity(PerplexityResult):
         norm entries."""
         out = []
         for row in self.rows:
-            if row.startswith(MONO):
+            if mono_language(row):
                 continue
             ratios = [r for r in self.ppl_ratio(row) if not math.isnan(r)]
             if not ratios:
@@ -129,7 +128,7 @@ class RegionPerplexity(PerplexityResult):
     def summary_line(self) -> str:
         parts = [f"{c['row']} x{c['geomean_ppl_ratio']:.3g}" for c in self.control_summary()]
         line = "PPL / unmodified (geometric mean over languages): " + (", ".join(parts) or "no control rows")
-        if any(r.startswith(MONO) for r in self.rows):
+        if any(mono_language(r) for r in self.rows):
             d, c = self.diagonal_summary("nll"), self.column_summary()
             line += (f"; monolingual regions hit their own language hardest in {sum(r['own_hit_hardest'] for r in d)} "
                      f"of {len(d)} rows and {sum(r['own_hit_hardest'] for r in c)} of {len(c)} columns (delta NLL)")

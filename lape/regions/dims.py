@@ -14,7 +14,7 @@ first token. This module provides the pieces:
   with the massive-dimension entries kept");
 * :func:`dimension_profile`: where a region's entries sit along the residual axis, per tensor
   type, and how concentrated they are in a few rows and columns (:class:`DimensionProfile`);
-* :func:`plot_dimension_profile`: a figure of that profile, massive channels marked;
+* :func:`dimension_figure`: a figure of that profile, massive channels marked;
 * :func:`dimension_dependence`: the massive channels and the profile on them as one cached
   artifact (:class:`DimensionResult`, kind ``dims``).
 
@@ -47,7 +47,7 @@ from ..config import StageConfig, option
 from ..errors import LapeError
 from ..masks import ParamRegions
 from ..models import fingerprint, input_device
-from ..space import ParamSpace, _features, _is_conv1d
+from ..space import ParamSpace, feature_counts, is_conv1d
 from .select import region_size
 
 # linear layers that add their output to the residual stream (last name component)
@@ -75,11 +75,11 @@ def hidden_size(model: nn.Module) -> int:
 
 def _linear_axis(leaf: str, module: nn.Module, attr: str, shape: tuple[int, ...], hidden: int) -> int | None:
     """Residual axis of a linear layer's weight or bias (see the module docstring)."""
-    n_in, n_out = _features(module, "in"), _features(module, "out")
+    n_in, n_out = feature_counts(module, "in"), feature_counts(module, "out")
     writer = n_out == hidden and (leaf in WRITER_NAMES or n_in != hidden)
     if attr != "weight":
         return 0 if writer and shape == (hidden,) else None
-    conv = _is_conv1d(module)
+    conv = is_conv1d(module)
     if writer:
         return 1 if conv else 0
     if n_in == hidden:
@@ -110,7 +110,7 @@ def residual_axes(model: nn.Module, space: ParamSpace | None = None) -> dict[str
     for p in space.params:
         owner_path, _, attr = p.name.rpartition(".")
         owner, leaf = modules[owner_path], owner_path.rsplit(".", 1)[-1]
-        if _features(owner, "in") is not None:
+        if feature_counts(owner, "in") is not None:
             axis = _linear_axis(leaf, owner, attr, p.shape, hidden)
         else:
             axis = 0 if p.shape == (hidden,) and leaf not in HEAD_NORM_NAMES else None
@@ -140,9 +140,9 @@ def writes_residual(model: nn.Module, name: str, axes: Mapping[str, int | None])
     if attr != "weight" or axis is None:
         return False
     owner = model.get_submodule(owner_path)
-    if _features(owner, "in") is None or dict(owner.named_parameters(recurse=False))["weight"].dim() != 2:
+    if feature_counts(owner, "in") is None or dict(owner.named_parameters(recurse=False))["weight"].dim() != 2:
         return False
-    return axis == (1 if _is_conv1d(owner) else 0)
+    return axis == (1 if is_conv1d(owner) else 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -740,7 +740,7 @@ def dimension_dependence(model: nn.Module, sequences: Iterable[Any] | Mapping[st
         >>> res = dimension_dependence(model, corpus, regions, DimsConfig(), out="runs/demo/dims")
         >>> res.summary_line()
     """
-    from ..activations import corpus_key
+    from ..corpora.identity import corpus_key
 
     space = space or ParamSpace.of(model)
     regions.check_model(model)
@@ -769,10 +769,11 @@ def dimension_dependence(model: nn.Module, sequences: Iterable[Any] | Mapping[st
 
 
 def dimension_figure(profile: DimensionProfile, massive: MassiveDims | None = None) -> Any:
-    """The figure of :func:`plot_dimension_profile` (a ``matplotlib.figure.Figure``, not saved)."""
+    """The profile per residual-axis tensor type, massive channels marked (a
+    ``matplotlib.figure.Figure``; the report saves it)."""
     import numpy as np
 
-    from ..plots import _figure
+    from ..plots import new_figure
 
     types = profile.residual_types()
     if not types:
@@ -781,7 +782,7 @@ def dimension_figure(profile: DimensionProfile, massive: MassiveDims | None = No
     n_panels = len(types) + (massive is not None)
     cols = 1 if n_panels < 4 else 2
     rows = -(-n_panels // cols)
-    fig = _figure(6.5 * cols, 1.4 + 1.6 * rows)
+    fig = new_figure(6.5 * cols, 1.4 + 1.6 * rows)
     axs = fig.subplots(rows, cols, sharex=True, squeeze=False).T.reshape(-1)  # down the first column first
     for ax in axs[n_panels:]:
         ax.set_visible(False)
@@ -814,29 +815,3 @@ def dimension_figure(profile: DimensionProfile, massive: MassiveDims | None = No
 def _mark(ax: Any, dims: Sequence[int]) -> None:
     for c in dims:
         ax.axvline(c, color="#d62728", lw=0.8, alpha=0.6)
-
-
-def plot_dimension_profile(profile: DimensionProfile, massive: MassiveDims | None, path: str | Path) -> Path:
-    """Save a figure of a :class:`DimensionProfile`: one panel per tensor type with region entries
-    per hidden channel relative to chance, massive channels marked, and a panel of the
-    per-channel activation peak (log scale) when ``massive`` is given.
-
-    Args:
-        profile: from :func:`dimension_profile`.
-        massive: from :func:`find_massive_dims`, or ``None`` (then ``profile.dims`` are marked).
-        path: the file to write (``.png``; an ``.svg`` is written beside it).
-
-    Returns:
-        The PNG's path.
-
-    Example:
-        >>> plot_dimension_profile(prof, massive, "runs/demo/plots/core_dims.png")
-    """
-    from ..report import save_figure
-
-    if massive is not None and massive.hidden_size != profile.hidden_size:
-        raise LapeError(f"the massive dims have {massive.hidden_size} channels but the profile {profile.hidden_size}: "
-                        "find them on the model the regions were made for")
-    path = Path(path)
-    stem = path.with_suffix("") if path.suffix.lower() in (".png", ".svg") else path
-    return save_figure(dimension_figure(profile, massive), stem)[0]

@@ -52,8 +52,7 @@ running statistic is each parameter's float32 gradient sum), as in :func:`lape.r
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -63,8 +62,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import artifacts
-from ..activations import MAX_SEQ_LEN, corpus_config
+from ..autograd import gradients_for
 from ..config import StageConfig, option
+from ..corpora.identity import MAX_SEQ_LEN, corpus_config
 from ..errors import LapeError
 from ..head import logits_from_hidden
 from ..models import fingerprint, input_device, model_id_of
@@ -249,26 +249,6 @@ def batch_gradients(model: nn.Module, params: Mapping[str, nn.Parameter], input_
     names = list(params)
     grads = torch.autograd.grad(h, [params[k] for k in names], grad_outputs=dh, allow_unused=True)
     return dict(zip(names, grads)), n, total
-
-
-@contextmanager
-def gradients_for(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, nn.Parameter]]:
-    """``requires_grad`` on ``names`` only, the model in eval mode (no dropout) and autograd on,
-    all restored on exit; yields ``{name: parameter}``."""
-    named = dict(model.named_parameters())
-    chosen = set(names)
-    flags = {n: p.requires_grad for n, p in named.items()}
-    training = model.training
-    try:
-        for n, p in named.items():
-            p.requires_grad_(n in chosen)
-        model.eval()
-        with torch.enable_grad():
-            yield {n: named[n] for n in names}
-    finally:
-        for n, p in named.items():
-            p.requires_grad_(flags[n])
-        model.train(training)
 
 
 def _norm_scale(is_norm: bool, removal: float) -> str | None:

@@ -50,8 +50,8 @@ import torch
 from torch import nn
 
 from .. import artifacts
-from ..activations import check_corpus, corpus_key
 from ..config import StageConfig, option
+from ..corpora.identity import check_corpus, corpus_key
 from ..errors import LapeError
 from ..evaluate.perplexity import LanguageNLL, PerplexityConfig
 from ..models import check_positions, fingerprint, input_device
@@ -723,10 +723,10 @@ def superweight_figure(result: PerturbResult) -> Any:
     and under each edit of that channel (a ``matplotlib.figure.Figure``, not saved)."""
     import numpy as np
 
-    from ..plots import _figure
+    from ..plots import new_figure
 
     cands = result.candidates
-    fig = _figure(6.5, 0.6 + 2.4 * len(cands))
+    fig = new_figure(6.5, 0.6 + 2.4 * len(cands))
     axs = fig.subplots(len(cands), 1, squeeze=False)[:, 0]
     x = np.arange(len(result.base_bos))
     colors = {"weight": "#d62728", "norm": "#1f77b4"}

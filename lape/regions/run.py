@@ -39,6 +39,7 @@ class RegionsRunConfig(StageConfig):
     eval_tokens_per_language: int = option(256, gt=0)  # held-out tokens per evaluated language
     massive_ratio: float = option(100.0, gt=0.0)  # massive channel: peak above this x the median
     perturb_factor: float = 4.0  # the super-weight test's scale edit, beside zeroing (Zhang et al.: x4)
+    perturb_max_dims: int | None = option(None, min=1)  # super-weight test: the largest massive channels only (None: all)
     train_steps: int = option(0, min=0)  # further pre-training steps per setting (0: skip)
     train_language: str | None = None  # None: the first importance language
     train_lr: float = option(1e-5, gt=0.0, max=1.0)  # AdamW learning rate (paper: 5e-5; 1e-5 lowers the trained language's NLL in 12 CPU-sized steps)
@@ -120,7 +121,7 @@ def run_regions(model: Any, tok: Any, manifest: Any, run: str | Path, config: Re
                                                                   out=run / "region-ppl", progress=progress))
     if massive.dims:
         pcfg = PerturbConfig(factor=config.perturb_factor, tokens_per_language=config.eval_tokens_per_language,
-                             seq_len=config.seq_len, seed=config.seed)
+                             seq_len=config.seq_len, seed=config.seed, max_dims=config.perturb_max_dims)
         out["region-perturb"] = step("region-perturb", lambda: superweight_test(
             model, valid, massive, pcfg, scores=imp, out=run / "region-perturb", progress=progress))
     if config.train_steps > 0:

@@ -36,7 +36,7 @@ import torch
 from .. import artifacts
 from ..config import StageConfig, option
 from ..errors import LapeError
-from ..masks import ParamRegions
+from ..masks import ParamRegions, mono_label
 from .importance import ParamImportance
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def select_regions(imp: ParamImportance, config: RegionConfig = RegionConfig(), 
             logger.warning("languages were scored on different numbers of batches (%s): scores are sums over "
                            "batches, so core leans towards the larger ones; give every language the same budget",
                            batches)
-        labels = [*CONTROLS, *(f"mono:{lang}" for lang in languages)]
+        labels = [*CONTROLS, *(mono_label(lang) for lang in languages)]
         masks = {n: tensor_regions(imp.scores[n][idx], config.top_rate, config.seed, n) for n in names}
         regions = ParamRegions(labels, masks)
         regions.meta = artifacts.sidecar(

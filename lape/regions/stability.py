@@ -44,10 +44,10 @@ import numpy as np
 import torch
 
 from .. import artifacts
-from ..activations import corpus_key
+from ..corpora.identity import corpus_key
 from ..errors import LapeError
 from ..intervals import overlap_law
-from ..masks import ParamRegions
+from ..masks import ParamRegions, mono_language
 from .importance import ImportanceConfig, ParamImportance, param_importance
 from .select import RegionConfig, select_regions
 
@@ -120,7 +120,7 @@ def region_agreement(a: ParamRegions, b: ParamRegions, labels: Sequence[str] | N
             raise LapeError(f"{name} has shape {tuple(m.shape[1:])} in one regions and "
                             f"{tuple(b.masks[name].shape[1:])} in the other: compare regions of one model")
     if labels is None:
-        labels = [lab for lab in a.labels if lab in b.labels and (lab == "core" or lab.startswith("mono:"))]
+        labels = [lab for lab in a.labels if lab in b.labels and (lab == "core" or mono_language(lab))]
     labels = list(labels)
     missing = [lab for lab in labels if lab not in a.labels or lab not in b.labels]
     if missing or not labels:

@@ -103,7 +103,6 @@ streams; :func:`continued_pretraining` runs the sequences it is given.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import time
@@ -118,18 +117,18 @@ import torch
 from torch import nn
 
 from .. import artifacts
-from ..activations import MAX_SEQ_LEN, check_corpus, corpus_key
+from ..autograd import gradients_for
 from ..config import StageConfig, option
 from ..corpora import batches
+from ..corpora.identity import MAX_SEQ_LEN, check_corpus, corpus_key
 from ..errors import LapeError
 from ..evaluate.perplexity import sequence_nll
-from ..files import atomic_write_bytes
 from ..intervals import Interval, bootstrap
 from ..masks import ParamRegions
 from ..models import check_positions, fingerprint, input_device
 from ..space import ParamSpace
 from ..weights import freeze
-from .importance import batch_gradients, gradients_for
+from .importance import batch_gradients
 from .select import extreme_mask, region_size
 
 if TYPE_CHECKING:
@@ -734,11 +733,11 @@ def forgetting_figure(result: ForgettingResult) -> Figure:
     Example:
         >>> fig = forgetting_figure(ForgettingResult.load("runs/demo/forgetting"))
     """
-    from ..plots import _figure, _label_colors
+    from ..plots import label_colors, new_figure
 
     settings, languages = result.settings, result.languages
-    colors = _label_colors(len(settings))
-    fig = _figure(max(6.4, 3.6 + 0.5 * len(languages) * max(1, len(settings)) / 2), 3.3)
+    colors = label_colors(len(settings))
+    fig = new_figure(max(6.4, 3.6 + 0.5 * len(languages) * max(1, len(settings)) / 2), 3.3)
     bars_ax, loss_ax = fig.subplots(1, 2, width_ratios=[max(2, len(languages)), 2])
     x = np.arange(len(languages))
     width = 0.8 / len(settings)
@@ -777,29 +776,3 @@ def forgetting_figure(result: ForgettingResult) -> Figure:
 
 
 _SAVE_META = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}, "pdf": {"CreationDate": None}}
-
-
-def plot_forgetting(result: ForgettingResult, path: str | Path) -> Path:
-    """Write :func:`forgetting_figure` to ``path`` (``.png``, ``.svg`` or ``.pdf``; no suffix:
-    ``.png``), atomically, without dates, so re-runs give equal files.
-
-    Returns:
-        The written path.
-
-    Example:
-        >>> plot_forgetting(res, "runs/demo/plots/forgetting.png")
-    """
-    import matplotlib
-
-    path = Path(path)
-    if not path.suffix:
-        path = path.with_suffix(".png")
-    fmt = path.suffix[1:].lower()
-    if fmt not in _SAVE_META:
-        raise LapeError(f"cannot write a {path.suffix} figure ({path}): use .png, .svg or .pdf")
-    buf = io.BytesIO()
-    with matplotlib.rc_context({"svg.hashsalt": "lape", "svg.fonttype": "path"}):
-        forgetting_figure(result).savefig(buf, format=fmt, dpi=120, metadata=_SAVE_META[fmt],
-                                          bbox_inches="tight", pad_inches=0.08)
-    atomic_write_bytes(path, buf.getvalue())
-    return path

@@ -17,78 +17,41 @@ This module loads artifacts, never a model. The small numbers it shows beside th
 
 from __future__ import annotations
 
-import base64
-import html
-import io
-import json
 import logging
 import math
-import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from . import artifacts, plots
-from .activations import ActivationStats
-from .errors import LapeError
-from .evaluate.perplexity import PerplexityResult
-from .evaluate.steering import SteeringEval
-from .masks import NeuronSets
+from .. import artifacts, plots
+from ..activations import ActivationStats
+from ..errors import LapeError
+from ..evaluate.perplexity import PerplexityResult
+from ..evaluate.steering import SteeringEval
+from ..masks import NeuronSets
+from .html import (
+    Raw,
+    ReportContext,
+    SectionRenderer,
+    details,
+    esc,
+    facts_list,
+    fmt_dec,
+    html_table,
+    kv_table,
+    lang_tag,
+    save_figure,
+    section_html,
+)
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+__all__ = ["SECTIONS", "ReportContext", "SectionRenderer", "all_sections", "find_artifacts", "layer_shares",
+           "neuron_summary", "render_fluency_reference", "render_neurons", "render_ppl", "render_stats",
+           "render_steering", "save_figure", "save_neuron_plots", "write_report"]
 
 logger = logging.getLogger(__name__)
-
-PNG_DPI = 120  # report and README figures: sharp on screen, ~100 kB each
-
-
-# --------------------------------------------------------------------------------------------
-# figure files
-
-
-def _render(fig: Figure) -> tuple[bytes, bytes]:
-    """PNG and SVG bytes of a figure, without dates or tool URLs, so re-runs give equal files."""
-    import matplotlib
-
-    png, svg = io.BytesIO(), io.BytesIO()
-    with matplotlib.rc_context({"svg.hashsalt": "lape", "svg.fonttype": "path"}):
-        # "tight" also keeps legends placed outside the axes inside the image
-        fig.savefig(png, format="png", dpi=PNG_DPI, metadata={"Software": None}, bbox_inches="tight",
-                    pad_inches=0.08)
-        fig.savefig(svg, format="svg", metadata={"Date": None, "Creator": None}, bbox_inches="tight",
-                    pad_inches=0.08)
-    return png.getvalue(), svg.getvalue()
-
-
-def _write_figure(png: bytes, svg: bytes, path_stem: Path) -> list[Path]:
-    paths = [path_stem.with_name(path_stem.name + ".png"), path_stem.with_name(path_stem.name + ".svg")]
-    artifacts.atomic_write_bytes(paths[0], png)
-    artifacts.atomic_write_bytes(paths[1], svg)
-    return paths
-
-
-def save_figure(fig: Figure, path_stem: str | Path) -> list[Path]:
-    """Write ``fig`` as ``STEM.png`` (120 dpi) and ``STEM.svg``, each atomically.
-
-    Args:
-        fig: a figure from :mod:`lape.plots`.
-        path_stem: the path without suffix; its folder is created.
-
-    Returns:
-        ``[STEM.png, STEM.svg]``.
-
-    Example:
-        >>> save_figure(plots.overlap_heatmap(sets), Path("runs/demo/plots/overlap_heatmap"))
-        [PosixPath('runs/demo/plots/overlap_heatmap.png'), PosixPath('runs/demo/plots/overlap_heatmap.svg')]
-    """
-    png, svg = _render(fig)
-    return _write_figure(png, svg, Path(path_stem))
-
 
 # --------------------------------------------------------------------------------------------
 # numbers shown beside the figures
@@ -191,143 +154,7 @@ def save_neuron_plots(neurons_dir: str | Path, stats_dir: str | Path | None = No
 
 
 # --------------------------------------------------------------------------------------------
-# HTML pieces
-
-
-def _e(value: Any) -> str:
-    """HTML-escape any value's text (model outputs hold arbitrary text)."""
-    return html.escape(str(value), quote=True)
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    """A cell's escaped text: floats to ``digits`` significant digits, ``None``/NaN as a dash."""
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return "–"
-        return f"{value:,.{digits}g}" if abs(value) < 1e6 else f"{value:.3e}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, Mapping):
-        return _e(", ".join(f"{k} {v}" for k, v in value.items()))
-    if isinstance(value, (list, tuple)):
-        return _e(", ".join(str(v) for v in value))
-    return _e(value)
-
-
-def _dec(value: float | None, digits: int = 2, signed: bool = False) -> str:
-    """Fixed decimals (``+1.25`` when signed); ``None``/NaN as a dash."""
-    if value is None or not math.isfinite(value):
-        return "–"
-    return f"{value:{'+' if signed else ''},.{digits}f}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, caption: str = "",
-           row_classes: Sequence[str] | None = None, cell_classes: Callable[[int, int], str] | None = None,
-           left: int | set[int] = 1) -> str:
-    """An HTML table; cells are values (formatted by :func:`_fmt`) or ``_Raw`` HTML.
-
-    The first ``left`` columns (or the columns in the set ``left``) are left-aligned text; the
-    rest (numbers) right-aligned.
-    """
-    def is_left(j: int) -> bool:
-        return j in left if isinstance(left, set) else j < left
-
-    def cls(i: int, j: int) -> str:
-        names = ["l"] if is_left(j) else []
-        if i >= 0 and cell_classes is not None and (extra := cell_classes(i, j)):
-            names.append(extra)
-        return f' class="{" ".join(names)}"' if names else ""
-
-    head = "".join(f"<th{cls(-1, j)}>{_e(h)}</th>" for j, h in enumerate(header))
-    body = []
-    for i, row in enumerate(rows):
-        rc = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
-        cells = "".join(f"<td{cls(i, j)}>{v if isinstance(v, _Raw) else _fmt(v)}</td>"
-                        for j, v in enumerate(row))
-        body.append(f"<tr{rc}>{cells}</tr>")
-    cap = f'<p class="cap">{_e(caption)}</p>' if caption else ""
-    return (f'<div class="scroll">{cap}<table><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table></div>")
-
-
-class _Raw(str):
-    """Already-escaped HTML for a table cell."""
-
-
-def _kv_table(items: Mapping[str, Any], caption: str = "") -> str:
-    """A two-column settings table; nested values as compact JSON."""
-    rows = []
-    for k, v in items.items():
-        nested = isinstance(v, Mapping) or (isinstance(v, list) and any(isinstance(x, (Mapping, list)) for x in v))
-        if nested:
-            v = _Raw(f"<code>{_e(json.dumps(v, ensure_ascii=False, default=str))}</code>")
-        rows.append((k, v))
-    return _table(["setting", "value"], rows, left=2, caption=caption).replace("<table>", '<table class="kv">', 1)
-
-
-def _details(summary: str, body: str) -> str:
-    return f"<details><summary>{_e(summary)}</summary>{body}</details>"
-
-
-def _lang(code: Any) -> str:
-    return f'<span class="lang">{_e(code if code else "?")}</span>'
-
-
-# --------------------------------------------------------------------------------------------
 # sections
-
-
-@dataclass
-class ReportContext:
-    """What a section renderer gets besides its folder.
-
-    Attributes:
-        run: the run folder.
-        plots_dir: where figures are saved (``RUN/plots``).
-        written: figure files written so far.
-    """
-
-    run: Path
-    plots_dir: Path
-    written: list[Path] = field(default_factory=list)
-    found: dict[str, list[Path]] = field(default_factory=dict)  # artifact kind -> folders, by sidecar
-    _stats: Any = field(default=None, repr=False)
-
-    def figure(self, fig: Figure, name: str, caption: str) -> str:
-        """Save ``fig`` as ``plots/NAME.png|svg`` and return a ``<figure>`` with it embedded."""
-        png, svg = _render(fig)
-        self.written += _write_figure(png, svg, self.plots_dir / name)
-        data = base64.b64encode(png).decode("ascii")
-        # shown at the figure's size in inches (96 CSS px each), so all figures share one font
-        # size; narrower screens scale them down
-        width, height = (round(v * 96 / PNG_DPI) for v in struct.unpack(">II", png[16:24]))
-        return (f'<figure><img src="data:image/png;base64,{data}" width="{width}" height="{height}" '
-                f'alt="{_e(caption)}">'
-                f"<figcaption>{_e(caption)}</figcaption></figure>")
-
-    def stats(self) -> ActivationStats | None:
-        """The run's activation statistics (loaded once), or ``None`` if there are none."""
-        folders = self.found.get(ActivationStats.KIND) or []
-        if self._stats is None and folders:
-            self._stats = ActivationStats.load(folders[0])
-        return self._stats
-
-
-SectionRenderer = Callable[[Path, ReportContext], str]
-
-
-def _section(key: str, title: str, body: str) -> str:
-    return (f'<section id="{_e(key)}"><h2>{_e(title)} <span class="path">{_e(key)}/</span></h2>'
-            f"{body}</section>")
-
-
-def _facts(items: Mapping[str, Any]) -> str:
-    return "<dl class=\"facts\">" + "".join(f"<dt>{_e(k)}</dt><dd>{v if isinstance(v, _Raw) else _fmt(v)}</dd>"
-                                          for k, v in items.items()) + "</dl>"
 
 
 def render_stats(folder: Path, ctx: ReportContext) -> str:
@@ -347,12 +174,12 @@ def render_stats(folder: Path, ctx: ReportContext) -> str:
         "processes": meta.get("world_size"),
     }
     fired = (stats.fire_counts > 0).to(float).mean((1, 2)).tolist()  # neurons that fired at all
-    rows = [(_Raw(_lang(lang)), n, plots.pct(f)) for lang, n, f in zip(stats.languages, tokens, fired, strict=True)]
-    body = ('<div class="row">' + _facts(facts)
-            + _table(["language", "tokens", "neurons that fired"], rows, caption="Tokens per language")
-            + (_kv_table(meta["config"], caption="Recording settings") if meta.get("config") else "")
+    rows = [(Raw(lang_tag(lang)), n, plots.pct(f)) for lang, n, f in zip(stats.languages, tokens, fired, strict=True)]
+    body = ('<div class="row">' + facts_list(facts)
+            + html_table(["language", "tokens", "neurons that fired"], rows, caption="Tokens per language")
+            + (kv_table(meta["config"], caption="Recording settings") if meta.get("config") else "")
             + "</div>")
-    return _section(folder.name, "Activation statistics", body)
+    return section_html(folder.name, "Activation statistics", body)
 
 
 def render_neurons(folder: Path, ctx: ReportContext) -> str:
@@ -368,7 +195,7 @@ def render_neurons(folder: Path, ctx: ReportContext) -> str:
     if "normaliser_fallbacks" in sets.meta:  # key-neuron selection: questions whose NA normaliser Z was not positive
         facts["normaliser fallbacks (Z <= 0, kept sum used)"] = (f"{sets.meta['normaliser_fallbacks']} of "
                                                                  f"{sets.meta.get('questions')} questions")
-    summary_table = _table(
+    summary_table = html_table(
         ["set", "neurons", "bottom third", "top third"],
         [(r["set"], r["neurons"], plots.pct(r["bottom_third"]), plots.pct(r["top_third"])) for r in summary],
         row_classes=["" for _ in summary[:-1]] + ["total"],
@@ -378,14 +205,14 @@ def render_neurons(folder: Path, ctx: ReportContext) -> str:
     per_layer = sets.counts_per_layer()
     fig_layers = ctx.figure(plots.layer_distribution(sets, (union["bottom_third"], union["top_third"])),
                             "layer_distribution", f"{method} neurons per layer")
-    layer_table = _table(["set", *map(str, range(layers))], [(lab, *c) for lab, c in per_layer.items()],
+    layer_table = html_table(["set", *map(str, range(layers))], [(lab, *c) for lab, c in per_layer.items()],
                          caption="Neurons per layer")
     ov = sets.overlaps().tolist()
     fig_overlap = ctx.figure(plots.overlap_heatmap(sets), "overlap_heatmap", "Neurons shared by two sets")
-    overlap_table = _table(["set", *sets.labels], [(lab, *row) for lab, row in zip(sets.labels, ov, strict=True)],
+    overlap_table = html_table(["set", *sets.labels], [(lab, *row) for lab, row in zip(sets.labels, ov, strict=True)],
                            caption="Shared neurons (diagonal: set size)",
                            cell_classes=lambda i, j: "diag" if j == i + 1 else "")
-    body = (f'<div class="row">{_facts(facts)}{summary_table}</div>'
+    body = (f'<div class="row">{facts_list(facts)}{summary_table}</div>'
             + f'<div class="grid">{fig_layers}{fig_overlap}</div>'
             + f'<div class="row">{layer_table}{overlap_table}</div>')
 
@@ -398,15 +225,15 @@ def render_neurons(folder: Path, ctx: ReportContext) -> str:
         probs = stats.probabilities().numpy()  # (languages, layers, neurons)
         fig_prob = ctx.figure(plots.probability_heatmap(sets, stats), "probability_heatmap",
                               "Activation probability of the selected neurons per recorded language")
-        means = _table(["neurons of set", *stats.languages], _group_means(probs, cols),
+        means = html_table(["neurons of set", *stats.languages], _group_means(probs, cols),
                        caption="Mean activation probability of each set's neurons shown",
                        cell_classes=_diag_by_label(stats.languages, cols))
         per_neuron = [(lab, layer, idx, *(f"{v:.3f}" for v in probs[:, layer, idx].tolist()))
                       for lab, layer, idx in cols]
         body += ("<h3>Activation probability per language</h3>" + fig_prob + means
-                 + _details(f"Per-neuron probabilities ({len(cols)} neurons shown)",
-                            _table(["set", "layer", "neuron", *stats.languages], per_neuron, left=1)))
-    return _section(folder.name, f"{method} neurons", body)
+                 + details(f"Per-neuron probabilities ({len(cols)} neurons shown)",
+                            html_table(["set", "layer", "neuron", *stats.languages], per_neuron, left=1)))
+    return section_html(folder.name, f"{method} neurons", body)
 
 
 def _diag_by_label(languages: Sequence[str], cols: Sequence[tuple[str, int, int]]) -> Callable[[int, int], str]:
@@ -427,52 +254,52 @@ def render_ppl(folder: Path, ctx: ReportContext) -> str:
     fig = ctx.figure(plots.ppl_heatmaps(result), "ppl_heatmaps",
                      f"Perplexity change when each set's neurons are deactivated: {method} (left) "
                      "vs random neurons with the same count per layer (right)")
-    base = _table(["language", "tokens", "NLL (nats/token)", "PPL"],
-                  [(_Raw(_lang(lang)), result.tokens.get(lang), _dec(nll, 3), _dec(ppl))
+    base = html_table(["language", "tokens", "NLL (nats/token)", "PPL"],
+                  [(Raw(lang_tag(lang)), result.tokens.get(lang), fmt_dec(nll, 3), fmt_dec(ppl))
                    for lang, nll, ppl in zip(langs, result.base_nll, result.base_ppl, strict=True)],
                   caption="Unmodified model")
 
     def matrix(m: list[list[float]], caption: str) -> str:
-        return _table(["deactivated", *langs],
-                      [(r, *(_dec(v, signed=True) for v in vals)) for r, vals in zip(rows, m, strict=True)],
+        return html_table(["deactivated", *langs],
+                      [(r, *(fmt_dec(v, signed=True) for v in vals)) for r, vals in zip(rows, m, strict=True)],
                       caption=caption,
                       cell_classes=lambda i, j: "diag" if j >= 1 and langs[j - 1] == rows[i] else "")
 
     diag = result.diagonal_summary()
-    diag_table = _table(
+    diag_table = html_table(
         ["language", "own Δ PPL", "mean off-diagonal Δ PPL", "random own Δ PPL", "own > off-diagonal"],
-        [(d["language"], _dec(d["own_delta_ppl"], signed=True), _dec(d["off_diagonal_mean_delta_ppl"], signed=True),
-          _dec(d["random_own_delta_ppl"], signed=True),
-          _Raw('<span class="ok">yes</span>' if d["own_above_off_diagonal"] else '<span class="fail">no</span>'))
+        [(d["language"], fmt_dec(d["own_delta_ppl"], signed=True), fmt_dec(d["off_diagonal_mean_delta_ppl"], signed=True),
+          fmt_dec(d["random_own_delta_ppl"], signed=True),
+          Raw('<span class="ok">yes</span>' if d["own_above_off_diagonal"] else '<span class="fail">no</span>'))
          for d in diag], caption="Diagonal: a language's own PPL change against the others")
     config = result.meta.get("config") or {}
     facts = {"evaluated languages": len(langs), "deactivated sets": len(rows),
              "split": config.get("split"), "tokens per language": config.get("tokens_per_language"),
              "random baseline seed": result.meta.get("random_seed")}
-    body = (_facts(facts) + fig
+    body = (facts_list(facts) + fig
             + '<p class="note">PPL = exp(mean next-token NLL) on held-out text; Δ = with the row\'s '
               "neurons deactivated minus unmodified. Highlighted: a set's own language.</p>"
             + '<div class="row">' + matrix(result.delta_ppl(), f"Δ PPL, {method} neurons deactivated (rows)")
             + matrix(result.delta_ppl(random=True), "Δ PPL, random neurons deactivated (rows)")
             + "</div>" + '<div class="row">' + base + diag_table + "</div>")
-    return _section(folder.name, "Perplexity under deactivation", body)
+    return section_html(folder.name, "Perplexity under deactivation", body)
 
 
 def render_steering(folder: Path, ctx: ReportContext) -> str:
     """Steering: per-target table with fluency, the controls, success bars (+ strength sweep)
     and example outputs from ``steering/``."""
-    from .evaluate.steering import format_rate, row_interval
+    from ..evaluate.steering import format_rate, row_interval
 
     ev = SteeringEval.load(folder)
     steered = ev.steered()
     strengths = list(dict.fromkeys(float(r["strength"]) for r in steered))
     fluency = all("fluent" in r for r in steered) and bool(steered)
-    table = _table(
+    table = html_table(
         ["target", "rule", "steered success", "unsteered success", "steered distinct-2",
          *(["fluent", "PPL / real text"] if fluency else []), "non-letters", "identified languages"],
-        [(_Raw(_lang(r["target"])), r.get("rule") or f"x{r['strength']:g}", format_rate(ev.interval(r)),
-          format_rate(ev.interval(r, "unsteered_success")), _dec(r.get("steered_distinct_2")),
-          *([plots.pct(r.get("fluent")), _dec(r.get("fluency_ratio"))] if fluency else []),
+        [(Raw(lang_tag(r["target"])), r.get("rule") or f"x{r['strength']:g}", format_rate(ev.interval(r)),
+          format_rate(ev.interval(r, "unsteered_success")), fmt_dec(r.get("steered_distinct_2")),
+          *([plots.pct(r.get("fluent")), fmt_dec(r.get("fluency_ratio"))] if fluency else []),
           plots.pct(r.get("non_letter")), r.get("identified") or {}) for r in steered],
         caption="Per target language (success, with its Wilson 95% interval over the prompts: target language "
                 "identified, at least half of the non-blank characters letters of its script, and not degenerate; "
@@ -481,12 +308,12 @@ def render_steering(folder: Path, ctx: ReportContext) -> str:
                 "non-letters; PPL / real text: median output perplexity over real text's median)",
         left={0, 1, 7 if fluency else 5})
     controls = ev.condition_summary()
-    control_table = _table(
+    control_table = html_table(
         ["condition", "targets", "mean success", "smallest", "targets >= 90%", "mean fluent success",
          "median PPL / real", "spread over draws (SD)"],
         [(c["condition"] + (f" x{c['strength']:g}" if "strength" in c else ""), c["targets"],
           format_rate(row_interval(c, "mean_success")), format_rate(row_interval(c, "min_success")),
-          c.get("at_least_90", ""), format_rate(row_interval(c, "mean_fluent_success")), _dec(c.get("median_fluency_ratio")),
+          c.get("at_least_90", ""), format_rate(row_interval(c, "mean_fluent_success")), fmt_dec(c.get("median_fluency_ratio")),
           plots.pct(c.get("sd_over_draws"))) for c in controls],
         caption="Steered outputs next to their controls, each rate with its Wilson 95% interval (mean: every "
                 "target's outputs pooled; smallest: that target's) (random: the same edits on random neurons with the same "
@@ -510,30 +337,30 @@ def render_steering(folder: Path, ctx: ReportContext) -> str:
     for x in ev.examples:
         ok = bool(x.get("success"))
         examples.append((
-            _Raw(_lang(x.get("target"))), x.get("strength"), _Raw(f'<div class="text">{_e(x.get("prompt", ""))}</div>'),
-            _Raw(_lang(x.get("unsteered_language")) + f'<div class="text">{_e(x.get("unsteered", ""))}</div>'),
-            _Raw(_lang(x.get("steered_language")) + f'<div class="text">{_e(x.get("steered", ""))}</div>'),
-            _Raw('<span class="ok">✓</span>' if ok else '<span class="fail">✗</span>')))
-    ex_table = _table(["target", "strength", "prompt", "unsteered", "steered", "success"], examples,
+            Raw(lang_tag(x.get("target"))), x.get("strength"), Raw(f'<div class="text">{esc(x.get("prompt", ""))}</div>'),
+            Raw(lang_tag(x.get("unsteered_language")) + f'<div class="text">{esc(x.get("unsteered", ""))}</div>'),
+            Raw(lang_tag(x.get("steered_language")) + f'<div class="text">{esc(x.get("steered", ""))}</div>'),
+            Raw('<span class="ok">✓</span>' if ok else '<span class="fail">✗</span>')))
+    ex_table = html_table(["target", "strength", "prompt", "unsteered", "steered", "success"], examples,
                       caption="Example outputs (language as identified by py3langid)", left=6)
-    body = (_facts(facts) + f'<div class="figs">{"".join(figs)}</div>' + table + control_table
+    body = (facts_list(facts) + f'<div class="figs">{"".join(figs)}</div>' + table + control_table
             + ("<h3>Examples</h3>" + ex_table if examples else ""))
     title = "Steering the output language" + (f" ({ev.meta['prompt_set']})" if ev.meta.get("prompt_set") else "")
-    return _section(folder.name, title, body)
+    return section_html(folder.name, title, body)
 
 
 def render_fluency_reference(folder: Path, ctx: ReportContext) -> str:
     """The real-text yardstick of the steering fluency figures."""
-    from .evaluate.fluency import FluencyReference
+    from ..evaluate.fluency import FluencyReference
 
     ref = FluencyReference.load(folder)
-    table = _table(["language", "median PPL", "90th percentile PPL", "windows"],
-                   [(_Raw(_lang(lang)), math.exp(r["median_nll"]), math.exp(r["p90_nll"]), r.get("windows"))
+    table = html_table(["language", "median PPL", "90th percentile PPL", "windows"],
+                   [(Raw(lang_tag(lang)), math.exp(r["median_nll"]), math.exp(r["p90_nll"]), r.get("windows"))
                     for lang, r in ref.languages.items()],
                    caption="Perplexity of real held-out text windows as long as a steered output, under the "
                            "unmodified model: a steered output is fluent when it is at most the 90th percentile "
                            "(and at most 30% non-letters)", left={0})
-    return _section(folder.name, "Fluency reference", table)
+    return section_html(folder.name, "Fluency reference", table)
 
 
 EVERY_FOLDER = {"steering"}  # kinds shown once per folder (development and test evaluations side by side)
@@ -598,18 +425,18 @@ def _methods(found: Mapping[str, list[Path]]) -> str:
 
 def _header(run: Path, present: Sequence[tuple[str, str]], found: Mapping[str, list[Path]],
             skipped: Sequence[str]) -> str:
-    from . import __version__
+    from .. import __version__
 
-    parts = [f"<header><h1>lape report <span class=\"path\">{_e(run.name)}</span></h1>",
-             f'<p class="subtitle">{_e(_methods(found))} · '
-             f"lape {_e(__version__)} · {_e(time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))}</p>"]
+    parts = [f"<header><h1>lape report <span class=\"path\">{esc(run.name)}</span></h1>",
+             f'<p class="subtitle">{esc(_methods(found))} · '
+             f"lape {esc(__version__)} · {esc(time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))}</p>"]
     if present:
-        parts.append('<nav class="toc">' + "".join(f'<a href="#{_e(k)}">{_e(t)}</a>' for k, t in present)
+        parts.append('<nav class="toc">' + "".join(f'<a href="#{esc(k)}">{esc(t)}</a>' for k, t in present)
                      + "</nav>")
     parts.append("</header>")
     cards = []
     if skipped:
-        parts.append('<p class="note">Not shown: ' + "; ".join(_e(x) for x in skipped) + ".</p>")
+        parts.append('<p class="note">Not shown: ' + "; ".join(esc(x) for x in skipped) + ".</p>")
     meta = _model_meta(found)
     if meta:
         fp = meta.get("fingerprint") or {}
@@ -619,13 +446,13 @@ def _header(run: Path, present: Sequence[tuple[str, str]], found: Mapping[str, l
                  "MLP neurons per layer": fp.get("intermediate_size") or meta.get("neurons_per_layer"),
                  "vocabulary": fp.get("vocab_size"),
                  "parameters": (f"{n / 1e6:,.1f} M" if n >= 1e6 else f"{n:,}") if isinstance(n, (int, float)) else None,
-                 "weights checksum": _Raw(f"<code>{_e(fp.get('checksum', '–'))}</code>")}
-        cards.append(f"<div><h3>Model</h3>{_facts(model)}</div>")
+                 "weights checksum": Raw(f"<code>{esc(fp.get('checksum', '–'))}</code>")}
+        cards.append(f"<div><h3>Model</h3>{facts_list(model)}</div>")
     demo = run / "demo.json"
     if demo.is_file():
         settings = artifacts.read_json(demo)
         if isinstance(settings, Mapping):
-            cards.append(f"<div><h3>Run settings</h3>{_kv_table(settings)}</div>")
+            cards.append(f"<div><h3>Run settings</h3>{kv_table(settings)}</div>")
     if cards:
         parts.append(f'<section class="overview"><div class="grid">{"".join(cards)}</div></section>')
     return "".join(parts)
@@ -676,8 +503,8 @@ def write_report(run: str | Path, sections: Sequence[tuple[str, SectionRenderer]
             html_section = render(folder, ctx)
         except (LapeError, KeyError, ValueError, OSError) as exc:
             logger.warning("report: %s/ could not be read (%s)", folder.name, exc)
-            html_section = _section(folder.name, folder.name,
-                                    f'<p class="fail">This folder could not be read: {_e(exc)}</p>')
+            html_section = section_html(folder.name, folder.name,
+                                    f'<p class="fail">This folder could not be read: {esc(exc)}</p>')
         rendered.append(html_section)
         present.append((folder.name, titles.get(kind, kind)))
     for line in skipped:
@@ -687,7 +514,7 @@ def write_report(run: str | Path, sections: Sequence[tuple[str, SectionRenderer]
                         "steering artifacts).</p></section>")
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>lape report: {_e(run.name)}</title><style>{_CSS}</style></head>"
+            f"<title>lape report: {esc(run.name)}</title><style>{_CSS}</style></head>"
             f"<body><main>{_header(run, present, found, skipped)}{''.join(rendered)}</main></body></html>\n")
     path = run / "report.html"
     artifacts.atomic_write_text(path, page)
@@ -753,9 +580,9 @@ def all_sections() -> tuple[list[tuple[str, SectionRenderer]], dict[str, str]]:
     """Every method's sections in report order, and their navigation titles: LAPE's
     (:data:`SECTIONS`), then linguistic regions' (:mod:`lape.regions.report`), key neurons'
     (:mod:`lape.keyneurons.report`) and the neuron cards (:mod:`lape.explain.report`), imported here because they build on this module."""
-    from .explain import report as explain_report
-    from .keyneurons import report as keyneurons_report
-    from .regions import report as regions_report
+    from ..explain import report as explain_report
+    from ..keyneurons import report as keyneurons_report
+    from ..regions import report as regions_report
 
     return ([*SECTIONS, *regions_report.SECTIONS, *keyneurons_report.SECTIONS, *explain_report.SECTIONS],
             {**_SECTION_TITLES, **regions_report.TITLES, **keyneurons_report.TITLES, **explain_report.TITLES})
