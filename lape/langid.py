@@ -73,15 +73,16 @@ def language_of_label(label: str) -> str:
     return LANGUAGE_OF_LABEL.get(label, label)
 
 
-def identify_language(text: str, min_chars: int = 20) -> str | None:
-    """ISO 639-1 code of ``text`` (macrolanguage members counted as the macrolanguage), or
-    ``None`` when it has fewer than ``min_chars`` non-blank characters."""
+def identify(text: str, min_chars: int = 20) -> tuple[str | None, str | None]:
+    """``(language, label)``: the ISO 639-1 code of ``text`` (macrolanguage members counted as the
+    macrolanguage) and the raw ``py3langid`` label it came from; ``(None, None)`` when the text has
+    fewer than ``min_chars`` non-blank characters."""
     label = language_label(text, min_chars)
-    return None if label is None else language_of_label(label)
+    return (None, None) if label is None else (language_of_label(label), label)
 
 
 def labels_of_language(language: str) -> list[str]:
-    """Every raw ``py3langid`` label :func:`identify_language` counts as ``language``: what a
+    """Every raw ``py3langid`` label :func:`identify` counts as ``language``: what a
     steering score for that target depends on (part of its cache key)."""
     return sorted({language, *(label for label, lang in LANGUAGE_OF_LABEL.items() if lang == language)})
 

@@ -563,6 +563,7 @@ def _num(v: float, signed: bool) -> str:
     return f"{v:{sign}.2f}"
 
 
-def pct(v: float | None) -> str:
-    """A share as a whole percentage (``0.25`` -> ``25%``); a dash when missing."""
-    return "–" if v is None or not math.isfinite(v) else f"{100 * v:.0f}%"
+def pct(v: float | None, digits: int = 0) -> str:
+    """A share as a percentage (``0.25`` -> ``25%``; ``digits`` decimals); a dash when missing.
+    The one percent formatter of figures, reports and the README."""
+    return "–" if v is None or not math.isfinite(v) else f"{100 * v:.{digits}f}%"

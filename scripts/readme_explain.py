@@ -9,9 +9,7 @@ from pathlib import Path
 
 from readme_results import _table
 
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.0f}%"
+from lape.plots import pct
 
 
 def _example(card: dict) -> str:
@@ -37,9 +35,9 @@ def explain_section(run: Path) -> str:
         return ""
     data = read_cards_json(folder)
     meta = data["meta"]
-    rows = [[r["language"], r["neurons"], _pct(r["contexts_all_in_language"]),
-             _pct(r["control"]["contexts_all_in_language"]) if r["control"] else "–",
-             _pct(r["promoted_mostly_in_script"]), _pct(r["control"]["promoted_mostly_in_script"]) if r["control"] else "–"]
+    rows = [[r["language"], r["neurons"], pct(r["contexts_all_in_language"]),
+             pct(r["control"]["contexts_all_in_language"]) if r["control"] else "–",
+             pct(r["promoted_mostly_in_script"]), pct(r["control"]["promoted_mostly_in_script"]) if r["control"] else "–"]
             for r in summary_rows(data)]
     cfg = meta.get("config") or {}
     examples = []

@@ -18,7 +18,7 @@ from lape.evaluate.steering import (
     distinct_n,
     max_token_share,
 )
-from lape.langid import classify, identify_language, labels_of_language
+from lape.langid import classify, identify, labels_of_language
 from lape.masks import NeuronSets
 
 
@@ -46,7 +46,7 @@ def test_distinct_n_and_max_token_share_by_hand():
 
 
 def _gen(text: str, tokens: list[int], min_chars: int = 20) -> Generation:
-    return Generation(text, tokens, identify_language(text, min_chars), distinct_n(tokens), max_token_share(tokens))
+    return Generation(text, tokens, identify(text, min_chars)[0], distinct_n(tokens), max_token_share(tokens))
 
 
 def test_success_rules():
@@ -55,8 +55,8 @@ def test_success_rules():
     assert not repetitive.success("zh")  # ... but the output is degenerate
     blank = _gen("   \n\n   \t ", [4, 4, 4, 4, 4])
     assert blank.language is None and not blank.success("en")
-    assert identify_language("a b c d e f g h i j k l m n o p q r s", 20) is None  # 19 characters
-    assert identify_language("abcdefghijklmnopqrs t", 20) is not None  # 20
+    assert identify("a b c d e f g h i j k l m n o p q r s", 20)[0] is None  # 19 characters
+    assert identify("abcdefghijklmnopqrs t", 20)[0] is not None  # 20
     short = _gen("Bonjour", [1, 2, 3, 4, 5, 6, 7])
     assert short.language is None and not short.success("fr")
     text = "Le chat dort sur le canapé pendant que la pluie tombe doucement."
@@ -224,7 +224,7 @@ def test_macrolanguage_members_count_as_their_macrolanguage():
     moroccan = "والله ما عارف شنو نقول ليك دابا حيت بزاف ديال الخدمة"
     cantonese = "我哋今日去咗街市買嘢食，好多人呀"
     assert [classify(t) for t in (egyptian, moroccan, cantonese)] == ["arz", "ary", "yue"]  # raw labels
-    assert [identify_language(t, 5) for t in (egyptian, moroccan, cantonese)] == ["ar", "ar", "zh"]
+    assert [identify(t, 5)[0] for t in (egyptian, moroccan, cantonese)] == ["ar", "ar", "zh"]
     assert _gen(egyptian, list(range(30))).success("ar")
     assert not _gen(egyptian, list(range(30))).success("fa")
     assert labels_of_language("ar") == ["ar", "ary", "arz"]
@@ -254,12 +254,12 @@ def test_script_share_check_refuses_punctuation_labelled_chinese():
     from lape.langid import MIN_SCRIPT_SHARE, in_script, script_rule, script_share
 
     commas = "，" * 25
-    assert classify(commas) == "wuu" and identify_language(commas) == "zh"  # the identifier is fooled ...
+    assert classify(commas) == "wuu" and identify(commas)[0] == "zh"  # the identifier is fooled ...
     assert script_share(commas, "zh") == 0.0 and not in_script(commas, "zh")
     fooled = Generation(commas, list(range(25)), "zh", 1.0, 0.04, label="wuu")
     assert not fooled.success("zh")  # ... the script check is not
     chinese = "今天天气很好，我们一起去公园散步，然后在湖边喝茶聊天。"
-    assert identify_language(chinese) == "zh" and _gen(chinese, list(range(30))).success("zh")
+    assert identify(chinese)[0] == "zh" and _gen(chinese, list(range(30))).success("zh")
     # by hand: 24 Han characters of 27 non-blank ones (three punctuation marks)
     assert script_share(chinese, "zh") == pytest.approx(24 / 27)
     arabic = "ذهبت إلى السوق صباحا واشتريت الخبز والحليب والفاكهة الطازجة"

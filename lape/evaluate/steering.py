@@ -45,14 +45,7 @@ from ..config import StageConfig, option
 from ..errors import LapeError
 from ..intervals import Interval, wilson
 from ..intervene import VALUE_RULES, batch_edits, check_layers, intervene
-from ..langid import (
-    in_script,
-    labels_of_language,
-    langid_version,
-    language_label,
-    language_of_label,
-    script_rule,
-)
+from ..langid import identify, in_script, labels_of_language, langid_version, script_rule
 from ..masks import NeuronSets
 from ..models import fingerprint, input_device
 from ..space import NeuronSpace
@@ -391,8 +384,7 @@ class Steerer:
             if tok.eos_token_id in ids:
                 ids = ids[:ids.index(tok.eos_token_id)]
             text = tok.decode(ids, skip_special_tokens=True)
-            label = language_label(text, self.config.min_chars)
-            language = None if label is None else language_of_label(label)
+            language, label = identify(text, self.config.min_chars)
             gens.append(Generation(text, ids, language, distinct_n(ids, 2), max_token_share(ids),
                                    label=label if label != language else None))
         return gens

@@ -9,13 +9,13 @@ column and filterable by language, layer and set, each row opening its card.
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write_text
+from ..report.html import esc
 from .cards import NeuronCards
 
 PAGE_CONTEXTS_PER_LANGUAGE = 1  # the page shows each language's best context (cards.json keeps all k)
@@ -89,10 +89,6 @@ def cards_json(cards: NeuronCards, tokenizer: Any) -> dict[str, Any]:
 # HTML
 
 
-def _e(x: Any) -> str:
-    return html.escape(str(x), quote=True)
-
-
 SHADE_FLOOR = 0.05  # tokens below 5% of the neuron's largest activation are left unshaded
 
 
@@ -102,7 +98,7 @@ def _tokens_html(ctx: dict[str, Any], scale: float) -> str:
     a tooltip). Compact, as a page holds many thousands of tokens: unshaded tokens are bare text."""
     parts = []
     for j, (tok, act) in enumerate(zip(ctx["tokens"], ctx["acts"])):
-        shown = _e(tok.replace("\n", "⏎")) or "&#8203;"
+        shown = esc(tok.replace("\n", "⏎")) or "&#8203;"
         a = max(-1.0, min(1.0, act / scale)) if scale > 0 else 0.0
         if j == ctx["peak"]:
             parts.append(f'<i class="pk" style="--a:{abs(a):.2f}" title="{act:.3g}">{shown}</i>')
@@ -115,7 +111,7 @@ def _tokens_html(ctx: dict[str, Any], scale: float) -> str:
 
 def _contexts_html(found: list[dict[str, Any]], scale: float, with_language: bool) -> str:
     rows = "".join(f'<tr><td class="num">{c["activation"]:.3g}</td>'
-                   + (f'<td>{_e(c["language"])}</td>' if with_language else "")
+                   + (f'<td>{esc(c["language"])}</td>' if with_language else "")
                    + f'<td class="ctx">{_tokens_html(c, scale)}</td></tr>' for c in found)
     return f'<table class="ctxs">{rows}</table>' if rows else "<p>no firing context</p>"
 
@@ -124,7 +120,7 @@ def _bars_html(firing: list[dict[str, Any]]) -> str:
     pmax = max((f["probability"] for f in firing), default=0) or 1
     mmax = max((f["mean_firing_activation"] for f in firing), default=0) or 1
     rows = "".join(
-        f'<tr><td>{_e(f["language"])}</td>'
+        f'<tr><td>{esc(f["language"])}</td>'
         f'<td class="bar"><div style="width:{100 * f["probability"] / pmax:.0f}%"></div>'
         f'<span>{100 * f["probability"]:.1f}%</span></td>'
         f'<td class="bar m"><div style="width:{100 * f["mean_firing_activation"] / mmax:.0f}%"></div>'
@@ -134,26 +130,26 @@ def _bars_html(firing: list[dict[str, Any]]) -> str:
 
 
 def _token_list(items: list[dict[str, Any]]) -> str:
-    return " ".join(f'<code title="{i["score"]}">{_e(i["token"]) or "&#8203;"}</code>' for i in items)
+    return " ".join(f'<code title="{i["score"]}">{esc(i["token"]) or "&#8203;"}</code>' for i in items)
 
 
 def render_card(data: dict[str, Any], per_language: int | None = None) -> str:
     """One card (from :func:`card_data`) as an HTML fragment; ``per_language`` contexts per language
     (``None``: all; the page shows one, ``cards.json`` keeps every one)."""
     scale = float(data.get("max_activation") or 0.0)
-    langs = "".join(f'<details><summary>{_e(lang)} ({len(found)})</summary>'
+    langs = "".join(f'<details><summary>{esc(lang)} ({len(found)})</summary>'
                     f'{_contexts_html(found[:per_language], scale, False)}</details>'
                     for lang, found in data["per_language"].items())
-    sets = ", ".join(_e(s) for s in data["sets"]) or "none"
+    sets = ", ".join(esc(s) for s in data["sets"]) or "none"
     return (f'<div class="card" id="card-{data["layer"]}-{data["index"]}">'
             f'<h2>neuron {data["layer"]}:{data["index"]}</h2>'
-            f'<p><b>sets:</b> {sets} &middot; <b>fires most on:</b> {_e(data["top_language"])} &middot; '
+            f'<p><b>sets:</b> {sets} &middot; <b>fires most on:</b> {esc(data["top_language"])} &middot; '
             f'<b>max activation:</b> {scale:.3g}</p>'
             f'<h3>top contexts, all languages</h3>{_contexts_html(data["top"], scale, True)}'
             f'<h3>firing per language</h3>{_bars_html(data["firing"])}'
             f'<h3>what it writes</h3><p><b>promotes:</b> {_token_list(data["promoted"])}</p>'
             f'<p><b>suppresses:</b> {_token_list(data["suppressed"])}</p>'
-            f'<p class="note">{_e(LENS_CAVEAT)}</p>'
+            f'<p class="note">{esc(LENS_CAVEAT)}</p>'
             f'<h3>top contexts per language</h3>{langs}</div>')
 
 
@@ -197,20 +193,20 @@ def render_page(data: dict[str, Any], title: str) -> str:
     meta = data["meta"]
     layers = [c["layer"] for c in cards] or [0]
     langs = sorted({c["top_language"] for c in cards if c["top_language"]})
-    options = lambda xs: "".join(f'<option value="{_e(x)}">{_e(x)}</option>' for x in xs)  # noqa: E731
+    options = lambda xs: "".join(f'<option value="{esc(x)}">{esc(x)}</option>' for x in xs)  # noqa: E731
     body = "".join(
-        f'<tr class="row" data-id="{c["id"]}" data-layer="{c["layer"]}" data-lang="{_e(c["top_language"] or "")}" '
-        f'data-sets="{_e("|".join(c["sets"]))}"><td data-v="{c["layer"] * 1_000_000 + c["index"]}">{c["id"]}</td>'
-        f'<td class="num">{c["layer"]}</td><td>{_e(", ".join(c["sets"]))}</td><td>{_e(c["top_language"] or "")}</td>'
+        f'<tr class="row" data-id="{c["id"]}" data-layer="{c["layer"]}" data-lang="{esc(c["top_language"] or "")}" '
+        f'data-sets="{esc("|".join(c["sets"]))}"><td data-v="{c["layer"] * 1_000_000 + c["index"]}">{c["id"]}</td>'
+        f'<td class="num">{c["layer"]}</td><td>{esc(", ".join(c["sets"]))}</td><td>{esc(c["top_language"] or "")}</td>'
         f'<td class="num">{max(f["probability"] for f in c["firing"]) * 100 if c["firing"] else 0:.1f}</td>'
         f'<td class="num">{c["max_activation"] or 0:.3g}</td>'
         f'<td>{_token_list(c["promoted"][:4])}</td></tr>' for c in cards)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-            f'<style>{CSS}</style></head><body><header><h1>{_e(title)}</h1>'
-            f'<p>model {_e(meta.get("model_id"))} &middot; {len(cards)} neurons &middot; contexts from the '
-            f'{_e((meta.get("config") or {}).get("split"))} split of {_e(", ".join(meta.get("languages") or []))} '
-            f'&middot; lape {_e(meta.get("lape_version"))}. Click a row for its card; click a header to sort.</p>'
-            f'<p class="note">{_e(LENS_CAVEAT)} Context shading: the neuron\'s activation on each token '
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+            f'<style>{CSS}</style></head><body><header><h1>{esc(title)}</h1>'
+            f'<p>model {esc(meta.get("model_id"))} &middot; {len(cards)} neurons &middot; contexts from the '
+            f'{esc((meta.get("config") or {}).get("split"))} split of {esc(", ".join(meta.get("languages") or []))} '
+            f'&middot; lape {esc(meta.get("lape_version"))}. Click a row for its card; click a header to sort.</p>'
+            f'<p class="note">{esc(LENS_CAVEAT)} Context shading: the neuron\'s activation on each token '
             f'relative to its largest (orange positive, blue negative); the firing token is outlined.</p>'
             f'<label>fires most on <select id="f-lang"><option value="">any</option>{options(langs)}</select></label>'
             f'<label>set <select id="f-set"><option value="">any</option>{options(meta.get("sets") or [])}</select></label>'

@@ -8,15 +8,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..plots import pct
 from ..report.html import Raw, ReportContext, esc, facts_list, html_table, section_html
 from .page import LENS_CAVEAT, read_cards_json
 from .summary import explain_summary
 
 CONTROL_PREFIX = "random:"  # the label prefix of a random control set on the cards
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.0f}%"
 
 
 def summary_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -40,10 +37,10 @@ def render_explain(folder: Path, ctx: ReportContext) -> str:
                     "contexts from": f"{(meta.get('config') or {}).get('split')} split of "
                                      f"{', '.join(meta.get('languages') or [])}",
                     "tokens per language": (meta.get("config") or {}).get("tokens_per_language")})
-    rows = [(r["set"], r["neurons"], _pct(r["contexts_all_in_language"]),
-             _pct(r["control"]["contexts_all_in_language"]) if r["control"] else "–",
-             _pct(r["promoted_mostly_in_script"]),
-             _pct(r["control"]["promoted_mostly_in_script"]) if r["control"] else "–")
+    rows = [(r["set"], r["neurons"], pct(r["contexts_all_in_language"]),
+             pct(r["control"]["contexts_all_in_language"]) if r["control"] else "–",
+             pct(r["promoted_mostly_in_script"]),
+             pct(r["control"]["promoted_mostly_in_script"]) if r["control"] else "–")
             for r in summary_rows(data)]
     table = html_table(["set", "neurons", "top contexts all in the language", "random", "promoted tokens mostly in its "
                     "script", "random"], rows,

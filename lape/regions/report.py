@@ -7,16 +7,17 @@ Each renderer gets the folder holding one artifact (found by its sidecar's kind)
 
 from __future__ import annotations
 
-import html
 import math
 from collections import defaultdict
 from pathlib import Path
 
 from .. import plots
 from ..masks import ParamRegions, mono_label, mono_language
+from ..plots import pct
 from ..report.html import (
     Raw,
     ReportContext,
+    esc,
     facts_list,
     fmt_dec,
     html_table,
@@ -27,10 +28,6 @@ from ..report.html import (
 
 def _yes(flag: bool) -> Raw:
     return Raw('<span class="ok">yes</span>' if flag else '<span class="fail">no</span>')
-
-
-def _pct(v: float | None, digits: int = 2) -> str:
-    return "–" if v is None or not math.isfinite(v) else f"{100 * v:.{digits}f}%"
 
 
 def render_importance(folder: Path, ctx: ReportContext) -> str:
@@ -65,7 +62,7 @@ def render_regions(folder: Path, ctx: ReportContext) -> str:
     rows = []
     for t in types:
         total = sum(numel[t].values())
-        rows.append((t, total, *(_pct(sum((sizes.get(lab) or {}).get(t, {}).values()) / total) for lab in labels)))
+        rows.append((t, total, *(pct(sum((sizes.get(lab) or {}).get(t, {}).values()) / total, 2) for lab in labels)))
     counts = regions.counts()
     config = meta.get("config") or {}
     facts = {"languages": meta.get("languages"), "top rate per tensor": config.get("top_rate"),
@@ -109,7 +106,7 @@ def render_removal(folder: Path, ctx: ReportContext) -> str:
             ["region", "entries", "norm entries", "PPL ratio", "PPL ratio without its norm entries",
              "share of log PPL ratio without them"],
             [(m["region"], m["entries"], m["norm_entries"], fmt_dec(m["geomean_ppl_ratio"], 3),
-              fmt_dec(m["matrices_geomean_ppl_ratio"], 3), _pct(m["matrices_share"], 1)) for m in matrices],
+              fmt_dec(m["matrices_geomean_ppl_ratio"], 3), pct(m["matrices_share"], 1)) for m in matrices],
             caption="What a region's norm entries carry: each region removed whole and as REGION-matrices "
                     "(its weight-matrix entries only); geometric means over languages"))
     diag, cols = res.diagonal_summary("nll"), res.column_summary()
@@ -133,7 +130,7 @@ def render_stability(folder: Path, ctx: ReportContext) -> str:
     res = RegionStability.load(folder)
     overall = html_table(["region", "entries (half 1)", "entries (half 2)", "shared", "Jaccard", "chance", "above chance"],
                      [(r["label"], r["size_a"], r["size_b"], r["intersection"], fmt_dec(r["jaccard"], 3),
-                       fmt_dec(r["chance"], 4), _pct(r["above_chance"], 1)) for r in res.overall()],
+                       fmt_dec(r["chance"], 4), pct(r["above_chance"], 1)) for r in res.overall()],
                      caption="All block tensors pooled: |A ∩ B| / |A ∪ B| of the regions from the two halves")
     labels = [r["label"] for r in res.overall()]
     cells = {(r["type"], r["label"]): r for r in res.rows}
@@ -160,12 +157,12 @@ def render_dims(folder: Path, ctx: ReportContext) -> str:
                      "(entries per hidden channel over a uniform spread; massive channels marked)")
     s = res.profile.summary()
     facts = {"massive channels": res.massive.dims or "none", "massive": f"peak above {res.massive.ratio:g}x its layer's median channel peak",
-             f"{res.profile.label} entries on them": _pct(s["dims_share"]),
-             "share of all entries on them (chance)": _pct(s["dims_chance"]),
-             "top 1% rows hold": _pct(s["row_top_share"]), "top 1% columns hold": _pct(s["col_top_share"])}
-    rows = [(r["type"], r["residual_axis"], _pct(r.get("dims_share")), _pct(r.get("dims_chance")),
-             r.get("top_channel"), fmt_dec(r.get("top_channel_enrichment"), 1), _pct(r["row_top_share"]),
-             _pct(r["col_top_share"])) for r in res.profile.to_rows()]
+             f"{res.profile.label} entries on them": pct(s["dims_share"], 2),
+             "share of all entries on them (chance)": pct(s["dims_chance"], 2),
+             "top 1% rows hold": pct(s["row_top_share"], 2), "top 1% columns hold": pct(s["col_top_share"], 2)}
+    rows = [(r["type"], r["residual_axis"], pct(r.get("dims_share"), 2), pct(r.get("dims_chance"), 2),
+             r.get("top_channel"), fmt_dec(r.get("top_channel_enrichment"), 1), pct(r["row_top_share"], 2),
+             pct(r["col_top_share"], 2)) for r in res.profile.to_rows()]
     table = html_table(["tensor type", "residual axis", "on massive dims", "chance", "top channel", "its enrichment",
                     "top 1% rows", "top 1% columns"], rows, caption=f"{res.profile.label} region per tensor type")
     body = facts_list(facts) + fig + table + f'<p class="note">{res.massive.summary_line()}</p>'
@@ -248,7 +245,7 @@ def render_forgetting(folder: Path, ctx: ReportContext) -> str:
              "seconds per step": res.meta.get("seconds_per_step"),
              f"{res.train_language} NLL fell": _yes(res.trained_nll_fell())}
     return section_html(folder.name, "Freezing against forgetting",
-                    facts_list(facts) + f"<p><strong>{html.escape(res.verdict())}</strong></p>" + fig
+                    facts_list(facts) + f"<p><strong>{esc(res.verdict())}</strong></p>" + fig
                     + '<div class="row">' + table + langs + "</div>" + f'<p class="note">{res.summary_line()}</p>')
 
 
@@ -266,8 +263,8 @@ def render_bridge(folder: Path, ctx: ReportContext) -> str:
     for s, cells in by_set.items():
         own = cells.get(mono_label(s))
         rows.append((s, next(iter(cells.values()))["neurons"],
-                     *(f"{_pct(cells[g]['param_share'])} (x{fmt_dec(cells[g]['param_enrichment'], 2)})" for g in shown),
-                     f"{_pct(own['param_share'])} (x{fmt_dec(own['param_enrichment'], 2)})" if own else "–"))
+                     *(f"{pct(cells[g]['param_share'], 2)} (x{fmt_dec(cells[g]['param_enrichment'], 2)})" for g in shown),
+                     f"{pct(own['param_share'], 2)} (x{fmt_dec(own['param_enrichment'], 2)})" if own else "–"))
     table = html_table(["neuron set", "neurons", *(f"in {g}" for g in shown), "in own mono region"], rows,
                    caption="Share of each set's neuron weights (down column, gate/up rows) in a region, and its "
                            "ratio to a random set with the same count per layer")
