@@ -46,8 +46,8 @@ def main() -> None:
     args = parser(__doc__).parse_args()
     rep = Report("record", args.json)
     model, tok = load_model("builtin")
-    n_batches = 1 if args.quick else 6
-    data = builtin_batches(tok, n_batches, batch=8, seq_len=256)
+    n_batches, batch, seq_len = (1, 4, 128) if args.quick else (6, 8, 256)
+    data = builtin_batches(tok, n_batches, batch=batch, seq_len=seq_len)
     seqs = sequences(data)
     tokens = sum(int(m.sum()) for _, m in data)
     base = model.base_model
@@ -59,7 +59,7 @@ def main() -> None:
                 base(input_ids=ids, attention_mask=mask, use_cache=False)
 
     def lape_record() -> None:
-        record(model, {"en": seqs}, RecordConfig(batch_size=8, seq_len=256), space=space, progress=False)
+        record(model, {"en": seqs}, RecordConfig(batch_size=batch, seq_len=seq_len), space=space, progress=False)
 
     def naive() -> None:
         acts: dict[int, list[np.ndarray]] = {i: [] for i in range(space.num_layers)}
@@ -83,7 +83,7 @@ def main() -> None:
     speedup = tps["record"] / tps["naive"]
     rep.figure("record / naive recorder", speedup, "x", target=">= 3", ok=speedup >= 3.0, enforce=not args.quick)
 
-    sizes = (2048, 8192) if args.quick else (16384, 65536)
+    sizes = (1024, 4096) if args.quick else (16384, 65536)
     peaks = []
     for n in sizes:
         out = subprocess.run([sys.executable, __file__, "--memory-child", str(n)], capture_output=True, text=True,

@@ -31,7 +31,7 @@ def main() -> None:
                "The history of the city begins with", "Scientists have recently discovered that"]
     tok.padding_side = "left"  # as Steerer generates (decoder-only models pad on the left)
     enc = tok(prompts, return_tensors="pt", padding=True)
-    new = 16 if args.quick else 48
+    new = 8 if args.quick else 48
 
     def gen() -> None:
         with torch.inference_mode():
@@ -49,7 +49,7 @@ def main() -> None:
             gen()
 
     times = interleaved({"plain": gen, "steered": steered, "per-prompt steered": per_prompt},
-                        repeats=2 if args.quick else 3)
+                        repeats=1 if args.quick else 3)
     n = len(prompts) * new
     for k, v in times.items():
         rep.figure(f"{k} generation", n / v, "tokens/s")
