@@ -51,7 +51,8 @@ from common import Report, parser, peak_rss_mb, reset_peak_rss, rss_mb
 from lape.hooks import activation_hooks
 from lape.keyneurons.attribute import letter_spellings, prompt_ids
 from lape.keyneurons.ig import alphas, attribute_prompt
-from lape.keyneurons.questions import load_questions, prompts_for
+from lape.keyneurons.prompts import prompts_for
+from lape.keyneurons.questions import load_questions
 from lape.models import load_model
 from lape.space import NeuronSpace
 

@@ -15,17 +15,17 @@ Example:
     ...     ...
 """
 
-__version__ = "0.2.0"
-
 from .activations import ActivationStats, RecordConfig, record
 from .artifacts import load
 from .entropy import IdentifyConfig, identify, language_agnostic, random_like
 from .errors import LapeError
 from .evaluate.perplexity import PerplexityConfig, PerplexityResult, ppl_matrix
+from .fingerprint import fingerprint
 from .intervene import Edit, intervene
 from .masks import NeuronSets, ParamRegions
-from .models import fingerprint, load_model, load_tokenizer
+from .models import load_model, load_tokenizer
 from .space import NeuronSpace
+from .version import __version__
 
 
 def __getattr__(name: str):
@@ -41,6 +41,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "__version__",
     "ActivationStats", "Edit", "IdentifyConfig", "LapeError", "NeuronSets", "NeuronSpace", "ParamRegions",
     "PerplexityConfig", "PerplexityResult", "RecordConfig", "fingerprint", "identify", "intervene",
     "language_agnostic", "load", "load_corpus", "load_manifest", "load_model", "load_tokenizer", "ppl_matrix",

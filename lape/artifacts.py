@@ -45,7 +45,7 @@ import torch
 
 from .errors import LapeError
 from .files import atomic_write_bytes, atomic_write_text, ensure_folder, read_json, write_error
-from .models import describe_fingerprint, dtype_note, fingerprint, same_model
+from .fingerprint import describe_fingerprint, dtype_note, fingerprint, same_model
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +54,10 @@ A = TypeVar("A", bound="Artifact")
 
 # the module that defines each artifact kind (imported when a folder of that kind is loaded)
 _KIND_MODULES = {"stats": "lape.activations", "neurons": "lape.masks", "regions": "lape.masks",
-                 "ppl": "lape.evaluate.perplexity", "steering": "lape.evaluate.steering",
+                 "ppl": "lape.evaluate.perplexity", "steering": "lape.evaluate.steering_result",
                  "fluency_reference": "lape.evaluate.fluency", "steering_profile": "lape.evaluate.steer_profile",
                  "importance": "lape.regions.importance", "region_ppl": "lape.regions.ablate",
-                 "perturb": "lape.regions.perturb", "forgetting": "lape.regions.train",
+                 "perturb": "lape.regions.perturb", "forgetting": "lape.regions.forgetting",
                  "region_overlap": "lape.regions.bridge", "dims": "lape.regions.dims",
                  "region_stability": "lape.regions.stability",
                  "keyneuron_scores": "lape.keyneurons.attribute", "keyneuron_maps": "lape.keyneurons.select",
@@ -67,7 +67,7 @@ _TYPES: dict[str, type[Artifact]] = {}
 
 
 def _version() -> str:
-    from . import __version__
+    from .version import __version__
 
     return __version__
 

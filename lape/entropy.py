@@ -31,7 +31,7 @@ from . import artifacts
 from .activations import ActivationStats
 from .config import StageConfig, option
 from .errors import LapeError
-from .masks import NeuronSets
+from .masks import NeuronSets, random_like_mask
 
 logger = logging.getLogger(__name__)
 METHODS = ("lape", "lave", "lap", "random")
@@ -106,22 +106,10 @@ def _top_per_language(values: torch.Tensor, counts: list[int]) -> torch.Tensor:
     return masks
 
 
-def _random_like(masks: torch.Tensor, seed: int) -> torch.Tensor:
-    """Per label and layer, as many random neurons as ``masks`` has there."""
-    gen = torch.Generator().manual_seed(seed)
-    out = torch.zeros_like(masks)
-    for i in range(masks.shape[0]):
-        for layer in range(masks.shape[1]):
-            n = int(masks[i, layer].sum())
-            if n:
-                out[i, layer, torch.randperm(masks.shape[2], generator=gen)[:n]] = True
-    return out
-
-
 def random_like(sets: NeuronSets, seed: int = 0) -> NeuronSets:
     """A random control: per label, as many neurons in each layer as ``sets`` has, seeded."""
     meta = {**sets.meta, "method": "random", "seed": seed, "random_of": sets.meta.get("method")}
-    return NeuronSets(list(sets.labels), _random_like(sets.masks, seed), meta)
+    return NeuronSets(list(sets.labels), random_like_mask(sets.masks, torch.Generator().manual_seed(seed)), meta)
 
 
 FEW_TOKENS = 2000  # below this a language's probabilities are noisy: identify warns
@@ -178,7 +166,7 @@ def identify(stats: ActivationStats, config: IdentifyConfig = IdentifyConfig(), 
         elif config.method == "lap":
             masks = _top_per_language(probs, lape_masks.sum((1, 2)).tolist())
         else:
-            masks = _random_like(lape_masks, config.seed)
+            masks = random_like_mask(lape_masks, torch.Generator().manual_seed(config.seed))
         meta = artifacts.sidecar(
             NeuronSets.KIND, model_id=stats.meta.get("model_id"), model_fingerprint=stats.meta.get("fingerprint"),
             num_layers=stats.shape[0], neurons_per_layer=stats.shape[1], languages=list(stats.languages),

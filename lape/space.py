@@ -245,7 +245,8 @@ def _sibling_down(model: nn.Module, act_path: str, cls_name: str) -> str:
 
 def describe_model(model: nn.Module, pattern: str | None = None) -> dict[str, Any]:
     """What ``lape info`` shows: id, fingerprint and neuron space of a loaded model."""
-    from .models import fingerprint, model_id_of
+    from .fingerprint import fingerprint
+    from .models import model_id_of
 
     space = NeuronSpace.of(model, pattern=pattern)
     fp = fingerprint(model)

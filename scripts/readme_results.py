@@ -270,7 +270,7 @@ def demo_section(demo: Path, bench_json: str | None = None, demo_note: str = "")
                             "(`benchmarks/bench_demo.py`; target < 600 s)" if total else "") + "."
                          + (f" {demo_note}" if demo_note else "") + "\n")
         if (demo / "steering" / "steering.json").is_file():
-            from lape.evaluate.steering import SteeringEval
+            from lape.evaluate.steering_result import SteeringEval
 
             ev = SteeringEval.load(demo / "steering")
             rows = ev.steered()

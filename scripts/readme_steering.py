@@ -4,7 +4,7 @@ Imported by ``scripts/readme_results.py`` (the one script that writes the README
 Every figure is read from a saved artifact: the calibration's candidates (development prompts),
 the development evaluations of the alternatives, the stability halves and the held-out test
 evaluation with its controls. Every success rate carries its Wilson 95% interval over the prompts
-(:func:`lape.evaluate.steering.rate_interval`; a mean over targets: all their outputs pooled).
+(:func:`lape.evaluate.steering_result.rate_interval`; a mean over targets: all their outputs pooled).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from readme_results import ROOT, _table
 
-from lape.evaluate.steering import format_rate, pooled_interval, rate_interval, row_interval
+from lape.evaluate.steering_result import format_rate, pooled_interval, rate_interval, row_interval
 from lape.plots import pct
 
 
@@ -55,7 +55,7 @@ def test_section(run: Path, prefix: str) -> str:
     """The held-out test prompts: per target the calibrated rule's success and fluency next to
     every control."""
     from lape import plots
-    from lape.evaluate.steering import SteeringEval
+    from lape.evaluate.steering_result import SteeringEval
     from lape.report import save_figure
 
     ev = SteeringEval.load(run / "steer-test")
@@ -129,7 +129,7 @@ def test_section(run: Path, prefix: str) -> str:
 def spent_test_section(run: Path) -> str:
     """The first test round (``builtin:test1``): scored once at the earlier freeze, then read to
     decide the macrolanguage rule, so development data since; and the final profile on it."""
-    from lape.evaluate.steering import SteeringEval
+    from lape.evaluate.steering_result import SteeringEval
 
     folders = [(run / "steer-test1-round1", "first round: the earlier profile, own label only, scored once"),
                (run / "steer-test1", "the final profile and success rule (development data)")]
@@ -203,7 +203,7 @@ def calibration_section(run: Path) -> str:
 def alternatives_section(run: Path) -> str:
     """Development evaluations beside the calibration: the settings' rule without leaving the
     first token alone (the settings' rule itself is the calibration's ``replace x1.5`` candidate)."""
-    from lape.evaluate.steering import SteeringEval
+    from lape.evaluate.steering_result import SteeringEval
 
     rows = []
     for folder, label in (("steer-dev-noskip", "the settings' rule (set firing mean x1.5, English off) with the "

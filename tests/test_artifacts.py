@@ -14,7 +14,7 @@ from tiny_models import tiny_model
 
 from lape import artifacts, files
 from lape.errors import LapeError
-from lape.models import fingerprint
+from lape.fingerprint import fingerprint
 
 
 @dataclass

@@ -201,7 +201,8 @@ def test_steer_prints_the_unsteered_and_the_steered_continuation(work, loaded, c
 
 def test_steer_eval_equals_the_library_call_and_reruns_skip(work, loaded, info_logs):
     from lape.evaluate.fluency import FluencyReference, fluency_reference
-    from lape.evaluate.steering import SteerConfig, Steerer, SteeringEval
+    from lape.evaluate.steering import SteerConfig, Steerer
+    from lape.evaluate.steering_result import SteeringEval
 
     out = work / "steer"
     args = ["steer-eval", "--model", str(work / "model"), "--neurons", str(work / "neurons"), "--stats",

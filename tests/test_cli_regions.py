@@ -143,7 +143,7 @@ def _valid(work: Path, tok, tokens: int = 200) -> dict:
 def _one_dim_ratio(model, streams) -> float:
     """A ratio between the two channels that stand out most from their layer's median channel peak
     (``MassiveDims.times``): exactly one massive channel."""
-    from lape.regions.dims import find_massive_dims
+    from lape.regions.massive import find_massive_dims
 
     found = find_massive_dims(model, streams)
     first, second = sorted(found.times, reverse=True)[:2]
@@ -254,7 +254,7 @@ def test_ablate_rows_and_keep_massive(work, loaded, runs, tmp_path):
     """``--rows`` picks the removed regions; ``--keep-massive`` adds the core region without its
     massive-dimension entries when there is a massive dimension (at the default ratio 100)."""
     from lape.regions.ablate import RegionPerplexity
-    from lape.regions.dims import find_massive_dims
+    from lape.regions.massive import find_massive_dims
 
     out = tmp_path / "ablate-rows"
     log = _logged(*runs["ablate"].args[:-1], str(out), "--rows", "random", "core", "--keep-massive")
@@ -312,7 +312,7 @@ def test_dims_at_the_default_ratio_equals_dimension_dependence(work, loaded, run
 
 
 def test_perturb_at_a_low_ratio_equals_the_library_call(work, loaded, runs):
-    from lape.regions.dims import find_massive_dims
+    from lape.regions.massive import find_massive_dims
     from lape.regions.perturb import PerturbConfig, PerturbResult, superweight_test
 
     res = PerturbResult.load(runs["perturb"].out)
@@ -357,7 +357,8 @@ def test_perturb_layer_option_perturbs_that_layer(runs, tmp_path):
 
 def test_train_before_nll_is_the_unmodified_model_and_the_weights_are_unchanged(work, loaded, model_digest, runs):
     from lape.evaluate.perplexity import PerplexityConfig, corpus_nll
-    from lape.regions.train import ForgettingResult, TrainConfig, continued_pretraining
+    from lape.regions.forgetting import ForgettingResult
+    from lape.regions.train import TrainConfig, continued_pretraining
 
     res = ForgettingResult.load(runs["train"].out)
     model, tok = loaded

@@ -24,15 +24,8 @@ from tiny_models import tiny_model
 from lape.cli import main
 from lape.intervals import Interval
 from lape.keyneurons.attribute import KeyNeuronScores, prompt_ids, question_prompts
-from lape.keyneurons.evaluate import (
-    OPS,
-    KeyNeuronEval,
-    _summaries,
-    activation_matched_like,
-    fmt_interval,
-    judge,
-    pcr_text,
-)
+from lape.keyneurons.baselines import activation_matched_like
+from lape.keyneurons.evaluate import OPS, KeyNeuronEval, _summaries, fmt_interval, judge, pcr_text
 from lape.keyneurons.questions import load_questions, question_templates, split_questions
 from lape.keyneurons.select import SelectConfig, select
 from lape.masks import NeuronSets

@@ -39,16 +39,15 @@ from lape.keyneurons.evaluate import (
     _prompt_pass,
     _sample_unrelated,
     evaluate_key_neurons,
-    random_like,
 )
 from lape.keyneurons.ig import (
     attribute_prompt,
     last_position,
     prefix_cache,
 )
-from lape.keyneurons.questions import Question, prompts_for
+from lape.keyneurons.prompts import Question, prompts_for
 from lape.keyneurons.select import KeyNeuronMaps, SelectConfig, na_ica, select
-from lape.masks import NeuronSets
+from lape.masks import NeuronSets, random_like_mask
 from lape.space import NeuronSpace
 
 EXT_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:?-\n"
@@ -513,16 +512,16 @@ def test_letter_spellings_need_the_letters_in_the_vocabulary():
         assert tok.unk_token_id not in tok(p.text)["input_ids"]
 
 
-def test_random_like_keeps_the_counts_per_layer():
+def test_random_like_mask_keeps_the_counts_per_layer():
     mask = torch.zeros(3, 48, dtype=torch.bool)
     mask[0, [1, 2, 3]] = True
     mask[2, [40]] = True
-    a = random_like(mask, torch.Generator().manual_seed(1000))
-    b = random_like(mask, torch.Generator().manual_seed(1001))
+    a = random_like_mask(mask, torch.Generator().manual_seed(1000))
+    b = random_like_mask(mask, torch.Generator().manual_seed(1001))
     for m in (a, b):
         assert m.sum(1).tolist() == [3, 0, 1] and m.dtype == torch.bool
     assert not torch.equal(a, b) and not torch.equal(a, mask)
-    assert torch.equal(a, random_like(mask, torch.Generator().manual_seed(1000)))  # seeded
+    assert torch.equal(a, random_like_mask(mask, torch.Generator().manual_seed(1000)))  # seeded
 
 
 def test_evaluate_key_neurons_end_to_end(tmp_path):
@@ -837,7 +836,7 @@ def test_cli_attribute_uses_the_manifest_templates(work):
     scores = KeyNeuronScores.load(work / "xx" / "scores")
     assert scores.clusters == ["xx"] and scores.meta["prompts"] == 2  # the selection half: 2 of 4
     from lape import load_model
-    from lape.keyneurons.questions import Template, render
+    from lape.keyneurons.prompts import Template, render
 
     model, tok = load_model(str(work / "model"))
     uid = scores.uids["xx"][0]

@@ -14,20 +14,22 @@ import pytest
 from lape.corpora.sources import iter_documents
 from lape.errors import LapeError
 from lape.keyneurons.cloze import BLANK, cloze_questions
-from lape.keyneurons.questions import (
-    BUILTIN_LANGUAGES,
+from lape.keyneurons.prompts import (
     DATA_DIR,
     LETTERS,
     Question,
     Template,
-    load_questions,
     load_templates,
     prompts_for,
+    render,
+    templates_for,
+)
+from lape.keyneurons.questions import (
+    BUILTIN_LANGUAGES,
+    load_questions,
     question_from_record,
     questions_key,
-    render,
     split_questions,
-    templates_for,
 )
 
 REPO = Path(__file__).resolve().parent.parent

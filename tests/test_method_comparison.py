@@ -24,7 +24,7 @@ from lape.keyneurons.compare import (
     random_label,
     with_random,
 )
-from lape.keyneurons.questions import Question
+from lape.keyneurons.prompts import Question
 from lape.masks import NeuronSets
 
 

@@ -14,6 +14,7 @@ from tiny_models import tiny_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+import lape.model_cache
 import lape.models
 from lape.errors import LapeError
 from lape.models import load_model, load_tokenizer
@@ -62,8 +63,8 @@ def no_builtin(monkeypatch):
     def heavy(*args, **kwargs):
         raise AssertionError("the built-in model was loaded before the arguments were checked")
 
-    for name in ("_builtin_folder", "_builtin_gguf", "_dequantise_to"):
-        monkeypatch.setattr(lape.models, name, heavy)
+    for name in ("builtin_folder", "builtin_gguf", "dequantise_to"):
+        monkeypatch.setattr(lape.model_cache, name, heavy)
 
 
 @pytest.fixture

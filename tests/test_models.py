@@ -9,9 +9,11 @@ from tiny_models import tiny_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+import lape.model_cache
 import lape.models
 from lape.errors import LapeError
-from lape.models import dtype_note, fingerprint, load_model, same_model
+from lape.fingerprint import dtype_note, fingerprint, same_model
+from lape.models import load_model
 from lape.space import NeuronSpace
 
 
@@ -124,15 +126,15 @@ def test_builtin_model_space_generation_and_cache(builtin, monkeypatch):
     text = tok.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True)
     assert text.strip()
 
-    folder = lape.models._builtin_folder()
+    folder = lape.model_cache.builtin_folder()
     assert (folder / "lape_cache.json").is_file() and (folder / "config.json").is_file()
     assert (folder / "model.safetensors").is_file()
 
     def no_rebuild(*args, **kwargs):
         raise AssertionError("the built-in model was de-quantised again instead of read from the cache")
 
-    monkeypatch.setattr(lape.models, "_dequantise_to", no_rebuild)
-    monkeypatch.setattr(lape.models, "_builtin_gguf", no_rebuild)
+    monkeypatch.setattr(lape.model_cache, "dequantise_to", no_rebuild)
+    monkeypatch.setattr(lape.model_cache, "builtin_gguf", no_rebuild)
     again, _ = load_model("builtin")
     assert again is not model
     probe = tok("Hello world, bonjour le monde", return_tensors="pt").input_ids
@@ -148,7 +150,7 @@ def test_builtin_fast_tokenizer_equals_auto_tokenizer(builtin):
     from transformers import AutoTokenizer
 
     _, tok = builtin
-    auto = AutoTokenizer.from_pretrained(lape.models._builtin_folder())
+    auto = AutoTokenizer.from_pretrained(lape.model_cache.builtin_folder())
     texts = ["Hello world, bonjour le monde!", "你好，世界。今日は良い天気です。", "Привет, мир — مرحبا بالعالم",
              "  spaces\tand\nnewlines <b> 123 ٣٤٥ 😀", "Xin chào thế giới, 안녕하세요"]
     for text in texts:

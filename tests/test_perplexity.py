@@ -15,8 +15,8 @@ from tiny_models import FAMILIES, WIDTH, random_ids, tiny_model
 from lape.entropy import random_like
 from lape.errors import LapeError
 from lape.evaluate.perplexity import PerplexityConfig, PerplexityResult, ppl_matrix, sequence_nll
+from lape.fingerprint import fingerprint
 from lape.masks import NeuronSets
-from lape.models import fingerprint
 
 
 @dataclass

@@ -30,7 +30,7 @@ from lape import artifacts, cli
 from lape.activations import ActivationStats
 from lape.evaluate.fluency import FluencyReference
 from lape.evaluate.perplexity import PerplexityResult
-from lape.evaluate.steering import SteeringEval
+from lape.evaluate.steering_result import SteeringEval
 from lape.explain import NeuronCards
 from lape.masks import NeuronSets
 from lape.pipeline import DemoConfig, run_demo

@@ -13,7 +13,7 @@ from lape import plots
 from lape.activations import ActivationStats
 from lape.errors import LapeError
 from lape.evaluate.perplexity import PerplexityResult
-from lape.evaluate.steering import SteeringEval
+from lape.evaluate.steering_result import SteeringEval
 from lape.masks import NeuronSets
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -16,7 +16,7 @@ from tiny_models import (
 
 from lape.activations import ActivationStats, RecordConfig, record
 from lape.errors import LapeError
-from lape.models import fingerprint
+from lape.fingerprint import fingerprint
 
 _seqs = random_sequences
 

@@ -41,7 +41,7 @@ def _regions(model, labels=("core", "random", "mono:aa", "mono:bb"), rate=0.05, 
         shape = dict(model.named_parameters())[name].shape
         masks[name] = torch.rand(len(labels), *shape, generator=g) < rate
     regions = ParamRegions(list(labels), masks)
-    from lape.models import fingerprint
+    from lape.fingerprint import fingerprint
 
     regions.meta = {"fingerprint": fingerprint(model)}
     return regions

@@ -16,13 +16,10 @@ from torch import nn
 from lape import artifacts
 from lape.errors import LapeError
 from lape.masks import ParamRegions
-from lape.regions.dims import (
-    DimensionResult,
-    DimsConfig,
+from lape.plots.regions import dimension_figure
+from lape.regions.dims import DimensionResult, DimsConfig, dimension_dependence, dimension_profile
+from lape.regions.massive import (
     MassiveDims,
-    dimension_dependence,
-    dimension_figure,
-    dimension_profile,
     find_massive_dims,
     residual_axes,
     without_dims,
@@ -465,7 +462,7 @@ def test_massive_is_judged_against_each_layers_median():
     """A channel 500x its layer's median at layer 0 is massive even though later layers' medians
     (the residual stream grows with depth) exceed its peak; a channel large only where everything
     is large is not."""
-    from lape.regions.dims import _PeakTracker
+    from lape.regions.massive import _PeakTracker
 
     tracker = _PeakTracker(layers=2, hidden=6)
     tracker.peak = torch.tensor([[1.0, 1.0, 2.0, 500.0, 1.0, 1.0],

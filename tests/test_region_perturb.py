@@ -16,16 +16,9 @@ from torch import nn
 from lape import artifacts
 from lape.errors import LapeError
 from lape.evaluate.perplexity import PerplexityConfig, corpus_nll
-from lape.regions.dims import MassiveDims, find_massive_dims
-from lape.regions.perturb import (
-    Edit,
-    PerturbConfig,
-    PerturbResult,
-    SuperWeight,
-    applied,
-    super_weights,
-    superweight_test,
-)
+from lape.regions.massive import MassiveDims, find_massive_dims
+from lape.regions.perturb import Edit, PerturbConfig, PerturbResult, applied, superweight_test
+from lape.regions.superweights import SuperWeight, super_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

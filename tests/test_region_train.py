@@ -19,13 +19,11 @@ from lape.errors import LapeError
 from lape.evaluate.perplexity import PerplexityConfig, corpus_nll
 from lape.intervals import bootstrap
 from lape.masks import ParamRegions
+from lape.plots.regions import forgetting_figure
+from lape.regions.forgetting import AGREES, DAMAGE, ForgettingResult
 from lape.regions.train import (
-    AGREES,
-    DAMAGE,
-    ForgettingResult,
     TrainConfig,
     continued_pretraining,
-    forgetting_figure,
     learning_rate,
     magnitude_masks,
     training_batches,

@@ -13,8 +13,8 @@ import torch
 from tiny_models import Interrupted, Seq, interrupt_after, random_sequences, tiny_model
 
 from lape.errors import LapeError
+from lape.fingerprint import fingerprint
 from lape.masks import ParamRegions
-from lape.models import fingerprint
 from lape.regions import (
     ImportanceConfig,
     ParamImportance,

@@ -22,9 +22,9 @@ from lape.evaluate.steer_profile import CalibrateConfig, SteeringProfile, calibr
 from lape.evaluate.steer_repl import repl
 from lape.evaluate.steer_rule import SteeringRule
 from lape.evaluate.steering import SteerConfig, Steerer
+from lape.fingerprint import fingerprint
 from lape.intervene import Edit, batch_edits, build_edits, difference_of_means, intervene, relocate
 from lape.masks import NeuronSets, set_agreement
-from lape.models import fingerprint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -284,7 +284,7 @@ def test_script_share_check_refuses_punctuation_labelled_chinese():
 
 
 def test_every_success_rate_carries_its_wilson_interval(steerer):
-    from lape.evaluate.steering import SteeringEval, pooled_interval, rate_interval
+    from lape.evaluate.steering_result import SteeringEval, pooled_interval, rate_interval
     from lape.intervals import wilson
 
     assert rate_interval(65 / 70, 70) == wilson(65, 70)
@@ -324,7 +324,7 @@ def test_every_success_rate_carries_its_wilson_interval(steerer):
 def _fabricated_test_eval(n: int = 70):
     """A held-out evaluation as scripts/run_steering.sh saves it: fr 65 of 70, zh 70 of 70, with
     every control (random: two draws)."""
-    from lape.evaluate.steering import SteeringEval
+    from lape.evaluate.steering_result import SteeringEval
 
     def row(condition, target, success, seed=None, **extra):
         return {"condition": condition, "seed": seed, "target": target, "strength": 1.5, "rule": "add x1.5",

@@ -220,7 +220,7 @@ def test_an_edited_model_never_shares_a_cache_key_with_the_unedited_one(tmp_path
     result: the fingerprint sampled 48 values, none of them in the edited entry. Catches a
     fingerprint that misses an edit far from its samples, or one that stays changed after restore."""
     from lape.activations import RecordConfig, record
-    from lape.models import fingerprint, same_model
+    from lape.fingerprint import fingerprint, same_model
 
     model = tiny_model("llama")
     corpus = {"aa": [Seq(ids, torch.ones(16, dtype=torch.long)) for ids in random_ids(4, 16, seed=1)]}

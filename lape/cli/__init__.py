@@ -17,26 +17,20 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .. import __version__
 from ..errors import LapeError
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with lape's one-line errors (exit status 2, no usage dump)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"lape: error: {message} (see lape {self.prog.split(' ', 1)[-1]} --help)\n")
+from ..version import __version__
+from .common import Parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import data, evaluate, explain, keyneurons, neurons, regions, run
 
-    p = _Parser(prog="lape", description="Find, measure and steer the language-specific parts of "
+    p = Parser(prog="lape", description="Find, measure and steer the language-specific parts of "
                 "large language models.")
     p.add_argument("--version", action="version", version=f"lape {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for group in (run, data, neurons, evaluate, regions, keyneurons, explain):
         group.register(sub)
     return p

@@ -17,6 +17,13 @@ from ..errors import LapeError
 logger = logging.getLogger("lape")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with lape's one-line errors (exit status 2, no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"lape: error: {message} (see lape {self.prog.split(' ', 1)[-1]} --help)\n")
+
+
 def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     """``--model``, ``--dtype``, ``--device``, ``--device-map``, ``--trust-remote-code``."""
     p.add_argument("--model", required=required, default=None if required else "builtin",

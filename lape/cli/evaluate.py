@@ -144,7 +144,8 @@ def cmd_steer_calibrate(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     from ..evaluate.perplexity import PerplexityConfig
     from ..evaluate.steer_profile import CalibrateConfig
-    from ..evaluate.steering import CONTROLS, SteerConfig
+    from ..evaluate.steering import SteerConfig
+    from ..evaluate.steering_result import CONTROLS
 
     s = sub.add_parser("ppl", help="perplexity matrix under deactivation of each language's neurons")
     common.add_model_args(s)

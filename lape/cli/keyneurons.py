@@ -161,10 +161,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from ..keyneurons.evaluate import KeyEvalConfig
     from ..keyneurons.run import KeyNeuronsRunConfig
     from ..keyneurons.select import SelectConfig
-    from . import _Parser
 
     group = sub.add_parser("keyneurons", help="key neurons (Chen et al. 2024, NA-ICA): attribute, select, eval")
-    ksub = group.add_subparsers(dest="keyneurons_command", required=True, metavar="STEP", parser_class=_Parser)
+    ksub = group.add_subparsers(dest="keyneurons_command", required=True, metavar="STEP", parser_class=common.Parser)
 
     s = ksub.add_parser("attribute", help="integrated gradients of the answer letter on the selection half")
     common.add_model_args(s)

@@ -83,7 +83,7 @@ def cmd_stability(args: argparse.Namespace) -> int:
 
 def _massive_rows(model, regions, streams) -> dict:
     """The extra removal rows: the core region with its massive-dimension entries kept."""
-    from ..regions.dims import find_massive_dims, residual_axes, without_dims
+    from ..regions.massive import find_massive_dims, residual_axes, without_dims
 
     massive = find_massive_dims(model, streams)
     if not massive.dims:
@@ -128,7 +128,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_dims(args: argparse.Namespace) -> int:
-    from ..regions.dims import DimsConfig, dimension_dependence, dimension_figure
+    from ..plots.regions import dimension_figure
+    from ..regions.dims import DimsConfig, dimension_dependence
 
     config = config_from_args(DimsConfig, args)
     out = common.out_folder(args.out)
@@ -140,9 +141,10 @@ def cmd_dims(args: argparse.Namespace) -> int:
 
 
 def cmd_perturb(args: argparse.Namespace) -> int:
+    from ..plots.regions import superweight_figure
     from ..regions import ParamImportance
-    from ..regions.dims import find_massive_dims
-    from ..regions.perturb import PerturbConfig, superweight_figure, superweight_test
+    from ..regions.massive import find_massive_dims
+    from ..regions.perturb import PerturbConfig, superweight_test
 
     config = config_from_args(PerturbConfig, args)
     out = common.out_folder(args.out)
@@ -168,7 +170,9 @@ def cmd_perturb(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..masks import ParamRegions
+    from ..plots.regions import forgetting_figure
     from ..regions import train as rt
+    from ..regions.forgetting import MAGNITUDE, NONE
 
     config = config_from_args(rt.TrainConfig, args)
     if not config.train_language:
@@ -176,7 +180,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = common.out_folder(args.out)
     m = load_manifest(args.corpus)
     regions = ParamRegions.load(args.regions) if args.regions else None
-    if regions is None and any(s not in (rt.NONE, rt.MAGNITUDE) for s in config.freeze):
+    if regions is None and any(s not in (NONE, MAGNITUDE) for s in config.freeze):
         raise LapeError(f"--freeze {' '.join(config.freeze)} needs --regions (a folder written by lape regions "
                         "select), or use --freeze none magnitude")
     languages = _eval_languages(args, m, [config.train_language, *((regions.meta.get("languages") or [])
@@ -190,7 +194,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                           config.seed, [config.train_language])
     valid = common.corpus(m, tok, "valid", config.eval_tokens_per_language, config.seq_len, config.seed, languages)
     result = rt.continued_pretraining(model, train, valid, regions, config, out=out, progress=not args.quiet)
-    _save_figure(result, out, "forgetting", rt.forgetting_figure)
+    _save_figure(result, out, "forgetting", forgetting_figure)
     logger.info("%s", result.verdict())
     logger.info("%s -> %s", result.summary_line(), args.out)
     return 0
@@ -220,11 +224,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     from ..regions.dims import DimsConfig
     from ..regions.perturb import PerturbConfig
     from ..regions.train import TrainConfig
-    from . import _Parser
 
     group = sub.add_parser("regions", help="linguistic regions (Zhang et al. 2024): importance, select, stability, ablate, "
                            "dims, perturb, train, bridge")
-    rsub = group.add_subparsers(dest="regions_command", required=True, metavar="STEP", parser_class=_Parser)
+    rsub = group.add_subparsers(dest="regions_command", required=True, metavar="STEP", parser_class=common.Parser)
 
     s = rsub.add_parser("importance", help="per-language parameter importance theta x summed gradient")
     common.add_model_args(s)

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import LapeError
 from ..files import atomic_folder
 from ..langid import LANGID_ACCEPT, classify, langid_version
-from ..models import cache_dir
+from ..model_cache import cache_dir
 from .manifest import bucket
 
 logger = logging.getLogger(__name__)

@@ -34,10 +34,11 @@ from ..corpora import batches
 from ..corpora.identity import check_corpus, corpus_key
 from ..entropy import random_like
 from ..errors import LapeError
+from ..fingerprint import fingerprint
 from ..head import logits_from_hidden
 from ..intervene import intervene
 from ..masks import NeuronSets
-from ..models import check_positions, fingerprint, input_device
+from ..models import check_positions, input_device
 from ..space import NeuronSpace
 
 logger = logging.getLogger(__name__)

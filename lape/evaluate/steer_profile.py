@@ -42,9 +42,9 @@ from .. import artifacts
 from ..config import StageConfig, option
 from ..errors import LapeError
 from ..files import atomic_write_text
+from ..fingerprint import fingerprint
 from ..langid import labels_of_language, langid_version, script_rule
 from ..masks import NeuronSets
-from ..models import fingerprint
 from .steer_rule import MODES, SteeringRule
 
 if TYPE_CHECKING:

@@ -28,13 +28,11 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
-import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -43,20 +41,20 @@ from .. import artifacts
 from ..activations import ActivationStats
 from ..config import StageConfig, option
 from ..errors import LapeError
-from ..intervals import Interval, wilson
+from ..fingerprint import fingerprint
 from ..intervene import VALUE_RULES, batch_edits, check_layers, intervene
 from ..langid import identify, in_script, labels_of_language, langid_version, script_rule
 from ..masks import NeuronSets
-from ..models import fingerprint, input_device
+from ..models import input_device
 from ..space import NeuronSpace
 from .fluency import FluencyReference, non_letter_share, text_nll
 from .steer_rule import MODES, SteeringRule
+from .steering_result import CONTROLS, SteeringEval, mean_of, median_of
 
 if TYPE_CHECKING:
     from .steer_profile import SteeringProfile
 
 logger = logging.getLogger(__name__)
-CONTROLS = ("random", "source_on", "source_off", "no_ngram_ban", "plain")
 
 
 @dataclass(frozen=True)
@@ -172,111 +170,6 @@ class SteerOutput:
             how = f"\nsteering   {self.rule.describe()}; {self.edited}" + (" (profile)" if self.from_profile else "")
         return (f"prompt     {self.prompt!r}{how}\n{show('unsteered', self.unsteered, self.unsteered.language)}\n"
                 f"{show(f'{src}->{self.target}', self.steered, self.target)}")
-
-
-@dataclass
-class SteeringEval(artifacts.Artifact):
-    """Steering over a prompt set, per target language and strength (``rows``), with examples."""
-
-    rows: list[dict[str, Any]]
-    examples: list[dict[str, Any]]
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    KIND: ClassVar[str] = "steering"
-
-    def payload(self) -> dict[str, Any]:
-        return {"rows": self.rows, "examples": self.examples}
-
-    def tables(self) -> dict[str, list[dict[str, Any]]]:
-        """``summary``: the rows, each rate with its Wilson 95% interval (``*_low``, ``*_high``);
-        ``conditions``: :meth:`condition_summary`; ``examples``."""
-        summary = [{**r, **{b: v for k in RATES if k in r for b, v in _bounds(k, self.interval(r, k)).items()}}
-                   for r in self.rows]
-        return {"summary": summary, "conditions": self.condition_summary(), "examples": self.examples}
-
-    def prompts(self, row: dict[str, Any]) -> int:
-        """The number of outputs behind a row's rates (its ``prompts``; older rows: the sidecar's)."""
-        return int(row.get("prompts") or self.meta.get("prompts") or 0)
-
-    def interval(self, rows: dict[str, Any] | Sequence[dict[str, Any]], key: str = "steered_success") -> Interval:
-        """The Wilson 95% interval of the rate ``key`` of one row, or of several rows' outputs
-        pooled (the random control's draws of one target; every target of a condition):
-        ``wilson(sum_r round(rate_r n_r), sum_r n_r)``. The point value is the pooled rate,
-        which is the mean of the rows' rates when they have equal ``n`` (as in one evaluation)."""
-        rows = [rows] if isinstance(rows, dict) else list(rows)
-        rows = [r for r in rows if r.get(key) is not None and math.isfinite(r[key])]
-        return pooled_interval([(r[key], self.prompts(r)) for r in rows])
-
-    @classmethod
-    def _from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], payload: Any) -> SteeringEval:
-        return cls(list(payload["rows"]), list(payload["examples"]), meta)
-
-    def validate(self) -> None:
-        for r in self.rows:
-            for k in ("steered_success", "unsteered_success"):
-                v = r.get(k)
-                if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                    raise LapeError(f"steering row {r.get('target')} has {k} {v!r}, not a share in [0, 1]: the "
-                                    "artifact was edited or damaged; re-run lape steer-eval")
-
-    def steered(self, condition: str = "steered") -> list[dict[str, Any]]:
-        """The rows of one condition (``steered`` by default; see :data:`CONTROLS`)."""
-        return [r for r in self.rows if r.get("condition", "steered") == condition]
-
-    def condition_summary(self) -> list[dict[str, Any]]:
-        """Per condition (``unsteered`` first, the random draws pooled): targets, mean and
-        smallest success, targets at >= 90%, mean fluent success, median fluency ratio and
-        non-letter share; for the random control also the spread (SD) of the mean over draws."""
-        steered = self.steered()
-        out = [{"condition": "unsteered", "targets": len(steered),
-                "mean_success": _mean(r["unsteered_success"] for r in steered),
-                "min_success": min((r["unsteered_success"] for r in steered), default=math.nan),
-                **_bounds("mean_success", self.interval(steered, "unsteered_success")),
-                **_bounds("min_success", self.interval(
-                    min(steered, key=lambda r: r["unsteered_success"]), "unsteered_success") if steered else _NAN)}]
-        for condition in dict.fromkeys(r.get("condition", "steered") for r in self.rows):
-            rows = self.steered(condition)
-            sweep = [s for s in (self.meta.get("inputs") or {}).get("strengths") or [None] if s is not None]
-            strengths = sorted({r["strength"] for r in rows}) if sweep else [None]  # a profile mixes strengths
-            for strength in strengths:
-                group = [r for r in rows if strength is None or r["strength"] == strength]
-                by_target: dict[str, list[float]] = {}
-                for r in group:
-                    by_target.setdefault(r["target"], []).append(r["steered_success"])
-                success = [_mean(v) for v in by_target.values()]
-                smallest = min(by_target, key=lambda t: _mean(by_target[t]), default=None)
-                row = {"condition": condition, "targets": len(by_target), "mean_success": _mean(success),
-                       "min_success": min(success, default=math.nan),
-                       "at_least_90": sum(v >= 0.9 for v in success),
-                       **_bounds("mean_success", self.interval(group)),
-                       **_bounds("min_success", self.interval([r for r in group if r["target"] == smallest])
-                                 if smallest is not None else _NAN)}
-                if strength is not None and len(strengths) > 1:
-                    row["strength"] = strength
-                if any("fluent_success" in r for r in group):
-                    row.update({"mean_fluent_success": _mean(r["fluent_success"] for r in group),
-                                **_bounds("mean_fluent_success", self.interval(group, "fluent_success")),
-                                "median_fluency_ratio": _median(r["fluency_ratio"] for r in group)})
-                row["median_non_letter"] = _median(r.get("non_letter", math.nan) for r in group)
-                seeds = sorted({r["seed"] for r in group if r.get("seed") is not None})
-                if len(seeds) > 1:
-                    per_seed = [_mean(r["steered_success"] for r in group if r["seed"] == s) for s in seeds]
-                    row.update({"draws": len(seeds), "sd_over_draws": statistics.stdev(per_seed)})
-                out.append(row)
-        return out
-
-    def summary_lines(self) -> list[str]:
-        lines = [f"{r['target']} x{r['strength']:g}: steered success {self.interval(r).format(percent=True)} "
-                 f"(unsteered {r['unsteered_success']:.0%}), distinct-2 {r['steered_distinct_2']:.2f}"
-                 + (f", fluent {r['fluent']:.0%}, PPL x{r['fluency_ratio']:.1f} of real text"
-                    if "fluent" in r else "")
-                 for r in self.steered()]
-        for c in self.condition_summary()[1:]:
-            if c["condition"] != "steered":
-                lines.append(f"control {c['condition']}: mean success {c['mean_success']:.0%} "
-                             f"(95% {c['mean_success_low']:.0%}-{c['mean_success_high']:.0%}; "
-                             f"smallest {c['min_success']:.0%})")
-        return lines
 
 
 class Steerer:
@@ -515,22 +408,22 @@ class Steerer:
             langs = Counter(g.label or g.language or "?" for g in gens)  # raw labels: arz stays arz
             row = {"condition": j["condition"], "seed": j["seed"], "target": t, "strength": j["rule"].strength,
                    "rule": j["rule"].describe(), "prompts": n,
-                   "steered_success": _mean(g.success(t) for g in gens),
-                   "unsteered_success": _mean(g.success(t) for g in base),
-                   "steered_target_language": _mean(g.language == t for g in gens),
+                   "steered_success": mean_of(g.success(t) for g in gens),
+                   "unsteered_success": mean_of(g.success(t) for g in base),
+                   "steered_target_language": mean_of(g.language == t for g in gens),
                    # identified as the target but not in its script: what the script check removed
-                   "steered_script_fail": _mean(g.language == t and not in_script(g.text, t) for g in gens),
-                   "steered_success_own_label": _mean(g.success(t) and g.label is None for g in gens),
-                   "steered_distinct_2": _mean(g.distinct_2 for g in gens),
-                   "unsteered_distinct_2": _mean(g.distinct_2 for g in base),
-                   "steered_repetition": _mean(1 - g.distinct_2 for g in gens),
-                   "steered_degenerate": _mean(g.distinct_2 < 0.5 or g.max_token_share > 1 / 3 for g in gens),
-                   "non_letter": _median(non_letter_share(g.text) for g in gens),
+                   "steered_script_fail": mean_of(g.language == t and not in_script(g.text, t) for g in gens),
+                   "steered_success_own_label": mean_of(g.success(t) and g.label is None for g in gens),
+                   "steered_distinct_2": mean_of(g.distinct_2 for g in gens),
+                   "unsteered_distinct_2": mean_of(g.distinct_2 for g in base),
+                   "steered_repetition": mean_of(1 - g.distinct_2 for g in gens),
+                   "steered_degenerate": mean_of(g.distinct_2 < 0.5 or g.max_token_share > 1 / 3 for g in gens),
+                   "non_letter": median_of(non_letter_share(g.text) for g in gens),
                    "identified": dict(langs.most_common())}
             if reference is not None and j["seed"] is None:
-                row.update({"fluency_ratio": _median(reference.ratio(t, scored[id(g)]) for g in gens),
-                            "fluent": _mean(reference.fluent(t, scored[id(g)], g.text) for g in gens),
-                            "fluent_success": _mean(g.success(t) and reference.fluent(t, scored[id(g)], g.text)
+                row.update({"fluency_ratio": median_of(reference.ratio(t, scored[id(g)]) for g in gens),
+                            "fluent": mean_of(reference.fluent(t, scored[id(g)], g.text) for g in gens),
+                            "fluent_success": mean_of(g.success(t) and reference.fluent(t, scored[id(g)], g.text)
                                                     for g in gens)})
             rows.append(row)
             if j["condition"] == "steered":
@@ -573,58 +466,3 @@ def describe_edits(edits: Sequence[Any]) -> str:
         return "no neurons"
     return (f"{len(touched)} neurons in {len(per_layer)} layers ("
             + ", ".join(f"L{layer} {n}" for layer, n in sorted(per_layer.items())) + ")")
-
-
-RATES = ("steered_success", "unsteered_success", "steered_success_own_label", "fluent_success")
-_NAN = Interval(math.nan, math.nan, math.nan)
-
-
-def rate_interval(rate: float | None, n: int) -> Interval:
-    """The Wilson 95% interval of a share ``rate`` of ``n`` outputs (``round(rate * n)``
-    successes; NaN for a missing rate or no outputs).
-
-    Example:
-        >>> rate_interval(65 / 70, 70).format(percent=True)
-        '93% (84-97%)'
-    """
-    return pooled_interval([(rate, n)])
-
-
-def pooled_interval(rates: Iterable[tuple[float | None, int]]) -> Interval:
-    """The Wilson 95% interval of several ``(rate, n)`` groups of outputs taken together:
-    ``wilson(sum round(rate n), sum n)`` (NaN without outputs)."""
-    k = n = 0
-    for rate, count in rates:
-        if rate is None or not math.isfinite(rate) or not count:
-            continue
-        k, n = k + round(rate * count), n + int(count)
-    return wilson(k, n) if n else _NAN
-
-
-def row_interval(row: dict[str, Any], name: str) -> Interval:
-    """The interval a table row holds as ``name``, ``name_low``, ``name_high`` (NaN if absent)."""
-    return Interval(*(float(row.get(k, math.nan)) for k in (name, f"{name}_low", f"{name}_high")))
-
-
-def format_rate(interval: Interval) -> str:
-    """``"93% (84-97%)"``; a dash for a missing rate, the bare rate without an interval."""
-    if not math.isfinite(interval.value):
-        return "–"
-    if not (math.isfinite(interval.low) and math.isfinite(interval.high)):
-        return f"{interval.value * 100:.0f}%"
-    return interval.format(percent=True)
-
-
-def _bounds(name: str, interval: Interval) -> dict[str, float]:
-    """``{name_low, name_high}`` of an interval, for a table row."""
-    return {f"{name}_low": interval.low, f"{name}_high": interval.high}
-
-
-def _mean(values: Iterable[float]) -> float:
-    values = [float(v) for v in values]
-    return sum(values) / len(values) if values else math.nan
-
-
-def _median(values: Iterable[float]) -> float:
-    values = [float(v) for v in values if not math.isnan(float(v))]
-    return statistics.median(values) if values else math.nan

@@ -1,7 +1,7 @@
 """The attribution pass of the key-neuron method (Chen et al. 2024, NA-ICA / QRNCA, step 2).
 
 Every question is rendered with ``templates`` prompt templates of its language (options shuffled
-per template, :func:`lape.keyneurons.questions.prompts_for`). For each prompt:
+per template, :func:`lape.keyneurons.prompts.prompts_for`). For each prompt:
 
 1. **The answer token.** A letter can be spelled as a bare piece (``"A"``) or with a leading
    space (``" A"``); the released code always takes ``convert_tokens_to_ids("A")``, which for
@@ -40,7 +40,8 @@ from ..models import input_device
 from ..runningstats import RunningSums, dist_info, shard, stage_cache, tally
 from ..space import NeuronSpace
 from .ig import ablation_effects, attribute_prompt, normalises_mlp_output
-from .questions import Prompt, Question, Template, prompts_for, questions_key, templates_for
+from .prompts import Prompt, Question, Template, prompts_for, templates_for
+from .questions import questions_key
 
 logger = logging.getLogger(__name__)
 COMPLETENESS_OK = 0.2  # median |delta| / |P(a) - P(b)| below which the scores are called integrated gradients

@@ -50,7 +50,7 @@ from pathlib import Path
 
 from ..errors import LapeError
 from ..langid import script_of
-from .questions import Question, load_cloze_instructions
+from .prompts import Question, load_cloze_instructions
 
 BLANK = "____"
 MIN_SENTENCE_CHARS = 40

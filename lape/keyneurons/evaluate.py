@@ -76,13 +76,16 @@ from .. import artifacts
 from ..autograd import gradients_for
 from ..config import StageConfig, option
 from ..errors import LapeError
+from ..fingerprint import fingerprint
 from ..intervals import Interval, bootstrap_weights, percentile_interval, wilson
-from ..masks import NeuronSets
-from ..models import fingerprint, input_device
+from ..masks import NeuronSets, random_like_mask
+from ..models import input_device
 from ..space import NeuronSpace
 from .attribute import letter_spellings, prompt_ids, question_prompts, templates_key
+from .baselines import activation_matched_like, top_activation_like
 from .ig import last_activations, last_position, prefix_cache
-from .questions import Question, Template, questions_key
+from .prompts import Question, Template
+from .questions import questions_key
 
 OPS = ("boost", "suppress")
 FAMILY_ORDER = ("naica", "na", "activation", "random", "random-act")  # display order
@@ -101,55 +104,6 @@ class KeyEvalConfig(StageConfig):
     resamples: int = option(2000, min=10, max=100_000)  # bootstrap resamples of the questions
     seed: int = option(0, min=0)  # option shuffling, unrelated-question sampling, bootstrap
     batch_size: int = option(96, min=1, max=1_000_000, key=False)  # continuations per forward pass
-
-
-def random_like(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A bool ``[L, N]`` mask with the same number of neurons per layer as ``mask``, at random."""
-    out = torch.zeros_like(mask)
-    for layer in range(mask.shape[0]):
-        k = int(mask[layer].sum())
-        if k:
-            out[layer, torch.randperm(mask.shape[1], generator=generator)[:k]] = True
-    return out
-
-
-def activation_bins(abs_mean: torch.Tensor, bins: int) -> torch.Tensor:
-    """Per layer, the rank bin ``floor(rank * bins / N)`` of every neuron's mean |activation|
-    (``[L, N]`` -> int64 ``[L, N]``, 0 = smallest; equal values ranked by neuron index)."""
-    n = abs_mean.shape[1]
-    order = torch.sort(abs_mean.float(), dim=1, stable=True).indices  # [L, N] neuron of each rank
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(n).expand_as(order).contiguous())
-    return ranks * bins // n
-
-
-def activation_matched_like(mask: torch.Tensor, abs_mean: torch.Tensor, bins: int,
-                            generator: torch.Generator) -> torch.Tensor:
-    """A bool ``[L, N]`` mask with, per layer and per rank bin of mean |activation|
-    (:func:`activation_bins`), as many neurons as ``mask`` has there, drawn at random without
-    replacement from that bin (a bin always holds its own key neurons, so the draw exists)."""
-    which = activation_bins(abs_mean, bins)
-    out = torch.zeros_like(mask)
-    for layer in range(mask.shape[0]):
-        if not bool(mask[layer].any()):
-            continue
-        for b in which[layer, mask[layer]].unique().tolist():
-            members = (which[layer] == b).nonzero().flatten()
-            k = int((mask[layer] & (which[layer] == b)).sum())
-            out[layer, members[torch.randperm(len(members), generator=generator)[:k]]] = True
-    return out
-
-
-def top_activation_like(mask: torch.Tensor, mean_act: torch.Tensor) -> torch.Tensor:
-    """The paper's Activation baseline: per layer the ``k_l`` neurons of highest ``mean_act``
-    (``[L, N]``, signed), ``k_l`` = ``mask``'s count in layer ``l``; ties to the lower index."""
-    out = torch.zeros_like(mask)
-    for layer in range(mask.shape[0]):
-        k = int(mask[layer].sum())
-        if k:
-            order = torch.sort(mean_act[layer].float(), descending=True, stable=True).indices
-            out[layer, order[:k]] = True
-    return out
 
 
 @dataclass
@@ -257,7 +211,7 @@ def _edit_rows(families: Mapping[str, NeuronSets], clusters: Sequence[str], rand
     for s in range(random_seeds):
         g = torch.Generator().manual_seed(1_000 + s)
         for c in clusters:
-            add("random", s, c, random_like(base.mask(c), g))
+            add("random", s, c, random_like_mask(base.mask(c), g))
     for (fam, seed), masks in (extra or {}).items():
         for c, mask in zip(clusters, masks, strict=True):
             add(fam, seed, c, mask)

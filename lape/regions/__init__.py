@@ -9,7 +9,7 @@
   language with each region removed, with the row and column tests (step 4);
 * :mod:`.stability`: ``split_half_stability(model, halves) -> RegionStability``, the Jaccard
   between the regions of two disjoint halves of the text, against its exact chance value;
-* :mod:`.dims`: massive-activation channels and where a region sits along the residual stream;
+* :mod:`.massive`: the residual stream's massive channels; :mod:`.dims`: where a region sits along it;
   :mod:`.perturb`: the super-weight test (Yu et al. 2024): per massive channel, the
   down-projection entry that writes it at the first token and the norm scale that sets it,
   zeroed and x4, against the median channel's (step 5);
@@ -31,8 +31,9 @@ Example:
 
 from .ablate import AblateConfig, RegionPerplexity, ablate_regions
 from .bridge import overlap_result, region_overlap
-from .dims import DimsConfig, dimension_dependence, find_massive_dims, residual_axes, without_dims
+from .dims import DimsConfig, dimension_dependence
 from .importance import ImportanceConfig, ParamImportance, param_importance
+from .massive import find_massive_dims, residual_axes, without_dims
 from .perturb import PerturbConfig, superweight_test
 from .select import RegionConfig, select_regions
 from .stability import (

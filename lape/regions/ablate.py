@@ -45,8 +45,9 @@ from ..config import StageConfig, option
 from ..corpora.identity import check_corpus, corpus_key
 from ..errors import LapeError
 from ..evaluate.perplexity import LanguageNLL, PerplexityConfig, PerplexityResult
+from ..fingerprint import fingerprint
 from ..masks import ParamRegions, mono_language
-from ..models import check_positions, fingerprint
+from ..models import check_positions
 from ..space import ParamSpace
 from ..weights import edit_weights
 

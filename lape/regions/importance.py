@@ -66,8 +66,9 @@ from ..autograd import gradients_for
 from ..config import StageConfig, option
 from ..corpora.identity import MAX_SEQ_LEN, corpus_config
 from ..errors import LapeError
+from ..fingerprint import fingerprint
 from ..head import logits_from_hidden
-from ..models import fingerprint, input_device, model_id_of
+from ..models import input_device, model_id_of
 from ..runningstats import RunningSums, dist_info, shard, stage_cache, tally
 from ..space import ParamSpace
 from ..weights import removal_value

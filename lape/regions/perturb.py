@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -54,11 +53,20 @@ from ..config import StageConfig, option
 from ..corpora.identity import check_corpus, corpus_key
 from ..errors import LapeError
 from ..evaluate.perplexity import LanguageNLL, PerplexityConfig
-from ..models import check_positions, fingerprint, input_device
-from ..space import NeuronSpace, ParamSpace
-from ..weights import edit_weights, removal_value
-from .dims import MassiveDims, hidden_size, residual_axes, writes_residual
+from ..fingerprint import fingerprint
+from ..models import check_positions
+from ..space import ParamSpace
+from ..weights import edit_weights
 from .importance import ParamImportance
+from .massive import MassiveDims, hidden_size
+from .superweights import (
+    SuperWeight,
+    check_massive,
+    probe_first_token,
+    probe_token,
+    scores_key,
+    super_weights,
+)
 
 logger = logging.getLogger(__name__)
 TARGETS = ("weight", "norm")  # a down-projection entry, or a norm's scale entry
@@ -81,302 +89,6 @@ class PerturbConfig(StageConfig):
     seed: int = option(0, min=0)  # corpus shuffling
     split: str = "valid"  # held-out split
     chunk_size: int = option(512, min=1, key=False)  # positions whose vocabulary logits exist at once
-
-
-# --------------------------------------------------------------------------------------------
-# the probe: the first token alone, position 0
-
-
-def _scores_key(scores: Any) -> str:
-    """The content key of an importance (its artifact identity) or of a ``{name: tensor}`` mapping."""
-    if hasattr(scores, "identity"):
-        return artifacts.content_hash(scores.identity())
-    return artifacts.tensor_digest({k: v for k, v in scores.items() if isinstance(v, torch.Tensor)})
-
-
-def probe_token(corpus: Mapping[str, Iterable[Any]], per_language: int = 4) -> int:
-    """The first token of the text: the most common first token of the first ``per_language``
-    sequences of each language (BOS for a packed corpus; the first seen wins ties)."""
-    firsts = []
-    for stream in corpus.values():
-        for k, seq in enumerate(stream):
-            if k >= per_language:
-                break
-            ids = seq.input_ids.reshape(-1)
-            if ids.numel():
-                firsts.append(int(ids[0]))
-    if not firsts:
-        raise LapeError("no sequence to take the first token from: give perturb some text (e.g. the valid split)")
-    counts = Counter(firsts)
-    return max(counts, key=lambda t: (counts[t], -firsts.index(t)))
-
-
-@contextmanager
-def _position0(modules: Mapping[str, nn.Module]) -> Iterator[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-    """Record ``(input, output)`` at batch row 0, position 0 of every forward of each module
-    (float64, CPU; the input is ``None`` where it is not a ``[B, T, ...]`` tensor); the hooks are
-    removed on exit, also after an exception."""
-    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    handles = []
-
-    def first(t: Any) -> torch.Tensor | None:
-        t = t[0] if isinstance(t, tuple) else t
-        return t.detach()[0, 0].double().cpu() if isinstance(t, torch.Tensor) and t.dim() >= 2 else None
-
-    try:
-        for key, module in modules.items():
-            def hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any, _key: str = key) -> None:
-                x = args[0] if args else kwargs.get("hidden_states", kwargs.get("input"))
-                seen[_key] = (first(x), first(output))  # type: ignore[assignment]
-            handles.append(module.register_forward_hook(hook, with_kwargs=True))
-        yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _probe(model: nn.Module, space: ParamSpace, token: int, watch: Mapping[str, nn.Module] | None = None
-           ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-    """One forward of ``token`` alone: the residual stream after every decoder layer at position 0
-    (``[layers, hidden]``, float64) and ``(input, output)`` at position 0 of each watched module."""
-    layers = {f"layer:{i}": model.get_submodule(f"{space.layers_path}.{i}") for i in range(space.num_layers)}
-    with _position0({**layers, **(watch or {})}) as seen, torch.inference_mode():
-        model.base_model(input_ids=torch.tensor([[token]], device=input_device(model)), use_cache=False)
-    states = torch.stack([seen[f"layer:{i}"][1] for i in range(space.num_layers)])  # (L, H)
-    return states, {k: v for k, v in seen.items() if not k.startswith("layer:")}
-
-
-# --------------------------------------------------------------------------------------------
-# super-weight candidates
-
-
-@dataclass
-class SuperWeight:
-    """The super-weight candidate of one massive channel, its control, and the norm that sets it.
-
-    Attributes:
-        dim: the massive channel ``c``.
-        layer: the layer ``l`` whose down-projection was hooked.
-        tensor: the down-projection weight's name (``tensor_type`` relative to its block);
-            ``index`` the entry ``(c, j*)`` in it (``(j*, c)`` for GPT-2's ``Conv1D``); ``j`` is ``j*``.
-        activation: ``a_{j*}``, the down-projection's input at the probe.
-        weight: ``W[c, j*]``.
-        contribution: ``a_{j*} W[c, j*]``.
-        output: ``sum_j a_j W[c, j]``, the down-projection's output on ``c`` at the probe.
-        control_dim, control_index, control_j, control_activation, control_weight,
-            control_contribution, control_output: the same for the control channel ``o``.
-        norm: the output norm's weight that sets ``c`` (``None``: no norm between the writer and
-            the residual add; ``norm_type`` relative to its block); ``norm_offset`` ``k`` (1 for
-            ``x * (1 + w)``); ``norm_scale`` ``s_c = w_c + k``; ``control_norm_scale`` ``s_o``.
-        branches: per writer of layer ``l`` (block-relative type): ``{"norm": its output norm's
-            type or None, "value": what the branch adds to ``c`` at the probe}``.
-        position: where channel ``c`` peaks in the text (0: the first token, the probe).
-        score, score_rank: the entry's importance ``sum_l |S_l|`` and the share of its tensor's
-            entries scored higher (``None`` without an importance); ``norm_score``,
-            ``norm_score_rank`` the same for the norm entry (``None`` where the importance has no
-            norm weights).
-    """
-
-    dim: int
-    layer: int
-    tensor: str
-    tensor_type: str
-    index: list[int]
-    j: int
-    activation: float
-    weight: float
-    contribution: float
-    output: float
-    control_dim: int
-    control_index: list[int]
-    control_j: int
-    control_activation: float
-    control_weight: float
-    control_contribution: float
-    control_output: float
-    norm: str | None = None
-    norm_type: str | None = None
-    norm_offset: float = 0.0
-    norm_scale: float | None = None
-    control_norm_scale: float | None = None
-    branches: dict[str, dict[str, Any]] = field(default_factory=dict)
-    position: int = 0
-    score: float | None = None
-    score_rank: float | None = None
-    norm_score: float | None = None
-    norm_score_rank: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SuperWeight:
-        d = dict(d)
-        d["index"] = [int(i) for i in d["index"]]
-        d["control_index"] = [int(i) for i in d["control_index"]]
-        return cls(**d)
-
-
-def _layer_watch(model: nn.Module, space: ParamSpace, layer: int, axes: Mapping[str, int | None]
-                 ) -> dict[str, nn.Module]:
-    """The modules of one layer to watch at the probe: its writers (``writer:NAME``) and its
-    hidden-sized norms (``norm:NAME``), keyed by their weight's name."""
-    watch = {}
-    hidden = hidden_size(model)
-    for p in space.params:
-        if p.layer != layer or not p.name.endswith(".weight"):
-            continue
-        module = model.get_submodule(p.name.rpartition(".")[0])
-        if writes_residual(model, p.name, axes):
-            watch[f"writer:{p.name}"] = module
-        elif p.shape == (hidden,) and axes.get(p.name) == 0 and "Norm" in type(module).__name__:
-            watch[f"norm:{p.name}"] = module
-    return watch
-
-
-def _output_norms(seen: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, str | None]:
-    """Per writer, the norm whose input at the probe is the writer's output (``None``: none)."""
-    norms = {k[5:]: v for k, v in seen.items() if k.startswith("norm:")}
-    out: dict[str, str | None] = {}
-    for key, (_, written) in seen.items():
-        if key.startswith("writer:"):
-            out[key[7:]] = next((n for n, (x, _) in norms.items() if x is not None and x.shape == written.shape
-                                 and torch.allclose(x, written, rtol=1e-6, atol=0.0)), None)
-    return out
-
-
-def _argmax_term(weight: torch.Tensor, axis: int, a: torch.Tensor, channel: int) -> tuple[int, torch.Tensor]:
-    """``j = argmax_j |a_j W[channel, j]|`` (the first on ties) and the terms ``a_j W[channel, j]``."""
-    line = weight.detach().select(axis, channel).double().cpu()  # (I,): what input j adds to the channel
-    if line.shape != a.shape:
-        raise LapeError(f"the hooked input has {a.numel()} entries but the weight's row on channel {channel} has "
-                        f"{line.numel()}: tensor_type must be a down-projection whose input is its MLP's activation")
-    terms = a * line
-    return int(terms.abs().argmax()), terms
-
-
-def _check_massive(massive: MassiveDims, hidden: int) -> list[int]:
-    if massive.hidden_size != hidden:
-        raise LapeError(f"the massive dims are over {massive.hidden_size} channels but the model has {hidden}: "
-                        "find them on this model (find_massive_dims)")
-    if not massive.dims:
-        raise LapeError(f"no massive channel (none above {massive.ratio:g} x its layer's median channel peak): run "
-                        "find_massive_dims with a lower ratio=")
-    return list(massive.dims)
-
-
-def _param_of(space: ParamSpace, layer: int, tensor_type: str | None, model: nn.Module) -> str:
-    """The full name of ``tensor_type`` in ``layer`` (``None``: the MLP's down-projection weight,
-    as :class:`lape.space.NeuronSpace` finds it)."""
-    if not 0 <= layer < space.num_layers:
-        raise LapeError(f"layer {layer} is outside the {space.num_layers} decoder layers of {space.model_class}: "
-                        f"use a layer from 0 to {space.num_layers - 1}")
-    if tensor_type is None:
-        return f"{NeuronSpace.of(model).down_paths[layer]}.weight"
-    found = [p.name for p in space.params if p.layer == layer and p.type == tensor_type]
-    if not found:
-        raise LapeError(f"{space.model_class} has no tensor type {tensor_type!r} in layer {layer}: use one of "
-                        f"{', '.join(space.tensor_types())}")
-    return found[0]
-
-
-def super_weights(model: nn.Module, massive: MassiveDims, token: int, *, layer: int | None = None,
-                  tensor_type: str | None = None, ordinary_dim: int | None = None,
-                  max_dims: int | None = None, space: ParamSpace | None = None) -> list[SuperWeight]:
-    """The super-weight candidate of every massive channel, with its control and norm entry.
-
-    Per massive channel ``c``: hook the input ``a`` of layer ``l``'s down-projection at the probe
-    (``token`` alone, position 0) and take ``j* = argmax_j |a_j W[c, j]|``; the control is the
-    median channel ``o`` of layer ``l`` with ``j_o = argmax_j |a_j W[o, j]|``; the norm is the
-    output norm (if any) of the branch that writes the larger ``|value|`` on ``c`` in layer ``l``
-    (see the module docstring).
-
-    Args:
-        model: the model ``massive`` was found on.
-        massive: from :func:`lape.regions.dims.find_massive_dims`.
-        token: the probe token (:func:`probe_token`: BOS).
-        layer: hook this layer for every channel (default: each channel's first massive layer).
-        tensor_type: the down-projection's weight relative to its block (default: the MLP's
-            down-projection, found by :class:`lape.space.NeuronSpace`).
-        ordinary_dim: the control channel for every candidate (default: the median channel of
-            each candidate's layer, :meth:`MassiveDims.ordinary_dim`).
-        max_dims: only the ``max_dims`` largest massive channels (default: all).
-        space: the model's :class:`ParamSpace`, if already built.
-
-    Returns:
-        One :class:`SuperWeight` per massive channel, in ``massive.dims`` order.
-
-    Raises:
-        LapeError: no massive channel, massive dims of another model, a layer or tensor type
-            the model does not have, a tensor that does not write the residual stream, or a
-            control channel outside the model or equal to the massive one.
-
-    Example:
-        >>> sw = super_weights(model, massive, tok.bos_token_id)
-        >>> [(s.layer, s.dim, s.j) for s in sw]     # e.g. [(3, 163, 1414), (0, 400, 1405)]
-    """
-    space = space or ParamSpace.of(model)
-    hidden = hidden_size(model)
-    dims = _check_massive(massive, hidden)[:max_dims]
-    axes = residual_axes(model, space)
-    plan: dict[int, int] = {}
-    for c in dims:
-        where = layer if layer is not None else massive.first_layer.get(c)
-        if where is None:
-            raise LapeError(f"the massive dims do not say where channel {c} first appears: pass layer=")
-        plan[c] = where
-    watch: dict[str, nn.Module] = {}
-    for where in sorted(set(plan.values())):
-        name = _param_of(space, where, tensor_type, model)
-        if not writes_residual(model, name, axes):
-            raise LapeError(f"{space.info(name).type} does not write into the residual stream: use the down-projection "
-                            "(mlp.down_proj.weight, mlp.c_proj.weight, ...)")
-        watch.update(_layer_watch(model, space, where, axes))
-    if ordinary_dim is not None and not 0 <= int(ordinary_dim) < hidden:
-        raise LapeError(f"ordinary_dim={ordinary_dim} is outside [0, {hidden}): pass a channel of this model")
-    _, seen = _probe(model, space, token, watch)
-    params = dict(model.named_parameters())
-    out = []
-    for c in dims:
-        where = plan[c]
-        o = int(ordinary_dim) if ordinary_dim is not None else massive.ordinary_dim(where)
-        if o == c:
-            raise LapeError(f"the control channel {o} is the massive one: pass another ordinary_dim")
-        name = _param_of(space, where, tensor_type, model)
-        w, axis = params[name], axes[name]
-        a = seen[f"writer:{name}"][0]  # (I,): the down-projection's input at the probe
-        j, terms = _argmax_term(w, axis, a, c)
-        jo, terms_o = _argmax_term(w, axis, a, o)
-        # what each branch of layer l adds to c at the probe: its output norm's output, else the writer's
-        branches = {}
-        for writer, norm in _output_norms({k: v for k, v in seen.items()
-                                           if space.layer_of(k.split(":", 1)[1]) == where}).items():
-            value = seen[f"norm:{norm}"][1][c] if norm else seen[f"writer:{writer}"][1][c]
-            branches[writer] = (norm, float(value))
-        top = max(branches, key=lambda k: abs(branches[k][1])) if branches else None
-        norm = branches[top][0] if top is not None else None  # the norm of the branch that writes c most
-        offset = -removal_value(model, norm) if norm else 0.0
-        row, row_o = w.detach().select(axis, c), w.detach().select(axis, o)
-        sw = SuperWeight(
-            dim=c, layer=where, tensor=name, tensor_type=space.info(name).type, index=_index(axis, c, j), j=j,
-            activation=float(a[j]), weight=float(row[j]), contribution=float(terms[j]), output=float(terms.sum()),
-            control_dim=o, control_index=_index(axis, o, jo), control_j=jo, control_activation=float(a[jo]),
-            control_weight=float(row_o[jo]), control_contribution=float(terms_o[jo]), control_output=float(terms_o.sum()),
-            norm=norm, norm_type=space.info(norm).type if norm else None, norm_offset=offset,
-            norm_scale=float(params[norm].detach()[c]) + offset if norm else None,
-            control_norm_scale=float(params[norm].detach()[o]) + offset if norm else None,
-            branches={space.info(k).type: {"norm": space.info(n).type if n else None, "value": v}
-                      for k, (n, v) in branches.items()},
-            position=int(massive.positions.get(c, 0)))
-        if sw.position != 0:
-            logger.info("channel %d peaks at position %d, not at the first token: its candidate is still taken at "
-                        "the first token", c, sw.position)
-        out.append(sw)
-    return out
-
-
-def _index(axis: int, channel: int, j: int) -> list[int]:
-    return [channel, j] if axis == 0 else [j, channel]
 
 
 # --------------------------------------------------------------------------------------------
@@ -611,7 +323,7 @@ class PerturbResult(artifacts.Artifact):
                 f"language{'s' if L != 1 else ''}")
 
         def item(i: int) -> str:
-            return f"{self.edits[i].describe(self.factor)} (x{_ratio(self.ppl_ratio(i))})"
+            return f"{self.edits[i].describe(self.factor)} (x{ratio_text(self.ppl_ratio(i))})"
 
         bad = [i for i in range(n) if self.collapses(i)]
         good = [i for i in range(n) if i not in bad]
@@ -648,7 +360,7 @@ class PerturbResult(artifacts.Artifact):
                     + ", ".join(bad))
         else:
             tail = f"no edit of {len(self.edits)} collapses the model (PPL > {self.collapse_ratio:g}x)"
-        top = (f"; largest PPL ratio x{_ratio(self.ppl_ratio(worst))} ({self.edits[worst].label(self.factor)})"
+        top = (f"; largest PPL ratio x{ratio_text(self.ppl_ratio(worst))} ({self.edits[worst].label(self.factor)})"
                if worst is not None else "")
         return f"super weights ({picks}): {tail}{top} ({len(self.languages)} languages)"
 
@@ -704,7 +416,8 @@ class PerturbResult(artifacts.Artifact):
                             "re-run lape regions perturb")
 
 
-def _ratio(r: float) -> str:
+def ratio_text(r: float) -> str:
+    """A perplexity ratio as text: ``?`` when unknown, whole numbers from 100, else 3 digits."""
     if math.isnan(r):
         return "?"
     return f"{r:,.0f}" if r >= 100 else f"{r:.3g}"
@@ -712,45 +425,6 @@ def _ratio(r: float) -> str:
 
 def _share(v: float, base: float) -> str:
     return f"{100 * v / base:.2g}% of it" if base else "from 0"
-
-
-# --------------------------------------------------------------------------------------------
-# figure
-
-
-def superweight_figure(result: PerturbResult) -> Any:
-    """Per massive channel, ``|h_c|`` of the first token after each layer (log scale): unedited
-    and under each edit of that channel (a ``matplotlib.figure.Figure``, not saved)."""
-    import numpy as np
-
-    from ..plots import new_figure
-
-    cands = result.candidates
-    fig = new_figure(6.5, 0.6 + 2.4 * len(cands))
-    axs = fig.subplots(len(cands), 1, squeeze=False)[:, 0]
-    x = np.arange(len(result.base_bos))
-    colors = {"weight": "#d62728", "norm": "#1f77b4"}
-    for ax, sw in zip(axs, cands):
-        def curve(values: list[float]) -> Any:
-            return np.maximum(np.abs(np.asarray(values, dtype=float)), 1e-6)
-
-        k = result.channels.index(sw.dim)
-        ax.semilogy(x, curve([s[k] for s in result.base_bos]), color="black", lw=1.8, label="unedited")
-        for i, e in enumerate(result.edits):
-            if e.dim != sw.dim:
-                continue
-            style = ("-" if e.kind == "zero" else "--")
-            ax.semilogy(x, curve([s[k] for s in result.bos[i]]), ls=style, lw=1.0 if not e.control else 0.7,
-                        color="#999999" if e.control else colors[e.target],
-                        label=f"{e.label(result.factor)} (x{_ratio(result.ppl_ratio(i))} PPL)")
-        ax.axvline(sw.layer, color="#888888", lw=0.6, ls=":")
-        ax.set_title(f"channel {sw.dim}: first-token |h| after each layer (super weight in layer {sw.layer})",
-                     fontsize=8)
-        ax.set_ylabel("|h|", fontsize=8)
-        ax.legend(fontsize=6, loc="best")
-        ax.spines[["top", "right"]].set_visible(False)
-    axs[-1].set_xlabel("layer")
-    return fig
 
 
 # --------------------------------------------------------------------------------------------
@@ -817,7 +491,7 @@ def superweight_test(
         >>> print(res.verdict())
     """
     space = ParamSpace.of(model)
-    _check_massive(massive, hidden_size(model))
+    check_massive(massive, hidden_size(model))
     check_positions(model, max([getattr(s, "seq_len", 0) for s in corpus.values()], default=0))
     check_corpus(corpus)
     token = probe_token(corpus)
@@ -826,7 +500,7 @@ def superweight_test(
     # massive channels and the settings, and their scores of the importance (keyed by its content)
     inputs = {"corpus": {lang: corpus_key(corpus[lang]) for lang in languages},
               "massive": artifacts.content_hash(massive.to_dict()), "ordinary_dim": ordinary_dim, "probe": token,
-              "scores": None if scores is None else _scores_key(scores)}
+              "scores": None if scores is None else scores_key(scores)}
     key = artifacts.stage_key(PerturbResult.KIND, model_fingerprint=fingerprint(model), config=config.key_dict(),
                               inputs=inputs)
     ppl_config = PerplexityConfig(batch_size=config.batch_size, chunk_size=config.chunk_size, seed=config.seed,
@@ -847,7 +521,7 @@ def superweight_test(
                                progress=progress)
 
         def probe_values() -> list[list[float]]:
-            states, _ = _probe(model, space, token)
+            states, _ = probe_first_token(model, space, token)
             return states[:, channels].tolist()
 
         base = [evaluate(lang) for lang in languages]

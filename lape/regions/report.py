@@ -149,7 +149,8 @@ def render_stability(folder: Path, ctx: ReportContext) -> str:
 
 def render_dims(folder: Path, ctx: ReportContext) -> str:
     """Massive activation dimensions and where the core region sits."""
-    from .dims import DimensionResult, dimension_figure
+    from ..plots.regions import dimension_figure
+    from .dims import DimensionResult
 
     res = DimensionResult.load(folder)
     fig = ctx.figure(dimension_figure(res.profile, res.massive), "region_dimensions",
@@ -172,7 +173,8 @@ def render_dims(folder: Path, ctx: ReportContext) -> str:
 def render_perturb(folder: Path, ctx: ReportContext) -> str:
     """Super weights of the massive channels and the norm scales that set them, zeroed and scaled,
     against a median channel: PPL and the first token's value on each channel."""
-    from .perturb import PerturbResult, superweight_figure
+    from ..plots.regions import superweight_figure
+    from .perturb import PerturbResult
 
     res = PerturbResult.load(folder)
 
@@ -217,7 +219,8 @@ def render_perturb(folder: Path, ctx: ReportContext) -> str:
 
 def render_forgetting(folder: Path, ctx: ReportContext) -> str:
     """Further pre-training on one language with a region frozen: what the others forget."""
-    from .train import ForgettingResult, forgetting_figure
+    from ..plots.regions import forgetting_figure
+    from .forgetting import ForgettingResult
 
     res = ForgettingResult.load(folder)
     fig = ctx.figure(forgetting_figure(res), "forgetting",

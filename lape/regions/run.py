@@ -79,8 +79,9 @@ def run_regions(model: Any, tok: Any, manifest: Any, run: str | Path, config: Re
     from ..space import ParamSpace
     from .ablate import AblateConfig, ablate_regions
     from .bridge import overlap_result
-    from .dims import DimsConfig, dimension_dependence, residual_axes, without_dims
+    from .dims import DimsConfig, dimension_dependence
     from .importance import ImportanceConfig, param_importance
+    from .massive import residual_axes, without_dims
     from .perturb import PerturbConfig, superweight_test
     from .select import RegionConfig, select_regions
     from .train import TrainConfig, continued_pretraining

@@ -30,7 +30,7 @@ from .. import artifacts, plots
 from ..activations import ActivationStats
 from ..errors import LapeError
 from ..evaluate.perplexity import PerplexityResult
-from ..evaluate.steering import SteeringEval
+from ..evaluate.steering_result import SteeringEval
 from ..masks import NeuronSets
 from .html import (
     Raw,
@@ -288,7 +288,7 @@ def render_ppl(folder: Path, ctx: ReportContext) -> str:
 def render_steering(folder: Path, ctx: ReportContext) -> str:
     """Steering: per-target table with fluency, the controls, success bars (+ strength sweep)
     and example outputs from ``steering/``."""
-    from ..evaluate.steering import format_rate, row_interval
+    from ..evaluate.steering_result import format_rate, row_interval
 
     ev = SteeringEval.load(folder)
     steered = ev.steered()
@@ -425,7 +425,7 @@ def _methods(found: Mapping[str, list[Path]]) -> str:
 
 def _header(run: Path, present: Sequence[tuple[str, str]], found: Mapping[str, list[Path]],
             skipped: Sequence[str]) -> str:
-    from .. import __version__
+    from ..version import __version__
 
     parts = [f"<header><h1>lape report <span class=\"path\">{esc(run.name)}</span></h1>",
              f'<p class="subtitle">{esc(_methods(found))} · '

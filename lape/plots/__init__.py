@@ -2,7 +2,7 @@
 
 Every function takes a result object (:class:`~lape.masks.NeuronSets`,
 :class:`~lape.activations.ActivationStats`, :class:`~lape.evaluate.perplexity.PerplexityResult`,
-:class:`~lape.evaluate.steering.SteeringEval`) and returns a new :class:`matplotlib.figure.Figure`.
+:class:`~lape.evaluate.steering_result.SteeringEval`) and returns a new :class:`matplotlib.figure.Figure`.
 Nothing here computes a statistic beyond layout (which neurons fit on the axis, which strength is
 the default) or writes a file: :mod:`lape.report` saves figures and holds the numbers behind them.
 
@@ -26,19 +26,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import LapeError
-from .masks import mono_language
+from ..errors import LapeError
+from ..masks import mono_language
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
-    from .activations import ActivationStats
-    from .evaluate.perplexity import PerplexityResult
-    from .evaluate.steering import SteeringEval
-    from .masks import NeuronSets
-    from .regions.ablate import RegionPerplexity
+    from ..activations import ActivationStats
+    from ..evaluate.perplexity import PerplexityResult
+    from ..evaluate.steering_result import SteeringEval
+    from ..masks import NeuronSets
+    from ..regions.ablate import RegionPerplexity
 
 logger = logging.getLogger(__name__)
 
