@@ -9,8 +9,10 @@ the previous file or folder as it was. Errors of the file system become one-line
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -18,6 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .errors import LapeError
 
@@ -126,3 +130,50 @@ def read_json(path: str | Path, fix: str = "delete it and re-run the step that w
     if obj and not isinstance(data, dict):
         raise LapeError(f"{path} holds a JSON {type(data).__name__}, not an object: {fix}")
     return data
+
+
+@functools.cache
+def yaml_loader() -> Any:
+    """A YAML SafeLoader where only true/false are booleans (``no:`` is Norwegian, not False)
+    and a repeated key (a copied entry whose code was not changed) is an error."""
+    class Loader(yaml.SafeLoader):
+        pass
+
+    bool_tag = "tag:yaml.org,2002:bool"
+    Loader.yaml_implicit_resolvers = {
+        key: [(tag, rx) for tag, rx in resolvers if tag != bool_tag]
+        for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    Loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+
+    def mapping(loader: Any, node: Any) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return loader.construct_mapping(node, deep=True)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
+
+
+def read_yaml(path: str | Path, what: str = "YAML file") -> Any:
+    """Read a YAML file with :func:`yaml_loader`; a one-line :class:`LapeError` naming ``what``,
+    the file, the problem and its line when it is not valid YAML, not UTF-8 or unreadable.
+    The one YAML reader of lape (corpus and question manifests)."""
+    path = Path(path)
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=yaml_loader())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise LapeError(f"{what} {path} is not valid YAML ({problem}{where}): fix the syntax") from None
+    except UnicodeDecodeError:
+        raise LapeError(f"{what} {path} is not UTF-8 text: save it as UTF-8") from None
+    except OSError as exc:
+        raise LapeError(f"{what} {path} cannot be read ({exc.strerror or exc})") from None

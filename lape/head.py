@@ -14,6 +14,7 @@ one-line error when they differ.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import LapeError
@@ -55,3 +56,25 @@ def check_head(model: nn.Module, tokens: int = 6) -> None:
                         "logit scale): chunked perplexity would be wrong, so this model is not supported for "
                         "perplexity; open an issue naming the model class")
     model._lape_head_checked = True
+
+
+def next_token_targets(hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The positions that predict a token: position ``t`` predicts token ``t + 1``, and a target
+    counts when both positions are real tokens. From ``[B, T, H]`` hidden states and ``[B, T]`` ids
+    and mask: ``(h [n, H], targets [n], rows [n])`` in row-major order (``rows``: the batch row)."""
+    valid = (attention_mask[:, 1:] * attention_mask[:, :-1]).bool()  # (B, T-1)
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(valid)[valid]
+    return hidden[:, :-1][valid], input_ids[:, 1:][valid], rows
+
+
+def token_nll(model: nn.Module, h: torch.Tensor, targets: torch.Tensor, chunk_size: int = 512) -> torch.Tensor:
+    """Next-token NLL (nats, float64, ``[n]``) of final hidden states ``h`` ``[n, H]`` against
+    ``targets`` ``[n]``, ``chunk_size`` positions' vocabulary logits at a time (Gemma 3's 262k
+    vocabulary: 1 GiB of float32 logits per 1,000 positions). The one NLL kernel of lape
+    (perplexity, fluency, further pre-training's held-out NLL)."""
+    out = torch.empty(h.shape[0], dtype=torch.float64, device=h.device)
+    for s in range(0, h.shape[0], chunk_size):
+        logits = logits_from_hidden(model, h[s:s + chunk_size]).float()  # (chunk, V)
+        out[s:s + chunk_size] = F.cross_entropy(logits, targets[s:s + chunk_size], reduction="none").double()
+    return out

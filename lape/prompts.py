@@ -1,12 +1,12 @@
 """Built-in English prompt sets for steering.
 
-* ``dev``: forty everyday sentence openings written for lape (formerly ``heldout``). They are
+* ``dev``: forty everyday sentence openings written for lape. They are
   *development* prompts: steering settings and profiles are chosen on them;
 * ``test``: seventy fresh openings of twenty genres (news, science, recipes, travel, letters,
   fiction, reviews, how-to, notices, ...), written after ``test1`` was spent. They are scored only
   once the settings are frozen, so results on them are held-out figures; never choose anything
   on them;
-* ``test1``: the first round of seventy test openings (issue #16). They were scored once with the
+* ``test1``: the first round of seventy test openings. They were scored once with the
   profile frozen, and their failures were then read to decide how macrolanguage labels count
   (:data:`lape.langid.MACROLANGUAGE_MEMBERS`): they are spent, development data from then on;
 * ``parallel``: the opening words of each article of the Universal Declaration of Human Rights,

@@ -351,6 +351,20 @@ def test_bad_manifest_source_one_line_error(tmp_path, source, needle):
     assert "m.yaml" in msg and "source 2" in msg and needle in msg
 
 
+@pytest.mark.parametrize("text, needle", [
+    ("name: x\nsources:\n  - {kind: mcqa, path: qs.jsonl\n", "at line"),  # unclosed flow mapping
+    ("name: x\nname: y\nsources: []\n", "duplicate key 'name'"),
+])
+def test_a_question_manifest_that_is_not_yaml_is_a_one_line_error(tmp_path, text, needle):
+    """The question manifests read YAML the corpus manifests' way (one reader): the line of the
+    problem, and a repeated key is an error rather than the last value silently winning."""
+    (tmp_path / "m.yaml").write_text(text)
+    with pytest.raises(LapeError) as excinfo:
+        load_questions(tmp_path / "m.yaml")
+    msg = one_line_error(excinfo)
+    assert msg.startswith("question manifest ") and "not valid YAML" in msg and needle in msg, msg
+
+
 def test_manifest_bad_record_and_missing_templates(tmp_path):
     write_jsonl(tmp_path / "qs.jsonl", [GOOD, {**GOOD, "uid": "bad", "answer": 7}])
     (tmp_path / "m.yaml").write_text("sources:\n  - {kind: mcqa, path: qs.jsonl}\n")

@@ -52,10 +52,8 @@ This module reads and validates manifests; it never reads a corpus or touches a 
 
 from __future__ import annotations
 
-import functools
 import glob
 import hashlib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +61,7 @@ from typing import Any
 
 from ..artifacts import file_hash
 from ..errors import LapeError
+from ..files import read_yaml
 
 _Fail = Callable[[str], LapeError]  # builds the error for a message (adds the manifest's name)
 
@@ -85,37 +84,6 @@ BUILTIN_MANIFEST = _PACKAGE_DIR.parent / "data_manifests" / "builtin.yaml"
 def bucket(doc: str) -> float:
     """A stable position in [0, 1) for a document: its sha256, independent of order or seed."""
     return int.from_bytes(hashlib.sha256(doc.encode("utf-8")).digest()[:8], "big") / 2.0**64
-
-
-@functools.cache
-def yaml_loader() -> Any:
-    """A YAML SafeLoader where only true/false are booleans (``no:`` is Norwegian, not False)
-    and a repeated key (a copied entry whose code was not changed) is an error."""
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    bool_tag = "tag:yaml.org,2002:bool"
-    Loader.yaml_implicit_resolvers = {
-        key: [(tag, rx) for tag, rx in resolvers if tag != bool_tag]
-        for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-    Loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                                 list("tTfF"))
-
-    def mapping(loader: Any, node: Any) -> dict:
-        seen = set()
-        for key_node, _ in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
-                                                        key_node.start_mark)
-            seen.add(key)
-        return loader.construct_mapping(node, deep=True)
-
-    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-    return Loader
 
 
 @dataclass(frozen=True)
@@ -188,7 +156,6 @@ def load_manifest(spec: str | Path | Manifest) -> Manifest:
         >>> load_manifest("data_manifests/builtin.yaml").default_languages[:3]
         ['en', 'zh', 'fr']
     """
-    import yaml
 
     if isinstance(spec, Manifest):
         return spec
@@ -202,17 +169,7 @@ def load_manifest(spec: str | Path | Manifest) -> Manifest:
         if not path.is_file():
             raise LapeError(f"manifest {spec} does not exist: pass a YAML manifest file or "
                             "'builtin'")
-    try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=yaml_loader())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise LapeError(f"manifest {path} is not valid YAML ({problem}{where}): fix the "
-                        "syntax") from None
-    except UnicodeDecodeError:
-        raise LapeError(f"manifest {path} is not UTF-8 text: save it as UTF-8") from None
-    return _validate(path, raw)
+    return _validate(path, read_yaml(path, "manifest"))
 
 
 def _validate(path: Path, raw: Any) -> Manifest:

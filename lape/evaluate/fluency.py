@@ -29,13 +29,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import artifacts
 from ..corpora import batches
 from ..errors import LapeError
-from ..head import logits_from_hidden
+from ..head import next_token_targets, token_nll
 from ..models import input_device
 
 logger = logging.getLogger(__name__)
@@ -78,16 +77,10 @@ def _batch_nll(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, chunk_si
         return [math.nan] * ids.shape[0]
     with torch.inference_mode():
         hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        valid = (mask[:, 1:] * mask[:, :-1]).bool()  # (B, T-1)
-        rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(valid)[valid]
-        h = hidden[:, :-1][valid]
-        targets = ids[:, 1:][valid]
+        h, targets, rows = next_token_targets(hidden, ids, mask)
         total = torch.zeros(ids.shape[0], dtype=torch.float64, device=ids.device)
-        for s in range(0, h.shape[0], chunk_size):
-            logits = logits_from_hidden(model, h[s:s + chunk_size]).float()
-            nll = F.cross_entropy(logits, targets[s:s + chunk_size], reduction="none").double()
-            total.index_add_(0, rows[s:s + chunk_size], nll)
-        count = valid.sum(1)
+        total.index_add_(0, rows, token_nll(model, h, targets, chunk_size))
+        count = torch.bincount(rows, minlength=ids.shape[0])
     return [float(t / c) if c else math.nan for t, c in zip(total.tolist(), count.tolist())]
 
 

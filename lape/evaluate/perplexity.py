@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import artifacts
@@ -35,7 +34,7 @@ from ..corpora.identity import check_corpus, corpus_key
 from ..entropy import random_like
 from ..errors import LapeError
 from ..fingerprint import fingerprint
-from ..head import logits_from_hidden
+from ..head import next_token_targets, token_nll
 from ..intervene import intervene
 from ..masks import NeuronSets
 from ..models import check_positions, input_device
@@ -75,15 +74,8 @@ def sequence_nll(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
     """
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
                               use_cache=False).last_hidden_state  # (B, T, H)
-    h = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # (B*(T-1), H)
-    targets = input_ids[:, 1:].reshape(-1)
-    valid = (attention_mask[:, 1:] * attention_mask[:, :-1]).reshape(-1).bool()
-    h, targets = h[valid], targets[valid]
-    total = torch.zeros((), dtype=torch.float64, device=h.device)
-    for s in range(0, h.shape[0], chunk_size):
-        logits = logits_from_hidden(model, h[s:s + chunk_size]).float()  # (chunk, V)
-        total += F.cross_entropy(logits, targets[s:s + chunk_size], reduction="sum").double()
-    return float(total), int(h.shape[0])
+    h, targets, _ = next_token_targets(hidden, input_ids, attention_mask)
+    return float(token_nll(model, h, targets, chunk_size).sum()), int(h.shape[0])
 
 
 def corpus_nll(model: nn.Module, sequences: Iterable[Any], config: PerplexityConfig) -> tuple[float, int]:

@@ -1,4 +1,4 @@
-"""Neuron cards (issue 18): what each chosen neuron fires on and what it writes.
+"""Neuron cards: what each chosen neuron fires on and what it writes.
 
 * :func:`explain` -> :class:`NeuronCards` (running top-k contexts per language, firing figures,
   logit-lens written tokens, set membership), resumable and torchrun-sharded like ``record``;

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LapeError
+from ..files import read_yaml
 from .prompts import (
     LETTERS,
     Question,
@@ -164,24 +165,11 @@ def _read_manifest(spec: str | Path) -> tuple[dict[str, Any], Path, str]:
     """(raw manifest, base folder for relative paths, display name) of a spec."""
     if str(spec) in BUILTIN_SPECS or str(spec).startswith("builtin:"):
         return builtin_manifest(str(spec)), DATA_DIR, str(spec)
-    import yaml
-
-    from ..corpora.manifest import yaml_loader
-
     path = Path(spec).expanduser()
     if not path.is_file():
         raise LapeError(f"question manifest {spec} does not exist: pass a YAML manifest or one "
                         f"of {', '.join(BUILTIN_SPECS)}")
-    try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=yaml_loader())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark is not None else ""
-        raise LapeError(f"question manifest {path} is not valid YAML{line}: fix the "
-                        "syntax") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LapeError(f"question manifest {path} cannot be read ({exc})") from None
-    return raw, path.resolve().parent, str(path)
+    return read_yaml(path, "question manifest"), path.resolve().parent, str(path)
 
 
 def _check_manifest(raw: Any, name: str) -> list[dict[str, Any]]:

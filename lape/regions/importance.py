@@ -67,7 +67,7 @@ from ..config import StageConfig, option
 from ..corpora.identity import MAX_SEQ_LEN, corpus_config
 from ..errors import LapeError
 from ..fingerprint import fingerprint
-from ..head import logits_from_hidden
+from ..head import logits_from_hidden, next_token_targets
 from ..models import input_device, model_id_of
 from ..runningstats import RunningSums, dist_info, shard, stage_cache, tally
 from ..space import ParamSpace
@@ -230,14 +230,12 @@ def batch_gradients(model: nn.Module, params: Mapping[str, nn.Parameter], input_
         with the loss (mean NLL, nats/token) at the weights the gradient is taken at;
         ``({}, 0, nan)`` when the batch has no target.
     """
-    valid = (attention_mask[:, 1:] * attention_mask[:, :-1]).reshape(-1).bool()  # (B*(T-1),)
-    n = int(valid.sum())
+    n = int((attention_mask[:, 1:] * attention_mask[:, :-1]).sum())
     if n == 0:
         return {}, 0, float("nan")
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
                               use_cache=False).last_hidden_state  # (B, T, H)
-    h = hidden[:, :-1].reshape(-1, hidden.shape[-1])[valid]  # (n, H): the positions that predict
-    targets = input_ids[:, 1:].reshape(-1)[valid]  # (n,)
+    h, targets, _ = next_token_targets(hidden, input_ids, attention_mask)  # (n, H), (n,)
     parts = []  # d loss / d h, one chunk of positions at a time: chunk x vocabulary logits at most
     total = 0.0
     for s in range(0, n, chunk_size):
