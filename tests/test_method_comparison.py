@@ -177,3 +177,33 @@ def test_method_comparison_puts_size_matched_random_rows_beside_each_method(tmp_
     page = report.write_report(tmp_path / "run").read_text(encoding="utf-8")
     assert "p (per layer)" in page and "random like LAPE" in page and "random like key neurons" in page
     assert "valid split, no document holding a cloze question" in page
+
+
+def test_cli_compare_writes_the_library_comparison(tmp_path):
+    """``lape keyneurons compare`` (no test until now): the CLI's folder holds what
+    :func:`method_comparison` computes from the same sets, text and settings, and a second CLI run
+    is served from it."""
+    from lape.cli import main
+    from lape.keyneurons.run import KeyNeuronsRunConfig, method_comparison
+
+    tiny_model_folder(tmp_path, docs=(40, 40), valid_share=0.5)
+    width = WIDTH["llama"]
+    lape_sets = NeuronSets.from_neurons({"aa": [(0, 1), (2, 3)], "bb": [(1, 4)]}, (3, width), {"method": "lape"})
+    key_sets = NeuronSets.from_neurons({"aa": [(0, 1), (2, 9)], "bb": [(1, 4), (2, 40)]}, (3, width),
+                                       {"method": "keyneurons"})
+    lape_sets.save(tmp_path / "lape")
+    key_sets.save(tmp_path / "keys")
+    args = ["-q", "keyneurons", "compare", "--neurons", str(tmp_path / "lape"), "--keyneurons", str(tmp_path / "keys"),
+            "--corpus", str(tmp_path / "corpus.yaml"), "--model", str(tmp_path / "model"), "--out",
+            str(tmp_path / "cli"), "--ppl-tokens-per-language", "64", "--seq-len", "32", "--seed", "2"]
+    assert main(args) == 0
+    cli = MethodComparison.load(tmp_path / "cli")
+    config = KeyNeuronsRunConfig(ppl_tokens_per_language=64, seq_len=32, seed=2)
+    lib = method_comparison(tiny_model("llama"), char_tokenizer(), lape_sets, key_sets, None, tmp_path / "corpus.yaml",
+                            tmp_path / "lib", config, progress=False)
+    assert cli.overlap == lib.overlap and cli.sizes == lib.sizes
+    assert [(r["family"], r["language"]) for r in cli.effect] == [(r["family"], r["language"]) for r in lib.effect]
+    for a, b in zip(cli.effect, lib.effect):
+        assert a["own_delta_nll"] == pytest.approx(b["own_delta_nll"], abs=1e-9)
+    assert main(args) == 0
+    assert MethodComparison.load(tmp_path / "cli").meta["cache_key"] == cli.meta["cache_key"]
