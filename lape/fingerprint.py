@@ -38,7 +38,9 @@ def _param_digest(p: torch.Tensor) -> str:
 def _content(params: list[tuple[str, torch.Tensor]]) -> str:
     """A digest of every parameter's content. Each tensor's digest is kept until the tensor is
     changed in place (its version counter moves) or replaced, so repeated calls on an unchanged
-    model cost microseconds; an edit (``edit_weights``, an optimizer step) is always seen."""
+    model cost microseconds; an in-place edit (``edit_weights``, an optimizer step) moves the
+    version counter and is seen. Writes through ``param.data`` bypass that counter and are not
+    seen (lape never edits that way)."""
     h = hashlib.sha256()
     for name, p in params:
         hit = _content_cache.get(id(p))
