@@ -57,13 +57,18 @@ _KIND_MODULES = {"stats": "lape.activations", "neurons": "lape.masks", "regions"
                  "ppl": "lape.evaluate.perplexity", "steering": "lape.evaluate.steering_result",
                  "fluency_reference": "lape.evaluate.fluency", "steering_profile": "lape.evaluate.steer_profile",
                  "importance": "lape.regions.importance", "region_ppl": "lape.regions.ablate",
-                 "perturb": "lape.regions.perturb", "forgetting": "lape.regions.forgetting",
-                 "region_overlap": "lape.regions.bridge", "dims": "lape.regions.dims",
+                 "region_perturb": "lape.regions.perturb", "region_train": "lape.regions.forgetting",
+                 "region_bridge": "lape.regions.bridge", "region_dims": "lape.regions.dims",
                  "region_stability": "lape.regions.stability",
                  "keyneuron_scores": "lape.keyneurons.attribute", "keyneuron_maps": "lape.keyneurons.select",
                  "keyneuron_eval": "lape.keyneurons.evaluate", "method_comparison": "lape.keyneurons.compare",
                  "explain": "lape.explain.cards"}
 _TYPES: dict[str, type[Artifact]] = {}
+# kinds renamed so that a stage has one name (folder region-dims, kind region_dims, ...): folders
+# written under the former name are refused with the command that rewrites them
+_FORMER_KINDS = {"dims": ("region_dims", "lape regions dims"), "perturb": ("region_perturb", "lape regions perturb"),
+                 "forgetting": ("region_train", "lape regions train"),
+                 "region_overlap": ("region_bridge", "lape regions bridge")}
 
 
 def _version() -> str:
@@ -435,6 +440,10 @@ def load(folder: str | Path, model: torch.nn.Module | None = None, kind: str | N
         raise LapeError(f"{folder} is a file: pass the folder that holds the {kind or 'artifact'}")
     kind = kind or kind_of(folder)
     if kind is None:
+        for former, (now, command) in _FORMER_KINDS.items():
+            if (folder / f"{former}.json").is_file():
+                raise LapeError(f"{folder} holds a {former!r} result from an older lape (the kind is now {now!r}): "
+                                f"re-run {command} with --out {folder} to rewrite it")
         raise LapeError(f"{folder} holds no lape artifact: pass a folder written by lape")
     if (folder / f"{kind}.json.new").exists() or (folder / f"{kind}.safetensors.new").exists():
         with _locked(folder, kind, wait=False) as mine:

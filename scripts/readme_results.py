@@ -249,8 +249,8 @@ def demo_section(demo: Path, bench_json: str | None = None, demo_note: str = "")
         for stage, folder, kind in (("record", "stats", "stats"), ("identify", "neurons", "neurons"),
                                     ("ppl", "ppl", "ppl"), ("steering", "steering", "steering"),
                                     ("importance", "importance", "importance"), ("regions", "regions", "regions"),
-                                    ("region-dims", "region-dims", "dims"), ("region-ppl", "region-ppl", "region_ppl"),
-                                    ("region-perturb", "region-perturb", "perturb"),
+                                    ("region-dims", "region-dims", "region_dims"), ("region-ppl", "region-ppl", "region_ppl"),
+                                    ("region-perturb", "region-perturb", "region_perturb"),
                                     ("explain", "explain", "explain")):
             sidecar = demo / folder / f"{kind}.json"
             if sidecar.is_file() and json.loads(sidecar.read_text()).get("seconds") is not None:
@@ -332,9 +332,16 @@ def _regions(run: Path) -> str:
     return regions_section(run, "regions")
 
 
+def _steering(run: Path) -> str:
+    from readme_steering import steering_section
+
+    return steering_section(run)
+
+
 # subsections that can be rewritten on their own (--only): heading prefix and writer
 SECTIONS = {"keyneurons": ("### Key neurons (Chen et al., NA-ICA)", _keyneurons),
             "regions": ("### Linguistic regions", _regions),
+            "steering": ("### Steering the output language", _steering),
             "demo": ("### `lape demo` (default settings)", lambda run: demo_section(run))}
 
 
@@ -390,9 +397,7 @@ def main() -> None:
             parts.append(ppl_section(full, "full"))
         if (full / "regions").is_dir():
             parts.append(regions_section(full, "regions"))
-        from readme_steering import steering_section as steering_results
-
-        parts.append(steering_results(full))
+        parts.append(_steering(full))
         from readme_keyneurons import keyneurons_section
 
         parts.append(keyneurons_section(full))

@@ -272,12 +272,12 @@ def test_ablate_rows_and_keep_massive(work, loaded, runs, tmp_path):
 
 
 def test_bridge_rows_equal_region_overlap(work, loaded, runs):
-    from lape.regions.bridge import RegionOverlap, region_overlap
+    from lape.regions.bridge import RegionBridge, bridge_rows
     from lape.space import ParamSpace
 
-    saved = RegionOverlap.load(runs["bridge"].out)
+    saved = RegionBridge.load(runs["bridge"].out)
     model, _ = loaded
-    direct = region_overlap(NeuronSets.load(work / "neurons"), ParamRegions.load(runs["select"].out),
+    direct = bridge_rows(NeuronSets.load(work / "neurons"), ParamRegions.load(runs["select"].out),
                             ParamSpace.of(model))
     assert [(r["set"], r["region"]) for r in saved.rows] == [(s, r) for s in LANGUAGES for r in LABELS]
     assert len(saved.rows) == len(direct)
@@ -293,11 +293,11 @@ def test_bridge_rows_equal_region_overlap(work, loaded, runs):
 
 
 def test_dims_at_the_default_ratio_equals_dimension_dependence(work, loaded, runs):
-    from lape.regions.dims import DimensionResult, DimsConfig, dimension_dependence
+    from lape.regions.dims import DimsConfig, RegionDims, region_dims
 
-    res = DimensionResult.load(runs["dims"].out)
+    res = RegionDims.load(runs["dims"].out)
     model, tok = loaded
-    direct = dimension_dependence(model, _valid(work, tok), ParamRegions.load(runs["select"].out),
+    direct = region_dims(model, _valid(work, tok), ParamRegions.load(runs["select"].out),
                                   DimsConfig(tokens_per_language=200, seq_len=32, batch_size=4))
     assert res.massive.ratio == 100.0 and res.massive.sequences == 8
     assert res.massive.dims == direct.massive.dims  # none or some: the tiny random model decides
@@ -313,15 +313,15 @@ def test_dims_at_the_default_ratio_equals_dimension_dependence(work, loaded, run
 
 def test_perturb_at_a_low_ratio_equals_the_library_call(work, loaded, runs):
     from lape.regions.massive import find_massive_dims
-    from lape.regions.perturb import PerturbConfig, PerturbResult, superweight_test
+    from lape.regions.perturb import PerturbConfig, RegionPerturb, region_perturb
 
-    res = PerturbResult.load(runs["perturb"].out)
+    res = RegionPerturb.load(runs["perturb"].out)
     model, tok = loaded
     streams = _valid(work, tok)
     ratio = float(runs["perturb"].args[runs["perturb"].args.index("--ratio") + 1])
     massive = find_massive_dims(model, streams, ratio=ratio)
     assert len(massive.dims) == 1  # the ratio lies between the two largest peaks
-    direct = superweight_test(model, streams, massive, PerturbConfig(tokens_per_language=200, seq_len=32, batch_size=4),
+    direct = region_perturb(model, streams, massive, PerturbConfig(tokens_per_language=200, seq_len=32, batch_size=4),
                      progress=False)
     assert res.languages == LANGUAGES and res.factor == 4.0 and res.tokens == direct.tokens
     assert res.candidates == direct.candidates and res.edits == direct.edits
@@ -346,21 +346,21 @@ def test_perturb_with_a_huge_ratio_is_a_one_line_error_naming_the_ratio(runs, tm
 
 
 def test_perturb_layer_option_perturbs_that_layer(runs, tmp_path):
-    from lape.regions.perturb import PerturbResult
+    from lape.regions.perturb import RegionPerturb
 
     argv = runs["perturb"].args
     assert cli(*argv[:-1], str(tmp_path / "p"), "--layer", "0") == 0
-    res = PerturbResult.load(tmp_path / "p")
+    res = RegionPerturb.load(tmp_path / "p")
     assert [c.layer for c in res.candidates] == [0] and {e.layer for e in res.edits} == {0}
     assert res.candidates[0].tensor == "model.layers.0.mlp.down_proj.weight"
 
 
 def test_train_before_nll_is_the_unmodified_model_and_the_weights_are_unchanged(work, loaded, model_digest, runs):
     from lape.evaluate.perplexity import PerplexityConfig, corpus_nll
-    from lape.regions.forgetting import ForgettingResult
-    from lape.regions.train import TrainConfig, continued_pretraining
+    from lape.regions.forgetting import RegionTrain
+    from lape.regions.train import TrainConfig, region_train
 
-    res = ForgettingResult.load(runs["train"].out)
+    res = RegionTrain.load(runs["train"].out)
     model, tok = loaded
     valid = _valid(work, tok, tokens=100)
     assert res.settings == ["none", "core"] and res.languages == LANGUAGES and res.train_language == "aa"
@@ -368,7 +368,7 @@ def test_train_before_nll_is_the_unmodified_model_and_the_weights_are_unchanged(
     assert res.before_nll == pytest.approx(before, rel=1e-6)
     train = lape.load_corpus(work / "corpus.yaml", tok, split="train", tokens_per_language=2 * 2 * 32, seq_len=32,
                              seed=0, languages=["aa"])
-    direct = continued_pretraining(model, train, valid, ParamRegions.load(runs["select"].out),
+    direct = region_train(model, train, valid, ParamRegions.load(runs["select"].out),
                                    TrainConfig(train_language="aa", freeze=("none", "core"), steps=2, batch_size=2,
                                                seq_len=32, eval_tokens_per_language=100), progress=False)
     for got, want in zip([*res.after_nll, *res.losses], [*direct.after_nll, *direct.losses], strict=True):
@@ -455,11 +455,11 @@ def test_select_recomputes_when_the_top_rate_changes(runs, tmp_path, info_logs):
 
 def test_ablate_and_bridge_recompute_when_the_rows_change(runs, tmp_path, info_logs):
     from lape.regions.ablate import RegionPerplexity
-    from lape.regions.bridge import RegionOverlap
+    from lape.regions.bridge import RegionBridge
 
     for command, option, new, read in (("ablate", "--rows", ["core"], lambda out: RegionPerplexity.load(out).rows),
                                        ("bridge", "--region-labels", ["core"],
-                                        lambda out: sorted({r["region"] for r in RegionOverlap.load(out).rows}))):
+                                        lambda out: sorted({r["region"] for r in RegionBridge.load(out).rows}))):
         out = tmp_path / command
         shutil.copytree(runs[command].out, out)
         args = [*runs[command].args[:-1], str(out)]
@@ -472,7 +472,7 @@ def test_ablate_and_bridge_recompute_when_the_rows_change(runs, tmp_path, info_l
 
 
 def test_perturb_recomputes_when_the_factor_changes(runs, tmp_path, info_logs):
-    from lape.regions.perturb import PerturbResult
+    from lape.regions.perturb import RegionPerturb
 
     out = tmp_path / "perturb"
     shutil.copytree(runs["perturb"].out, out)
@@ -480,7 +480,7 @@ def test_perturb_recomputes_when_the_factor_changes(runs, tmp_path, info_logs):
     assert _rerun(args, out, info_logs) == set()
     assert cli(*args, "--factor", "0") == 0
     assert "skipped" not in info_logs.text
-    res, first = PerturbResult.load(out), PerturbResult.load(runs["perturb"].out)
+    res, first = RegionPerturb.load(out), RegionPerturb.load(runs["perturb"].out)
     assert res.factor == 0.0 and res.edits[1].kind == "scale" and res.edits[1].after == 0.0
     assert res.base_nll == pytest.approx(first.base_nll, rel=1e-9) and res.nll[1] != first.nll[1]
     assert res.nll[1] == res.nll[0]  # x0 is zeroing

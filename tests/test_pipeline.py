@@ -57,9 +57,9 @@ REPORT_FIGURES = {"layer_distribution", "overlap_heatmap", "probability_heatmap"
 ARTIFACT_DIRS = ["stats", "neurons", "neurons-agnostic", "ppl", "steering", *REGION_STAGES, "explain"]
 ARTIFACT_KINDS = {"record": ("stats", "stats"), "identify": ("neurons", "neurons"), "ppl": ("ppl", "ppl"),
                   "steering": ("steering", "steering"), "importance": ("importance", "importance"),
-                  "regions": ("regions", "regions"), "region-dims": ("region-dims", "dims"),
-                  "region-ppl": ("region-ppl", "region_ppl"), "region-perturb": ("region-perturb", "perturb"),
-                  "region-bridge": ("region-bridge", "region_overlap"), "explain": ("explain", "explain")}
+                  "regions": ("regions", "regions"), "region-dims": ("region-dims", "region_dims"),
+                  "region-ppl": ("region-ppl", "region_ppl"), "region-perturb": ("region-perturb", "region_perturb"),
+                  "region-bridge": ("region-bridge", "region_bridge"), "explain": ("explain", "explain")}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -142,7 +142,7 @@ def no_recompute(monkeypatch) -> Iterator[list[str]]:
     monkeypatch.setattr(lape.evaluate.perplexity, "corpus_nll", forbid("ppl_matrix"))
     monkeypatch.setattr(lape.evaluate.steering.Steerer, "_evaluate", forbid("Steerer.evaluate"))
     monkeypatch.setattr(lape.regions.select, "tensor_regions", forbid("select_regions"))
-    monkeypatch.setattr(lape.regions.bridge, "region_overlap", forbid("region_overlap"))
+    monkeypatch.setattr(lape.regions.bridge, "bridge_rows", forbid("bridge_rows"))
     load_model = lape.models.load_model
     handles = []
 

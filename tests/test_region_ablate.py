@@ -20,7 +20,7 @@ from lape.regions.ablate import (
     default_rows,
     row_mask,
 )
-from lape.regions.bridge import region_overlap
+from lape.regions.bridge import bridge_rows
 from lape.regions.importance import ParamImportance
 from lape.space import ParamSpace
 
@@ -229,7 +229,7 @@ def test_region_overlap_against_a_brute_force_count():
     g = torch.Generator().manual_seed(7)
     sel = torch.rand(2, space.num_layers, space.neurons_per_layer, generator=g) < 0.3
     sets = NeuronSets(["aa", "bb"], sel)
-    rows = region_overlap(sets, regions, space)
+    rows = bridge_rows(sets, regions, space)
     assert len(rows) == 4
 
     def share(label: str, layer: int, i: int) -> tuple[float, bool]:
@@ -254,4 +254,4 @@ def test_region_overlap_against_a_brute_force_count():
         assert r["param_share_chance"] == pytest.approx(chance)
         assert r["param_enrichment"] == pytest.approx(r["param_share"] / chance)
     with pytest.raises(LapeError, match="same model"):
-        region_overlap(NeuronSets(["aa"], sel[:1, :, :5]), regions, space)
+        bridge_rows(NeuronSets(["aa"], sel[:1, :, :5]), regions, space)

@@ -17,7 +17,7 @@ from lape import artifacts
 from lape.errors import LapeError
 from lape.masks import ParamRegions
 from lape.plots.regions import dimension_figure
-from lape.regions.dims import DimensionResult, DimsConfig, dimension_dependence, dimension_profile
+from lape.regions.dims import DimsConfig, RegionDims, dimension_profile, region_dims
 from lape.regions.massive import (
     MassiveDims,
     find_massive_dims,
@@ -439,22 +439,22 @@ def test_dimension_dependence_is_one_cached_artifact(tmp_path):
     regions = _regions(space, _random_mask(space, 0.1, seed=4))
     seqs = random_sequences(6, 8, seed=2, real_last=5)
     config = DimsConfig(max_sequences=4, batch_size=3)
-    res = dimension_dependence(model, seqs, regions, config, out=tmp_path / "dims")
+    res = region_dims(model, seqs, regions, config, out=tmp_path / "dims")
     assert not res.from_cache
     assert res.massive == find_massive_dims(model, seqs[:4], ratio=100.0, batch_size=3)
     assert res.massive.dims == [7]
     assert res.profile == dimension_profile(regions, model, "core", [7])
-    loaded = DimensionResult.load(tmp_path / "dims", model=model)
+    loaded = RegionDims.load(tmp_path / "dims", model=model)
     assert loaded.massive == res.massive and loaded.profile == res.profile
-    assert artifacts.kind_of(tmp_path / "dims") == "dims"
+    assert artifacts.kind_of(tmp_path / "dims") == "region_dims"
     assert (tmp_path / "dims" / "dims_profile.csv").is_file() and (tmp_path / "dims" / "massive_dims.csv").is_file()
     assert "7 (peak" in res.summary_line() and "chance" in res.summary_line()
-    again = dimension_dependence(model, seqs, regions, config, out=tmp_path / "dims")
+    again = region_dims(model, seqs, regions, config, out=tmp_path / "dims")
     assert again.from_cache
-    other = dimension_dependence(model, seqs, regions, config.replace(label="random"), out=tmp_path / "dims")
+    other = region_dims(model, seqs, regions, config.replace(label="random"), out=tmp_path / "dims")
     assert not other.from_cache and other.profile.label == "random"
     with pytest.raises(LapeError) as e:
-        dimension_dependence(model, seqs, regions, config.replace(label="mono:xx"))
+        region_dims(model, seqs, regions, config.replace(label="mono:xx"))
     _one_line_error(e, "core")
 
 

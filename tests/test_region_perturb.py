@@ -17,7 +17,7 @@ from lape import artifacts
 from lape.errors import LapeError
 from lape.evaluate.perplexity import PerplexityConfig, corpus_nll
 from lape.regions.massive import MassiveDims, find_massive_dims
-from lape.regions.perturb import Edit, PerturbConfig, PerturbResult, applied, superweight_test
+from lape.regions.perturb import Edit, PerturbConfig, RegionPerturb, applied, region_perturb
 from lape.regions.superweights import SuperWeight, super_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -136,7 +136,7 @@ def test_zeroing_the_super_weight_removes_the_spike_in_later_layers(tmp_path):
     massive = find_massive_dims(model, corpus, ratio=100.0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     config = PerturbConfig(batch_size=2, chunk_size=5)
-    res = superweight_test(model, corpus, massive, config, out=tmp_path / "perturb", progress=False)
+    res = region_perturb(model, corpus, massive, config, out=tmp_path / "perturb", progress=False)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # bit-exact
     o = massive.ordinary_dim(1)
     assert [(e.target, e.control, e.kind, e.index) for e in res.edits] == [
@@ -175,12 +175,12 @@ def test_zeroing_the_super_weight_removes_the_spike_in_later_layers(tmp_path):
     assert "channel 7: L1 [7, 5]" in res.summary_line()
 
     # cached; saved with its tables; another factor, control channel or score is another result
-    again = superweight_test(model, corpus, massive, config, out=tmp_path / "perturb", progress=False)
+    again = region_perturb(model, corpus, massive, config, out=tmp_path / "perturb", progress=False)
     assert again.from_cache and again.payload() == res.payload()
-    loaded = PerturbResult.load(tmp_path / "perturb", model=model)
+    loaded = RegionPerturb.load(tmp_path / "perturb", model=model)
     assert loaded.nll == res.nll and loaded.bos == res.bos and loaded.candidates == res.candidates
     assert loaded.edits == res.edits and loaded.verdict() == res.verdict()
-    assert artifacts.kind_of(tmp_path / "perturb") == "perturb"
+    assert artifacts.kind_of(tmp_path / "perturb") == "region_perturb"
     for table in ("perturb_edits", "perturb_nll", "perturb_bos", "superweights"):
         assert (tmp_path / "perturb" / f"{table}.csv").is_file(), table
     scores = {DOWN: torch.rand(HIDDEN, 48, generator=torch.Generator().manual_seed(0))}
@@ -188,7 +188,7 @@ def test_zeroing_the_super_weight_removes_the_spike_in_later_layers(tmp_path):
                             dict(config=config.replace(collapse_ratio=5.0)))):
         folder = shutil.copytree(tmp_path / "perturb", tmp_path / f"other{k}")
         args = {"config": config, **kw}
-        changed = superweight_test(model, corpus, massive, args.pop("config"), out=folder, progress=False, **args)
+        changed = region_perturb(model, corpus, massive, args.pop("config"), out=folder, progress=False, **args)
         assert not changed.from_cache, kw
 
 
@@ -197,7 +197,7 @@ def test_gemma3_norm_scale_edit_hits_channel_c_and_is_restored_bit_exactly():
     corpus = _corpus()
     massive = find_massive_dims(model, corpus, ratio=100.0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    res = superweight_test(model, corpus, massive, PerturbConfig(batch_size=2), progress=False)
+    res = region_perturb(model, corpus, massive, PerturbConfig(batch_size=2), progress=False)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # bit-exact after every edit
     o = res.candidates[0].control_dim
     norm_edits = [(i, e) for i, e in enumerate(res.edits) if e.target == "norm"]
@@ -233,7 +233,7 @@ def test_gemma3_norm_scale_edit_hits_channel_c_and_is_restored_bit_exactly():
     # x4 on the super weight itself barely moves it: the norm caps the branch at sqrt(H) x scale
     assert abs(res.bos_value(C, 1, 1)) < 1.1 * abs(res.bos_value(C, 1))
     assert abs(res.bos_value(C, 1)) < math.sqrt(HIDDEN) * 300 + abs(res.bos_value(C, 0)) + 10
-    no_norms = superweight_test(model, corpus, massive, PerturbConfig(batch_size=2, norms=False), progress=False)
+    no_norms = region_perturb(model, corpus, massive, PerturbConfig(batch_size=2, norms=False), progress=False)
     assert [e.target for e in no_norms.edits] == ["weight"] * 4
 
 
@@ -241,7 +241,7 @@ def test_gemma3_norm_scale_edit_hits_channel_c_and_is_restored_bit_exactly():
 # the verdict, on hand-made numbers
 
 
-def _hand_made() -> PerturbResult:
+def _hand_made() -> RegionPerturb:
     sw = SuperWeight(dim=7, layer=1, tensor=DOWN, tensor_type="mlp.down_proj.weight", index=[7, 5], j=5,
                      activation=100.0, weight=20.0, contribution=2000.0, output=2001.0, control_dim=6,
                      control_index=[6, 2], control_j=2, control_activation=1.0, control_weight=0.1,
@@ -252,7 +252,7 @@ def _hand_made() -> PerturbResult:
              Edit(kind="scale", op="scale", value=4.0, after=80.0, scale_after=80.0, **common)]
     base_bos = [[1.0, 0.5], [2000.0, 0.4], [2100.0, 0.6]]  # [layers][channels 7, 6]
     bos = [[[1.0, 0.5], [20.0, 0.4], [105.0, 0.6]], [[1.0, 0.5], [8000.0, 0.4], [8100.0, 0.6]]]
-    return PerturbResult(["aa", "bb"], [1.0, 2.0], [[4.0, 4.0], [1.1, 2.3]], [sw], edits, [7, 6], base_bos, bos,
+    return RegionPerturb(["aa", "bb"], [1.0, 2.0], [[4.0, 4.0], [1.1, 2.3]], [sw], edits, [7, 6], base_bos, bos,
                          4.0, 10.0, BOS, {"aa": 10, "bb": 12}, {})
 
 
@@ -268,15 +268,15 @@ def test_verdict_names_what_collapses_the_model(tmp_path):
         "7's super weight L1 mlp.down_proj[7, 5] (x1.22). Zeroing channel 7's super weight moves its first-token "
         "value after layer 1 from 2000 to 20 (1% of it) and after the last layer from 2100 to 105 (5% of it).")
     assert res.summary_line().startswith("super weights (channel 7: L1 [7, 5]): 1 of 2 edits collapse the model")
-    calm = PerturbResult(**{**res.__dict__, "nll": [[1.5, 2.5], [1.1, 2.3]]})
+    calm = RegionPerturb(**{**res.__dict__, "nll": [[1.5, 2.5], [1.1, 2.3]]})
     assert calm.verdict().startswith("No edit collapses the model (PPL above 10x the unedited model's, geometric "
                                      "mean over 2 languages): zeroing channel 7's super weight L1 "
                                      "mlp.down_proj[7, 5] (x1.65); x4 on")
     # saved and loaded as it was; a damaged one is refused
     res.save(tmp_path / "p")
-    back = PerturbResult.load(tmp_path / "p")
+    back = RegionPerturb.load(tmp_path / "p")
     assert back.verdict() == res.verdict() and back.candidates == res.candidates and back.bos == res.bos
-    bad = PerturbResult(**{**res.__dict__, "nll": [[4.0, 4.0]]})
+    bad = RegionPerturb(**{**res.__dict__, "nll": [[4.0, 4.0]]})
     with pytest.raises(LapeError) as e:
         bad.validate()
     _one_line_error(e, "re-run lape regions perturb")
@@ -305,7 +305,7 @@ def test_scores_give_each_candidate_its_rank_in_its_tensor():
     s = torch.zeros(HIDDEN, 48)
     s[C, J0] = 0.5
     s[0, :3] = 1.0  # three entries score higher
-    res = superweight_test(model, corpus, massive, PerturbConfig(batch_size=2, tokens_per_language=8), scores={DOWN: s},
+    res = region_perturb(model, corpus, massive, PerturbConfig(batch_size=2, tokens_per_language=8), scores={DOWN: s},
                   progress=False)
     sw = res.candidates[0]
     assert sw.score == 0.5 and sw.score_rank == 3 / (HIDDEN * 48) and sw.norm_score is None
@@ -330,8 +330,8 @@ def test_perturb_refuses_bad_inputs():
     for kw, words in cases:
         args = {"massive": massive, "config": PerturbConfig(), **kw}
         with pytest.raises(LapeError) as e:
-            superweight_test(model, corpus, args.pop("massive"), args.pop("config"), progress=False, **args)
+            region_perturb(model, corpus, args.pop("massive"), args.pop("config"), progress=False, **args)
         _one_line_error(e, words)
     with pytest.raises(LapeError) as e:
-        superweight_test(model, {"aa": []}, massive, progress=False)
+        region_perturb(model, {"aa": []}, massive, progress=False)
     _one_line_error(e, "'aa'")

@@ -20,12 +20,12 @@ from lape.evaluate.perplexity import PerplexityConfig, corpus_nll
 from lape.intervals import bootstrap
 from lape.masks import ParamRegions
 from lape.plots.regions import forgetting_figure
-from lape.regions.forgetting import AGREES, DAMAGE, ForgettingResult
+from lape.regions.forgetting import AGREES, DAMAGE, RegionTrain
 from lape.regions.train import (
     TrainConfig,
-    continued_pretraining,
     learning_rate,
     magnitude_masks,
+    region_train,
     training_batches,
 )
 from lape.space import ParamSpace
@@ -84,7 +84,7 @@ def _frozen_entries_stay(model, regions, setting: str, frozen: dict[str, torch.T
                          warmup_steps=1, seeds=(0,))
     train, valid = _corpora()
     try:
-        res = continued_pretraining(model, train, valid, regions, config, progress=False)
+        res = region_train(model, train, valid, regions, config, progress=False)
     finally:
         handle.remove()
 
@@ -152,7 +152,7 @@ def test_magnitude_needs_no_regions_and_counts_one_percent():
     model = _model()
     train, valid = _corpora()
     config = TrainConfig(train_language="aa", freeze=("magnitude",), steps=1, batch_size=2, seeds=(0,))
-    res = continued_pretraining(model, train, valid, None, config, progress=False)
+    res = region_train(model, train, valid, None, config, progress=False)
     assert res.frozen_params == [sum(int(m.sum()) for m in magnitude_masks(model).values())]
     assert res.meta["magnitude_size"].startswith("max(1, floor(0.01")
 
@@ -169,7 +169,7 @@ def test_model_is_restored_with_flags_grads_and_mode():
     before = _state(model)
     train, valid = _corpora()
     config = TrainConfig(train_language="aa", freeze=("none", "core"), steps=3, batch_size=2, lr=0.02, seeds=(0,))
-    res = continued_pretraining(model, train, valid, _regions(model), config, progress=False)
+    res = region_train(model, train, valid, _regions(model), config, progress=False)
 
     assert _same(_state(model), before)  # bit-identical
     assert {n: p.requires_grad for n, p in named.items()} == flags
@@ -198,7 +198,7 @@ def test_an_interrupt_mid_training_leaves_the_model_as_it_was():
     config = TrainConfig(train_language="aa", freeze=("none", "core"), steps=3, batch_size=2, lr=0.02, seeds=(0,))
     try:
         with pytest.raises(KeyboardInterrupt):
-            continued_pretraining(model, train, valid, _regions(model), config, progress=False)
+            region_train(model, train, valid, _regions(model), config, progress=False)
     finally:
         handle.remove()
     assert len(changed) == 8
@@ -218,7 +218,7 @@ def test_training_lowers_the_trained_languages_nll(family):
     valid = {"aa": text, "bb": random_sequences(2, 12, seed=6)}
     config = TrainConfig(train_language="aa", freeze=("none",), steps=6, batch_size=2, lr=0.01, warmup_steps=1,
                          seeds=(0,))
-    res = continued_pretraining(model, train, valid, None, config, progress=False)
+    res = region_train(model, train, valid, None, config, progress=False)
     before, after = dict(zip(res.languages, res.before_nll)), dict(zip(res.languages, res.after_nll[0]))
     assert after["aa"] < before["aa"] - 0.2
     assert after["bb"] != before["bb"]
@@ -247,7 +247,7 @@ def test_loss_curve_and_before_nll_match_an_independent_loop(family):
     config = TrainConfig(train_language="aa", freeze=("none",), steps=4, batch_size=3, lr=0.01,
                          weight_decay=0.1, warmup_steps=1, grad_clip=0.5, chunk_size=5, seeds=(0,))
     want_before = {lang: corpus_nll(model, s, PerplexityConfig(batch_size=3, chunk_size=5)) for lang, s in valid.items()}
-    res = continued_pretraining(model, {"aa": seqs}, valid, None, config, progress=False)
+    res = region_train(model, {"aa": seqs}, valid, None, config, progress=False)
 
     assert res.before_nll == pytest.approx([want_before[lang][0] for lang in res.languages], rel=1e-6)
     assert res.tokens == {lang: want_before[lang][1] for lang in valid}
@@ -286,12 +286,12 @@ def test_seeds_give_different_runs_and_the_intervals_are_bootstraps_over_windows
              "cc": random_sequences(2, 10, seed=4)}
     config = TrainConfig(train_language="aa", freeze=("none",), steps=3, batch_size=2, lr=0.02, warmup_steps=1,
                          seeds=(0, 1))
-    res = continued_pretraining(model, train, valid, None, config, progress=False)
+    res = region_train(model, train, valid, None, config, progress=False)
     assert res.seeds == [0, 1] and res.seed_losses.shape == (1, 2, 3)
     assert not torch.equal(res.seed_losses[0, 0], res.seed_losses[0, 1])  # other batches, other runs
     assert not torch.equal(res.after["bb"][0, 0], res.after["bb"][0, 1])
     # seed 1 alone is the same run: every run starts from the original weights
-    alone = continued_pretraining(model, train, valid, None, config.replace(seeds=(1,)), progress=False)
+    alone = region_train(model, train, valid, None, config.replace(seeds=(1,)), progress=False)
     assert alone.seed_losses[0, 0].tolist() == pytest.approx(res.seed_losses[0, 1].tolist(), rel=1e-9)
     assert alone.after["bb"][0, 0].tolist() == pytest.approx(res.after["bb"][0, 1].tolist(), rel=1e-9)
 
@@ -348,21 +348,21 @@ def test_second_call_is_cached_and_a_changed_setting_recomputes(tmp_path):
     train, valid = _corpora()
     config = TrainConfig(train_language="aa", freeze=("none", "random"), steps=2, batch_size=2, lr=0.02, seeds=(0,))
     out = tmp_path / "forgetting"
-    first = continued_pretraining(model, train, valid, regions, config, out=out, progress=False)
+    first = region_train(model, train, valid, regions, config, out=out, progress=False)
     assert first.from_cache is False
     assert (out / "delta_nll.csv").is_file() and (out / "losses.csv").is_file() and (out / "intervals.csv").is_file()
     calls, handle = _count_calls(model.base_model)
     try:
-        again = continued_pretraining(model, train, valid, regions, config.replace(chunk_size=3), out=out,
+        again = region_train(model, train, valid, regions, config.replace(chunk_size=3), out=out,
                                       progress=False)
         assert again.from_cache is True and not calls
         assert again.after_nll == first.after_nll and again.losses == first.losses
-        loaded = ForgettingResult.load(out, model=model)
+        loaded = RegionTrain.load(out, model=model)
         assert loaded.payload() == first.payload()
-        more = continued_pretraining(model, train, valid, regions, config.replace(steps=3), out=out, progress=False)
+        more = region_train(model, train, valid, regions, config.replace(steps=3), out=out, progress=False)
         assert more.from_cache is False and calls and len(more.losses[0]) == 3
         calls.clear()
-        seeded = continued_pretraining(model, train, valid, regions, config.replace(steps=3, seeds=(0, 1)), out=out,
+        seeded = region_train(model, train, valid, regions, config.replace(steps=3, seeds=(0, 1)), out=out,
                                        progress=False)
         assert seeded.from_cache is False and calls and seeded.seeds == [0, 1]
     finally:
@@ -377,17 +377,17 @@ def test_bad_inputs_are_refused_before_any_training():
     calls, handle = _count_calls(model.base_model)
     try:
         with pytest.raises(LapeError, match="train_language"):
-            continued_pretraining(model, train, valid, regions, TrainConfig(), progress=False)
+            region_train(model, train, valid, regions, TrainConfig(), progress=False)
         with pytest.raises(LapeError, match="'zz' is not in the train corpus"):
-            continued_pretraining(model, train, valid, regions, good.replace(train_language="zz"), progress=False)
+            region_train(model, train, valid, regions, good.replace(train_language="zz"), progress=False)
         with pytest.raises(LapeError, match="'cor' is not a region"):
-            continued_pretraining(model, train, valid, regions, good.replace(freeze=("none", "cor")), progress=False)
+            region_train(model, train, valid, regions, good.replace(freeze=("none", "cor")), progress=False)
         with pytest.raises(LapeError, match="no regions were given"):
-            continued_pretraining(model, train, valid, None, good, progress=False)
+            region_train(model, train, valid, None, good, progress=False)
         with pytest.raises(LapeError, match="at least one language"):
-            continued_pretraining(model, train, {}, regions, good, progress=False)
+            region_train(model, train, {}, regions, good, progress=False)
         with torch.inference_mode(), pytest.raises(LapeError, match="inference_mode"):
-            continued_pretraining(model, train, valid, regions, good, progress=False)
+            region_train(model, train, valid, regions, good, progress=False)
     finally:
         handle.remove()
     assert not calls
@@ -407,7 +407,7 @@ WINDOWS = 4  # per language, 10 tokens each
 
 
 def _result(trained: dict[str, float] | None = None, others: dict[str, float] | None = None,
-            settings: tuple[str, ...] = ("none", "core", "random", "magnitude")) -> ForgettingResult:
+            settings: tuple[str, ...] = ("none", "core", "random", "magnitude")) -> RegionTrain:
     """A result built by hand: NLL 3.0 per token before; after each run, a change per token of
     ``trained[setting]`` on aa and ``others[setting]`` on bb and cc, plus a small spread over
     windows (+-0.02) and seeds (+-0.01) so every interval has a width."""
@@ -423,7 +423,7 @@ def _result(trained: dict[str, float] | None = None, others: dict[str, float] | 
         d = torch.tensor([[per[s] + (k - 0.5) * 0.02 for k in range(2)] for s in settings], dtype=torch.float64)
         after[lang] = 30.0 + 10 * (d[:, :, None] + spread)  # [settings, seeds, windows]
     losses = torch.tensor([[[3.1, 2.5, 2.1]] * 2] * len(settings), dtype=torch.float64)
-    return ForgettingResult(list(settings), list(LANGS), "aa", seeds, tokens, before, after, losses,
+    return RegionTrain(list(settings), list(LANGS), "aa", seeds, tokens, before, after, losses,
                             [0] + [120] * (len(settings) - 1), {"lr_per_step": [0.1, 0.2, 0.1]})
 
 
@@ -476,9 +476,9 @@ def test_result_tables_summary_round_trip_and_validation(tmp_path):
     assert (by[("core", "bb")]["seed_0"], by[("core", "bb")]["seed_1"]) == pytest.approx((0.04, 0.06))
     assert "other 2 languages none +0.300 [" in res.summary_line() and "(2 seeds)" in res.summary_line()
     res.save(tmp_path / "f")
-    loaded = ForgettingResult.load(tmp_path / "f")
+    loaded = RegionTrain.load(tmp_path / "f")
     assert loaded.payload() == res.payload() and loaded.verdict() == res.verdict()
-    assert isinstance(artifacts.load(tmp_path / "f"), ForgettingResult)  # found by the sidecar's kind
+    assert isinstance(artifacts.load(tmp_path / "f"), RegionTrain)  # found by the sidecar's kind
     for broken in (dict(after={**res.after, "bb": res.after["bb"][:, :1]}), dict(seed_losses=res.seed_losses[:1]),
                    dict(frozen_params=[0]), dict(before={**res.before, "aa": -res.before["aa"]}),
                    dict(settings=["none", "none", "random", "magnitude"]), dict(seeds=[0, 0])):

@@ -73,3 +73,27 @@ def test_the_method_packages_submodules_are_modules():
         for sub in pkgutil.iter_modules(pkg.__path__):
             importlib.import_module(f"{info.name}.{sub.name}")
             assert isinstance(getattr(pkg, sub.name), types.ModuleType), f"{info.name}.{sub.name} is shadowed"
+
+
+def test_a_stage_has_one_name_folder_kind_and_function(tmp_path):
+    """The regions stages' kinds are their folder names with ``_`` (region-dims -> region_dims), the
+    library function has the same name, and a folder written under a former kind is refused with
+    the command that rewrites it."""
+    import pytest
+
+    import lape
+    import lape.regions as regions
+    from lape.errors import LapeError
+
+    for stage, cls in {"region-dims": regions.dims.RegionDims, "region-perturb": regions.perturb.RegionPerturb,
+                       "region-train": regions.forgetting.RegionTrain, "region-bridge": regions.bridge.RegionBridge,
+                       "region-ppl": regions.RegionPerplexity, "region-stability": regions.stability.RegionStability}.items():
+        assert cls.KIND == stage.replace("-", "_")
+    for name in ("region_dims", "region_perturb", "region_train", "region_bridge"):
+        assert callable(getattr(regions, name)), name
+    old = tmp_path / "region-dims"
+    old.mkdir()
+    (old / "dims.json").write_text(json.dumps({"format": "lape.dims"}))
+    with pytest.raises(LapeError, match=r"'dims' result from an older lape \(the kind is now 'region_dims'\): "
+                                        r"re-run lape regions dims"):
+        lape.load(old)

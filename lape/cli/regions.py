@@ -129,12 +129,12 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 def cmd_dims(args: argparse.Namespace) -> int:
     from ..plots.regions import dimension_figure
-    from ..regions.dims import DimsConfig, dimension_dependence
+    from ..regions.dims import DimsConfig, region_dims
 
     config = config_from_args(DimsConfig, args)
     out = common.out_folder(args.out)
     regions, model, streams = _regions_and_text(args, config, labels=[config.label])
-    result = dimension_dependence(model, streams, regions, config, out=out)
+    result = region_dims(model, streams, regions, config, out=out)
     _save_figure(result, out, "dimensions", lambda r: dimension_figure(r.profile, r.massive))
     logger.info("%s -> %s", result.summary_line(), args.out)
     return 0
@@ -144,7 +144,7 @@ def cmd_perturb(args: argparse.Namespace) -> int:
     from ..plots.regions import superweight_figure
     from ..regions import ParamImportance
     from ..regions.massive import find_massive_dims
-    from ..regions.perturb import PerturbConfig, superweight_test
+    from ..regions.perturb import PerturbConfig, region_perturb
 
     config = config_from_args(PerturbConfig, args)
     out = common.out_folder(args.out)
@@ -160,7 +160,7 @@ def cmd_perturb(args: argparse.Namespace) -> int:
     if not massive.dims:
         raise LapeError(f"no massive-activation dimension above {args.ratio:g}x its layer's median channel peak: lower --ratio "
                         f"({massive.summary_line()})")
-    result = superweight_test(model, streams, massive, config, scores=imp, ordinary_dim=args.ordinary_dim, out=out,
+    result = region_perturb(model, streams, massive, config, scores=imp, ordinary_dim=args.ordinary_dim, out=out,
                      progress=not args.quiet)
     _save_figure(result, out, "superweights", superweight_figure)
     logger.info("%s", result.verdict())
@@ -193,7 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     train = common.corpus(m, tok, "train", config.steps * config.batch_size * config.seq_len, config.seq_len,
                           config.seed, [config.train_language])
     valid = common.corpus(m, tok, "valid", config.eval_tokens_per_language, config.seq_len, config.seed, languages)
-    result = rt.continued_pretraining(model, train, valid, regions, config, out=out, progress=not args.quiet)
+    result = rt.region_train(model, train, valid, regions, config, out=out, progress=not args.quiet)
     _save_figure(result, out, "forgetting", forgetting_figure)
     logger.info("%s", result.verdict())
     logger.info("%s -> %s", result.summary_line(), args.out)
@@ -202,7 +202,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_bridge(args: argparse.Namespace) -> int:
     from ..masks import NeuronSets, ParamRegions
-    from ..regions.bridge import overlap_result
+    from ..regions.bridge import region_bridge
     from ..space import ParamSpace
 
     regions = ParamRegions.load(args.regions)
@@ -211,7 +211,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     regions.check_model(model)
     sets.check_model(model)
     out = common.out_folder(args.out)
-    result = overlap_result(sets, regions, ParamSpace.of(model), region_labels=args.region_labels, out=out)
+    result = region_bridge(sets, regions, ParamSpace.of(model), region_labels=args.region_labels, out=out)
     for r in result.rows:
         logger.info("%-6s in %-10s params %6.2f%% (chance %6.2f%%, x%.2f)", r["set"], r["region"],
                     100 * r["param_share"], 100 * r["param_share_chance"], r["param_enrichment"])

@@ -18,9 +18,9 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from ..regions.dims import DimensionProfile
-    from ..regions.forgetting import ForgettingResult
+    from ..regions.forgetting import RegionTrain
     from ..regions.massive import MassiveDims
-    from ..regions.perturb import PerturbResult
+    from ..regions.perturb import RegionPerturb
 
 
 def dimension_figure(profile: DimensionProfile, massive: MassiveDims | None = None) -> Any:
@@ -68,7 +68,7 @@ def _mark(ax: Any, dims: Sequence[int]) -> None:
         ax.axvline(c, color="#d62728", lw=0.8, alpha=0.6)
 
 
-def superweight_figure(result: PerturbResult) -> Any:
+def superweight_figure(result: RegionPerturb) -> Any:
     """Per massive channel, ``|h_c|`` of the first token after each layer (log scale): unedited
     and under each edit of that channel (a ``matplotlib.figure.Figure``, not saved)."""
     cands = result.candidates
@@ -99,12 +99,12 @@ def superweight_figure(result: PerturbResult) -> Any:
     return fig
 
 
-def forgetting_figure(result: ForgettingResult) -> Figure:
+def forgetting_figure(result: RegionTrain) -> Figure:
     """NLL change per language and setting (bars: the seed mean, whiskers: its 95% interval; the
     trained language shaded) beside the training loss per step (one line per setting, seed mean).
 
     Example:
-        >>> fig = forgetting_figure(ForgettingResult.load("runs/demo/forgetting"))
+        >>> fig = forgetting_figure(RegionTrain.load("runs/demo/forgetting"))
     """
     settings, languages = result.settings, result.languages
     colors = label_colors(len(settings))

@@ -30,11 +30,11 @@ Example:
 """
 
 from .ablate import AblateConfig, RegionPerplexity, ablate_regions
-from .bridge import overlap_result, region_overlap
-from .dims import DimsConfig, dimension_dependence
+from .bridge import bridge_rows, region_bridge
+from .dims import DimsConfig, region_dims
 from .importance import ImportanceConfig, ParamImportance, param_importance
 from .massive import find_massive_dims, residual_axes, without_dims
-from .perturb import PerturbConfig, superweight_test
+from .perturb import PerturbConfig, region_perturb
 from .select import RegionConfig, select_regions
 from .stability import (
     RegionStability,
@@ -43,10 +43,10 @@ from .stability import (
     region_agreement,
     split_half_stability,
 )
-from .train import TrainConfig, continued_pretraining
+from .train import TrainConfig, region_train
 
 __all__ = ["AblateConfig", "DimsConfig", "ImportanceConfig", "ParamImportance", "PerturbConfig", "RegionConfig",
            "RegionPerplexity", "RegionStability", "TrainConfig", "ablate_regions", "chance_jaccard",
-           "continued_pretraining", "dimension_dependence", "find_massive_dims", "load_halves",
-           "overlap_result", "param_importance", "region_agreement", "region_overlap", "residual_axes", "select_regions",
-           "split_half_stability", "superweight_test", "without_dims"]
+           "region_train", "region_dims", "find_massive_dims", "load_halves",
+           "region_bridge", "param_importance", "region_agreement", "bridge_rows", "residual_axes", "select_regions",
+           "split_half_stability", "region_perturb", "without_dims"]

@@ -30,17 +30,17 @@ from ..space import ParamSpace
 
 
 @dataclass
-class RegionOverlap(artifacts.Artifact):
-    """The rows of :func:`region_overlap` as a saved result (``bridge.csv`` beside it).
+class RegionBridge(artifacts.Artifact):
+    """The rows of :func:`bridge_rows` as a saved result (``bridge.csv`` beside it).
 
     Example:
-        >>> RegionOverlap(region_overlap(sets, regions, space), meta).save("runs/demo/regions-bridge")
+        >>> RegionBridge(bridge_rows(sets, regions, space), meta).save("runs/demo/region-bridge")
     """
 
     rows: list[dict[str, Any]]
     meta: dict[str, Any] = field(default_factory=dict)
 
-    KIND: ClassVar[str] = "region_overlap"
+    KIND: ClassVar[str] = "region_bridge"
     DESCRIPTION: ClassVar[str] = "neuron set / region overlap"
 
     def payload(self) -> Any:
@@ -50,7 +50,7 @@ class RegionOverlap(artifacts.Artifact):
         return {"bridge": self.rows}
 
     @classmethod
-    def _from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], payload: Any) -> RegionOverlap:
+    def _from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], payload: Any) -> RegionBridge:
         return cls(list(payload or []), meta)
 
     def validate(self) -> None:
@@ -60,33 +60,33 @@ class RegionOverlap(artifacts.Artifact):
                                 "re-run lape regions bridge")
 
 
-def overlap_result(sets: NeuronSets, regions: ParamRegions, space: ParamSpace,
-                   region_labels: list[str] | None = None, *, out: str | Path | None = None) -> RegionOverlap:
-    """:func:`region_overlap` as a :class:`RegionOverlap` with a sidecar naming both inputs;
+def region_bridge(sets: NeuronSets, regions: ParamRegions, space: ParamSpace,
+                   region_labels: list[str] | None = None, *, out: str | Path | None = None) -> RegionBridge:
+    """:func:`bridge_rows` as a :class:`RegionBridge` with a sidecar naming both inputs;
     given ``out=``, saved there, and returned from there when made from the same inputs."""
     inputs = {"neurons": sets.identity(), "regions": regions.identity(), "region_labels": region_labels,
               "space": [space.model_class, space.num_layers, space.neurons_per_layer]}
     fp = regions.meta.get("fingerprint") or {}
-    key = artifacts.stage_key(RegionOverlap.KIND, model_fingerprint=fp, config={}, inputs=inputs)
+    key = artifacts.stage_key(RegionBridge.KIND, model_fingerprint=fp, config={}, inputs=inputs)
 
-    def compute() -> RegionOverlap:
-        rows = region_overlap(sets, regions, space, region_labels=region_labels)
-        meta = artifacts.sidecar(RegionOverlap.KIND, model_id=regions.meta.get("model_id"), model_fingerprint=fp,
+    def compute() -> RegionBridge:
+        rows = bridge_rows(sets, regions, space, region_labels=region_labels)
+        meta = artifacts.sidecar(RegionBridge.KIND, model_id=regions.meta.get("model_id"), model_fingerprint=fp,
                                  num_layers=space.num_layers, neurons_per_layer=space.neurons_per_layer,
                                  languages=list(sets.labels), inputs=inputs,
                                  neurons={"method": sets.meta.get("method"), "counts": sets.counts()},
                                  chance="a random set with the same number of neurons in every layer "
                                         "(exact expectation)")
-        return RegionOverlap(rows, meta)
+        return RegionBridge(rows, meta)
 
-    return artifacts.run_stage(RegionOverlap, out, key, compute)
+    return artifacts.run_stage(RegionBridge, out, key, compute)
 
 
 def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else float("nan")
 
 
-def region_overlap(sets: NeuronSets, regions: ParamRegions, space: ParamSpace,
+def bridge_rows(sets: NeuronSets, regions: ParamRegions, space: ParamSpace,
                    set_labels: list[str] | None = None, region_labels: list[str] | None = None) -> list[dict[str, Any]]:
     """One row per (neuron set, region): observed and chance shares and their ratio.
 
@@ -104,7 +104,7 @@ def region_overlap(sets: NeuronSets, regions: ParamRegions, space: ParamSpace,
         LapeError: the sets' shape is not the space's, or an unknown label.
 
     Example:
-        >>> rows = region_overlap(lape_sets, regions, ParamSpace.of(model), region_labels=["core"])
+        >>> rows = bridge_rows(lape_sets, regions, ParamSpace.of(model), region_labels=["core"])
     """
     shape = (space.num_layers, space.neurons_per_layer)
     if tuple(sets.shape) != shape:

@@ -15,8 +15,8 @@ first token. This module provides the pieces:
 * :func:`dimension_profile`: where a region's entries sit along the residual axis, per tensor
   type, and how concentrated they are in a few rows and columns (:class:`DimensionProfile`);
 * the figure of that profile: :func:`lape.plots.regions.dimension_figure`;
-* :func:`dimension_dependence`: the massive channels and the profile on them as one cached
-  artifact (:class:`DimensionResult`, kind ``dims``).
+* :func:`region_dims`: the massive channels and the profile on them as one cached
+  artifact (:class:`RegionDims`, kind ``region_dims``).
 
 **Residual axis.** A module *writes* into the residual stream when it is a linear layer named
 like an output projection (``o_proj``, ``out_proj``, ``dense``, ``c_proj``, ``down_proj``,
@@ -310,7 +310,7 @@ def _tally(acc: _TypeTally, m: torch.Tensor, axis: int | None, hidden: int, top_
 
 @dataclass(frozen=True)
 class DimsConfig(StageConfig):
-    """Settings of :func:`dimension_dependence`."""
+    """Settings of :func:`region_dims`."""
 
     label: str = "core"  # the region to profile
     ratio: float = option(100.0, gt=0.0)  # massive: peak above ratio x the median channel's peak
@@ -324,7 +324,7 @@ class DimsConfig(StageConfig):
 
 
 @dataclass
-class DimensionResult(artifacts.Artifact):
+class RegionDims(artifacts.Artifact):
     """Massive channels of a model and where a region sits along the residual stream.
 
     Attributes:
@@ -336,7 +336,7 @@ class DimensionResult(artifacts.Artifact):
     profile: DimensionProfile
     meta: dict[str, Any] = field(default_factory=dict)
 
-    KIND: ClassVar[str] = "dims"
+    KIND: ClassVar[str] = "region_dims"
     DESCRIPTION: ClassVar[str] = "dimension dependence"
 
     def summary_line(self) -> str:
@@ -359,7 +359,7 @@ class DimensionResult(artifacts.Artifact):
         return {"dims_profile": self.profile.to_rows(), "massive_dims": massive_rows}
 
     @classmethod
-    def _from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], r: Any) -> DimensionResult:
+    def _from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], r: Any) -> RegionDims:
         return cls(MassiveDims.from_dict(r["massive"]), DimensionProfile.from_dict(r["profile"]), meta)
 
     def validate(self) -> None:
@@ -371,11 +371,11 @@ class DimensionResult(artifacts.Artifact):
                             "damaged; re-run lape regions dims")
 
 
-def dimension_dependence(model: nn.Module, sequences: Iterable[Any] | Mapping[str, Iterable[Any]],
+def region_dims(model: nn.Module, sequences: Iterable[Any] | Mapping[str, Iterable[Any]],
                          regions: ParamRegions, config: DimsConfig = DimsConfig(), *,
-                         out: str | Path | None = None, space: ParamSpace | None = None) -> DimensionResult:
+                         out: str | Path | None = None, space: ParamSpace | None = None) -> RegionDims:
     """Find the massive channels (:func:`find_massive_dims`) and profile a region on them
-    (:func:`dimension_profile`), as one artifact of kind ``dims``.
+    (:func:`dimension_profile`), as one artifact of kind ``region_dims``.
 
     Args:
         model: the model the regions were made for.
@@ -387,10 +387,10 @@ def dimension_dependence(model: nn.Module, sequences: Iterable[Any] | Mapping[st
         space: the model's :class:`ParamSpace`, if already built.
 
     Returns:
-        :class:`DimensionResult`.
+        :class:`RegionDims`.
 
     Example:
-        >>> res = dimension_dependence(model, corpus, regions, DimsConfig(), out="runs/demo/dims")
+        >>> res = region_dims(model, corpus, regions, DimsConfig(), out="runs/demo/dims")
         >>> res.summary_line()
     """
     from ..corpora.identity import corpus_key
@@ -400,18 +400,18 @@ def dimension_dependence(model: nn.Module, sequences: Iterable[Any] | Mapping[st
     regions.mask(config.label)  # an unknown label fails before any work
     seqs = take_sequences(sequences, config.max_sequences)  # the sequences themselves make the cache key
     inputs = {"sequences": corpus_key(seqs), "regions": regions.identity()}
-    key = artifacts.stage_key(DimensionResult.KIND, model_fingerprint=fingerprint(model), config=config.key_dict(),
+    key = artifacts.stage_key(RegionDims.KIND, model_fingerprint=fingerprint(model), config=config.key_dict(),
                               inputs=inputs)
 
-    def compute() -> DimensionResult:
+    def compute() -> RegionDims:
         massive = find_massive_dims(model, seqs, ratio=config.ratio, max_sequences=config.max_sequences,
                                     batch_size=config.batch_size, space=space)
         profile = dimension_profile(regions, model, config.label, massive.dims, space=space,
                                     top_share=config.top_share)
         meta = artifacts.model_sidecar(
-            DimensionResult.KIND, model, config=config.to_dict(), inputs=inputs,
+            RegionDims.KIND, model, config=config.to_dict(), inputs=inputs,
             method="dimension dependence (Zhang et al. 2024, step 5): massive channels (peak |h| over decoder-layer "
                    "outputs above ratio x the median channel's) and the region's entries per residual channel")
-        return DimensionResult(massive, profile, meta)
+        return RegionDims(massive, profile, meta)
 
-    return artifacts.run_stage(DimensionResult, out, key, compute, model=model)
+    return artifacts.run_stage(RegionDims, out, key, compute, model=model)

@@ -1,4 +1,4 @@
-"""The result of frozen further pre-training (:class:`ForgettingResult`, kind ``forgetting``):
+"""The result of frozen further pre-training (:class:`RegionTrain`, kind ``region_train``):
 per setting and seed the held-out NLL of every language before and after training, the losses,
 and the verdict (forgetting, or perturbation damage where the trained language's own NLL did not
 fall). :mod:`lape.regions.train` runs the training.
@@ -47,7 +47,7 @@ def _pooled_change(rows: np.ndarray) -> float:
 
 
 @dataclass
-class ForgettingResult(artifacts.Artifact):
+class RegionTrain(artifacts.Artifact):
     """Held-out NLL per window before and after further pre-training, per freezing setting and seed.
 
     Attributes:
@@ -64,7 +64,7 @@ class ForgettingResult(artifacts.Artifact):
         meta: the sidecar (config, learning rate per step, seconds per step, regions).
 
     Example:
-        >>> res = ForgettingResult.load("runs/demo/forgetting")
+        >>> res = RegionTrain.load("runs/demo/forgetting")
         >>> res.change("core", res.others())   # Interval: the other languages' mean NLL change
         >>> res.verdict()
     """
@@ -81,7 +81,7 @@ class ForgettingResult(artifacts.Artifact):
     meta: dict[str, Any] = field(default_factory=dict)
     _intervals: dict[tuple, Interval] = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    KIND: ClassVar[str] = "forgetting"
+    KIND: ClassVar[str] = "region_train"
     DESCRIPTION: ClassVar[str] = "forgetting experiment"
 
     # numbers ----------------------------------------------------------------------------------
@@ -266,7 +266,7 @@ class ForgettingResult(artifacts.Artifact):
         return {"settings": list(self.settings), "train_language": self.train_language, "seeds": list(self.seeds)}
 
     @classmethod
-    def _from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], r: Any) -> ForgettingResult:
+    def _from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], r: Any) -> RegionTrain:
         languages = list(r["languages"])
         missing = [k for lang in languages for k in (f"window_tokens.{lang}", f"before.{lang}", f"after.{lang}")
                    if k not in tensors] + ([] if "seed_losses" in tensors else ["seed_losses"])

@@ -31,8 +31,8 @@ For every massive channel ``c`` (:func:`lape.regions.dims.find_massive_dims`):
 Each edit gets the mean NLL per language (:class:`lape.evaluate.perplexity.LanguageNLL`) and the
 probe's residual stream after every layer on the massive and control channels, beside the
 unedited model's. An edit *collapses* the model when its perplexity exceeds ``collapse_ratio``
-(10) times the unedited model's (geometric mean over languages); :meth:`PerturbResult.verdict`
-says which do. :func:`perturb` returns a :class:`PerturbResult` (artifact kind ``perturb``).
+(10) times the unedited model's (geometric mean over languages); :meth:`RegionPerturb.verdict`
+says which do. :func:`region_perturb` returns a :class:`RegionPerturb` (artifact kind ``region_perturb``).
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def _exp(v: float) -> float:
 
 
 @dataclass
-class PerturbResult(artifacts.Artifact):
+class RegionPerturb(artifacts.Artifact):
     """Super weights and norm scales of the massive channels, zeroed and scaled: NLL per language
     and the first token's residual stream on each channel, beside the unedited model.
 
@@ -262,7 +262,7 @@ class PerturbResult(artifacts.Artifact):
     tokens: dict[str, int]
     meta: dict[str, Any] = field(default_factory=dict)
 
-    KIND: ClassVar[str] = "perturb"
+    KIND: ClassVar[str] = "region_perturb"
     DESCRIPTION: ClassVar[str] = "super-weight perturbation"
     TENSORS: ClassVar[tuple[str, ...]] = ("base_nll", "nll", "base_bos", "bos")
 
@@ -392,7 +392,7 @@ class PerturbResult(artifacts.Artifact):
                 "perturb_nll": nll, "perturb_bos": bos}
 
     @classmethod
-    def _from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], r: Any) -> PerturbResult:
+    def _from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], r: Any) -> RegionPerturb:
         return cls(list(r["languages"]), tensors["base_nll"].tolist(), tensors["nll"].tolist(),
                    [SuperWeight.from_dict(c) for c in r["candidates"]], [Edit.from_dict(e) for e in r["edits"]],
                    [int(c) for c in r["channels"]], tensors["base_bos"].tolist(), tensors["bos"].tolist(),
@@ -449,7 +449,7 @@ def _score_of(scores: Any, name: str, index: Sequence[int], required: bool) -> t
     return float(value), float((tensor > value).sum()) / tensor.numel()
 
 
-def superweight_test(
+def region_perturb(
     model: nn.Module,
     corpus: Mapping[str, Iterable[Any]],
     massive: MassiveDims,
@@ -459,7 +459,7 @@ def superweight_test(
     ordinary_dim: int | None = None,
     out: str | Path | None = None,
     progress: bool = True,
-) -> PerturbResult:
+) -> RegionPerturb:
     """Zero and scale each massive channel's super weight (and the norm scale that sets the
     channel), against a median channel's; NLL per language and the first token's residual stream.
 
@@ -478,7 +478,7 @@ def superweight_test(
         progress: show a progress bar.
 
     Returns:
-        :class:`PerturbResult`.
+        :class:`RegionPerturb`.
 
     Raises:
         LapeError: no massive channel, massive dims of another model, a layer or tensor type the
@@ -487,7 +487,7 @@ def superweight_test(
 
     Example:
         >>> massive = find_massive_dims(model, valid)
-        >>> res = superweight_test(model, valid, massive, PerturbConfig(tokens_per_language=256))
+        >>> res = region_perturb(model, valid, massive, PerturbConfig(tokens_per_language=256))
         >>> print(res.verdict())
     """
     space = ParamSpace.of(model)
@@ -501,13 +501,13 @@ def superweight_test(
     inputs = {"corpus": {lang: corpus_key(corpus[lang]) for lang in languages},
               "massive": artifacts.content_hash(massive.to_dict()), "ordinary_dim": ordinary_dim, "probe": token,
               "scores": None if scores is None else scores_key(scores)}
-    key = artifacts.stage_key(PerturbResult.KIND, model_fingerprint=fingerprint(model), config=config.key_dict(),
+    key = artifacts.stage_key(RegionPerturb.KIND, model_fingerprint=fingerprint(model), config=config.key_dict(),
                               inputs=inputs)
     ppl_config = PerplexityConfig(batch_size=config.batch_size, chunk_size=config.chunk_size, seed=config.seed,
                                   split=config.split, seq_len=config.seq_len,
                                   tokens_per_language=config.tokens_per_language)
 
-    def compute() -> PerturbResult:
+    def compute() -> RegionPerturb:
         candidates = super_weights(model, massive, token, layer=config.layer, tensor_type=config.tensor_type,
                                    ordinary_dim=ordinary_dim, max_dims=config.max_dims, space=space)
         for sw in candidates:
@@ -533,16 +533,16 @@ def superweight_test(
                     done[e.key] = ([evaluate(lang) for lang in languages], probe_values())
         evaluate.close()
         meta = artifacts.model_sidecar(
-            PerturbResult.KIND, model, languages=languages, token_counts=evaluate.tokens, config=config.to_dict(),
+            RegionPerturb.KIND, model, languages=languages, token_counts=evaluate.tokens, config=config.to_dict(),
             inputs=inputs, massive=massive.brief(), probe_token=token,
             method="super weights (Yu et al. 2024) for Zhang et al.'s dimension dependence: per massive channel c, "
                    "j* = argmax_j |a_j W_down[c, j]| at the first token in the layer where c becomes massive, and "
                    "the output norm's scale of c where one sets it; each zeroed and scaled, against the median "
                    "channel's")
-        return PerturbResult(languages, base, [done[e.key][0] for e in edits], candidates, edits, channels, base_bos,
+        return RegionPerturb(languages, base, [done[e.key][0] for e in edits], candidates, edits, channels, base_bos,
                              [done[e.key][1] for e in edits], float(config.factor), float(config.collapse_ratio),
                              token, dict(evaluate.tokens), meta)
 
-    result = artifacts.run_stage(PerturbResult, out, key, compute, model=model)
+    result = artifacts.run_stage(RegionPerturb, out, key, compute, model=model)
     logger.info("%s", result.summary_line())
     return result

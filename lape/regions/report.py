@@ -150,9 +150,9 @@ def render_stability(folder: Path, ctx: ReportContext) -> str:
 def render_dims(folder: Path, ctx: ReportContext) -> str:
     """Massive activation dimensions and where the core region sits."""
     from ..plots.regions import dimension_figure
-    from .dims import DimensionResult
+    from .dims import RegionDims
 
-    res = DimensionResult.load(folder)
+    res = RegionDims.load(folder)
     fig = ctx.figure(dimension_figure(res.profile, res.massive), "region_dimensions",
                      f"Where the {res.profile.label} region sits along the residual stream, per tensor type "
                      "(entries per hidden channel over a uniform spread; massive channels marked)")
@@ -174,9 +174,9 @@ def render_perturb(folder: Path, ctx: ReportContext) -> str:
     """Super weights of the massive channels and the norm scales that set them, zeroed and scaled,
     against a median channel: PPL and the first token's value on each channel."""
     from ..plots.regions import superweight_figure
-    from .perturb import PerturbResult
+    from .perturb import RegionPerturb
 
-    res = PerturbResult.load(folder)
+    res = RegionPerturb.load(folder)
 
     def entry(t: str, index: list[int]) -> str:
         return f"{t.removesuffix('.weight')}[{', '.join(map(str, index))}]"
@@ -220,9 +220,9 @@ def render_perturb(folder: Path, ctx: ReportContext) -> str:
 def render_forgetting(folder: Path, ctx: ReportContext) -> str:
     """Further pre-training on one language with a region frozen: what the others forget."""
     from ..plots.regions import forgetting_figure
-    from .forgetting import ForgettingResult
+    from .forgetting import RegionTrain
 
-    res = ForgettingResult.load(folder)
+    res = RegionTrain.load(folder)
     fig = ctx.figure(forgetting_figure(res), "forgetting",
                      f"NLL change per language after continued pre-training on {res.train_language}, per setting "
                      f"(mean over {len(res.seeds)} seeds, 95% bootstrap intervals over held-out windows)")
@@ -254,9 +254,9 @@ def render_forgetting(folder: Path, ctx: ReportContext) -> str:
 
 def render_bridge(folder: Path, ctx: ReportContext) -> str:
     """The share of each neuron set's weights in each region, against chance."""
-    from .bridge import RegionOverlap
+    from .bridge import RegionBridge
 
-    res = RegionOverlap.load(folder)
+    res = RegionBridge.load(folder)
     by_set: dict[str, dict[str, dict]] = defaultdict(dict)
     for r in res.rows:
         by_set[r["set"]][r["region"]] = r
@@ -275,8 +275,8 @@ def render_bridge(folder: Path, ctx: ReportContext) -> str:
 
 
 SECTIONS = [("importance", render_importance), ("regions", render_regions), ("region_stability", render_stability),
-            ("region_ppl", render_removal), ("dims", render_dims),
-            ("perturb", render_perturb), ("forgetting", render_forgetting), ("region_overlap", render_bridge)]
+            ("region_ppl", render_removal), ("region_dims", render_dims),
+            ("region_perturb", render_perturb), ("region_train", render_forgetting), ("region_bridge", render_bridge)]
 TITLES = {"importance": "Importance", "regions": "Regions", "region_stability": "Region stability",
-          "region_ppl": "Region removal", "dims": "Dimensions", "perturb": "Super weights",
-          "forgetting": "Forgetting", "region_overlap": "Neurons x regions"}
+          "region_ppl": "Region removal", "region_dims": "Dimensions", "region_perturb": "Super weights",
+          "region_train": "Forgetting", "region_bridge": "Neurons x regions"}

@@ -78,13 +78,13 @@ def run_regions(model: Any, tok: Any, manifest: Any, run: str | Path, config: Re
     from ..corpora import load_corpus
     from ..space import ParamSpace
     from .ablate import AblateConfig, ablate_regions
-    from .bridge import overlap_result
-    from .dims import DimsConfig, dimension_dependence
+    from .bridge import region_bridge
+    from .dims import DimsConfig, region_dims
     from .importance import ImportanceConfig, param_importance
     from .massive import residual_axes, without_dims
-    from .perturb import PerturbConfig, superweight_test
+    from .perturb import PerturbConfig, region_perturb
     from .select import RegionConfig, select_regions
-    from .train import TrainConfig, continued_pretraining
+    from .train import TrainConfig, region_train
 
     step = timer or (lambda name, fn: fn())
     run = Path(run)
@@ -109,7 +109,7 @@ def run_regions(model: Any, tok: Any, manifest: Any, run: str | Path, config: Re
 
     valid = load_corpus(manifest, tok, split="valid", tokens_per_language=config.eval_tokens_per_language,
                         seq_len=config.seq_len, seed=config.seed, languages=eval_languages)
-    dims = out["dims"] = step("region-dims", lambda: dimension_dependence(
+    dims = out["dims"] = step("region-dims", lambda: region_dims(
         model, valid, regions, DimsConfig(ratio=config.massive_ratio), out=run / "region-dims"))
     massive = dims.massive
     logger.info("[regions] %s", dims.summary_line())
@@ -123,7 +123,7 @@ def run_regions(model: Any, tok: Any, manifest: Any, run: str | Path, config: Re
     if massive.dims:
         pcfg = PerturbConfig(factor=config.perturb_factor, tokens_per_language=config.eval_tokens_per_language,
                              seq_len=config.seq_len, seed=config.seed, max_dims=config.perturb_max_dims)
-        out["region-perturb"] = step("region-perturb", lambda: superweight_test(
+        out["region-perturb"] = step("region-perturb", lambda: region_perturb(
             model, valid, massive, pcfg, scores=imp, out=run / "region-perturb", progress=progress))
     if config.train_steps > 0:
         tcfg = TrainConfig(train_language=train_language, steps=config.train_steps, seq_len=config.seq_len,
@@ -132,9 +132,9 @@ def run_regions(model: Any, tok: Any, manifest: Any, run: str | Path, config: Re
         train_text = load_corpus(manifest, tok, split="train", seq_len=tcfg.seq_len, seed=tcfg.seed,
                                  tokens_per_language=tcfg.steps * tcfg.batch_size * tcfg.seq_len,
                                  languages=[train_language])
-        out["region-train"] = step("region-train", lambda: continued_pretraining(
+        out["region-train"] = step("region-train", lambda: region_train(
             model, train_text, valid, regions, tcfg, out=run / "region-train", progress=progress))
     if neurons is not None:
-        out["region-bridge"] = step("region-bridge", lambda: overlap_result(
+        out["region-bridge"] = step("region-bridge", lambda: region_bridge(
             neurons, regions, ParamSpace.of(model), out=run / "region-bridge"))
     return out

@@ -35,12 +35,12 @@ interval is a percentile bootstrap (:func:`lape.intervals.bootstrap`, 2,000 resa
 are scored after every seed's run, so they are resampled together and the seed-to-seed spread
 stays inside each resampled window. A bootstrap over the seeds alone has 10 distinct resamples for
 3 seeds, too coarse for a 95% interval; each seed's own change is reported beside the interval
-(:meth:`ForgettingResult.seed_changes`) so the spread between runs stays visible.
+(:meth:`RegionTrain.seed_changes`) so the spread between runs stays visible.
 
 **Forgetting or damage.** A rise of the other languages' NLL is forgetting only where the
 training taught the trained language something. ``trained_nll_fell(c)`` holds when the trained
 language's interval lies below 0 **and** every seed's own change is negative;
-:meth:`ForgettingResult.verdict` computes the sentence the report shows: where the trained
+:meth:`RegionTrain.verdict` computes the sentence the report shows: where the trained
 language's NLL did not fall under every setting, the result is labelled "perturbation damage,
 not forgetting" (a short run at a high learning rate, the README's first version: 12 steps at
 lr 2e-4 raised Arabic's own NLL by +0.83 nats); only where it fell and the core's interval of the
@@ -98,7 +98,7 @@ their ``requires_grad`` flags, ``.grad`` and train/eval mode. The copy costs one
 blocks of memory, AdamW's moments two more.
 
 Corpus fields (``seq_len``, ``eval_tokens_per_language``, ``seed``) say how the CLI builds the
-streams; :func:`continued_pretraining` runs the sequences it is given.
+streams; :func:`region_train` runs the sequences it is given.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ from ..masks import ParamRegions
 from ..models import check_positions, input_device
 from ..space import ParamSpace
 from ..weights import freeze
-from .forgetting import MAGNITUDE, MAGNITUDE_RATE, METHOD, NONE, ForgettingResult
+from .forgetting import MAGNITUDE, MAGNITUDE_RATE, METHOD, NONE, RegionTrain
 from .importance import batch_gradients
 from .select import extreme_mask, region_size
 
@@ -141,7 +141,7 @@ NO_DECAY = ("bias", "LayerNorm.weight")  # the reference's no-decay name parts
 
 @dataclass(frozen=True)
 class TrainConfig(StageConfig):
-    """Settings of :func:`continued_pretraining`; the optimizer follows the released
+    """Settings of :func:`region_train`; the optimizer follows the released
     freeze-training script (betas, weight decay, clipping, cosine schedule), the step size and
     length a regime in which the trained language's held-out NLL falls on a CPU (module docstring)."""
 
@@ -308,7 +308,7 @@ def _check_inputs(model: nn.Module, train_corpus: Mapping[str, Iterable[Any]],
     if regions is not None and any(s != NONE for s in config.freeze):
         regions.check_model(model)
     if torch.is_inference_mode_enabled():
-        raise LapeError("training needs gradients: call continued_pretraining outside torch.inference_mode()")
+        raise LapeError("training needs gradients: call region_train outside torch.inference_mode()")
     check_positions(model, max([getattr(s, "seq_len", 0) for s in eval_corpus.values()], default=0))
     check_corpus(eval_corpus)
 
@@ -325,7 +325,7 @@ def _frozen_masks(model: nn.Module, regions: ParamRegions | None, label: str, sp
     return {name: m for name, m in regions.mask(label).items() if name in trained}
 
 
-def continued_pretraining(
+def region_train(
     model: nn.Module,
     train_corpus: Mapping[str, Iterable[Any]],
     eval_corpus: Mapping[str, Iterable[Any]],
@@ -334,7 +334,7 @@ def continued_pretraining(
     *,
     out: str | Path | None = None,
     progress: bool = True,
-) -> ForgettingResult:
+) -> RegionTrain:
     """Further pre-train on one language under each freezing setting and seed; NLL per held-out
     window before and after each run.
 
@@ -351,7 +351,7 @@ def continued_pretraining(
         progress: show a progress bar over the training steps.
 
     Returns:
-        :class:`ForgettingResult`.
+        :class:`RegionTrain`.
 
     Raises:
         LapeError: no or an unknown training language, a freeze label not among the regions
@@ -359,7 +359,7 @@ def continued_pretraining(
             before any training.
 
     Example:
-        >>> res = continued_pretraining(model, train, valid, regions,
+        >>> res = region_train(model, train, valid, regions,
         ...                             TrainConfig(train_language="ar", seeds=(0, 1, 2)), out="runs/forget")
         >>> res.verdict()
     """
@@ -372,10 +372,10 @@ def continued_pretraining(
     inputs = {"train_corpus": {config.train_language: corpus_key(stream)},
               "eval_corpus": {lang: corpus_key(eval_corpus[lang]) for lang in languages},
               "regions": regions.identity() if uses_regions else None}
-    key = artifacts.stage_key(ForgettingResult.KIND, model_fingerprint=fingerprint(model),
+    key = artifacts.stage_key(RegionTrain.KIND, model_fingerprint=fingerprint(model),
                               config=config.key_dict(), inputs=inputs)
 
-    def compute() -> ForgettingResult:
+    def compute() -> RegionTrain:
         pool = list(islice(stream, config.steps * config.batch_size))  # read once, ordered per seed
         runs = {seed: training_batches(pool, config, seed) for seed in config.seeds}
         first = runs[config.seeds[0]]
@@ -426,7 +426,7 @@ def continued_pretraining(
         finally:
             bar.close()
         meta = artifacts.model_sidecar(
-            ForgettingResult.KIND, model, languages=languages,
+            RegionTrain.KIND, model, languages=languages,
             token_counts={lang: int(n.sum()) for lang, n in window_tokens.items()}, config=config.to_dict(),
             inputs=inputs, method=METHOD, train_tokens_per_run=targets,
             lr_per_step=[learning_rate(config, s) for s in range(config.steps)],
@@ -436,10 +436,10 @@ def continued_pretraining(
                             else f"max(1, floor({MAGNITUDE_RATE} numel)) per tensor") if MAGNITUDE in config.freeze
             else None,
             regions=None if not uses_regions else {"method": regions.meta.get("method"), "counts": regions.counts()})
-        return ForgettingResult(list(config.freeze), languages, config.train_language, list(config.seeds),
+        return RegionTrain(list(config.freeze), languages, config.train_language, list(config.seeds),
                                 window_tokens, before, after, losses, frozen_counts, meta)
 
-    result = artifacts.run_stage(ForgettingResult, out, key, compute, model=model)
+    result = artifacts.run_stage(RegionTrain, out, key, compute, model=model)
     logger.info("%s", result.summary_line())
     logger.info("%s", result.verdict())
     return result

@@ -413,8 +413,8 @@ def _methods(found: Mapping[str, list[Path]]) -> str:
     names = []
     if found.keys() & {"stats", "neurons", "ppl", "steering"} or not found:
         names.append("Language-specific neurons (LAPE, Tang et al., ACL 2024)")
-    if found.keys() & {"importance", "regions", "region_ppl", "region_stability", "dims", "perturb", "forgetting",
-                       "region_overlap"}:
+    if found.keys() & {"importance", "regions", "region_ppl", "region_stability", "region_dims", "region_perturb",
+                       "region_train", "region_bridge"}:
         names.append("linguistic regions (Zhang et al., ACL 2024)")
     if found.keys() & {"keyneuron_scores", "keyneuron_maps", "keyneuron_eval", "method_comparison"}:
         names.append("key neurons (NA-ICA, Chen et al. 2024)")
