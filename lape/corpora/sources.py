@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LapeError
+from ..hf_datasets import open_dataset
 from .builtin import BUILTIN_SOURCES, UDHR_DIR, build_builtin_corpus
 from .manifest import SPLITS, Manifest, as_list, bucket, load_manifest, text_files
 
@@ -181,42 +182,17 @@ def _read_docs(path: Path, blocks: bool) -> Iterator[str]:
 
 
 def _iter_hf(m: Manifest, src: Mapping[str, Any], where: str) -> Iterator[str]:
-    import datasets
-
     path = str(src["path"])
     field_name = str(src.get("text_field", "text"))
     local = Path(path).expanduser()
     if not local.is_absolute():
         local = m.path.parent / local
-    saved = local.is_dir() and any((local / f).is_file() for f in
-                                   ("dataset_info.json", "state.json", "dataset_dict.json"))
-    try:
-        if saved:
-            ds = datasets.load_from_disk(str(local))
-            if isinstance(ds, datasets.DatasetDict):
-                split = src.get("split") or (next(iter(ds)) if len(ds) == 1 else None)
-                if split not in ds:
-                    raise LapeError(f"{where}: dataset {local} has splits {', '.join(ds)}: set "
-                                    "'split:' to one of them")
-                ds = ds[split]
-        else:
-            kwargs = {k: src[k] for k in ("data_files", "revision") if src.get(k) is not None}
-            if "data_files" in kwargs:  # local data files resolve against the manifest's folder
-                kwargs["data_files"] = _resolve_data_files(kwargs["data_files"], m.path.parent)
-            target = str(local) if local.is_dir() else path
-            ds = datasets.load_dataset(target, src.get("name"), split=src.get("split", "train"),
-                                       streaming=bool(src.get("streaming", False)), **kwargs)
-    except (OSError, ValueError, ConnectionError) as exc:
-        first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise LapeError(f"{where}: dataset {path} could not be loaded ({first}): check the id, "
-                        "name and split, or save it locally with save_to_disk and point 'path' "
-                        "at that folder") from None
-    columns = getattr(ds, "column_names", None)
-    if columns is not None and field_name not in columns:
-        raise LapeError(f"{where}: dataset {path} has no field {field_name!r} (fields: "
-                        f"{', '.join(columns)}): set 'text_field' to the text column")
-    if columns is not None and len(columns) > 1:
-        ds = ds.select_columns([field_name])  # decode only the text
+    data_files = src.get("data_files")
+    if data_files is not None:  # local data files resolve against the manifest's folder
+        data_files = _resolve_data_files(data_files, m.path.parent)
+    ds = open_dataset(path, local, split=src.get("split"), where=where, name=src.get("name"),
+                      revision=src.get("revision"), data_files=data_files, streaming=bool(src.get("streaming", False)),
+                      columns=[field_name], fix_columns="set 'text_field' to the text column")
     for row in ds:
         if field_name not in row:
             raise LapeError(f"{where}: dataset {path} has no field {field_name!r} (fields: "

@@ -61,6 +61,7 @@ from typing import Any
 
 from ..errors import LapeError
 from ..files import read_yaml
+from ..hf_datasets import open_dataset
 from .prompts import (
     LETTERS,
     Question,
@@ -244,35 +245,15 @@ def _load_mcqa(src: dict[str, Any], base: Path, at: str) -> list[Question]:
 
 def _load_hf(src: dict[str, Any], base: Path, at: str) -> list[Question]:
     """The questions of a ``datasets`` dataset (local save_to_disk folder or the hub)."""
-    import datasets
-
     path, split = str(src["path"]), src.get("split", "validation")
     local = _resolve(path, base)
     if not local.is_dir() and path.startswith(("./", "../", "/", "~", "builtin:")):
         raise LapeError(f"{at}: dataset folder {local} does not exist: write it with "
                         "Dataset.save_to_disk or fix the path")
-    try:
-        if local.is_dir():
-            ds = datasets.load_from_disk(str(local))
-            if isinstance(ds, datasets.DatasetDict):
-                if split not in ds:
-                    raise LapeError(f"{at}: {local} has no split {split!r}; splits: "
-                                    f"{', '.join(ds)}")
-                ds = ds[split]
-        else:
-            ds = datasets.load_dataset(path, src.get("name"), split=split,
-                                       revision=src.get("revision"))
-    except LapeError:
-        raise
-    except Exception as exc:  # datasets raises many types; report one line
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise LapeError(f"{at}: cannot load dataset {path!r} split {split!r} ({msg[:200]})"
-                        ) from None
     fields = {k: src.get(f"{k}_field", k) for k in ("question", "choices", "answer")}
-    missing = [f for f in fields.values() if f not in ds.column_names]
-    if missing:
-        raise LapeError(f"{at}: dataset {path!r} has no field(s) {', '.join(missing)}; fields: "
-                        f"{', '.join(ds.column_names)}")
+    ds = open_dataset(path, local, split=split, where=at, name=src.get("name"), revision=src.get("revision"),
+                      columns=list(fields.values()),
+                      fix_columns="set question_field, choices_field and answer_field to its columns")
     out = []
     for i, row in enumerate(ds):
         answer = row[fields["answer"]]
