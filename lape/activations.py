@@ -183,13 +183,27 @@ class FiringCounts(RunningSums):
             a = act.reshape(-1, act.shape[-1]).index_select(0, self.rows.to(act.device, non_blocking=True))
             dims = (0,)
         s = self.sums
+        act_sum, fire_sum, fire_count = firing_sums(a, dims)
         dev = s["fire_counts"].device
-        pos = a.clamp(min=0)
-        s["act_sums"][layer] += a.sum(dims, dtype=torch.float32).to(dev, torch.float64)
-        s["fire_sums"][layer] += pos.sum(dims, dtype=torch.float32).to(dev, torch.float64)
-        # count act > 0 as a float sum of sign(max(act, 0)): 4x faster on CPU than summing a bool
-        # tensor, and exact (a batch has far fewer than 2^24 rows)
-        s["fire_counts"][layer] += pos.sign_().sum(dims, dtype=torch.float32).to(dev, torch.int64)
+        s["act_sums"][layer] += act_sum.to(dev)
+        s["fire_sums"][layer] += fire_sum.to(dev)
+        s["fire_counts"][layer] += fire_count.to(dev)
+
+
+def firing_sums(a: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What LAPE counts, over the axes ``dims`` of activations ``a``: the sum of the activations,
+    the sum of their positive parts (float64) and how many fire, i.e. are above 0 (int64).
+
+    The one definition of firing, shared by :class:`FiringCounts` (every neuron) and the neuron
+    cards' :class:`lape.explain.topk.TopContexts` (chosen neurons). Sums run in float32 per call.
+    """
+    pos = a.clamp(min=0)
+    act_sum = a.sum(dims, dtype=torch.float32).double()
+    fire_sum = pos.sum(dims, dtype=torch.float32).double()
+    # count act > 0 as a float sum of sign(max(act, 0)): 4x faster on CPU than summing a bool
+    # tensor, and exact (a call has far fewer than 2^24 rows)
+    fire_count = pos.sign_().sum(dims, dtype=torch.float32).to(torch.int64)
+    return act_sum, fire_sum, fire_count
 
 
 def record(

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from ..activations import firing_sums
 from ..runningstats import RunningSums
 
 SERIAL_STRIDE = 1 << 20  # positions per sequence in a serial (longer than MAX_SEQ_LEN)
@@ -112,9 +113,10 @@ class TopContexts(RunningSums):
         ids = ids.to(device)
         s = self.sums
         real = acts[counted]  # [n, N]
-        s["act_sums"] += real.sum(0).double()
-        s["fire_sums"] += real.clamp(min=0).sum(0).double()
-        s["fire_counts"] += (real > 0).sum(0)
+        act_sum, fire_sum, fire_count = firing_sums(real, (0,))
+        s["act_sums"] += act_sum
+        s["fire_sums"] += fire_sum
+        s["fire_counts"] += fire_count
         s["token_counts"] += real.shape[0]
 
         batch, length, n = acts.shape
