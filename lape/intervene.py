@@ -24,6 +24,8 @@ after the outer one. Every hook is removed on exit, also after an exception.
 
 ``skip_first=True`` leaves each sequence's first real token (after left padding) untouched: the
 attention sink, whose huge activations most heads attend to (ReCoVeR never edits position 0).
+``positions="last"`` edits only the last position of each forward pass (the answer position of
+a prompt; integrated gradients and key-neuron boost/suppress on one-token continuations).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from .masks import Neuron, NeuronSets
 from .space import NeuronSpace
 
 Op = Literal["set", "mul", "add"]
+Positions = Literal["all", "last"]
 VALUE_RULES = ("firing_mean", "mean")
 
 
@@ -271,6 +274,7 @@ def intervene(
     layers: Iterable[int] | None = None,
     edits: Iterable[Edit] = (),
     skip_first: bool = False,
+    positions: Positions = "all",
     space: NeuronSpace | None = None,
     check_model: bool = True,
 ) -> Iterator[list[Edit]]:
@@ -291,6 +295,8 @@ def intervene(
         layers: restrict edits to these layers.
         edits: extra raw edits, applied after the labelled ones.
         skip_first: leave each sequence's first real token (the attention sink) unedited.
+        positions: ``"all"`` positions, or only the ``"last"`` of each forward pass (edit values
+            then broadcast against ``[batch, 1, n]``).
         space: the neuron space (found automatically).
         check_model: refuse neuron sets made on a model with another fingerprint.
 
@@ -315,12 +321,21 @@ def intervene(
             raise LapeError(f"edit for layer {e.layer} but the model has {space.num_layers} layers")
         by_layer[e.layer].append(e)
 
+    if positions not in ("all", "last"):
+        raise LapeError(f"positions must be 'all' or 'last', not {positions!r}")
     sink: dict[str, Any] = {}
 
     def fn(layer: int, act: torch.Tensor) -> torch.Tensor:
-        edited = act
-        for e in by_layer[layer]:
-            edited = e.apply(edited)
+        if positions == "last":  # [batch, T, n]; some models (OPT) run their MLP on [batch * T, n]
+            shaped = act if act.dim() == 3 else act.reshape(sink["batch"], -1, act.shape[-1])
+            tail = shaped[:, -1:]
+            for e in by_layer[layer]:
+                tail = e.apply(tail)
+            edited = torch.cat([shaped[:, :-1], tail.to(act.dtype)], dim=1).reshape(act.shape)
+        else:
+            edited = act
+            for e in by_layer[layer]:
+                edited = e.apply(edited)
         if skip_first and act.dim() == 3:
             rows, cols = _sink_positions(sink, act.shape[0], act.shape[1], act.device)
             if rows.numel():
@@ -336,6 +351,13 @@ def intervene(
                 sink.update(mask=kwargs.get("attention_mask"), past=_cached_length(kwargs))
 
             handle = base.register_forward_pre_hook(call, with_kwargs=True)
+            stack.callback(handle.remove)
+        if positions == "last" and by_layer:
+            def batch_size(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+                hidden = args[0] if args else kwargs.get("hidden_states")  # [batch, T, hidden] in every block
+                sink["batch"] = hidden.shape[0]
+
+            handle = space.layer_module(model, 0).register_forward_pre_hook(batch_size, with_kwargs=True)
             stack.callback(handle.remove)
         stack.enter_context(activation_hooks(model, space, fn, layers=sorted(by_layer)))
         yield all_edits

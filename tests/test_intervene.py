@@ -262,3 +262,48 @@ def test_bad_requests_are_one_line_errors():
     with pytest.raises(LapeError, match="4 layers x 48 neurons but this model has 3 x 48"):
         with intervene(model, wrong, deactivate=["x"]):
             pass
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])  # OPT runs its MLP on flattened [batch * T, n] rows
+def test_positions_last_edits_only_the_last_position(family):
+    """``positions="last"`` changes the last position's activations and leaves every earlier
+    position as the unedited model computes it, with per-sequence values ``[batch, 1, n]``; the
+    result equals a hand-written hook that edits ``[:, -1]`` only."""
+    from lape.hooks import activation_hooks
+    from lape.intervene import Edit
+    from lape.space import NeuronSpace
+
+    model = tiny_model(family)
+    space = NeuronSpace.of(model)
+    ids = random_ids(2, 7, seed=5)
+    n = space.neurons_per_layer
+    factors = torch.tensor([[0.0], [3.0]])[:, :, None].expand(2, 1, n)  # sequence 0 suppressed, 1 x3
+    edit = Edit(1, torch.arange(n), "mul", factors)
+
+    def acts_under(ctx):
+        seen = {}
+        with torch.no_grad(), ctx, activation_hooks(model, space, lambda l, a: seen.__setitem__(l, a.reshape(2, 7, n))):
+            logits = model(input_ids=ids).logits
+        return seen, logits
+
+    plain, plain_logits = acts_under(intervene(model, edits=[]))
+    edited, logits = acts_under(intervene(model, edits=[edit], positions="last"))
+    assert torch.equal(edited[0], plain[0])  # an earlier layer is untouched
+    assert torch.equal(edited[1][:, :-1], plain[1][:, :-1])  # earlier positions of the edited layer too
+    torch.testing.assert_close(edited[1][:, -1], plain[1][:, -1] * factors[:, 0])
+    assert torch.equal(logits[:, :-1], plain_logits[:, :-1])  # causal: earlier outputs unchanged
+    assert not torch.allclose(logits[:, -1], plain_logits[:, -1])
+
+    def by_hand(layer, act):
+        if layer != 1:
+            return None
+        shaped = act.reshape(2, 7, n).clone()
+        shaped[:, -1] = shaped[:, -1] * factors[:, 0]
+        return shaped.reshape(act.shape)
+
+    with torch.no_grad(), activation_hooks(model, space, by_hand):
+        want = model(input_ids=ids).logits
+    torch.testing.assert_close(logits, want)
+    with pytest.raises(LapeError, match="positions must be 'all' or 'last'"):
+        with intervene(model, edits=[edit], positions="first"):
+            pass

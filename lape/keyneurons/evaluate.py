@@ -78,6 +78,7 @@ from ..config import StageConfig, option
 from ..errors import LapeError
 from ..fingerprint import fingerprint
 from ..intervals import Interval, bootstrap_weights, percentile_interval, wilson
+from ..intervene import Edit
 from ..masks import NeuronSets, random_like_mask
 from ..models import input_device
 from ..space import NeuronSpace
@@ -233,8 +234,10 @@ def _prompt_pass(model: nn.Module, space: NeuronSpace, tokenizer: Any, prompt: A
     mults = mults.to(acts.device)
     for s in range(0, mults.shape[0], batch_size):
         chunk = mults[s:s + batch_size]
-        out = last_position(model, space, ids, cache, chunk.shape[0],
-                            edit=lambda layer, act, chunk=chunk: act * chunk[:, layer].to(act.dtype))
+        everyone = torch.arange(chunk.shape[-1])
+        edits = [Edit(layer, everyone, "mul", chunk[:, layer, None]) for layer in range(chunk.shape[1])
+                 if bool((chunk[:, layer] != 1).any())]  # a factor of 1 changes nothing
+        out = last_position(model, space, ids, cache, chunk.shape[0], edits)
         lp = out.log_softmax(-1)[:, letters]
         ps.append(lp[:, prompt.correct].exp().cpu())
         oks.append((lp.argmax(-1) == prompt.correct).cpu())

@@ -40,8 +40,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +50,7 @@ from ..autograd import gradients_for
 from ..errors import LapeError
 from ..head import logits_from_hidden
 from ..hooks import activation_hooks
+from ..intervene import Edit, intervene
 from ..models import input_device
 from ..space import NeuronSpace
 
@@ -106,30 +106,21 @@ def _rows_of(cache, rows: int):
 
 
 def last_position(model: nn.Module, space: NeuronSpace, ids: torch.Tensor, cache, rows: int,
-                  edit: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
-                  layers: Sequence[int] | None = None) -> torch.Tensor:
+                  edits: Sequence[Edit] = ()) -> torch.Tensor:
     """Float32 vocabulary logits ``[rows, vocab]`` of ``rows`` copies of the prompt's last token
-    run on the prefix ``cache``; ``edit(layer, act[rows, neurons])`` may replace the last
-    position's activations of ``layers`` (the prefix is never edited)."""
+    run on the prefix ``cache``, with ``edits`` (values broadcast against ``[rows, 1, neurons]``)
+    applied at that position only (the prefix is never edited)."""
+    return logits_from_hidden(model, _last_hidden(model, space, ids, cache, rows, edits)).float()
+
+
+def _last_hidden(model: nn.Module, space: NeuronSpace, ids: torch.Tensor, cache, rows: int,
+                 edits: Sequence[Edit] = ()) -> torch.Tensor:
+    """The final hidden state ``[rows, hidden]`` behind :func:`last_position` (no head: the
+    head's one-time check runs a forward pass of its own, which hooks must not see)."""
     last = ids[-1:].view(1, 1).expand(rows, 1)
-
-    def fn(layer: int, act: torch.Tensor) -> torch.Tensor | None:
-        flat = act.reshape(rows, -1, act.shape[-1])  # OPT's MLP sees [rows * 1, neurons]
-        new = edit(layer, flat[:, -1])
-        if new is None:
-            return None
-        return torch.cat([flat[:, :-1], new[:, None].to(act.dtype)], dim=1).reshape(act.shape)
-
-    hooks = activation_hooks(model, space, fn, layers=layers) if edit is not None else _nothing()
     kwargs = {_cache_kw(model): _rows_of(cache, rows)} if cache is not None else {}
-    with hooks:
-        hidden = model.base_model(input_ids=last, use_cache=cache is not None, **kwargs).last_hidden_state[:, -1]
-    return logits_from_hidden(model, hidden).float()
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
+    with intervene(model, edits=edits, positions="last", space=space, check_model=False):
+        return model.base_model(input_ids=last, use_cache=cache is not None, **kwargs).last_hidden_state[:, -1]
 
 
 def last_activations(model: nn.Module, space: NeuronSpace, ids: torch.Tensor, cache
@@ -139,11 +130,13 @@ def last_activations(model: nn.Module, space: NeuronSpace, ids: torch.Tensor, ca
     acts: dict[int, torch.Tensor] = {}
 
     def grab(layer: int, act: torch.Tensor) -> None:
-        acts[layer] = act.detach().clone()
+        acts[layer] = act.detach().reshape(-1, act.shape[-1])[-1].clone()  # [1, 1, n] (OPT: [1, n])
 
     with torch.no_grad():
-        logits = last_position(model, space, ids, cache, 1, edit=grab)[0]
-    return torch.stack([acts[layer][0] for layer in range(space.num_layers)]), logits
+        with activation_hooks(model, space, grab):
+            hidden = _last_hidden(model, space, ids, cache, 1)
+        logits = logits_from_hidden(model, hidden).float()[0]
+    return torch.stack([acts[layer] for layer in range(space.num_layers)]), logits
 
 
 def alphas(steps: int) -> torch.Tensor:
@@ -190,6 +183,8 @@ def attribute_prompt(model: nn.Module, space: NeuronSpace, ids: torch.Tensor,
         tgt = int(target(probs) if callable(target) else target)
         if not 0 <= tgt < probs.numel():
             raise LapeError(f"target token id {tgt} is outside the vocabulary (0..{probs.numel() - 1})")
+        everyone = torch.arange(space.neurons_per_layer, device=base.device)
+        nan = torch.tensor(float("nan"), dtype=base.dtype, device=base.device)
         rows = [(layer, float(a)) for layer in layers for a in alphas(steps)]
         rows += [(layer, 0.0) for layer in layers] if completeness else []
         grad_sum = torch.zeros(space.num_layers, space.neurons_per_layer, dtype=torch.float32)
@@ -199,13 +194,10 @@ def attribute_prompt(model: nn.Module, space: NeuronSpace, ids: torch.Tensor,
             layer_of = torch.tensor([layer for layer, _ in chunk], device=base.device)
             scale = torch.tensor([a for _, a in chunk], device=base.device, dtype=torch.float32)
             x = (start[layer_of] + scale[:, None] * diff[layer_of]).to(base.dtype).requires_grad_(True)
-
-            def edit(layer: int, act: torch.Tensor, layer_of: torch.Tensor = layer_of,
-                     x: torch.Tensor = x) -> torch.Tensor:
-                return torch.where((layer_of == layer)[:, None], x, act)
-
-            out = last_position(model, space, ids, cache, len(chunk), edit=edit,
-                                layers=sorted({layer for layer, _ in chunk}))
+            # each row sets its own layer's activations to its point on the path (NaN: unchanged)
+            edits = [Edit(layer, everyone, "set", torch.where((layer_of == layer)[:, None], x, nan)[:, None])
+                     for layer in sorted({layer for layer, _ in chunk})]
+            out = last_position(model, space, ids, cache, len(chunk), edits)
             p = (out[:, tgt] - torch.logsumexp(out, dim=-1)).exp()  # [rows]
             (grad,) = torch.autograd.grad(p.sum(), x)
             grad = grad.float().cpu()
@@ -238,18 +230,11 @@ def ablation_effects(model: nn.Module, space: NeuronSpace, ids: torch.Tensor, ta
         p0 = last_position(model, space, ids, cache, 1)[0].float().softmax(-1)[target]
         for s in range(0, len(neurons), batch_size):
             chunk = list(neurons[s:s + batch_size])
-            rows = torch.arange(len(chunk))
-
-            def edit(layer: int, act: torch.Tensor, chunk: list = chunk, rows: torch.Tensor = rows
-                     ) -> torch.Tensor:
-                new = act.clone()
-                for r, (lay, i) in enumerate(chunk):
-                    if lay == layer:
-                        new[r, i] = 0.0 if baseline is None else baseline[lay, i].to(act.dtype)
-                return new
-
-            logits = last_position(model, space, ids, cache, len(chunk), edit=edit,
-                                   layers=sorted({lay for lay, _ in chunk}))
+            values = {lay: torch.full((len(chunk), 1, space.neurons_per_layer), float("nan")) for lay, _ in chunk}
+            for r, (lay, i) in enumerate(chunk):  # row r sets one neuron to its baseline (NaN: unchanged)
+                values[lay][r, 0, i] = 0.0 if baseline is None else float(baseline[lay, i])
+            edits = [Edit(lay, torch.arange(space.neurons_per_layer), "set", v) for lay, v in sorted(values.items())]
+            logits = last_position(model, space, ids, cache, len(chunk), edits)
             out[s:s + len(chunk)] = (p0 - logits.softmax(-1)[:, target]).cpu()
     return out
 
@@ -268,7 +253,9 @@ def normalises_mlp_output(model: nn.Module, space: NeuronSpace, factor: float = 
     ids = (torch.arange(8, device=device) * 7919 % max(vocab - 3, 1) + 3)[None]
     with torch.no_grad():
         plain = model.base_model(input_ids=ids).last_hidden_state.float()
-        with activation_hooks(model, space, lambda layer, act: act * factor):
+        everyone = torch.arange(space.neurons_per_layer)
+        with intervene(model, edits=[Edit(layer, everyone, "mul", factor) for layer in range(space.num_layers)],
+                       space=space, check_model=False):
             scaled = model.base_model(input_ids=ids).last_hidden_state.float()
     rel = float((scaled - plain).norm() / plain.norm().clamp(min=1e-30))
     return rel < tol
