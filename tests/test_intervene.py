@@ -282,7 +282,7 @@ def test_positions_last_edits_only_the_last_position(family):
 
     def acts_under(ctx):
         seen = {}
-        with torch.no_grad(), ctx, activation_hooks(model, space, lambda l, a: seen.__setitem__(l, a.reshape(2, 7, n))):
+        with torch.no_grad(), ctx, activation_hooks(model, space, lambda layer, a: seen.__setitem__(layer, a.reshape(2, 7, n))):
             logits = model(input_ids=ids).logits
         return seen, logits
 

@@ -32,6 +32,7 @@ from lape.cli import main
 from lape.errors import LapeError
 from lape.head import check_head
 from lape.hooks import activation_hooks
+from lape.intervene import Edit
 from lape.keyneurons.attribute import KeyNeuronScores, attribute, letter_spellings, prompt_ids
 from lape.keyneurons.evaluate import (
     KeyEvalConfig,
@@ -420,13 +421,8 @@ def test_edits_change_only_the_chosen_neurons_at_the_last_position(family):
             chosen = unmodified[1][0].abs().topk(3).indices.tolist()  # non-zero (OPT's ReLU zeros many)
             for factor in (2.0, 0.0):
                 calls.clear()
-
-                def edit(layer, act, factor=factor):
-                    out = act.clone()
-                    out[:, chosen] *= factor
-                    return out
-
-                edited_logits = last_position(model, space, ids, cache, 1, edit=edit, layers=[1])
+                edit = Edit(1, torch.tensor(chosen), "mul", factor)
+                edited_logits = last_position(model, space, ids, cache, 1, [edit])
                 edited = {layer: t.reshape(-1, Nm) for layer, t in calls}
                 assert set(edited) == set(range(Lm)) and all(t.shape[0] == 1 for t in edited.values())
                 assert torch.equal(edited[0], unmodified[0])  # before the edit: untouched
