@@ -165,3 +165,44 @@ def test_two_ranks_explain_the_same_cards_as_one_process(work):
     assert torch.equal(one.firing["fire_counts"], two.firing["fire_counts"])
     assert int((one.contexts["serials"] >= 0).sum()) == 2 * 3 * 3  # every slot filled: the test compares contexts
     assert (work / "explain-two" / "index.html").is_file()
+
+
+MASSIVE_SCRIPT = """
+import json, sys
+from pathlib import Path
+import torch
+world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
+if world > 1:
+    torch.distributed.init_process_group("gloo")
+from lape import load_model
+from lape.corpora import load_corpus, load_manifest
+from lape.regions.massive import find_massive_dims
+
+work = Path(sys.argv[1])
+model, tok = load_model(str(work / "model"))
+with torch.no_grad():  # plant a massive channel on the first token, as real models have
+    model.model.layers[1].mlp.down_proj.weight[5] *= 400.0
+streams = load_corpus(load_manifest(work / "corpus.yaml"), tok, tokens_per_language={tokens}, seq_len={seq_len})
+m = find_massive_dims(model, streams, ratio=20.0, max_sequences=7, batch_size=2)
+if world == 1 or torch.distributed.get_rank() == 0:
+    (work / f"massive-{{world}}.json").write_text(json.dumps(m.to_dict()))
+if world > 1:
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+"""
+
+
+def test_two_ranks_find_the_same_massive_channels_as_one_process(work):
+    """find_massive_dims runs on tally: two ranks take every second sequence and combine their
+    peaks (the larger; on ties the earlier sequence), giving one process's result, peaks per layer,
+    positions and tokens included."""
+    import json
+
+    (work / "massive_script.py").write_text(MASSIVE_SCRIPT.format(tokens=TOKENS, seq_len=SEQ_LEN))
+    _run([sys.executable, str(work / "massive_script.py"), str(work)], cwd=work)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    launcher = [str(torchrun)] if torchrun.is_file() else [sys.executable, "-m", "torch.distributed.run"]
+    _run([*launcher, "--standalone", "--nproc-per-node", "2", str(work / "massive_script.py"), str(work)], cwd=work)
+    one, two = (json.loads((work / f"massive-{w}.json").read_text()) for w in (1, 2))
+    assert 5 in one["dims"]  # the planted channel is found: the comparison is not of two empty results
+    assert one == two

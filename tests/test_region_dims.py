@@ -462,11 +462,11 @@ def test_massive_is_judged_against_each_layers_median():
     """A channel 500x its layer's median at layer 0 is massive even though later layers' medians
     (the residual stream grows with depth) exceed its peak; a channel large only where everything
     is large is not."""
-    from lape.regions.massive import _PeakTracker
+    from lape.regions.massive import PeakTracker
 
-    tracker = _PeakTracker(layers=2, hidden=6)
-    tracker.peak = torch.tensor([[1.0, 1.0, 2.0, 500.0, 1.0, 1.0],
-                                 [1000.0, 900.0, 1100.0, 400.0, 5000.0, 1000.0]], dtype=torch.float64)
+    tracker = PeakTracker(layers=2, hidden=6)
+    tracker.sums["peak"] = torch.tensor([[1.0, 1.0, 2.0, 500.0, 1.0, 1.0],
+                                         [1000.0, 900.0, 1100.0, 400.0, 5000.0, 1000.0]], dtype=torch.float64)
     m = tracker.result(ratio=100.0, n_seqs=1)
     assert m.layer_median == [1.0, 1000.0]  # torch's quantile interpolates: (1 + 1) / 2 and (1000 + 1000) / 2
     assert m.dims == [3] and m.first_layer == {3: 0}

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from .. import artifacts
 from ..errors import LapeError
 from ..models import input_device
+from ..runningstats import RunningSums, dist_info, shard, tally
 from ..space import ParamSpace, feature_counts, is_conv1d
 
 # linear layers that add their output to the residual stream (last name component)
@@ -233,12 +236,14 @@ def find_massive_dims(model: nn.Module, sequences: Iterable[Any] | Mapping[str, 
                       space: ParamSpace | None = None) -> MassiveDims:
     """Hidden channels whose activations are orders of magnitude above the rest.
 
-    Runs the base model (no vocabulary logits) under ``inference_mode`` over up to
+    Runs the base model (no vocabulary logits, no gradients) over up to
     ``max_sequences`` sequences and takes, per hidden channel, the largest ``|h|`` over the real
     (``attention_mask == 1``) positions of the outputs of decoder layers ``0 .. L-1`` (read by
     forward hooks on the layers: the embeddings and the final norm do not count). A channel is
     massive when, at some layer's output, its peak exceeds ``ratio`` times that layer's median
     channel peak (see :class:`MassiveDims` for why per layer).
+    Under ``torchrun`` each rank runs its share of the sequences (:func:`lape.runningstats.tally`)
+    and the ranks' peaks combine to what one process finds (ties: the earlier sequence).
 
     Args:
         model: a Hugging Face causal LM.
@@ -272,59 +277,105 @@ def find_massive_dims(model: nn.Module, sequences: Iterable[Any] | Mapping[str, 
         raise LapeError("no sequence with a real token to run: give find_massive_dims some text "
                         "(e.g. the valid split of a corpus)")
     space = space or ParamSpace.of(model)
-    tracker = _PeakTracker(space.num_layers, hidden_size(model))
-    state: dict[str, torch.Tensor] = {}
-    handles = []
-    try:
-        for layer, module in enumerate(_layer_modules(model, space)):
-            def hook(mod: nn.Module, args: Any, output: Any, _layer: int = layer) -> None:
-                h = output[0] if isinstance(output, tuple) else output
-                tracker.add(_layer, h, state["mask"], state["ids"])
-            handles.append(module.register_forward_hook(hook))
-        device = input_device(model)
-        with torch.inference_mode():
-            for ids, mask in batches(seqs, batch_size):
-                state.update(ids=ids, mask=mask.bool())
-                model.base_model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return tracker.result(ratio, len(seqs))
+    layers, hidden = space.num_layers, hidden_size(model)
+    device = input_device(model)
+    rank, world = dist_info()
+    indexed = list(enumerate(seqs))  # the global index breaks ties between ranks as one process would
+
+    def rank_batches(group: str) -> Iterator[list[tuple[int, Any]]]:
+        mine = list(shard(indexed, rank, world))
+        return (mine[k:k + batch_size] for k in range(0, len(mine), batch_size))
+
+    def step(tracker: RunningSums, chunk: list[tuple[int, Any]]) -> int:
+        assert isinstance(tracker, PeakTracker)
+        ((ids, mask),) = batches([s for _, s in chunk], len(chunk))
+        tracker.batch = (ids, mask.bool(), torch.tensor([i for i, _ in chunk]))
+        with torch.no_grad():
+            model.base_model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        return int(mask.sum())
+
+    @contextmanager
+    def layer_hooks(tracker: RunningSums) -> Iterator[None]:
+        assert isinstance(tracker, PeakTracker)
+        handles = []
+        try:
+            for layer, module in enumerate(_layer_modules(model, space)):
+                def hook(mod: nn.Module, args: Any, output: Any, _layer: int = layer) -> None:
+                    tracker.add(_layer, output[0] if isinstance(output, tuple) else output)
+                handles.append(module.register_forward_hook(hook))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    key = artifacts.content_hash({"pass": "massive", "sequences": len(seqs), "batch_size": batch_size})
+    states, _ = tally(["all"], lambda group: PeakTracker(layers, hidden), rank_batches, step, key=key,
+                      progress=False, desc="massive channels", context=layer_hooks)
+    return PeakTracker.from_state(states["all"]).result(ratio, len(seqs))
 
 
-class _PeakTracker:
-    """Running per-layer, per-channel peaks of ``|h|`` with the position and token of the peak."""
+class PeakTracker(RunningSums):
+    """Running per-layer, per-channel peaks of ``|h|`` with the position, token and (global)
+    sequence index of the peak; ranks combine by taking the larger peak, on ties the earlier
+    sequence (and position), which is what one process keeps."""
 
     def __init__(self, layers: int, hidden: int) -> None:
         self.hidden = hidden
-        self.peak = torch.zeros(layers, hidden, dtype=torch.float64)
-        self.pos = torch.zeros(layers, hidden, dtype=torch.long)
-        self.tok = torch.zeros(layers, hidden, dtype=torch.long)
+        super().__init__({"peak": torch.zeros(layers, hidden, dtype=torch.float64),
+                          "pos": torch.zeros(layers, hidden, dtype=torch.long),
+                          "tok": torch.zeros(layers, hidden, dtype=torch.long),
+                          "seq": torch.full((layers, hidden), -1, dtype=torch.long)})
+        self.batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # ids, mask, sequence indices
 
-    def add(self, layer: int, h: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor) -> None:
+    @classmethod
+    def from_state(cls, state: Mapping[str, torch.Tensor]) -> PeakTracker:
+        tracker = cls(*state["peak"].shape)
+        tracker.load_state_dict(state)
+        return tracker
+
+    def add(self, layer: int, h: torch.Tensor) -> None:
+        """Fold in one decoder layer's output ``h`` ``(B, T, H)`` of the current batch."""
         if h.shape[-1] != self.hidden:
             raise LapeError(f"decoder layer {layer} outputs {h.shape[-1]} channels, not hidden_size={self.hidden}: "
                             "this architecture's layer output is not the residual stream")
+        assert self.batch is not None
+        ids, mask, seq_index = self.batch
+        s = self.sums
         values = h.detach().float().abs().cpu().masked_fill(~mask[..., None], -1.0)  # (B, T, H); padding < 0
         best, where = values.reshape(-1, self.hidden).max(0)  # (H,): the first position on ties
-        better = best.double() > self.peak[layer]
-        self.peak[layer] = torch.where(better, best.double(), self.peak[layer])
-        t = where % values.shape[1]
-        self.pos[layer] = torch.where(better, t, self.pos[layer])
-        self.tok[layer] = torch.where(better, ids.reshape(-1)[where], self.tok[layer])
+        better = best.double() > s["peak"][layer]
+        s["peak"][layer] = torch.where(better, best.double(), s["peak"][layer])
+        s["pos"][layer] = torch.where(better, where % values.shape[1], s["pos"][layer])
+        s["tok"][layer] = torch.where(better, ids.reshape(-1)[where], s["tok"][layer])
+        s["seq"][layer] = torch.where(better, seq_index[where // values.shape[1]], s["seq"][layer])
+
+    def reduce_ranks(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        dist = torch.distributed
+        parts = {}
+        for name in ("peak", "pos", "tok", "seq"):
+            gathered = [torch.empty_like(state[name]) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, state[name].contiguous())
+            parts[name] = torch.stack(gathered)  # (ranks, L, H)
+        seq = parts["seq"].masked_fill(parts["seq"] < 0, torch.iinfo(torch.long).max)
+        # the largest peak; among equal peaks the earliest sequence, then position
+        order = (parts["peak"] == parts["peak"].max(0).values) * 1.0
+        rank_key = torch.where(order > 0, seq * (1 << 20) + parts["pos"], torch.iinfo(torch.long).max)
+        best = rank_key.argmin(0, keepdim=True)  # (1, L, H)
+        return {name: parts[name].gather(0, best)[0] for name in parts}
 
     def result(self, ratio: float, n_seqs: int) -> MassiveDims:
-        peak, layer_of = self.peak.max(0)  # (H,): over layers; the first layer on ties
-        layer_median = torch.quantile(self.peak, 0.5, dim=1)  # (L,)
+        s = self.sums
+        peak, layer_of = s["peak"].max(0)  # (H,): over layers; the first layer on ties
+        layer_median = torch.quantile(s["peak"], 0.5, dim=1)  # (L,)
         scale = layer_median.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
-        times_per_layer = self.peak / scale  # (L, H): each layer's peak over that layer's median
+        times_per_layer = s["peak"] / scale  # (L, H): each layer's peak over that layer's median
         times = times_per_layer.max(0).values  # (H,)
         dims = [int(c) for c in torch.argsort(-peak, stable=True) if float(times[c]) > ratio]
         first = {c: int((times_per_layer[:, c] > ratio).nonzero()[0]) for c in dims}
-        positions = {c: int(self.pos[layer_of[c], c]) for c in dims}
-        tokens = {c: int(self.tok[layer_of[c], c]) for c in dims}
+        positions = {c: int(s["pos"][layer_of[c], c]) for c in dims}
+        tokens = {c: int(s["tok"][layer_of[c], c]) for c in dims}
         return MassiveDims(dims, peak.tolist(), float(torch.quantile(peak, 0.5)), float(ratio), first, positions,
-                           tokens, self.peak.tolist(), n_seqs, layer_median.tolist(), times.tolist())
+                           tokens, s["peak"].tolist(), n_seqs, layer_median.tolist(), times.tolist())
 
 
 # --------------------------------------------------------------------------------------------
