@@ -140,7 +140,8 @@ def identify(stats: ActivationStats, config: IdentifyConfig = IdentifyConfig(), 
         stats: per-language statistics from :func:`lape.record`.
         config: method and thresholds (paper defaults).
         out: a folder to save the sets into; sets already there made from the same stats and
-            settings are returned without recomputation.
+            settings are returned without recomputation. Beside it, ``OUT-agnostic`` receives the
+            language-agnostic neurons of the same stats (:func:`language_agnostic`).
 
     Returns:
         :class:`NeuronSets` labelled by ``stats.languages``; ``meta`` holds the thresholds, the
@@ -174,7 +175,16 @@ def identify(stats: ActivationStats, config: IdentifyConfig = IdentifyConfig(), 
             inputs=inputs, method=config.method, thresholds=thresholds, warnings=warnings)
         return NeuronSets(list(stats.languages), masks, meta)
 
-    return artifacts.run_stage(NeuronSets, out, key, compute)
+    sets = artifacts.run_stage(NeuronSets, out, key, compute)
+    if out is not None:
+        language_agnostic(stats, out=agnostic_folder(out))
+    return sets
+
+
+def agnostic_folder(neurons: str | Path) -> Path:
+    """Where :func:`identify` puts the language-agnostic set beside the sets in ``neurons``."""
+    neurons = Path(neurons)
+    return neurons.with_name(neurons.name + "-agnostic")
 
 
 def language_agnostic(stats: ActivationStats, min_probability: float | None = None,

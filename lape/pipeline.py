@@ -82,7 +82,7 @@ def run_demo(config: DemoConfig = DemoConfig(), out: str | Path = "runs/demo", p
     """
     from .activations import RecordConfig, record
     from .corpora import load_corpus, load_manifest
-    from .entropy import IdentifyConfig, identify, language_agnostic
+    from .entropy import IdentifyConfig, identify
     from .evaluate.fluency import fluency_reference
     from .evaluate.perplexity import PerplexityConfig, ppl_matrix
     from .evaluate.steering import SteerConfig, Steerer
@@ -111,7 +111,6 @@ def run_demo(config: DemoConfig = DemoConfig(), out: str | Path = "runs/demo", p
     stats = timer.run("record", lambda: record(model, corpus, rcfg, out=run / "stats", progress=progress))
 
     sets = timer.run("identify", lambda: identify(stats, IdentifyConfig(seed=config.seed), out=run / "neurons"))
-    language_agnostic(stats, out=run / "neurons-agnostic")
     if not getattr(sets, "from_cache", False) or not (run / "plots").is_dir():
         save_neuron_plots(run / "neurons", run / "stats", out=run / "plots")
 

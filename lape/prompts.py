@@ -48,6 +48,18 @@ def builtin_prompts(name: str, words: int = 8) -> list[str]:
     raise LapeError(f"unknown built-in prompt set {name!r}: use builtin:{' or builtin:'.join(PROMPT_SETS)}")
 
 
+HELD_OUT_PROMPTS = "builtin:test"  # the set results are reported on: never used to choose settings
+
+
+def development_prompts(spec: str, limit: int | None = None) -> list[str]:
+    """:func:`load_prompts` for choosing settings (steering calibration): refuses the held-out
+    test prompts, so that a reported figure never comes from data its settings were chosen on."""
+    if spec == HELD_OUT_PROMPTS:
+        raise LapeError(f"{HELD_OUT_PROMPTS} holds the held-out prompts results are reported on: calibrate on "
+                        "builtin:dev (or your own development prompts)")
+    return load_prompts(spec, limit)
+
+
 def load_prompts(spec: str, limit: int | None = None) -> list[str]:
     """Prompts from a text file (one per line) or ``builtin:NAME`` (:data:`PROMPT_SETS`)."""
     if spec.startswith("builtin:"):

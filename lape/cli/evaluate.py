@@ -121,14 +121,11 @@ def cmd_steer_eval(args: argparse.Namespace) -> int:
 
 def cmd_steer_calibrate(args: argparse.Namespace) -> int:
     from ..evaluate.steer_profile import CalibrateConfig, calibrate
-    from ..prompts import load_prompts
+    from ..prompts import development_prompts
 
     config = config_from_args(CalibrateConfig, args)
-    if args.prompts == "builtin:test":
-        raise LapeError("builtin:test holds the held-out prompts results are reported on: calibrate on "
-                        "builtin:dev (or your own development prompts)")
+    prompts = development_prompts(args.prompts, limit=args.limit)  # refuses the held-out test prompts
     out = common.out_folder(args.out or args.neurons, "--out")
-    prompts = load_prompts(args.prompts, limit=args.limit)
     targets = _targets(args)
     args.no_profile = True  # calibrate from the plain settings
     steerer, source, reference = _steerer(args, targets)

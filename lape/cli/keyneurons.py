@@ -93,30 +93,20 @@ def cmd_select(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .. import artifacts
     from ..keyneurons.attribute import KeyNeuronScores
-    from ..keyneurons.evaluate import KeyEvalConfig, evaluate_key_neurons
-    from ..keyneurons.select import KeyNeuronMaps, plain_na_config, select
+    from ..keyneurons.evaluate import KeyEvalConfig, evaluate_key_neurons, held_out_inputs
+    from ..keyneurons.select import KeyNeuronMaps, plain_na_sets
     from ..masks import NeuronSets
 
     config = config_from_args(KeyEvalConfig, args)
     sets = NeuronSets.load(args.neurons)
     out = common.out_folder(args.out)
     questions = questions_half(args, "eval")
-    selection = questions_half(args, "select")  # their activations choose the activation baselines
-    if artifacts.exists(args.neurons, KeyNeuronMaps.KIND):
-        used = set(KeyNeuronMaps.load(args.neurons).uids)
-        seen = used & {q.uid for q in questions}
-        if seen:
-            raise LapeError(f"{len(seen)} evaluation question(s) (e.g. {sorted(seen)[0]!r}) were used to select these "
-                            "key neurons: give the same --questions/--clusters/--per-cluster/--eval-share as for "
-                            "attribute")
-        selection = [q for q in selection if q.uid in used]
-    if not selection or not set(sets.labels) <= {q.cluster for q in selection}:
+    used = KeyNeuronMaps.load(args.neurons).uids if artifacts.exists(args.neurons, KeyNeuronMaps.KIND) else None
+    selection = held_out_inputs(sets, questions, questions_half(args, "select"), used)
+    if selection is None:
         logger.info("the selection questions are not all known here: the activation baselines use the evaluation "
                     "questions' own activations")
-        selection = None
-    na_sets = None
-    if args.scores:
-        na_sets, _ = select(KeyNeuronScores.load(args.scores), plain_na_config(sets))
+    na_sets = plain_na_sets(KeyNeuronScores.load(args.scores), sets) if args.scores else None
     model, tok = common.load(args)
     ev = evaluate_key_neurons(model, tok, sets, questions, config, na_sets=na_sets, selection=selection, out=out,
                               templates=custom_templates(args), progress=not args.quiet)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..config import add_config_args, config_from_args
 from . import common
@@ -26,15 +25,14 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 def cmd_identify(args: argparse.Namespace) -> int:
     from ..activations import ActivationStats
-    from ..entropy import IdentifyConfig, identify, language_agnostic
+    from ..entropy import IdentifyConfig, identify
 
     config = config_from_args(IdentifyConfig, args)
     out = common.out_folder(args.out)
     stats = ActivationStats.load(args.stats)
     if args.languages:  # LAPE over the languages of interest only
         stats = stats.subset(args.languages)
-    sets = identify(stats, config, out=out)
-    language_agnostic(stats, out=Path(args.out).with_name(Path(args.out).name + "-agnostic"))
+    sets = identify(stats, config, out=out)  # and the language-agnostic set in OUT-agnostic
     logger.info("%s neurons per language: %s -> %s", sets.meta["method"],
                 ", ".join(f"{k} {v}" for k, v in sets.counts().items()), args.out)
     return 0

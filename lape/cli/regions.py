@@ -11,25 +11,13 @@ with a region frozen) and ``bridge`` (LAPE neurons against the regions).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..config import add_config_args, config_from_args
 from ..corpora import load_manifest
 from ..errors import LapeError
+from ..report import save_result_figure
 from . import common
 from .common import logger
-
-
-def _save_figure(result, out, stem: str, make) -> None:
-    """Write ``out/STEM.png|svg`` unless the result came from the cache and both files are there."""
-    from ..report import save_figure
-
-    if out is None:
-        return
-    path = Path(out) / stem
-    if getattr(result, "from_cache", False) and all((Path(out) / f"{stem}.{ext}").is_file() for ext in ("png", "svg")):
-        return
-    save_figure(make(result), path)
 
 
 def _eval_languages(args: argparse.Namespace, manifest, regions_languages: list[str]) -> list[str]:
@@ -81,18 +69,6 @@ def cmd_stability(args: argparse.Namespace) -> int:
     return 0
 
 
-def _massive_rows(model, regions, streams) -> dict:
-    """The extra removal rows: the core region with its massive-dimension entries kept."""
-    from ..regions.massive import find_massive_dims, residual_axes, without_dims
-
-    massive = find_massive_dims(model, streams)
-    if not massive.dims:
-        logger.info("no massive-activation dimension found (none above %gx its layer's median channel peak): no extra row", massive.ratio)
-        return {}
-    logger.info("massive-activation dimensions: %s", ", ".join(map(str, massive.dims)))
-    return {"core-keep-massive": without_dims(regions.mask("core"), residual_axes(model), massive.dims)}
-
-
 def _regions_and_text(args: argparse.Namespace, config, labels: list[str]) -> tuple:
     """``(regions, model, held-out streams)`` of an ``ablate``/``dims`` command line: the
     manifest, the regions of ``args.regions`` and their ``labels`` are checked before the model
@@ -113,16 +89,21 @@ def _regions_and_text(args: argparse.Namespace, config, labels: list[str]) -> tu
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from ..plots import region_removal
-    from ..regions.ablate import AblateConfig, ablate_regions, region_of_row
+    from ..regions.ablate import AblateConfig, ablate_regions, keep_massive_rows, region_of_row
+    from ..regions.massive import find_massive_dims
 
     config = config_from_args(AblateConfig, args)
     out = common.out_folder(args.out)
     regions, model, streams = _regions_and_text(args, config, labels=[region_of_row(r) for r in args.rows or []])
     rows = args.rows  # None: every region, with core/bottom/random-matrices (the regions without norm entries)
-    extra = _massive_rows(model, regions, streams) if args.keep_massive and "core" in regions.labels else {}
+    extra = {}
+    if args.keep_massive:
+        massive = find_massive_dims(model, streams)
+        logger.info("%s", massive.summary_line())
+        extra = keep_massive_rows(model, regions, massive)
     result = ablate_regions(model, streams, regions, config, rows=rows, extra=extra, out=out,
                             progress=not args.quiet)
-    _save_figure(result, out, "removal", region_removal)
+    save_result_figure(result, out, "removal", region_removal)
     logger.info("%s -> %s", result.summary_line(), args.out)
     return 0
 
@@ -135,7 +116,7 @@ def cmd_dims(args: argparse.Namespace) -> int:
     out = common.out_folder(args.out)
     regions, model, streams = _regions_and_text(args, config, labels=[config.label])
     result = region_dims(model, streams, regions, config, out=out)
-    _save_figure(result, out, "dimensions", lambda r: dimension_figure(r.profile, r.massive))
+    save_result_figure(result, out, "dimensions", lambda r: dimension_figure(r.profile, r.massive))
     logger.info("%s -> %s", result.summary_line(), args.out)
     return 0
 
@@ -162,7 +143,7 @@ def cmd_perturb(args: argparse.Namespace) -> int:
                         f"({massive.summary_line()})")
     result = region_perturb(model, streams, massive, config, scores=imp, ordinary_dim=args.ordinary_dim, out=out,
                      progress=not args.quiet)
-    _save_figure(result, out, "superweights", superweight_figure)
+    save_result_figure(result, out, "superweights", superweight_figure)
     logger.info("%s", result.verdict())
     logger.info("%s -> %s", result.summary_line(), args.out)
     return 0
@@ -194,7 +175,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                           config.seed, [config.train_language])
     valid = common.corpus(m, tok, "valid", config.eval_tokens_per_language, config.seq_len, config.seed, languages)
     result = rt.region_train(model, train, valid, regions, config, out=out, progress=not args.quiet)
-    _save_figure(result, out, "forgetting", forgetting_figure)
+    save_result_figure(result, out, "forgetting", forgetting_figure)
     logger.info("%s", result.verdict())
     logger.info("%s -> %s", result.summary_line(), args.out)
     return 0

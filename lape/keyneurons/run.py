@@ -43,7 +43,7 @@ def run_keyneurons(model: Any, tok: Any, run: str | Path, config: KeyNeuronsRunC
     from .attribute import AttributeConfig, attribute
     from .evaluate import KeyEvalConfig, evaluate_key_neurons
     from .questions import load_questions, split_questions
-    from .select import SelectConfig, plain_na_config, select
+    from .select import SelectConfig, plain_na_sets, select
 
     step = timer or (lambda name, fn: fn())
     run = Path(run)
@@ -53,7 +53,7 @@ def run_keyneurons(model: Any, tok: Any, run: str | Path, config: KeyNeuronsRunC
     scores = step("keyneurons-attribute", lambda: attribute(model, tok, selection, acfg, out=run / "keyneurons-scores",
                                                             progress=progress))
     sets, maps = select(scores, SelectConfig(), out=run / "keyneurons")
-    na_sets, _ = select(scores, plain_na_config(sets))
+    na_sets = plain_na_sets(scores, sets)
     if not getattr(sets, "from_cache", False) or not (run / "keyneurons-plots").is_dir():
         save_neuron_plots(run / "keyneurons", out=run / "keyneurons-plots")
         save_figure(accumulated_heatmap(maps.clusters, maps.accumulated), run / "keyneurons-plots" / "accumulated_heatmap")

@@ -148,6 +148,12 @@ class KeyNeuronMaps(artifacts.Artifact):
                    tensors["per_question"], meta, list(payload.get("uids", [])))
 
 
+def plain_na_sets(scores: KeyNeuronScores, sets: NeuronSets) -> NeuronSets:
+    """The plain-NA baseline of key-neuron sets: the same scores selected without ICA and with
+    the common neurons kept (:func:`plain_na_config`), not saved."""
+    return select(scores, plain_na_config(sets))[0]
+
+
 def plain_na_config(sets: NeuronSets) -> SelectConfig:
     """The plain-NA ablation (no ICA, common neurons kept) of the selection that made ``sets``:
     its ``top_v`` and normaliser, so the baseline differs from the sets in the ICA step only."""

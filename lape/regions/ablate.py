@@ -50,6 +50,7 @@ from ..masks import ParamRegions, mono_language
 from ..models import check_positions
 from ..space import ParamSpace
 from ..weights import edit_weights
+from .massive import MassiveDims, residual_axes, without_dims
 
 logger = logging.getLogger(__name__)
 MATRICES = "-matrices"  # row suffix: the region without its norm entries
@@ -146,6 +147,18 @@ class RegionPerplexity(PerplexityResult):
         out["ppl_ratio"] = [{"removed": r, **dict(zip(self.languages, self.ppl_ratio(r)))} for r in self.rows]
         out.update(diagonal=d["diagonal_nll"], columns=d["columns"], controls=d["controls"], matrices=d["matrices"])
         return out
+
+
+KEEP_MASSIVE_ROW = "core-keep-massive"
+
+
+def keep_massive_rows(model: nn.Module, regions: ParamRegions, massive: MassiveDims) -> dict[str, dict[str, torch.Tensor]]:
+    """The extra removal row ``core-keep-massive``: the core region without its entries on the
+    massive residual channels (``{}`` without massive channels or a core region), to pass as
+    ``extra=`` to :func:`ablate_regions`."""
+    if not massive.dims or "core" not in regions.labels:
+        return {}
+    return {KEEP_MASSIVE_ROW: without_dims(regions.mask("core"), residual_axes(model), massive.dims)}
 
 
 def region_of_row(row: str) -> str:

@@ -77,11 +77,10 @@ def run_regions(model: Any, tok: Any, manifest: Any, run: str | Path, config: Re
     """
     from ..corpora import load_corpus
     from ..space import ParamSpace
-    from .ablate import AblateConfig, ablate_regions
+    from .ablate import AblateConfig, ablate_regions, keep_massive_rows
     from .bridge import region_bridge
     from .dims import DimsConfig, region_dims
     from .importance import ImportanceConfig, param_importance
-    from .massive import residual_axes, without_dims
     from .perturb import PerturbConfig, region_perturb
     from .select import RegionConfig, select_regions
     from .train import TrainConfig, region_train
@@ -114,9 +113,7 @@ def run_regions(model: Any, tok: Any, manifest: Any, run: str | Path, config: Re
     massive = dims.massive
     logger.info("[regions] %s", dims.summary_line())
 
-    extra = {}
-    if massive.dims:
-        extra["core-keep-massive"] = without_dims(regions.mask("core"), residual_axes(model), massive.dims)
+    extra = keep_massive_rows(model, regions, massive)
     acfg = AblateConfig(tokens_per_language=config.eval_tokens_per_language, seq_len=config.seq_len, seed=config.seed)
     out["region-ppl"] = step("region-ppl", lambda: ablate_regions(model, valid, regions, acfg, extra=extra,
                                                                   out=run / "region-ppl", progress=progress))

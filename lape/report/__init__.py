@@ -44,12 +44,13 @@ from .html import (
     kv_table,
     lang_tag,
     save_figure,
+    save_result_figure,
     section_html,
 )
 
 __all__ = ["SECTIONS", "ReportContext", "SectionRenderer", "all_sections", "find_artifacts", "layer_shares",
            "neuron_summary", "render_fluency_reference", "render_neurons", "render_ppl", "render_stats",
-           "render_steering", "save_figure", "save_neuron_plots", "write_report"]
+           "render_steering", "save_figure", "save_neuron_plots", "save_result_figure", "write_report"]
 
 logger = logging.getLogger(__name__)
 

@@ -70,6 +70,16 @@ def save_figure(fig: Figure, path_stem: str | Path) -> list[Path]:
     return write_figure(png, svg, Path(path_stem))
 
 
+def save_result_figure(result: Any, out: str | Path | None, stem: str, make: Callable[[Any], Figure]) -> None:
+    """Write ``out/STEM.png|svg`` of ``make(result)``, unless ``result`` came from its cache and
+    both files are there already (a cached re-run draws nothing); nothing without ``out``."""
+    if out is None:
+        return
+    if getattr(result, "from_cache", False) and all((Path(out) / f"{stem}.{ext}").is_file() for ext in ("png", "svg")):
+        return
+    save_figure(make(result), Path(out) / stem)
+
+
 # --------------------------------------------------------------------------------------------
 # HTML pieces
 
