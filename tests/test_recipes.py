@@ -14,8 +14,8 @@ from tiny_models import tiny_model
 
 from lape.entropy import agnostic_folder, identify, language_agnostic
 from lape.errors import LapeError
-from lape.keyneurons.evaluate import held_out_inputs
 from lape.keyneurons.prompts import Question
+from lape.keyneurons.questions import held_out_inputs
 from lape.masks import NeuronSets, ParamRegions
 from lape.prompts import development_prompts, load_prompts
 from lape.regions.ablate import keep_massive_rows

@@ -12,38 +12,10 @@ from ..masks import parse_neuron
 from . import common
 from .common import logger
 
-REGION_MIN_SHARE = 0.05  # a neuron belongs to a region's neuron view when >= 5% of its parameters are in it
-
-
-def _set_names(folders: list[str]) -> list[str]:
-    names = [Path(f).name for f in folders]
-    if len(set(names)) < len(names):
-        names = [f"{Path(f).parent.name}/{Path(f).name}" for f in folders]
-    return names
-
-
-def load_sets(folders: list[str], model, space) -> dict:
-    """``{name: NeuronSets}`` of neuron-set folders; a regions folder gives its neuron view."""
-    from .. import artifacts
-    from ..keyneurons.compare import region_neuron_sets
-    from ..masks import NeuronSets, ParamRegions
-
-    sets = {}
-    for name, folder in zip(_set_names(folders), folders):
-        kind = artifacts.kind_of(folder)
-        if kind == NeuronSets.KIND:
-            sets[name] = NeuronSets.load(folder, model=model)
-        elif kind == ParamRegions.KIND:
-            sets[name] = region_neuron_sets(ParamRegions.load(folder, model=model), space, REGION_MIN_SHARE)
-        else:
-            raise LapeError(f"{folder} holds {kind or 'no lape result'}, not neuron sets or regions: give "
-                            "RUN/neurons, a key-neuron sets folder or RUN/regions")
-    return sets
-
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from ..explain import ExplainConfig
-    from ..explain.run import explain_sets
+    from ..explain.run import explain_sets, load_neuron_sets
     from ..runningstats import dist_info
     from ..space import NeuronSpace
 
@@ -55,7 +27,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise LapeError("--random-control needs neuron-set folders to draw a control like")
     out = common.out_folder(args.out)
     model, tok, streams = common.corpus_pass(args, config)
-    sets = load_sets(args.sets, model, NeuronSpace.of(model))
+    sets = load_neuron_sets(args.sets, model, NeuronSpace.of(model))
     cards = explain_sets(model, tok, streams, sets, config, extra=extra, random_control=args.random_control,
                          out=out, progress=not args.quiet)
     if dist_info()[0] == 0:

@@ -93,7 +93,8 @@ def cmd_select(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .. import artifacts
     from ..keyneurons.attribute import KeyNeuronScores
-    from ..keyneurons.evaluate import KeyEvalConfig, evaluate_key_neurons, held_out_inputs
+    from ..keyneurons.evaluate import KeyEvalConfig, evaluate_key_neurons
+    from ..keyneurons.questions import held_out_inputs
     from ..keyneurons.select import KeyNeuronMaps, plain_na_sets
     from ..masks import NeuronSets
 

@@ -9,11 +9,41 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import LapeError
 from ..masks import NeuronSets
 from ..runningstats import dist_info
+from ..space import NeuronSpace
 from .cards import ExplainConfig, NeuronCards, explain, neuron_table
 from .page import write_page
 from .report import CONTROL_PREFIX
+
+
+def _set_names(folders: Sequence[str]) -> list[str]:
+    names = [Path(f).name for f in folders]
+    if len(set(names)) < len(names):
+        names = [f"{Path(f).parent.name}/{Path(f).name}" for f in folders]
+    return names
+
+
+def load_neuron_sets(folders: Sequence[str], model: nn.Module, space: NeuronSpace) -> dict[str, NeuronSets]:
+    """``{name: NeuronSets}`` of neuron-set folders (named by folder, or parent/folder where two
+    share a name); a regions folder gives its neuron view (neurons with at least
+    :data:`lape.keyneurons.compare.REGION_MIN_SHARE` of their parameters in the region)."""
+    from .. import artifacts
+    from ..keyneurons.compare import region_neuron_sets
+    from ..masks import ParamRegions
+
+    sets = {}
+    for name, folder in zip(_set_names(folders), folders):
+        kind = artifacts.kind_of(folder)
+        if kind == NeuronSets.KIND:
+            sets[name] = NeuronSets.load(folder, model=model)
+        elif kind == ParamRegions.KIND:
+            sets[name] = region_neuron_sets(ParamRegions.load(folder, model=model), space)
+        else:
+            raise LapeError(f"{folder} holds {kind or 'no lape result'}, not neuron sets or regions: give "
+                            "RUN/neurons, a key-neuron sets folder or RUN/regions")
+    return sets
 
 
 def with_random_controls(sets: Mapping[str, NeuronSets], seed: int) -> dict[str, NeuronSets]:

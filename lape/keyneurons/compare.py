@@ -44,7 +44,10 @@ RANDOM_PREFIX = "random"  # random rows of a perplexity matrix: "random<k>:<lang
 PPL_SPLITS = ("parallel", "valid")  # the comparison's perplexity text: the first every language declares
 
 
-def region_neuron_sets(regions: Any, space: Any, min_share: float) -> NeuronSets:
+REGION_MIN_SHARE = 0.05  # a neuron belongs to a region's neuron view when >= 5% of its parameters are in it
+
+
+def region_neuron_sets(regions: Any, space: Any, min_share: float = REGION_MIN_SHARE) -> NeuronSets:
     """The monolingual regions' neuron view, labelled by language (``mono:fr`` -> ``fr``)."""
     langs = [lab for lab in regions.labels if mono_language(lab)]
     if not langs:

@@ -62,6 +62,7 @@ from typing import Any
 from ..errors import LapeError
 from ..files import read_yaml
 from ..hf_datasets import open_dataset
+from ..masks import NeuronSets
 from .prompts import (
     LETTERS,
     Question,
@@ -419,6 +420,34 @@ def split_questions(questions: Sequence[Question],
         evaluation.update(q.uid for q in ranked[:k])
     selection = [q for q in questions if q.uid not in evaluation]
     return selection, [q for q in questions if q.uid in evaluation]
+
+
+def held_out_inputs(sets: NeuronSets, questions: Sequence[Question], selection: Sequence[Question],
+                    used_uids: Sequence[str] | None) -> list[Question] | None:
+    """Check that the evaluation ``questions`` were not used to select ``sets`` and return the
+    selection questions that choose the activation baselines (``None``: unknown here, so the
+    evaluation questions' own activations choose them).
+
+    Args:
+        sets: the key neurons.
+        questions: the evaluation half.
+        selection: the selection half of the same split.
+        used_uids: the questions the sets were selected on (:class:`KeyNeuronMaps`'s ``uids``), if known.
+
+    Raises:
+        LapeError: an evaluation question was used for the selection (another split was given).
+    """
+    if used_uids is not None:
+        used = set(used_uids)
+        seen = used & {q.uid for q in questions}
+        if seen:
+            raise LapeError(f"{len(seen)} evaluation question(s) (e.g. {sorted(seen)[0]!r}) were used to select these "
+                            "key neurons: give the same --questions/--clusters/--per-cluster/--eval-share as for "
+                            "attribute")
+        selection = [q for q in selection if q.uid in used]
+    if not selection or not set(sets.labels) <= {q.cluster for q in selection}:
+        return None
+    return list(selection)
 
 
 def questions_key(questions: Sequence[Question]) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import artifacts
 from ..config import StageConfig, option
+from .compare import REGION_MIN_SHARE
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class KeyNeuronsRunConfig(StageConfig):
     steps: int = option(8, min=1)  # IG steps (the paper's 16 in the full run)
     templates: int = option(1, min=1)  # templates per question (paper: 3)
     random_seeds: int = option(2, min=0)  # random-set draws in the evaluation
-    region_min_share: float = option(0.05, gt=0.0, max=1.0)  # neuron view of the monolingual regions
+    region_min_share: float = option(REGION_MIN_SHARE, gt=0.0, max=1.0)  # neuron view of the monolingual regions
     ppl_tokens_per_language: int = option(256, gt=0)  # held-out tokens per language for the effect table
     seq_len: int = option(256, min=2)
     seed: int = option(0, min=0)
