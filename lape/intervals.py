@@ -94,6 +94,22 @@ def bootstrap(values: Sequence[float] | np.ndarray, statistic: Callable[[np.ndar
     return percentile_interval(value, stats, level)
 
 
+def geomean_interval(ratios: Sequence[float], *, resamples: int = 2000, seed: int = 0) -> Interval:
+    """The geometric mean of positive ``ratios`` (one per item, e.g. a PPL ratio per language)
+    with its percentile bootstrap 95% interval over the items (NaN ones dropped).
+
+    Example:
+        >>> geomean_interval([2.0, 8.0]).value
+        4.0
+    """
+    logs = [math.log(r) for r in ratios if not math.isnan(r)]
+    if any(not math.isfinite(v) for v in logs):  # a ratio of 0 or infinity: no finite mean
+        return Interval(math.exp(sum(logs) / len(logs)), float("nan"), float("nan"))
+    log_mean = bootstrap(logs, resamples=resamples, seed=seed)
+    return Interval(*(math.exp(v) if math.isfinite(v) else float("nan")
+                      for v in (log_mean.value, log_mean.low, log_mean.high)))
+
+
 def percentile_interval(value: float, stats: Sequence[float] | np.ndarray, level: float = 0.95) -> Interval:
     """``value`` with the ``(1 - level) / 2`` and ``(1 + level) / 2`` percentiles of the resampled
     statistics ``stats`` (non-finite ones dropped; NaN bounds when none is left)."""

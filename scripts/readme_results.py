@@ -135,35 +135,20 @@ def regions_section(run: Path, prefix: str) -> str:
                        [[lang, f"{math.exp(b):.1f}", *(f"{math.exp(r.nll[r.rows.index(c)][j]):,.1f}" for c in ctrl_rows)]
                         for j, (lang, b) in enumerate(zip(r.languages, r.base_nll))])
         diag, cols = r.diagonal_summary("nll"), r.column_summary()
-        geo = {c["row"]: c["geomean_ppl_ratio"] for c in controls}
-        ent = {c["row"]: c["entries"] for c in controls}
-        if "core-keep-massive" in geo:
-            kept = ent["core"] - ent["core-keep-massive"]
-            massive_note = (f"Keeping the {kept:,} core entries that lie on the massive channels (removing the other "
-                            f"{ent['core-keep-massive']:,}) leaves a PPL ratio of x{geo['core-keep-massive']:.3g} "
-                            f"instead of x{geo['core']:.3g}: those {kept / ent['core']:.1%} of the core carry "
-                            + ("most of its effect." if math.log(geo["core-keep-massive"]) < 0.5 * math.log(geo["core"])
-                               else "part of its effect, not most of it."))
-        else:
-            massive_note = "No massive channel was found, so there is no row with them kept."
+        massive_note = r.keep_massive_sentence() or "No massive channel was found, so there is no row with them kept."
         mono = _table(["removed", *r.languages],
                       [[row, *(f"{v:+.3f}" for v in vals)] for row, vals in zip(r.rows, r.delta_nll())
                        if row.startswith("mono:")])
         figs = _copy_figures(run, prefix, ["region_removal"])
-        matrices = r.matrices_summary()
-        matrices_note = ("Without their norm entries (`-matrices` rows; Gemma's norm scales reach the hundreds, so a "
-                         "region holding norm entries is no neutral control): " + "; ".join(
-                             f"{m['region']} x{m['geomean_ppl_ratio']:.3g} with its {m['norm_entries']:,} norm entries, "
-                             f"x{m['matrices_geomean_ppl_ratio']:.3g} without"
-                             + (f" (the matrices carry {m['matrices_share']:.0%} of the log ratio)"
-                                if math.isfinite(m["matrices_share"]) else "") for m in matrices) + "."
-                         if matrices else "")
+        matrices_note = r.matrices_sentence()
         lines += ["#### Removing regions", "",
                   f"Held-out text, {r.meta['config']['tokens_per_language']} tokens per language; removal = "
                   f"{r.meta['removal']}. PPL ratio to the unmodified model, geometric mean over "
                   f"{len(r.languages)} languages: "
-                  + ", ".join(f"**{c['row']} x{c['geomean_ppl_ratio']:.3g}** (>= 2x in {c['languages_doubled']} of "
-                              f"{c['languages']})" for c in controls) + ". " + massive_note, "", matrices_note, "",
+                  + ", ".join(f"**{c['row']} x{c['geomean_ppl_ratio']:.3g}** [{c['geomean_low']:.3g}, "
+                              f"{c['geomean_high']:.3g}] (>= 2x in {c['languages_doubled']} of {c['languages']})"
+                              for c in controls)
+                  + " (95% bootstrap intervals over the languages). " + massive_note, "", matrices_note, "",
                   table, "",
                   f"Monolingual regions (NLL change, nats/token): the region's own language is hit hardest in its "
                   f"row in **{sum(d['own_hit_hardest'] for d in diag)} of {len(diag)}**, and each language is hurt "
@@ -196,11 +181,12 @@ def regions_section(run: Path, prefix: str) -> str:
                   *[f"![{k}]({v})" for k, v in figs.items()], ""]
     if (run / "region-perturb").is_dir():
         p_ = load(run / "region-perturb")
-        rows = [[r_["edit"], f"x{r_['ppl_ratio']:,.3g}", "yes" if r_["collapses"] else "no",
+        rows = [[r_["edit"], f"x{r_['ppl_ratio']:,.3g} [{r_['ppl_ratio_low']:,.3g}, {r_['ppl_ratio_high']:,.3g}]",
+                 "yes" if r_["collapses"] else "no",
                  f"{r_['bos_layer_base']:,.0f} -> {r_['bos_layer']:,.0f}",
                  f"{r_['bos_last_base']:,.0f} -> {r_['bos_last']:,.0f}"] for r_ in p_.edit_rows()]
         lines += ["#### Super weights", "", p_.verdict(), "",
-                  _table(["edit", "PPL ratio (geometric mean over languages)", "collapses",
+                  _table(["edit", "PPL ratio (geometric mean over languages, 95% CI)", "collapses",
                           "first-token h_c after its layer", "after the last layer"], rows), ""]
     if (run / "region-train").is_dir():
         f_ = load(run / "region-train")

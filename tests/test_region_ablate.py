@@ -255,3 +255,34 @@ def test_region_overlap_against_a_brute_force_count():
         assert r["param_enrichment"] == pytest.approx(r["param_share"] / chance)
     with pytest.raises(LapeError, match="same model"):
         bridge_rows(NeuronSets(["aa"], sel[:1, :, :5]), regions, space)
+
+
+def test_the_removal_sentences_and_intervals_by_hand():
+    """The geometric mean's interval comes from resampling the languages; the keep-massive sentence
+    says "most of its effect" exactly when keeping the massive entries removes over half of the
+    core's mean log PPL ratio."""
+    from lape.intervals import bootstrap
+
+    rows = ["core", "core-keep-massive", "core-matrices"]
+    base = [1.0, 1.0, 1.0, 1.0]
+    nll = [[9.0, 7.0, 8.0, 6.0], [3.0, 2.0, 4.0, 3.0], [8.0, 7.0, 7.0, 6.0]]
+    meta = {"entries": {"core": 1000, "core-keep-massive": 980, "core-matrices": 990},
+            "norm_entries": {"core": 10, "core-keep-massive": 10, "core-matrices": 0}}
+    res = RegionPerplexity(rows, ["aa", "bb", "cc", "dd"], base, nll, [[math.nan] * 4] * 3,
+                           {k: 10 for k in ("aa", "bb", "cc", "dd")}, meta)
+    core = res.control_summary()[0]
+    logs = [v - 1.0 for v in nll[0]]  # log PPL ratios per language
+    want = bootstrap(logs)
+    assert core["geomean_ppl_ratio"] == pytest.approx(math.exp(6.5))
+    assert (core["geomean_low"], core["geomean_high"]) == pytest.approx((math.exp(want.low), math.exp(want.high)))
+    assert core["geomean_low"] < core["geomean_ppl_ratio"] < core["geomean_high"]
+    # keep-massive: mean log ratio 2 against 6.5, below half: "most"
+    assert res.keep_massive_sentence() == (
+        "Keeping the 20 core entries that lie on the massive channels (removing the other 980) leaves a PPL ratio "
+        f"of x{math.exp(2.0):.3g} instead of x{math.exp(6.5):.3g}: those 2.0% of the core carry most of its effect.")
+    res.nll[1] = [8.0, 6.0, 7.0, 5.0]  # mean log ratio 5.5 > 6.5 / 2: part, not most
+    assert res.keep_massive_sentence().endswith("part of its effect, not most of it.")
+    assert "core x665 with its 10 norm entries, x403 without (the matrices carry 92% of the log ratio)" \
+        in res.matrices_sentence()
+    only_core = RegionPerplexity(["core"], ["aa"], [1.0], [[2.0]], [[math.nan]], {"aa": 10}, {"entries": {"core": 5}})
+    assert only_core.keep_massive_sentence() == "" and only_core.matrices_sentence() == ""

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,7 @@ from ..corpora.identity import check_corpus, corpus_key
 from ..errors import LapeError
 from ..evaluate.perplexity import LanguageNLL, PerplexityConfig, PerplexityResult
 from ..fingerprint import fingerprint
+from ..intervals import geomean_interval
 from ..masks import ParamRegions, mono_language
 from ..models import check_positions
 from ..space import ParamSpace
@@ -91,8 +91,8 @@ class RegionPerplexity(PerplexityResult):
         return [math.exp(v - b) for v, b in zip(self.nll[i], self.base_nll)]
 
     def control_summary(self) -> list[dict[str, Any]]:
-        """Per non-monolingual row: the geometric mean, smallest and largest PPL ratio over the
-        languages, the number of languages whose PPL at least doubles, and the row's entries and
+        """Per non-monolingual row: the geometric mean (with its 95% bootstrap interval over the
+        languages), smallest and largest PPL ratio over the languages, the number of languages whose PPL at least doubles, and the row's entries and
         norm entries."""
         out = []
         for row in self.rows:
@@ -101,7 +101,8 @@ class RegionPerplexity(PerplexityResult):
             ratios = [r for r in self.ppl_ratio(row) if not math.isnan(r)]
             if not ratios:
                 continue
-            out.append({"row": row, "geomean_ppl_ratio": math.exp(statistics.fmean(math.log(r) for r in ratios)),
+            geo = geomean_interval(ratios)
+            out.append({"row": row, "geomean_ppl_ratio": geo.value, "geomean_low": geo.low, "geomean_high": geo.high,
                         "min_ppl_ratio": min(ratios), "max_ppl_ratio": max(ratios),
                         "languages_doubled": sum(r >= 2 for r in ratios), "languages": len(ratios),
                         "entries": (self.meta.get("entries") or {}).get(row),
@@ -126,6 +127,33 @@ class RegionPerplexity(PerplexityResult):
                         "matrices_geomean_ppl_ratio": m["geomean_ppl_ratio"],
                         "matrices_share": alone / full if full != 0 else math.nan})
         return out
+
+    def keep_massive_sentence(self) -> str:
+        """What the core's entries on the massive channels carry: the ``core-keep-massive`` row
+        against ``core`` ("most of its effect" when keeping them removes more than half of the
+        core's mean log PPL ratio); empty without that row."""
+        controls = {c["row"]: c for c in self.control_summary()}
+        core, kept_row = controls.get("core"), controls.get(KEEP_MASSIVE_ROW)
+        if core is None or kept_row is None or not core["entries"]:
+            return ""
+        kept = core["entries"] - kept_row["entries"]
+        most = math.log(kept_row["geomean_ppl_ratio"]) < 0.5 * math.log(core["geomean_ppl_ratio"])
+        return (f"Keeping the {kept:,} core entries that lie on the massive channels (removing the other "
+                f"{kept_row['entries']:,}) leaves a PPL ratio of x{kept_row['geomean_ppl_ratio']:.3g} instead of "
+                f"x{core['geomean_ppl_ratio']:.3g}: those {kept / core['entries']:.1%} of the core carry "
+                + ("most of its effect." if most else "part of its effect, not most of it."))
+
+    def matrices_sentence(self) -> str:
+        """Each region's PPL ratio with and without its norm entries; empty without ``-matrices`` rows."""
+        matrices = self.matrices_summary()
+        if not matrices:
+            return ""
+        return ("Without their norm entries (`-matrices` rows; norm scales can reach the hundreds, so a region "
+                "holding norm entries is no neutral control): " + "; ".join(
+                    f"{m['region']} x{m['geomean_ppl_ratio']:.3g} with its {m['norm_entries']:,} norm entries, "
+                    f"x{m['matrices_geomean_ppl_ratio']:.3g} without"
+                    + (f" (the matrices carry {m['matrices_share']:.0%} of the log ratio)"
+                       if math.isfinite(m["matrices_share"]) else "") for m in matrices) + ".")
 
     def summary_line(self) -> str:
         parts = [f"{c['row']} x{c['geomean_ppl_ratio']:.3g}" for c in self.control_summary()]

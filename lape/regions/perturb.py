@@ -54,6 +54,7 @@ from ..corpora.identity import check_corpus, corpus_key
 from ..errors import LapeError
 from ..evaluate.perplexity import LanguageNLL, PerplexityConfig
 from ..fingerprint import fingerprint
+from ..intervals import geomean_interval
 from ..models import check_positions
 from ..space import ParamSpace
 from ..weights import edit_weights
@@ -298,17 +299,20 @@ class RegionPerturb(artifacts.Artifact):
         return found[0]
 
     def edit_rows(self) -> list[dict[str, Any]]:
-        """One row per edit: what was changed, the PPL ratio and the probe's value on the massive
+        """One row per edit: what was changed, the PPL ratio (geometric mean over the languages, with
+        its 95% bootstrap interval over them) and the probe's value on the massive
         channel after the edited layer and after the last layer, unedited and edited."""
         rows = []
         last = len(self.base_bos) - 1
         for i, e in enumerate(self.edits):
             ratios = [r for r in self.ppl_ratios(i) if not math.isnan(r)]
+            geo = geomean_interval(ratios)
             rows.append({
                 "edit": e.label(self.factor), "dim": e.dim, "channel": e.channel, "layer": e.layer,
                 "target": e.target, "control": e.control, "kind": e.kind, "tensor": e.tensor, "index": list(e.index),
                 "before": e.before, "after": e.after, "scale_before": e.scale_before, "scale_after": e.scale_after,
-                "ppl_ratio": self.ppl_ratio(i), "ppl_ratio_min": min(ratios, default=math.nan),
+                "ppl_ratio": self.ppl_ratio(i), "ppl_ratio_low": geo.low, "ppl_ratio_high": geo.high,
+                "ppl_ratio_min": min(ratios, default=math.nan),
                 "ppl_ratio_max": max(ratios, default=math.nan), "collapses": self.collapses(i),
                 "bos_layer_base": self.bos_value(e.dim, e.layer), "bos_layer": self.bos_value(e.dim, e.layer, i),
                 "bos_last_base": self.bos_value(e.dim, last), "bos_last": self.bos_value(e.dim, last, i)})

@@ -91,12 +91,14 @@ def render_removal(folder: Path, ctx: ReportContext) -> str:
                    *(fmt_dec(math.exp(res.nll[res.rows.index(r)][j])) for r in control_rows))
                   for j, (lang, b) in enumerate(zip(res.languages, res.base_nll))],
                  caption="Perplexity per language, unmodified and with each control row removed")
-    controls = html_table(["removed", "entries", "norm entries", "PPL ratio (geometric mean)", "min", "max",
-                       "languages ≥ 2x"],
+    controls = html_table(["removed", "entries", "norm entries", "PPL ratio (geometric mean)", "95% interval",
+                           "min", "max", "languages ≥ 2x"],
                       [(c["row"], c["entries"], c.get("norm_entries"), fmt_dec(c["geomean_ppl_ratio"], 3),
+                        f"{c['geomean_low']:.3g} – {c['geomean_high']:.3g}",
                         fmt_dec(c["min_ppl_ratio"], 3), fmt_dec(c["max_ppl_ratio"], 3),
                         f"{c['languages_doubled']} / {c['languages']}")
-                       for c in res.control_summary()], caption="PPL with the region removed / unmodified")
+                       for c in res.control_summary()],
+                      caption="PPL with the region removed / unmodified (interval: bootstrap over the languages)")
     parts = [facts_list({"evaluated languages": len(res.languages), "removal": res.meta.get("removal"),
                      "tokens per language": (res.meta.get("config") or {}).get("tokens_per_language")}),
              fig, '<div class="row">' + controls + ppl + "</div>"]
@@ -119,7 +121,8 @@ def render_removal(folder: Path, ctx: ReportContext) -> str:
                      [(c["language"], fmt_dec(c["own_delta_nll"], 3, True), c["largest_other_row"],
                        fmt_dec(c["largest_other_delta_nll"], 3, True), _yes(c["own_hit_hardest"])) for c in cols],
                      caption="Column test: which monolingual region hurts a language most") + "</div>")
-    parts.append(f'<p class="note">{res.summary_line()}</p>')
+    sentences = " ".join(s for s in (res.keep_massive_sentence(), res.matrices_sentence()) if s)
+    parts.append(f'<p class="note">{esc(res.summary_line())}' + (f"<br>{esc(sentences)}" if sentences else "") + "</p>")
     return section_html(folder.name, "Removing regions", "".join(parts))
 
 
@@ -196,13 +199,14 @@ def render_perturb(folder: Path, ctx: ReportContext) -> str:
                    caption="Per massive channel c: the down-projection entry j* = argmax_j |a_j W[c, j]| at the "
                            "first token in the layer where c becomes massive, and the median channel's entry")
     last = len(res.base_bos) - 1
-    edits = html_table(["edit", "PPL ratio (geometric mean)", "min", "max", "collapses",
+    edits = html_table(["edit", "PPL ratio (geometric mean)", "95% interval", "min", "max", "collapses",
                     "first-token h_c after layer l: unedited", "edited", f"after layer {last}: unedited", "edited"],
-                   [(r["edit"], fmt_dec(r["ppl_ratio"], 3), fmt_dec(r["ppl_ratio_min"], 3), fmt_dec(r["ppl_ratio_max"], 3),
+                   [(r["edit"], fmt_dec(r["ppl_ratio"], 3), f"{r['ppl_ratio_low']:.3g} – {r['ppl_ratio_high']:.3g}",
+                     fmt_dec(r["ppl_ratio_min"], 3), fmt_dec(r["ppl_ratio_max"], 3),
                      _yes(r["collapses"]), fmt_dec(r["bos_layer_base"], 1), fmt_dec(r["bos_layer"], 1),
                      fmt_dec(r["bos_last_base"], 1), fmt_dec(r["bos_last"], 1)) for r in res.edit_rows()],
-                   caption=f"Each edit (zero, or x{res.factor:g}) against the unedited model; h_c is the residual "
-                           "stream of the massive channel c the edit belongs to")
+                   caption=f"Each edit (zero, or x{res.factor:g}) against the unedited model (interval: bootstrap over "
+                           "the languages); h_c is the residual stream of the massive channel c the edit belongs to")
     ppl = html_table(["edit", *(Raw(lang_tag(lang)) for lang in res.languages)],
                  [("none", *(fmt_dec(math.exp(v)) for v in res.base_nll)),
                   *((e.label(res.factor), *(fmt_dec(math.exp(v) if v < 700 else math.inf) for v in row))
