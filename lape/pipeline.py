@@ -19,6 +19,9 @@ from typing import Any
 
 from . import artifacts
 from .config import StageConfig, option
+from .regions.run import RegionsRunConfig
+
+_REGIONS = RegionsRunConfig()  # the regions experiment's defaults, which lape demo's regions_* fields keep
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,14 @@ class DemoConfig(StageConfig):
     regions_tokens_per_language: int = option(384, gt=0)  # importance budget per language (paper: 10,000 x 512)
     regions_eval_tokens: int = option(128, gt=0)  # held-out tokens per language for region removal and perturbation
     regions_perturb_dims: int | None = option(None, min=1)  # super-weight test on the largest N massive channels (None: all)
+    regions_batch_size: int = option(_REGIONS.batch_size, min=1, max=4096)  # sequences per importance backward pass
+    regions_top_rate: float = option(_REGIONS.top_rate, gt=0.0, max=0.5)  # region share of each tensor (paper: 1%)
+    regions_eval_languages: tuple[str, ...] | None = None  # removal/perturbation languages (None: importance languages + en)
+    regions_massive_ratio: float = option(_REGIONS.massive_ratio, gt=0.0)  # massive channel: peak above this x its layer's median
+    regions_perturb_factor: float = _REGIONS.perturb_factor  # the super-weight test's scale edit, beside zeroing
+    regions_train_steps: int = option(_REGIONS.train_steps, min=0)  # frozen further pre-training steps per setting (0: skip)
+    regions_train_language: str | None = None  # the language trained on (None: the first importance language)
+    regions_train_lr: float = option(_REGIONS.train_lr, gt=0.0, max=1.0)  # AdamW learning rate of that training
     keyneurons: bool = True  # run the key-neuron stage (lape.keyneurons.run; sizes: KeyNeuronsRunConfig's defaults)
     explain: bool = True  # neuron cards of the LAPE sets and a random control (RUN/explain/index.html)
     explain_tokens_per_language: int = option(1024, gt=0)  # held-out tokens per language the cards' contexts come from
@@ -72,6 +83,15 @@ class _Timer:
             self.ran.append(name)
             logger.info("[%s] done in %.0f s", name, self.seconds[name])
         return result
+
+
+def regions_config(config: DemoConfig) -> RegionsRunConfig:
+    """The regions experiment's settings in a demo: every ``regions_*`` field (two renamed), the
+    demo's sequence length and seed."""
+    renamed = {"regions_eval_tokens": "eval_tokens_per_language", "regions_perturb_dims": "perturb_max_dims"}
+    fields = {renamed.get(k, k[len("regions_"):]): v for k, v in config.to_dict().items()
+              if k.startswith("regions_")}
+    return RegionsRunConfig(**fields, seq_len=config.seq_len, seed=config.seed)
 
 
 def run_demo(config: DemoConfig = DemoConfig(), out: str | Path = "runs/demo", progress: bool = True) -> dict[str, Any]:
@@ -137,12 +157,9 @@ def run_demo(config: DemoConfig = DemoConfig(), out: str | Path = "runs/demo", p
     logger.info("[steering] %d/%d target languages steered with >= 90%% success", good, len(ev.steered()))
 
     if config.regions:
-        from .regions.run import RegionsRunConfig, run_regions
+        from .regions.run import run_regions
 
-        rcfg_regions = RegionsRunConfig(languages=config.regions_languages,
-                                        tokens_per_language=config.regions_tokens_per_language,
-                                        eval_tokens_per_language=config.regions_eval_tokens, seq_len=config.seq_len,
-                                        perturb_max_dims=config.regions_perturb_dims, seed=config.seed)
+        rcfg_regions = regions_config(config)
         run_regions(model, tok, manifest, run, rcfg_regions, neurons=sets, progress=progress, timer=timer.run)
 
     if config.keyneurons:

@@ -110,3 +110,23 @@ def test_a_cached_result_does_not_redraw_its_figure(tmp_path):
     assert len(drawn) == 2 and (tmp_path / "fig.svg").is_file()
     save_result_figure(_Result(False), None, "fig", make)  # no folder: nothing
     assert len(drawn) == 2
+
+
+def test_every_regions_setting_is_reachable_from_lape_demo():
+    """Each field of RegionsRunConfig is set from a DemoConfig field (``--regions-*`` on the
+    command line), so no setting of the regions experiment is unreachable from ``lape demo``."""
+    import dataclasses
+
+    from lape.pipeline import DemoConfig, regions_config
+    from lape.regions.run import RegionsRunConfig
+
+    changed = {}
+    for f in dataclasses.fields(DemoConfig):
+        if f.name.startswith("regions_"):
+            default = getattr(DemoConfig(), f.name)
+            changed[f.name] = {int: 3, float: 0.25, str: "xx"}.get(type(default), ("xx",)) if default is not None \
+                else (3 if "dims" in f.name else ("xx",) if "languages" in f.name else "xx")
+    cfg = regions_config(DemoConfig(**changed, seq_len=64, seed=7))
+    base = RegionsRunConfig()
+    moved = {f.name for f in dataclasses.fields(RegionsRunConfig) if getattr(cfg, f.name) != getattr(base, f.name)}
+    assert moved == {f.name for f in dataclasses.fields(RegionsRunConfig)}  # every field followed the demo's
