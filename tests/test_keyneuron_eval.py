@@ -205,6 +205,8 @@ def _constructed(probs_by_row: dict[tuple[str, int | None, str, str], list[float
     t = {"base_prob": torch.full((P,), base), "base_correct": torch.zeros(P),
          "probs": torch.tensor(list(probs_by_row.values())).T.contiguous(), "correct": torch.zeros(P, len(rows)),
          "prompt_cluster": torch.arange(len(clusters)).repeat_interleave(per_cluster), "prompt_question": torch.arange(P)}
+    # two clusters with as many questions each: a cluster's control sample is every question of the other
+    t["unrelated_questions"] = torch.stack([t["prompt_cluster"] != c for c in range(len(clusters))])
     return rows, t
 
 

@@ -23,6 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tiny_models import CHAR_SPECIALS, char_tokenizer, random_ids, tiny_model
@@ -36,9 +37,7 @@ from lape.intervene import Edit
 from lape.keyneurons.attribute import KeyNeuronScores, attribute, letter_spellings, prompt_ids
 from lape.keyneurons.evaluate import (
     KeyEvalConfig,
-    _edit_rows,
     _prompt_pass,
-    _sample_unrelated,
     evaluate_key_neurons,
 )
 from lape.keyneurons.ig import (
@@ -544,26 +543,25 @@ def test_evaluate_key_neurons_end_to_end(tmp_path):
     want += [("activation", None, c, op) for c in clusters for op in ("boost", "suppress")]
     want += [("random-act", s, c, op) for s in (0, 1) for c in clusters for op in ("boost", "suppress")]
     assert keys == want
-    # the random sets have the key sets' counts per layer, and differ between seeds
-    rows, mults = _edit_rows({"naica": sets, "na": na_sets}, clusters, 2, 2.0)
-    assert rows == ev.rows[:len(rows)]  # the activation baselines follow (tests/test_keyneuron_eval.py)
-    random_masks = {}
-    for r, row in enumerate(rows):
-        family_sets = {"naica": sets, "na": na_sets, "random": sets}[row["family"]]
-        m = mults[r]
-        factor = 2.0 if row["op"] == "boost" else 0.0
-        edited = m != 1.0
-        assert bool((m[edited] == factor).all())
-        assert edited.sum(1).tolist() == family_sets.mask(row["cluster"]).sum(1).tolist()
-        if row["family"] != "random":
-            assert torch.equal(edited, family_sets.mask(row["cluster"]))
-        else:
-            random_masks[(row["seed"], row["cluster"], row["op"])] = edited
-    for c in clusters:
-        assert torch.equal(random_masks[(0, c, "boost")], random_masks[(0, c, "suppress")])
-        assert not torch.equal(random_masks[(0, c, "boost")], random_masks[(1, c, "boost")])
-
+    # each row's multipliers, by hand from its family's mask: the key sets, plain NA, and the
+    # count-matched random draws the artifact saved (their counts per layer are the key sets')
     t = ev.tensors_
+    random_masks = t["random_masks"]
+    assert random_masks.shape == (2, len(clusters), *space.shape)
+    rows = [r for r in ev.rows if r["family"] in ("naica", "na", "random")]
+    mults = []
+    for row in rows:
+        c = clusters.index(row["cluster"])
+        mask = (random_masks[row["seed"], c] if row["family"] == "random"
+                else {"naica": sets, "na": na_sets}[row["family"]].mask(row["cluster"]))
+        if row["family"] == "random":
+            assert mask.sum(1).tolist() == sets.mask(row["cluster"]).sum(1).tolist()
+            assert not torch.equal(mask, sets.mask(row["cluster"]))  # a draw, not the key set itself
+        mults.append(torch.where(mask, 2.0 if row["op"] == "boost" else 0.0, 1.0))
+    assert rows == ev.rows[:len(rows)]  # the activation baselines follow (tests/test_keyneuron_eval.py)
+    for c in range(len(clusters)):
+        assert not torch.equal(random_masks[0, c], random_masks[1, c])  # the draws differ
+
     prompts = [(qi, p) for qi, q in enumerate(QUESTIONS) for p in prompts_for(q)[:2]]
     P, R = len(prompts), len(rows)
     assert t["probs"].shape == t["correct"].shape == (P, len(ev.rows))
@@ -585,10 +583,11 @@ def test_evaluate_key_neurons_end_to_end(tmp_path):
     assert [(r["family"], r["seed"], r["cluster"], r["op"]) for r in per_cluster] == want
     pc, pq = t["prompt_cluster"], t["prompt_question"]
     p0 = t["base_prob"]
+    sample = t["unrelated_questions"]  # [clusters, questions]: each cluster's control sample, as saved
     for r, row in enumerate(per_cluster):
         c = clusters.index(row["cluster"])
         rel = (pc == c).nonzero().flatten()
-        unrel = _sample_unrelated(pc, pq, c, config.seed)
+        unrel = torch.tensor([i for i, q in enumerate(pq.tolist()) if bool(sample[c, q])])
         rel_q, unrel_q = set(pq[rel].tolist()), set(pq[unrel].tolist())
         assert rel_q and unrel_q and not rel_q & unrel_q
         assert all(QUESTIONS[q].cluster != row["cluster"] for q in unrel_q)
@@ -612,8 +611,23 @@ def test_evaluate_key_neurons_end_to_end(tmp_path):
     pred = {r["family"]: r for r in ev.summary["prediction"]}
     assert set(pred) == {"naica", "na", "activation", "random (seed 0)", "random (seed 1)", "random-act (seed 0)",
                          "random-act (seed 1)"}
-    assert all(r["chance"] == 0.5 and r["prompts"] == P and 0.0 <= r["accuracy"]["value"] <= 1.0
-               for r in pred.values())
+    assert all(r["chance"] == 0.5 and r["prompts"] == P for r in pred.values())
+    # cluster prediction by hand: each prompt's last-position activations from a full forward,
+    # standardised over the prompts, the cluster whose key neurons score highest on average;
+    # the Wilson interval with n = questions from its formula
+    acts = np.stack([_last_acts(model, space, prompt_ids(tok, p.text)).flatten().double().numpy() for _, p in prompts])
+    z = (acts - acts.mean(0)) / np.maximum(acts.std(0, ddof=1), 1e-6)
+    truth = np.array([clusters.index(QUESTIONS[qi].cluster) for qi, _ in prompts])
+    for name, family_sets in (("naica", sets), ("na", na_sets)):
+        score = np.stack([z[:, family_sets.mask(c).flatten().numpy()].mean(1) for c in clusters], axis=1)
+        acc = float((score.argmax(1) == truth).mean())
+        n = len(QUESTIONS)
+        centre = (acc + 1.96**2 / (2 * n)) / (1 + 1.96**2 / n)
+        half = 1.96 * math.sqrt(acc * (1 - acc) / n + 1.96**2 / (4 * n * n)) / (1 + 1.96**2 / n)
+        got = pred[name]["accuracy"]
+        assert got["value"] == pytest.approx(acc), name
+        assert (got["low"], got["high"]) == pytest.approx((max(0.0, centre - half), min(1.0, centre + half)), abs=1e-3)
+    assert len({pred[n]["accuracy"]["value"] for n in pred}) > 1  # the rule tells the sets apart
 
     again = evaluate_key_neurons(model, tok, sets, QUESTIONS, config, na_sets=na_sets, out=tmp_path / "ev",
                                  progress=False)

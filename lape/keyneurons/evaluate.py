@@ -264,13 +264,19 @@ def _activation_means(model: nn.Module, space: NeuronSpace, tokenizer: Any, prom
     return (sums / counts.clamp(min=1)[:, None, None]).float(), (abs_sum / max(len(prompts), 1)).float()
 
 
-def _sample_unrelated(prompt_cluster: torch.Tensor, prompt_question: torch.Tensor, c: int, seed: int) -> torch.Tensor:
-    """Prompt indices of as many questions as cluster ``c`` has, drawn from the other clusters."""
-    related_q = sorted(set(prompt_question[prompt_cluster == c].tolist()))
-    other_q = sorted(set(prompt_question[prompt_cluster != c].tolist()))
-    rng = random.Random(f"{seed}/unrelated/{c}")
-    chosen = set(rng.sample(other_q, min(len(related_q), len(other_q))))
-    return torch.tensor([i for i, q in enumerate(prompt_question.tolist()) if q in chosen], dtype=torch.long)
+def unrelated_questions(prompt_cluster: torch.Tensor, prompt_question: torch.Tensor, n_clusters: int,
+                        seed: int) -> torch.Tensor:
+    """Each cluster's control sample, bool ``[clusters, questions]``: as many questions as the
+    cluster has, drawn (seeded) from the other clusters' questions. Saved in the artifact
+    (``unrelated_questions``), so every figure can be recomputed from it."""
+    questions = int(prompt_question.max()) + 1 if len(prompt_question) else 0
+    out = torch.zeros(n_clusters, questions, dtype=torch.bool)
+    for c in range(n_clusters):
+        related_q = sorted(set(prompt_question[prompt_cluster == c].tolist()))
+        other_q = sorted(set(prompt_question[prompt_cluster != c].tolist()))
+        rng = random.Random(f"{seed}/unrelated/{c}")
+        out[c, rng.sample(other_q, min(len(related_q), len(other_q)))] = True
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,12 +382,11 @@ def _summaries(clusters: list[str], rows: list[dict[str, Any]], t: Mapping[str, 
     C, Q = len(clusters), int(pq.max()) + 1 if len(pq) else 0
     q_cluster = np.zeros(Q, dtype=np.int64)
     q_cluster[pq.numpy()] = pc.numpy()
-    unrel_q = np.zeros((Q, C), dtype=bool)
+    unrel_q = t["unrelated_questions"].bool().numpy().T.copy()  # [Q, C]
     valid = np.zeros(C, dtype=bool)
     unrel_prompts = {}
     for c in range(C):
-        unrel_prompts[c] = _sample_unrelated(pc, pq, c, seed)
-        unrel_q[pq[unrel_prompts[c]].numpy(), c] = True
+        unrel_prompts[c] = torch.from_numpy(unrel_q[:, c])[pq].nonzero().flatten()
         valid[c] = bool((pc == c).any()) and len(unrel_prompts[c]) > 0
     per_cluster = []
     for r, row in enumerate(rows):
@@ -555,6 +560,12 @@ def evaluate_key_neurons(model: nn.Module, tokenizer: Any, sets: NeuronSets, que
              "act_mean": act_mean, "act_abs_mean": abs_mean, "activation_masks": torch.stack(top_masks),
              "random_act_masks": (torch.stack([torch.stack(m) for m in matched.values()]) if matched
                                   else torch.zeros(0, len(clusters), *space.shape, dtype=torch.bool))}
+        t["random_masks"] = torch.stack([torch.stack([mults[r] != 1.0 for r, row in enumerate(rows)
+                                                      if row["family"] == "random" and row["seed"] == s
+                                                      and row["op"] == "boost"]) for s in range(config.random_seeds)]
+                                        ) if config.random_seeds else t["random_act_masks"][:0]
+        t["unrelated_questions"] = unrelated_questions(t["prompt_cluster"], t["prompt_question"], len(clusters),
+                                                       config.seed)
         prediction = _prediction(clusters, named, torch.stack(acts), t["prompt_cluster"], t["prompt_question"])
         summary = _summaries(clusters, rows, t, config.seed, prediction, config.resamples)
         meta = artifacts.model_sidecar(
