@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 import lape
 import lape.entropy
@@ -143,19 +144,29 @@ def no_recompute(monkeypatch) -> Iterator[list[str]]:
     monkeypatch.setattr(lape.evaluate.steering.Steerer, "_evaluate", forbid("Steerer.evaluate"))
     monkeypatch.setattr(lape.regions.select, "tensor_regions", forbid("select_regions"))
     monkeypatch.setattr(lape.regions.bridge, "bridge_rows", forbid("bridge_rows"))
-    load_model = lape.models.load_model
-    handles = []
 
-    def load_and_watch(*args, **kwargs):
-        model, tok = load_model(*args, **kwargs)
-        # every forward pass (recording's base model, perplexity, generate) embeds its input
-        handles.append(model.get_input_embeddings().register_forward_pre_hook(lambda *a: calls.append("forward")))
-        return model, tok
+    def watch(module, args):
+        # every forward pass of any model (recording's base model, perplexity, generate) embeds its
+        # input: a global hook sees it wherever the model was loaded or imported from
+        if isinstance(module, torch.nn.Embedding):
+            calls.append("forward")
 
-    monkeypatch.setattr(lape.models, "load_model", load_and_watch)
-    yield calls
-    for h in handles:  # the model is shared by the module
-        h.remove()
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(watch)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def test_the_watch_sees_a_forward_pass_of_any_model(no_recompute):
+    """The up-to-date checks below rely on this: a model loaded anywhere (not through lape's
+    loader) and run is reported."""
+    from tiny_models import random_ids, tiny_model
+
+    with torch.no_grad():
+        tiny_model("llama")(random_ids(1, 5, seed=0))
+    assert no_recompute == ["forward"]
+    no_recompute.clear()
 
 
 def test_interrupted_run_resumes(demo_run):
