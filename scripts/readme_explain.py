@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from readme_results import _table
-
 from lape.plots import pct
+from lape.report.markdown import markdown_table
 
 
 def _example(card: dict) -> str:
@@ -54,6 +53,6 @@ def explain_section(run: Path) -> str:
             f"language). Per language, the share of its neurons whose top-{cfg.get('k')} contexts over all "
             "languages are all in that language, and whose top-10 promoted tokens (logit lens of the "
             "down-projection column; tokens with letters) are mostly in its script:\n\n"
-            + _table(["language", "neurons", "top contexts all in it", "random", "promoted mostly in its script",
+            + markdown_table(["language", "neurons", "top contexts all in it", "random", "promoted mostly in its script",
                       "random"], rows)
             + "\n\n" + ("Examples (the firing token in [[ ]]):\n\n" + "\n".join(examples) + "\n" if examples else ""))

@@ -8,7 +8,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from readme_results import ROOT, _table
+from readme_results import ROOT
+
+from lape.report.markdown import markdown_table
 
 
 def _copy(src: Path, name: str) -> str | None:
@@ -77,7 +79,7 @@ def keyneurons_section(run: Path) -> str:
         judged += [f"- {kind}: {v['sentence']}" for v in ev.verdicts()]
         draws, bins = (ev.meta.get("config", {}).get(k, 0) for k in ("random_seeds", "activation_bins"))
         source = ev.meta.get("activation_source", "selection questions")
-    out.append(_table(["questions", "clusters", "selection questions", "held-out questions", "key neurons per question",
+    out.append(markdown_table(["questions", "clusters", "selection questions", "held-out questions", "key neurons per question",
                        "common neurons", "accuracy (held out, unmodified)", "IG baseline",
                        "median completeness gap / abs(P(a) - P(b))", "Spearman vs exact ablation (95% CI)",
                        "normaliser fallbacks", "attribution per prompt"], facts))
@@ -89,13 +91,13 @@ def keyneurons_section(run: Path) -> str:
                f"bin ({bins} equal-size bins per layer) of mean |activation| at the last position over the {source}; "
                "`activation`, the paper's Activation baseline, per cluster and layer the neurons of highest mean "
                f"activation at the last position over the cluster's {source}, the key neurons' count per layer:\n")
-    out.append(_table(["questions", *FAMILY_HEADER[:-1], "edit success (related)"], pcr))
+    out.append(markdown_table(["questions", *FAMILY_HEADER[:-1], "edit success (related)"], pcr))
     out.append("\nEach sentence below is computed by `lape`: \"as in the paper\" only where the key neurons' interval "
                "lies above every baseline set's (each random draw counted separately):\n")
     out.append("\n".join(judged) + "\n")
     out.append("\nNeuron-based cluster prediction (rule: the cluster whose key neurons have the highest mean "
                "standardised unmodified activation at the last position; Wilson 95% interval with n = questions):\n")
-    out.append(_table(["questions", *PREDICTION_HEADER], pred))
+    out.append(markdown_table(["questions", *PREDICTION_HEADER], pred))
     figs = [(f"kn-{k}-plots/layer_distribution.png", f"kn-{k}-layers.png", f"Key neurons per layer ({k})")
             for k in kinds] + [(f"kn-{k}-plots/accumulated_heatmap.png", f"kn-{k}-heatmap.png",
                                 f"Accumulated NA-ICA scores ({k})") for k in kinds]
@@ -109,13 +111,13 @@ def keyneurons_section(run: Path) -> str:
         out.append("LAPE's 13-language sets, the key neurons of the language clusters, and the neuron view of the "
                    f"monolingual regions (neurons with >= {100 * res.meta.get('region_min_share', 0.05):.0f}% of their "
                    "own weights in the region); overlap against random sets with the same count per layer:\n")
-        out.append(_table(["language", "set A", "set B", "size A", "size B", "overlap", "chance", "x chance"],
+        out.append(markdown_table(["language", "set A", "set B", "size A", "size B", "overlap", "chance", "x chance"],
                           [[r["language"], r["a"], r["b"], r["size_a"], r["size_b"], r["overlap"], f"{r['chance']:.2f}",
                             f"{r['enrichment']:.1f}"] for r in res.overlap]))
         if res.effect:
             out.append("\nNLL change (nats/token, held-out text) when one method's set for a language is switched "
                        "off:\n")
-            out.append(_table(["method", "language", "own language", "other languages (mean)", "own hit most"],
+            out.append(markdown_table(["method", "language", "own language", "other languages (mean)", "own hit most"],
                               [[r["family"], r["language"], f"{r['own_delta_nll']:+.3f}", f"{r['others_delta_nll']:+.3f}",
                                 "yes" if r["own_hit_most"] else "no"] for r in res.effect]))
     return "\n".join(out) + "\n"

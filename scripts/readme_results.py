@@ -19,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 from lape.plots import pct
+from lape.report.markdown import markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,12 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def _commit() -> str:
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                           cwd=ROOT).stdout.strip() or "unknown"
-
-
-def _table(header: list[str], rows: list[list[object]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(out)
 
 
 def _copy_figures(run: Path, prefix: str, names: list[str]) -> dict[str, str]:
@@ -55,7 +50,7 @@ def neuron_section(run: Path, prefix: str, title: str) -> str:
     stats = ActivationStats.load(run / "stats")
     rows = neuron_summary(sets)
     tokens = dict(zip(stats.languages, stats.token_counts.tolist()))
-    table = _table(["set", "neurons", "bottom third of layers", "top third of layers", "tokens recorded"],
+    table = markdown_table(["set", "neurons", "bottom third of layers", "top third of layers", "tokens recorded"],
                    [[r["set"], r["neurons"], pct(r["bottom_third"]), pct(r["top_third"]),
                      f"{tokens.get(r['set'], sum(tokens.values())):,}"] for r in rows])
     tps = stats.meta.get("tokens_per_second")
@@ -82,7 +77,7 @@ def ppl_section(run: Path, prefix: str) -> str:
     above_random = sum(d["own_above_every_random"] for d in diag_nll)
     draws = max((d["random_draws"] for d in diag_nll), default=0)
     col = {c["language"]: c for c in cols}
-    table = _table(["deactivated", "base PPL", "own PPL change", "own NLL change", "random sets, own NLL change "
+    table = markdown_table(["deactivated", "base PPL", "own PPL change", "own NLL change", "random sets, own NLL change "
                     f"(mean ± SD, {draws} draws)", "mean off-diagonal NLL change", "hit hardest by (column test)"],
                    [[d["language"], f"{r.base_ppl[r.languages.index(d['language'])]:.1f}",
                      f"{d['own_delta_ppl']:+.1f}", f"{dn['own_delta_nll']:+.3f}",
@@ -126,17 +121,17 @@ def regions_section(run: Path, prefix: str) -> str:
              f"{cfg['seq_len']}, batch {cfg['batch_size']}; {imp['tokens_per_second']:.0f} tokens/s forward+backward); "
              f"regions = the top/bottom/random {regions.meta['config']['top_rate']:.0%} of every decoder-block tensor "
              f"({total:,} parameters). Core region size per tensor type:", "",
-             _table(["tensor type", "entries", "core", "share"], size_rows), ""]
+             markdown_table(["tensor type", "entries", "core", "share"], size_rows), ""]
     if (run / "region-ppl").is_dir():
         r = load(run / "region-ppl")
         controls = [c for c in r.control_summary()]
         ctrl_rows = [r_ for r_ in r.rows if not r_.startswith("mono:")]
-        table = _table(["language", "PPL", *(f"{c} removed" for c in ctrl_rows)],
+        table = markdown_table(["language", "PPL", *(f"{c} removed" for c in ctrl_rows)],
                        [[lang, f"{math.exp(b):.1f}", *(f"{math.exp(r.nll[r.rows.index(c)][j]):,.1f}" for c in ctrl_rows)]
                         for j, (lang, b) in enumerate(zip(r.languages, r.base_nll))])
         diag, cols = r.diagonal_summary("nll"), r.column_summary()
         massive_note = r.keep_massive_sentence() or "No massive channel was found, so there is no row with them kept."
-        mono = _table(["removed", *r.languages],
+        mono = markdown_table(["removed", *r.languages],
                       [[row, *(f"{v:+.3f}" for v in vals)] for row, vals in zip(r.rows, r.delta_nll())
                        if row.startswith("mono:")])
         figs = _copy_figures(run, prefix, ["region_removal"])
@@ -161,14 +156,14 @@ def regions_section(run: Path, prefix: str) -> str:
                   f"{st.meta.get('config', {}).get('tokens_per_language', '?')} tokens per language and half): Jaccard "
                   "similarity of the two halves' regions, pooled over every tensor, against the exact chance Jaccard "
                   "of random sets of the same sizes:", "",
-                  _table(["region", "Jaccard", "chance", "x chance"],
+                  markdown_table(["region", "Jaccard", "chance", "x chance"],
                          [[x["label"], f"{x['jaccard']:.3f}", f"{x['chance']:.4f}",
                            f"{x['jaccard'] / x['chance']:.1f}" if x["chance"] else "–"] for x in st.overall()]), ""]
     if (run / "region-dims").is_dir():
         d = load(run / "region-dims")
         s_ = d.profile.summary()
         figs = _copy_figures(run, prefix, ["region_dimensions"])
-        prof = _table(["tensor type", "core on massive channels", "chance", "top channel", "x chance",
+        prof = markdown_table(["tensor type", "core on massive channels", "chance", "top channel", "x chance",
                        "top 1% rows hold", "top 1% columns hold"],
                       [[x["type"], pct(x.get("dims_share")), pct(x.get("dims_chance")), x.get("top_channel", "–"),
                         f"{x['top_channel_enrichment']:.1f}" if x.get("top_channel_enrichment") else "–",
@@ -186,7 +181,7 @@ def regions_section(run: Path, prefix: str) -> str:
                  f"{r_['bos_layer_base']:,.0f} -> {r_['bos_layer']:,.0f}",
                  f"{r_['bos_last_base']:,.0f} -> {r_['bos_last']:,.0f}"] for r_ in p_.edit_rows()]
         lines += ["#### Super weights", "", p_.verdict(), "",
-                  _table(["edit", "PPL ratio (geometric mean over languages, 95% CI)", "collapses",
+                  markdown_table(["edit", "PPL ratio (geometric mean over languages, 95% CI)", "collapses",
                           "first-token h_c after its layer", "after the last layer"], rows), ""]
     if (run / "region-train").is_dir():
         f_ = load(run / "region-train")
@@ -203,7 +198,7 @@ def regions_section(run: Path, prefix: str) -> str:
                   "region frozen by restoring its values after every step; `magnitude` freezes the top entries of "
                   "each tensor by |theta|, as many as the core has there. NLL change on held-out text (nats/token, "
                   "mean over seeds, bootstrap 95% interval over held-out windows):", "",
-                  _table(["frozen", "entries", f"{f_.train_language} (trained)", "trained NLL fell",
+                  markdown_table(["frozen", "entries", f"{f_.train_language} (trained)", "trained NLL fell",
                           "mean of the others"], rows), "",
                   f"**{f_.verdict()}**", "",
                   *[f"![{k}]({v})" for k, v in figs.items()], ""]
@@ -218,7 +213,7 @@ def regions_section(run: Path, prefix: str) -> str:
         lines += ["#### LAPE neurons and the regions", "",
                   "Share of each LAPE set's neuron weights (down-projection column, gate/up rows) inside a region, and "
                   "its ratio to a random set with the same number of neurons per layer:", "",
-                  _table(["LAPE set", "neurons", "in core", "in own monolingual region"], rows), ""]
+                  markdown_table(["LAPE set", "neurons", "in core", "in own monolingual region"], rows), ""]
     return "\n".join(lines) + "\n"
 
 

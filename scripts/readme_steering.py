@@ -14,10 +14,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from readme_results import ROOT, _table
+from readme_results import ROOT
 
 from lape.evaluate.steering_result import format_rate, pooled_interval, rate_interval, row_interval
 from lape.plots import pct
+from lape.report.markdown import markdown_table
 
 
 def _ci(ev: Any, rows: Any, key: str = "steered_success") -> str:
@@ -95,7 +96,7 @@ def test_section(run: Path, prefix: str) -> str:
         f"macrolanguage rule alone would count as Chinese; {_script_removed(ev)}); and a non-degenerate output. "
         "Counting only the target's own label "
         f"(column *own label*): {own90} of {len(rows)} at >= 90%, mean {own_ci}.", "",
-        _table(["target", "rule (profile)", "success", "own label", "fluent success", "PPL / real text", "non-letters",
+        markdown_table(["target", "rule (profile)", "success", "own label", "fluent success", "PPL / real text", "non-letters",
                 "unsteered", "random neurons (all draws; ± SD over draws)", "source on", "source off",
                 "no 4-gram ban", "plain settings"], rows), "",
         "Controls: *unsteered* is the same prompts without edits; *random neurons* moves each edit to as many "
@@ -112,7 +113,7 @@ def test_section(run: Path, prefix: str) -> str:
     ctrl = [[c["condition"], *(format_rate(row_interval(c, k)) for k in ("mean_success", "min_success")),
              c.get("at_least_90", "–"), format_rate(row_interval(c, "mean_fluent_success")),
              _ratio(c.get("median_fluency_ratio"))] for c in ev.condition_summary()]
-    lines += [_table(["condition", "mean success", "smallest", "targets >= 90%", "mean fluent success",
+    lines += [markdown_table(["condition", "mean success", "smallest", "targets >= 90%", "mean fluent success",
                       "median PPL / real text"], ctrl), ""]
     stem = ROOT / "docs" / "figures" / f"{prefix}-steering_bars"
     png = save_figure(plots.steering_bars(ev), stem)[0]
@@ -120,7 +121,7 @@ def test_section(run: Path, prefix: str) -> str:
     lines += [f"![steering_bars](docs/figures/{png.name})", ""]
     ex = [e for e in ev.examples][::3][:8]
     lines += ["Examples (first test prompts):", "",
-              _table(["target", "prompt", "steered"],
+              markdown_table(["target", "prompt", "steered"],
                      [[e["target"], e["prompt"], f"[{e['steered_language']}] "
                        + e["steered"].strip().replace("\n", " ").replace("|", "/")[:80]] for e in ex]), ""]
     return "\n".join(lines)
@@ -150,7 +151,7 @@ def spent_test_section(run: Path) -> str:
         "their failures (Arabic outputs labelled Egyptian or Moroccan Arabic) decided the macrolanguage rule, "
         "so they are development data from then on, and `builtin:test` above was written afresh. Success per "
         "target, with its Wilson 95% interval (the first round predates the script check):", "",
-        _table(["profile and rule", *targets, "mean", "targets >= 90%"], rows), ""])
+        markdown_table(["profile and rule", *targets, "mean", "targets >= 90%"], rows), ""])
 
 
 def calibration_section(run: Path) -> str:
@@ -194,10 +195,10 @@ def calibration_section(run: Path) -> str:
                                               "first-stage rules" if refined else "")
         + (f"; the `polish` rows: over the targets still below it after that, {', '.join(polished)}, each "
            "strength x window around their best rule" if polished else "") + (")" if refined else "") + ":", "",
-        _table(["candidate", "success", "fluent success", "smallest success", "median PPL / real text",
+        markdown_table(["candidate", "success", "fluent success", "smallest success", "median PPL / real text",
                 "targets that kept it"], rows), "",
         "The rule each target kept (its development scores):", "",
-        _table(["target", "rule", "dev success", "dev fluent success"], chosen), ""])
+        markdown_table(["target", "rule", "dev success", "dev fluent success"], chosen), ""])
 
 
 def alternatives_section(run: Path) -> str:
@@ -227,7 +228,7 @@ def alternatives_section(run: Path) -> str:
     return "\n".join(["Other development evaluations (`lape steer-eval --no-profile`; to compare with: the settings' "
                       "rule on the 1% sets with the first token untouched is the calibration's `replace x1.5` row "
                       "above, and `replace x1` at strength 1):", "",
-                      _table(["setting", "mean success", "smallest", "targets >= 90%", "mean fluent success",
+                      markdown_table(["setting", "mean success", "smallest", "targets >= 90%", "mean fluent success",
                               "median PPL / real text"], rows), ""])
 
 
@@ -251,7 +252,7 @@ def stability_section(run: Path) -> str:
         f"1, 3, 5, ... and 2, 4, 6, ...; {statistics.fmean(tokens.values()) if tokens else 6500:,.0f} tokens per "
         "language each, `lape record --part 1/2` and `2/2`), compared with `lape compare`; chance = two random "
         "sets with the same counts per layer:", "",
-        _table(["language", "neurons (half 1)", "neurons (half 2)", "Jaccard", "chance", "half 1 vs all text"],
+        markdown_table(["language", "neurons (half 1)", "neurons (half 2)", "Jaccard", "chance", "half 1 vs all text"],
                rows), f"\nMean Jaccard between the halves {statistics.fmean(r['jaccard'] for r in halves):.2f}.", ""])
 
 

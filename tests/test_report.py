@@ -287,3 +287,19 @@ def test_report_of_empty_neuron_sets(tmp_path):
     page = report.write_report(run).read_text(encoding="utf-8")
     assert '<section id="neurons">' in page and "could not be read" not in page
     assert report.neuron_summary(NeuronSets.load(run / "neurons"))[-1]["bottom_third"] is None
+
+
+def test_markdown_and_html_tables_show_the_same_cell_text():
+    """The README's tables (Markdown) and the report's (HTML) format a value the same way; a pipe
+    in a model's output cannot break a Markdown row."""
+    from lape.report.html import html_table
+    from lape.report.markdown import markdown_records, markdown_table
+
+    values = [1234567, 0.1234567, None, float("nan"), True, "a|b", ["x", "y"]]
+    md = markdown_table(["v"] * len(values), [values]).splitlines()[2]
+    assert md == "| 1,234,567 | 0.1235 | – | – | yes | a\\|b | x, y |"
+    html = html_table(["v"] * len(values), [values])
+    for text in ("1,234,567", "0.1235", "yes", "a|b", "x, y"):
+        assert f">{text}</td>" in html
+    assert markdown_records([{"set": "fr", "n": 1000}]) == "| set | n |\n|---|---|\n| fr | 1,000 |"
+    assert markdown_records([]) == ""

@@ -89,8 +89,10 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def fmt_cell(value: Any, digits: int = 4) -> str:
-    """A cell's escaped text: floats to ``digits`` significant digits, ``None``/NaN as a dash."""
+def cell_text(value: Any, digits: int = 4) -> str:
+    """A table cell's text, the same in the HTML report and in Markdown: floats to ``digits``
+    significant digits, integers with thousands separators, ``None``/NaN as a dash, booleans as
+    yes/no, mappings and lists joined."""
     if value is None:
         return "–"
     if isinstance(value, bool):
@@ -102,10 +104,15 @@ def fmt_cell(value: Any, digits: int = 4) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, Mapping):
-        return esc(", ".join(f"{k} {v}" for k, v in value.items()))
+        return ", ".join(f"{k} {v}" for k, v in value.items())
     if isinstance(value, (list, tuple)):
-        return esc(", ".join(str(v) for v in value))
-    return esc(value)
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def fmt_cell(value: Any, digits: int = 4) -> str:
+    """A cell's escaped HTML text (:func:`cell_text`)."""
+    return esc(cell_text(value, digits))
 
 
 def fmt_dec(value: float | None, digits: int = 2, signed: bool = False) -> str:
