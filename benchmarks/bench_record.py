@@ -27,7 +27,7 @@ from common import (
 )
 
 from lape import load_model, record
-from lape.activations import RecordConfig
+from lape.neurons.stats import RecordConfig
 from lape.space import NeuronSpace
 
 

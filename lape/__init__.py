@@ -15,15 +15,15 @@ Example:
     ...     ...
 """
 
-from .activations import ActivationStats, RecordConfig, record
 from .artifacts import load
-from .entropy import IdentifyConfig, identify, language_agnostic, random_like
 from .errors import LapeError
 from .evaluate.perplexity import PerplexityConfig, PerplexityResult, ppl_matrix
 from .fingerprint import fingerprint
 from .intervene import Edit, intervene
 from .masks import NeuronSets, ParamRegions
 from .models import load_model, load_tokenizer
+from .neurons.select import IdentifyConfig, identify, language_agnostic, random_like
+from .neurons.stats import ActivationStats, RecordConfig, record
 from .space import NeuronSpace
 from .version import __version__
 

@@ -53,7 +53,7 @@ FORMAT_VERSION = 2  # 2: tensor checksums in the sidecar, write-beside-then-swap
 A = TypeVar("A", bound="Artifact")
 
 # the module that defines each artifact kind (imported when a folder of that kind is loaded)
-_KIND_MODULES = {"stats": "lape.activations", "neurons": "lape.masks", "regions": "lape.masks",
+_KIND_MODULES = {"stats": "lape.neurons.stats", "neurons": "lape.masks", "regions": "lape.masks",
                  "ppl": "lape.evaluate.perplexity", "steering": "lape.evaluate.steering_result",
                  "fluency_reference": "lape.evaluate.fluency", "steering_profile": "lape.evaluate.steer_profile",
                  "importance": "lape.regions.importance", "region_ppl": "lape.regions.ablate",

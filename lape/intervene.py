@@ -41,10 +41,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .activations import ActivationStats
 from .errors import LapeError
 from .hooks import activation_hooks
 from .masks import Neuron, NeuronSets
+from .neurons.stats import ActivationStats
 from .space import NeuronSpace
 
 Op = Literal["set", "mul", "add"]

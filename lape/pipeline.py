@@ -10,6 +10,7 @@ stopped midway continues (recording also resumes inside a language).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -19,8 +20,10 @@ from typing import Any
 
 from . import artifacts
 from .config import StageConfig, option
+from .neurons.run import LapeRunConfig
 from .regions.run import RegionsRunConfig
 
+_LAPE = LapeRunConfig()  # the LAPE steps' defaults, which lape demo's fields of the same names keep
 _REGIONS = RegionsRunConfig()  # the regions experiment's defaults, which lape demo's regions_* fields keep
 
 logger = logging.getLogger(__name__)
@@ -33,18 +36,18 @@ class DemoConfig(StageConfig):
     model: str = "builtin"  # model spec
     corpus: str = "builtin"  # data manifest
     languages: tuple[str, ...] | None = None  # None: the manifest's default_languages
-    tokens_per_language: int = option(5120, gt=0)  # recording budget per language (the corpus has 14-30k)
-    ppl_tokens_per_language: int = option(128, gt=0)  # held-out tokens per language for the perplexity matrices
+    tokens_per_language: int = option(_LAPE.tokens_per_language, gt=0)  # recording budget per language (the corpus has 14-30k)
+    ppl_tokens_per_language: int = option(_LAPE.ppl_tokens_per_language, gt=0)  # held-out tokens per language for the perplexity matrices
     ppl_languages: tuple[str, ...] | None = None  # rows/columns of the matrix (None: all languages);
     # the matrix costs (rows + 1) x columns evaluations, so large runs restrict it
-    ppl_random_baseline: str = option("diagonal", choices=("full", "diagonal", "none"))  # random sets on their own language only (see PerplexityConfig)
-    ppl_random_draws: int = option(1, min=1, max=100)  # random sets per row (the full run uses 3 for their spread)
+    ppl_random_baseline: str = option(_LAPE.ppl_random_baseline, choices=("full", "diagonal", "none"))  # random sets on their own language only (see PerplexityConfig)
+    ppl_random_draws: int = option(_LAPE.ppl_random_draws, min=1, max=100)  # random sets per row (the full run uses 3 for their spread)
     steer_targets: tuple[str, ...] | None = None  # target languages (None: all but English)
-    steer_prompts: int = option(5, min=1)  # English prompts per target language for the steering evaluation
-    fluency_windows: int = option(16, min=1)  # held-out text windows per target for the fluency reference
-    prompt_set: str = "builtin:dev"  # prompts for the steering evaluation (the demo is a quick look, not a held-out figure)
-    seq_len: int = option(256, min=2, max=1 << 16)  # packed sequence length (256 is ~20% faster per token than 512 on CPU)
-    batch_size: int = option(8, min=1, max=4096)  # sequences per forward pass while recording
+    steer_prompts: int = option(_LAPE.steer_prompts, min=1)  # English prompts per target language for the steering evaluation
+    fluency_windows: int = option(_LAPE.fluency_windows, min=1)  # held-out text windows per target for the fluency reference
+    prompt_set: str = _LAPE.prompt_set  # prompts for the steering evaluation (the demo is a quick look, not a held-out figure)
+    seq_len: int = option(_LAPE.seq_len, min=2, max=1 << 16)  # packed sequence length (256 is ~20% faster per token than 512 on CPU)
+    batch_size: int = option(_LAPE.batch_size, min=1, max=4096)  # sequences per forward pass while recording
     seed: int = option(0, min=0)  # corpus shuffling, random baseline
     regions: bool = True  # run the linguistic-regions stages (lape.regions.run) after steering
     regions_languages: tuple[str, ...] | None = None  # importance languages (None: the paper's six the corpus has)
@@ -85,12 +88,18 @@ class _Timer:
         return result
 
 
+def lape_run_config(config: DemoConfig) -> LapeRunConfig:
+    """The LAPE steps' settings in a demo: the demo's fields of the same names."""
+    names = {f.name for f in dataclasses.fields(LapeRunConfig)}
+    return LapeRunConfig(**{name: getattr(config, name) for name in names})
+
+
 def regions_config(config: DemoConfig) -> RegionsRunConfig:
     """The regions experiment's settings in a demo: every ``regions_*`` field (two renamed), the
     demo's sequence length and seed."""
     renamed = {"regions_eval_tokens": "eval_tokens_per_language", "regions_perturb_dims": "perturb_max_dims"}
-    fields = {renamed.get(k, k[len("regions_"):]): v for k, v in config.to_dict().items()
-              if k.startswith("regions_")}
+    fields = {renamed.get(f.name, f.name[len("regions_"):]): getattr(config, f.name)
+              for f in dataclasses.fields(config) if f.name.startswith("regions_")}
     return RegionsRunConfig(**fields, seq_len=config.seq_len, seed=config.seed)
 
 
@@ -100,61 +109,22 @@ def run_demo(config: DemoConfig = DemoConfig(), out: str | Path = "runs/demo", p
     Returns:
         ``{"ran": [...], "skipped": [...], "seconds": {...}, "report": path}``.
     """
-    from .activations import RecordConfig, record
     from .corpora import load_corpus, load_manifest
-    from .entropy import IdentifyConfig, identify
-    from .evaluate.fluency import fluency_reference
-    from .evaluate.perplexity import PerplexityConfig, ppl_matrix
-    from .evaluate.steering import SteerConfig, Steerer
     from .models import load_model
-    from .prompts import load_prompts
-    from .report import save_neuron_plots, write_report
+    from .neurons.run import plan_lape, run_lape
+    from .report import write_report
 
     run = artifacts.ensure_folder(out)
     timer = _Timer()
     t0 = time.perf_counter()
     manifest = load_manifest(config.corpus)  # the whole manifest is checked before the model loads
-    languages = list(config.languages or manifest.default_languages)
-    ppl_languages = list(config.ppl_languages or languages)
-    targets = list(config.steer_targets or [lang for lang in languages if lang != "en"])
-    manifest.with_split("train", [*languages, *targets])
-    manifest.with_split("valid", ppl_languages)
-    prompts = load_prompts(config.prompt_set, limit=config.steer_prompts)
+    lape_config = lape_run_config(config)
+    plan = plan_lape(manifest, lape_config)
+    languages = plan.languages
     model, tok = load_model(config.model)
     artifacts.write_json(run / "demo.json", {"settings": config.to_dict(), "languages": languages,
                                              "manifest": str(manifest.path)})
-
-    rcfg = RecordConfig(tokens_per_language=config.tokens_per_language, seq_len=config.seq_len,
-                        batch_size=config.batch_size, seed=config.seed, languages=tuple(languages))
-    corpus = load_corpus(manifest, tok, split="train", tokens_per_language=rcfg.tokens_per_language,
-                         seq_len=rcfg.seq_len, seed=rcfg.seed, languages=languages)
-    stats = timer.run("record", lambda: record(model, corpus, rcfg, out=run / "stats", progress=progress))
-
-    sets = timer.run("identify", lambda: identify(stats, IdentifyConfig(seed=config.seed), out=run / "neurons"))
-    if not getattr(sets, "from_cache", False) or not (run / "plots").is_dir():
-        save_neuron_plots(run / "neurons", run / "stats", out=run / "plots")
-
-    pcfg = PerplexityConfig(tokens_per_language=config.ppl_tokens_per_language, seq_len=config.seq_len,
-                            seed=config.seed, random_baseline=config.ppl_random_baseline,
-                            random_draws=config.ppl_random_draws)
-    valid = load_corpus(manifest, tok, split="valid", tokens_per_language=pcfg.tokens_per_language,
-                        seq_len=pcfg.seq_len, seed=pcfg.seed, languages=ppl_languages)
-    ppl = timer.run("ppl", lambda: ppl_matrix(model, valid, sets.subset(ppl_languages), pcfg, out=run / "ppl",
-                                              progress=progress))
-    logger.info("[ppl] %s", ppl.summary_line())
-
-    steerer = Steerer(model, tok, sets, stats, SteerConfig())
-    # the prompts are English: switch English off if it has a set, else steer by activation only
-    source = "en" if "en" in sets.labels else None
-    length = steerer.config.max_new_tokens + 1
-    with_text = [t for t in targets if "valid" in manifest.split_names(t)]
-    windows = load_corpus(manifest, tok, split="valid", tokens_per_language=config.fluency_windows * length,
-                          seq_len=length, seed=config.seed, languages=with_text)
-    reference = fluency_reference(model, windows, out=run / "fluency-reference") if with_text == targets else None
-    ev = timer.run("steering", lambda: steerer.evaluate(prompts, targets=targets, source=source, controls=["random"],
-                                                        reference=reference, progress=progress, out=run / "steering"))
-    good = sum(r["steered_success"] >= 0.9 for r in ev.steered())
-    logger.info("[steering] %d/%d target languages steered with >= 90%% success", good, len(ev.steered()))
+    sets = run_lape(model, tok, manifest, run, lape_config, plan=plan, progress=progress, timer=timer.run)["neurons"]
 
     if config.regions:
         from .regions.run import run_regions

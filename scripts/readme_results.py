@@ -42,8 +42,8 @@ def _copy_figures(run: Path, prefix: str, names: list[str]) -> dict[str, str]:
 
 
 def neuron_section(run: Path, prefix: str, title: str) -> str:
-    from lape.activations import ActivationStats
     from lape.masks import NeuronSets
+    from lape.neurons.stats import ActivationStats
     from lape.report import neuron_summary
 
     sets = NeuronSets.load(run / "neurons")

@@ -25,10 +25,10 @@ from tiny_models import ModelWouldLoad as _ModelWouldLoad
 from tiny_models import tiny_model_folder
 
 import lape
-from lape.activations import ActivationStats, RecordConfig
 from lape.cli import build_parser, main
-from lape.entropy import IdentifyConfig
 from lape.masks import NeuronSets
+from lape.neurons.select import IdentifyConfig
+from lape.neurons.stats import ActivationStats, RecordConfig
 
 TOKENS, SEQ_LEN = 600, 64  # recording: 10 sequences per language (9 x 64 + 24 tokens)
 PPL = ["--tokens-per-language", "200", "--seq-len", "32", "--batch-size", "4"]

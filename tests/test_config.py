@@ -6,12 +6,12 @@ import argparse
 
 import pytest
 
-from lape.activations import RecordConfig
 from lape.config import add_config_args, config_from_args
-from lape.entropy import IdentifyConfig
 from lape.errors import LapeError
 from lape.evaluate.perplexity import PerplexityConfig
 from lape.evaluate.steering import SteerConfig
+from lape.neurons.select import IdentifyConfig
+from lape.neurons.stats import RecordConfig
 from lape.pipeline import DemoConfig
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from tiny_models import tiny_model_folder
 
-from lape.activations import ActivationStats
+from lape.neurons.stats import ActivationStats
 
 SEQ_LEN = 32
 # "aa": 150 tokens -> 5 sequences (4 x 32 + 22 real tokens, the last padded); rank 0 takes

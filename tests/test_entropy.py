@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from lape.activations import ActivationStats
-from lape.entropy import (
+from lape.errors import LapeError
+from lape.neurons.select import (
     IdentifyConfig,
     identify,
     language_agnostic,
     lape_entropy,
     select_by_entropy,
 )
-from lape.errors import LapeError
+from lape.neurons.stats import ActivationStats
 
 
 def _stats(probs: list[list[list[float]]], tokens: int = 100, fire_sums=None) -> ActivationStats:

@@ -9,11 +9,11 @@ import pytest
 import torch
 from tiny_models import WIDTH, random_ids, tiny_model
 
-from lape.activations import ActivationStats
 from lape.errors import LapeError
 from lape.fingerprint import fingerprint
 from lape.intervene import batch_edits, intervene
 from lape.masks import NeuronSets
+from lape.neurons.stats import ActivationStats
 
 NEURONS = {"x": [(0, 3), (0, 17), (1, 5), (2, 0), (2, 40)], "y": [(1, 5), (1, 6), (2, 11)]}
 

@@ -11,11 +11,11 @@ import torch
 from test_keyneurons import QUESTIONS, ext_tokenizer
 from tiny_models import random_ids, tiny_model
 
-from lape.activations import ActivationStats
 from lape.hooks import activation_hooks
 from lape.keyneurons.attribute import AttributeConfig, attribute, mean_baselines
 from lape.keyneurons.ig import ablation_effects, alphas, attribute_prompt, normalises_mlp_output
 from lape.keyneurons.select import SelectConfig, na_ica
+from lape.neurons.stats import ActivationStats
 from lape.space import NeuronSpace
 
 

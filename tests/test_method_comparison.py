@@ -13,7 +13,6 @@ from scipy.stats import fisher_exact
 from tiny_models import WIDTH, char_tokenizer, tiny_model, tiny_model_folder
 
 from lape.corpora import iter_documents
-from lape.entropy import random_like
 from lape.errors import LapeError
 from lape.keyneurons.cloze import BLANK, cloze_questions
 from lape.keyneurons.compare import (
@@ -26,6 +25,7 @@ from lape.keyneurons.compare import (
 )
 from lape.keyneurons.prompts import Question
 from lape.masks import NeuronSets
+from lape.neurons.select import random_like
 
 
 def _sets(neurons: dict[str, list[tuple[int, int]]], shape=(3, 20)) -> NeuronSets:

@@ -422,8 +422,8 @@ def test_sequences_longer_than_the_position_range_are_refused_before_work():
     import torch
     from tiny_models import tiny_model
 
-    from lape.activations import RecordConfig, record
     from lape.models import check_positions
+    from lape.neurons.stats import RecordConfig, record
 
     with pytest.raises(LapeError, match="setting seq_len \\(--seq-len\\) is 100000000: it must be at most"):
         RecordConfig(seq_len=100_000_000)

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from tiny_models import FAMILIES, WIDTH, random_ids, tiny_model
 
-from lape.entropy import random_like
 from lape.errors import LapeError
 from lape.evaluate.perplexity import PerplexityConfig, PerplexityResult, ppl_matrix, sequence_nll
 from lape.fingerprint import fingerprint
 from lape.masks import NeuronSets
+from lape.neurons.select import random_like
 
 
 @dataclass

@@ -21,26 +21,26 @@ import pytest
 import torch
 
 import lape
-import lape.entropy
 import lape.evaluate.perplexity
 import lape.evaluate.steering
 import lape.models
+import lape.neurons.select
 import lape.regions.bridge
 import lape.regions.select
 from lape import artifacts, cli
-from lape.activations import ActivationStats
 from lape.evaluate.fluency import FluencyReference
 from lape.evaluate.perplexity import PerplexityResult
 from lape.evaluate.steering_result import SteeringEval
 from lape.explain import NeuronCards
 from lape.masks import NeuronSets
+from lape.neurons.stats import ActivationStats
 from lape.pipeline import DemoConfig, run_demo
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 # the module, not the function: lape/__init__ re-exports the function record(), which shadows the
 # submodule as the attribute lape.record (so `import lape.record as m` gives the function too)
-record_module = importlib.import_module("lape.activations")
+record_module = importlib.import_module("lape.neurons.stats")
 
 REGION_STAGES = ["importance", "regions", "region-dims", "region-ppl", "region-perturb", "region-bridge"]
 STAGES = ["record", "identify", "ppl", "steering", *REGION_STAGES, "explain"]
@@ -139,7 +139,7 @@ def no_recompute(monkeypatch) -> Iterator[list[str]]:
 
     # the stages are called and must answer from their caches: forbid the work inside them
     monkeypatch.setattr(record_module, "tally", forbid("record"))
-    monkeypatch.setattr(lape.entropy, "select_by_entropy", forbid("identify"))
+    monkeypatch.setattr(lape.neurons.select, "select_by_entropy", forbid("identify"))
     monkeypatch.setattr(lape.evaluate.perplexity, "corpus_nll", forbid("ppl_matrix"))
     monkeypatch.setattr(lape.evaluate.steering.Steerer, "_evaluate", forbid("Steerer.evaluate"))
     monkeypatch.setattr(lape.regions.select, "tensor_regions", forbid("select_regions"))

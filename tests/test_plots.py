@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from lape import plots
-from lape.activations import ActivationStats
 from lape.errors import LapeError
 from lape.evaluate.perplexity import PerplexityResult
 from lape.evaluate.steering_result import SteeringEval
 from lape.masks import NeuronSets
+from lape.neurons.stats import ActivationStats
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LANGS = ["en", "fr", "ja"]

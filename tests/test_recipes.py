@@ -12,11 +12,11 @@ import torch
 from test_entropy import HAND, _stats
 from tiny_models import tiny_model
 
-from lape.entropy import agnostic_folder, identify, language_agnostic
 from lape.errors import LapeError
 from lape.keyneurons.prompts import Question
 from lape.keyneurons.questions import held_out_inputs
 from lape.masks import NeuronSets, ParamRegions
+from lape.neurons.select import agnostic_folder, identify, language_agnostic
 from lape.prompts import development_prompts, load_prompts
 from lape.regions.ablate import keep_massive_rows
 from lape.regions.massive import MassiveDims, residual_axes
@@ -130,3 +130,18 @@ def test_every_regions_setting_is_reachable_from_lape_demo():
     base = RegionsRunConfig()
     moved = {f.name for f in dataclasses.fields(RegionsRunConfig) if getattr(cfg, f.name) != getattr(base, f.name)}
     assert moved == {f.name for f in dataclasses.fields(RegionsRunConfig)}  # every field followed the demo's
+
+
+def test_lape_demo_runs_the_lape_steps_with_its_own_settings():
+    """lape demo's LAPE stages are lape.neurons.run.run_lape with the demo's same-named fields."""
+    import dataclasses
+
+    from lape.neurons.run import LapeRunConfig
+    from lape.pipeline import DemoConfig, lape_run_config
+
+    demo = DemoConfig(languages=("fr", "ja"), tokens_per_language=77, ppl_random_draws=3, steer_prompts=2,
+                      prompt_set="builtin:test1", seq_len=64, seed=5)
+    cfg = lape_run_config(demo)
+    for f in dataclasses.fields(LapeRunConfig):
+        assert getattr(cfg, f.name) == getattr(demo, f.name), f.name
+    assert cfg.tokens_per_language == 77 and cfg.prompt_set == "builtin:test1"

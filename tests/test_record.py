@@ -14,9 +14,9 @@ from tiny_models import (
     tiny_model,
 )
 
-from lape.activations import ActivationStats, RecordConfig, record
 from lape.errors import LapeError
 from lape.fingerprint import fingerprint
+from lape.neurons.stats import ActivationStats, RecordConfig, record
 
 _seqs = random_sequences
 

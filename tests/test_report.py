@@ -28,6 +28,7 @@ from test_plots import (
 from lape import artifacts, plots, report
 from lape.errors import LapeError
 from lape.masks import NeuronSets
+from lape.neurons.report import SECTIONS as lape_sections
 
 EVIL = "<script>alert('x')</script> & \"quoted\""
 FINGERPRINT = {"architecture": "TinyForCausalLM", "num_layers": LAYERS, "hidden_size": 32,
@@ -190,7 +191,7 @@ def test_registry_is_extensible(tmp_path):
         seen.append(folder)
         return '<section id="regions"><h2>Regions</h2></section>'
 
-    page = report.write_report(run, [*report.SECTIONS, ("regions", render_regions),
+    page = report.write_report(run, [*lape_sections, ("regions", render_regions),
                                      ("keyneurons", render_regions)]).read_text(encoding="utf-8")
     assert seen == [run / "regions"]
     assert '<section id="regions">' in page and 'href="#regions"' in page

@@ -15,7 +15,6 @@ import torch
 from test_steering import char_tokenizer
 from tiny_models import WIDTH, random_ids, tiny_model
 
-from lape.activations import ActivationStats
 from lape.errors import LapeError
 from lape.evaluate.fluency import FluencyReference, fluency_reference, non_letter_share, text_nll
 from lape.evaluate.steer_profile import CalibrateConfig, SteeringProfile, calibrate, find_profile
@@ -25,6 +24,7 @@ from lape.evaluate.steering import SteerConfig, Steerer
 from lape.fingerprint import fingerprint
 from lape.intervene import Edit, batch_edits, build_edits, difference_of_means, intervene, relocate
 from lape.masks import NeuronSets, set_agreement
+from lape.neurons.stats import ActivationStats
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

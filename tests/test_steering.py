@@ -8,7 +8,6 @@ from tiny_models import WIDTH, tiny_model
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from lape.activations import ActivationStats
 from lape.errors import LapeError
 from lape.evaluate.steer_repl import repl
 from lape.evaluate.steering import (
@@ -20,6 +19,7 @@ from lape.evaluate.steering import (
 )
 from lape.langid import classify, identify, labels_of_language
 from lape.masks import NeuronSets
+from lape.neurons.stats import ActivationStats
 
 
 def char_tokenizer() -> PreTrainedTokenizerFast:

@@ -219,8 +219,8 @@ def test_an_edited_model_never_shares_a_cache_key_with_the_unedited_one(tmp_path
     """A stage run inside ``edit_weights`` with ``out=`` was served the unedited model's cached
     result: the fingerprint sampled 48 values, none of them in the edited entry. Catches a
     fingerprint that misses an edit far from its samples, or one that stays changed after restore."""
-    from lape.activations import RecordConfig, record
     from lape.fingerprint import fingerprint, same_model
+    from lape.neurons.stats import RecordConfig, record
 
     model = tiny_model("llama")
     corpus = {"aa": [Seq(ids, torch.ones(16, dtype=torch.long)) for ids in random_ids(4, 16, seed=1)]}

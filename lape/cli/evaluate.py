@@ -33,10 +33,10 @@ def cmd_ppl(args: argparse.Namespace) -> int:
 def _steerer(args: argparse.Namespace, targets: list[str] | None = None):
     """The model, neuron sets, stats and steering profile of a steering command, checked
     against each other; with ``targets``, also the fluency reference (held-out text windows)."""
-    from ..activations import ActivationStats
     from ..evaluate.steer_profile import SteeringProfile, find_profile
     from ..evaluate.steering import SteerConfig, Steerer, check_languages, source_language
     from ..masks import NeuronSets
+    from ..neurons.stats import ActivationStats
 
     config = config_from_args(SteerConfig, args)
     source = source_language(args.source)

@@ -10,7 +10,7 @@ from .common import logger
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    from ..activations import RecordConfig, record
+    from ..neurons.stats import RecordConfig, record
 
     config = config_from_args(RecordConfig, args)
     part = common.parse_part(args.part)
@@ -24,8 +24,8 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
-    from ..activations import ActivationStats
-    from ..entropy import IdentifyConfig, identify
+    from ..neurons.select import IdentifyConfig, identify
+    from ..neurons.stats import ActivationStats
 
     config = config_from_args(IdentifyConfig, args)
     out = common.out_folder(args.out)
@@ -58,8 +58,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..activations import RecordConfig
-    from ..entropy import IdentifyConfig
+    from ..neurons.select import IdentifyConfig
+    from ..neurons.stats import RecordConfig
 
     s = sub.add_parser("record", help="count per-language neuron firing (LAPE step 1)")
     common.add_model_args(s)

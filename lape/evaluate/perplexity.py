@@ -31,13 +31,13 @@ from .. import artifacts
 from ..config import StageConfig, option
 from ..corpora import batches
 from ..corpora.identity import check_corpus, corpus_key
-from ..entropy import random_like
 from ..errors import LapeError
 from ..fingerprint import fingerprint
 from ..head import next_token_targets, token_nll
 from ..intervene import intervene
 from ..masks import NeuronSets
 from ..models import check_positions, input_device
+from ..neurons.select import random_like
 from ..space import NeuronSpace
 
 logger = logging.getLogger(__name__)

@@ -38,7 +38,6 @@ import torch
 from torch import nn
 
 from .. import artifacts
-from ..activations import ActivationStats
 from ..config import StageConfig, option
 from ..errors import LapeError
 from ..fingerprint import fingerprint
@@ -46,6 +45,7 @@ from ..intervene import VALUE_RULES, batch_edits, check_layers, intervene
 from ..langid import identify, in_script, labels_of_language, langid_version, script_rule
 from ..masks import NeuronSets
 from ..models import input_device
+from ..neurons.stats import ActivationStats
 from ..space import NeuronSpace
 from .fluency import FluencyReference, non_letter_share, text_nll
 from .steer_rule import MODES, SteeringRule

@@ -1,6 +1,6 @@
 """The report's neuron-card section: a link to the offline page and, per language, whether its
 neurons are about that language (next to random neurons of the same count per layer when the
-cards hold such a control). :data:`SECTIONS` is appended by :func:`lape.report.all_sections`."""
+cards hold such a control). :data:`SECTIONS` and :data:`TITLES` are collected by :func:`lape.report.all_sections`."""
 
 from __future__ import annotations
 

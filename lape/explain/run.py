@@ -49,7 +49,7 @@ def load_neuron_sets(folders: Sequence[str], model: nn.Module, space: NeuronSpac
 def with_random_controls(sets: Mapping[str, NeuronSets], seed: int) -> dict[str, NeuronSets]:
     """``sets`` plus, for the first, a random set of the same count per layer per label (named
     ``random``, so its labels read ``random:LABEL``: the report's control rows)."""
-    from ..entropy import random_like
+    from ..neurons.select import random_like
 
     sets = dict(sets)
     first = next(iter(sets.values()))

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from ..activations import firing_sums
+from ..neurons.stats import firing_sums
 from ..runningstats import RunningSums
 
 SERIAL_STRIDE = 1 << 20  # positions per sequence in a serial (longer than MAX_SEQ_LEN)

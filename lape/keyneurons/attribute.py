@@ -272,7 +272,7 @@ def attribute(model: nn.Module, tokenizer: Any, questions: Sequence[Question],
         space: the model's neuron space (found automatically).
         templates: prompt templates per language (default: the shipped ones; a question
             manifest's own: :func:`lape.keyneurons.questions.question_templates`).
-        reference: :class:`~lape.activations.ActivationStats` whose per-language mean activation
+        reference: :class:`~lape.neurons.stats.ActivationStats` whose per-language mean activation
             is the ``mean`` baseline (default: recorded here from ``config.reference_corpus``,
             ``config.reference_tokens`` per language, when the baseline is ``mean``).
         progress: show a progress bar (prompts).
@@ -377,9 +377,9 @@ def reference_streams(tokenizer: Any, languages: Sequence[str], config: Attribut
 
 
 def reference_stats(model: nn.Module, streams: Mapping[str, Any], config: AttributeConfig) -> Any:
-    """Activation statistics of the reference text (:func:`lape.activations.record`, not saved): the
+    """Activation statistics of the reference text (:func:`lape.neurons.stats.record`, not saved): the
     source of the mean baseline."""
-    from ..activations import RecordConfig, record
+    from ..neurons.stats import RecordConfig, record
 
     return record(model, streams, RecordConfig(tokens_per_language=config.reference_tokens,
                                                seq_len=min(256, config.reference_tokens), batch_size=4,

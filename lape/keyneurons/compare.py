@@ -92,8 +92,8 @@ def random_label(draw: int, language: str) -> str:
 def with_random(sets: NeuronSets, languages: Sequence[str], draws: int, seed: int = 0) -> NeuronSets:
     """``sets`` restricted to ``languages``, plus ``draws`` size-matched random sets per language
     (:func:`random_label`): draw ``k`` holds, in every layer, as many random neurons as the
-    language's set has there (:func:`lape.entropy.random_like` with seed ``seed + k``)."""
-    from ..entropy import random_like
+    language's set has there (:func:`lape.neurons.select.random_like` with seed ``seed + k``)."""
+    from ..neurons.select import random_like
 
     own = sets.subset(languages)
     randoms = [random_like(own, seed=seed + k) for k in range(draws)]

@@ -1,6 +1,6 @@
 """The report's key-neuron sections: the boost/suppress evaluation (PCR, editing success,
 cluster prediction, against random sets and plain NA) and the cross-method comparison.
-:data:`SECTIONS` is appended to :data:`lape.report.SECTIONS` by :func:`lape.report.all_sections`."""
+:data:`SECTIONS` and :data:`TITLES` are collected by :func:`lape.report.all_sections`."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Figures of lape results: functions from result objects to matplotlib ``Figure``s.
 
 Every function takes a result object (:class:`~lape.masks.NeuronSets`,
-:class:`~lape.activations.ActivationStats`, :class:`~lape.evaluate.perplexity.PerplexityResult`,
+:class:`~lape.neurons.stats.ActivationStats`, :class:`~lape.evaluate.perplexity.PerplexityResult`,
 :class:`~lape.evaluate.steering_result.SteeringEval`) and returns a new :class:`matplotlib.figure.Figure`.
 Nothing here computes a statistic beyond layout (which neurons fit on the axis, which strength is
 the default) or writes a file: :mod:`lape.report` saves figures and holds the numbers behind them.
@@ -34,10 +34,10 @@ if TYPE_CHECKING:
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
-    from ..activations import ActivationStats
     from ..evaluate.perplexity import PerplexityResult
     from ..evaluate.steering_result import SteeringEval
     from ..masks import NeuronSets
+    from ..neurons.stats import ActivationStats
     from ..regions.ablate import RegionPerplexity
 
 logger = logging.getLogger(__name__)

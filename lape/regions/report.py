@@ -2,7 +2,7 @@
 super weights (single-weight and norm-scale edits), frozen further pre-training and the LAPE bridge.
 
 Each renderer gets the folder holding one artifact (found by its sidecar's kind) and returns a
-``<section>``; :data:`SECTIONS` is appended to :data:`lape.report.SECTIONS`.
+``<section>``; :data:`SECTIONS` and :data:`TITLES` are collected by :func:`lape.report.all_sections`.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import artifacts
-from ..activations import ActivationStats
+from ..neurons.stats import ActivationStats
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -31,14 +31,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from . import artifacts
-from .config import StageConfig, option
-from .corpora.identity import MAX_SEQ_LEN, corpus_config, counted_positions
-from .errors import LapeError
-from .hooks import activation_hooks
-from .models import input_device
-from .runningstats import RunningSums, dist_info, shard, stage_cache, tally
-from .space import NeuronSpace
+from .. import artifacts
+from ..config import StageConfig, option
+from ..corpora.identity import MAX_SEQ_LEN, corpus_config, counted_positions
+from ..errors import LapeError
+from ..hooks import activation_hooks
+from ..models import input_device
+from ..runningstats import RunningSums, dist_info, shard, stage_cache, tally
+from ..space import NeuronSpace
 
 logger = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ def record(
         stack.enter_context(activation_hooks(model, space, stat.add))
         return stack
 
-    from .corpora import batches
+    from ..corpora import batches
 
     results, report = tally(
         languages, lambda lang: FiringCounts(space.shape, device),

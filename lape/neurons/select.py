@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from . import artifacts
-from .activations import ActivationStats
-from .config import StageConfig, option
-from .errors import LapeError
-from .masks import NeuronSets, random_like_mask
+from .. import artifacts
+from ..config import StageConfig, option
+from ..errors import LapeError
+from ..masks import NeuronSets, random_like_mask
+from .stats import ActivationStats
 
 logger = logging.getLogger(__name__)
 METHODS = ("lape", "lave", "lap", "random")
