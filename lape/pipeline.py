@@ -57,8 +57,8 @@ class DemoConfig(StageConfig):
     regions_batch_size: int = option(_REGIONS.batch_size, min=1, max=4096)  # sequences per importance backward pass
     regions_top_rate: float = option(_REGIONS.top_rate, gt=0.0, max=0.5)  # region share of each tensor (paper: 1%)
     regions_eval_languages: tuple[str, ...] | None = None  # removal/perturbation languages (None: importance languages + en)
-    regions_massive_ratio: float = option(_REGIONS.massive_ratio, gt=0.0)  # massive channel: peak above this x its layer's median
-    regions_perturb_factor: float = _REGIONS.perturb_factor  # the super-weight test's scale edit, beside zeroing
+    regions_massive_ratio: float = option(_REGIONS.massive_ratio, gt=0.0, max=1e6)  # massive channel: peak above this x its layer's median
+    regions_perturb_factor: float = option(_REGIONS.perturb_factor, gt=0.0, max=1e3)  # the super-weight test's scale edit, beside zeroing
     regions_train_steps: int = option(_REGIONS.train_steps, min=0)  # frozen further pre-training steps per setting (0: skip)
     regions_train_language: str | None = None  # the language trained on (None: the first importance language)
     regions_train_lr: float = option(_REGIONS.train_lr, gt=0.0, max=1.0)  # AdamW learning rate of that training

@@ -202,6 +202,13 @@ def regions_section(run: Path, prefix: str) -> str:
                           "mean of the others"], rows), "",
                   f"**{f_.verdict()}**", "",
                   *[f"![{k}]({v})" for k, v in figs.items()], ""]
+    elif (run / "region-ppl").is_dir():
+        lines += ["#### Freezing against forgetting", "",
+                  "Not part of this run (`lape regions train`, the last step of `scripts/run_regions.sh`: 3 seeds x 4 "
+                  "settings, about an hour on 2 CPU cores). The earlier README run trained at lr 2e-4, which made the "
+                  "trained language worse too (+0.83 nats): it measured perturbation damage, not forgetting, so its "
+                  "figures are no longer shown. `lape demo --regions-train-steps 12` runs the test with the lower "
+                  "default lr (1e-5) on the demo's small budgets.", ""]
     if (run / "region-bridge").is_dir():
         b = load(run / "region-bridge")
         by = {}

@@ -317,7 +317,7 @@ def test_identify_rerun_leaves_the_agnostic_sets_alone(work):
 BIG = str(10**12)  # an int that argparse takes (it refuses "1e12" for an int option)
 VALUES = ["0", "-1", "nan", "inf", "1e12", "abc", BIG]
 ZERO_OK = {"--seed", "--strength", "--strengths", "--layers", "--no-repeat-ngram-size", "--source-scale",
-           "--source-scales", "--random-seeds", "--refine-below"}  # 0 means something
+           "--source-scales", "--random-seeds", "--refine-below", "--regions-train-steps"}  # 0 means something
 BIG_REFUSED = {"--seq-len", "--batch-size", "--max-new-tokens", "--no-repeat-ngram-size", "--layers"}
 KNOWN: set[tuple[str, str, str]] = set()  # (command, option, value) still accepted although meaningless
 

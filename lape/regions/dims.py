@@ -313,7 +313,7 @@ class DimsConfig(StageConfig):
     """Settings of :func:`region_dims`."""
 
     label: str = "core"  # the region to profile
-    ratio: float = option(100.0, gt=0.0)  # massive: peak above ratio x the median channel's peak
+    ratio: float = option(100.0, gt=0.0, max=1e6)  # massive: peak above ratio x the median channel's peak
     max_sequences: int = option(8, min=1)  # sequences run to find the massive channels
     batch_size: int = option(4, min=1, max=4096)  # sequences per forward pass
     top_share: float = option(0.01, gt=0.0, max=1.0)  # "top rows/columns" of the concentration figures

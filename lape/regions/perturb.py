@@ -78,7 +78,7 @@ KINDS = ("zero", "scale")  # set to 0, or multiply by the factor
 class PerturbConfig(StageConfig):
     """Settings of :func:`perturb`."""
 
-    factor: float = 4.0  # the scale edit (Zhang et al.: x4)
+    factor: float = option(4.0, gt=0.0, max=1e3)  # the scale edit (Zhang et al.: x4)
     layer: int | None = option(None, min=0)  # None: each channel's first layer where it is massive
     tensor_type: str | None = None  # the writer whose input is hooked; None: the MLP's down-projection (Yu et al.)
     norms: bool = True  # also edit the scale of the output norm that sets the channel, where there is one

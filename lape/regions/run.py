@@ -37,8 +37,8 @@ class RegionsRunConfig(StageConfig):
     top_rate: float = option(0.01, gt=0.0, max=0.5)  # region share of each tensor (paper: 1%)
     eval_languages: tuple[str, ...] | None = None  # removal/perturbation languages (None: importance languages + en)
     eval_tokens_per_language: int = option(256, gt=0)  # held-out tokens per evaluated language
-    massive_ratio: float = option(100.0, gt=0.0)  # massive channel: peak above this x the median
-    perturb_factor: float = 4.0  # the super-weight test's scale edit, beside zeroing (Zhang et al.: x4)
+    massive_ratio: float = option(100.0, gt=0.0, max=1e6)  # massive channel: peak above this x the median
+    perturb_factor: float = option(4.0, gt=0.0, max=1e3)  # the super-weight test's scale edit, beside zeroing (Zhang et al.: x4)
     perturb_max_dims: int | None = option(None, min=1)  # super-weight test: the largest massive channels only (None: all)
     train_steps: int = option(0, min=0)  # further pre-training steps per setting (0: skip)
     train_language: str | None = None  # None: the first importance language
