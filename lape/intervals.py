@@ -196,7 +196,7 @@ def overlap_law(parts: Sequence[tuple[int, int, int]], tail: float = 0.0) -> tup
 def overlap_p_layers(overlap: int, sizes_a: Sequence[int], sizes_b: Sequence[int], width: int) -> float:
     """One-sided p-value of at least ``overlap`` shared members when, in every layer ``l``, two
     sets of ``sizes_a[l]`` and ``sizes_b[l]`` are drawn at random from its ``width`` members: the
-    null of :func:`lape.keyneurons.compare.chance_overlap` (counts per layer kept). The total
+    null of :func:`lape.masks.chance_overlap` (counts per layer kept). The total
     overlap is a sum of independent hypergeometric counts, whose distribution is the convolution
     of the layers' pmfs: ``P(X >= overlap)``, ``X = sum_l X_l``, ``X_l ~ Hypergeom(width, a_l, b_l)``.
     """

@@ -263,6 +263,13 @@ class ParamRegions(LabelledMasks):
         return self.neuron_counts(space) >= needed[None, :, None]
 
 
+def chance_overlap(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Expected ``|A & B|`` of two independent random sets with the per-layer counts of masks ``a``
+    and ``b`` ``[L, N]``: ``sum_layer a_l b_l / N``."""
+    width = a.shape[1]
+    return float((a.sum(1).double() * b.sum(1).double()).sum() / width)
+
+
 def set_agreement(a: NeuronSets, b: NeuronSets) -> list[dict[str, Any]]:
     """Per label the two collections share: sizes, shared neurons, the Jaccard overlap
     ``|A & B| / |A | B|``, and the Jaccard two independent random sets with the same counts per
@@ -271,11 +278,10 @@ def set_agreement(a: NeuronSets, b: NeuronSets) -> list[dict[str, Any]]:
     if a.shape != b.shape:
         raise LapeError(f"the neuron sets have different shapes ({a.shape} and {b.shape}): compare sets of one model")
     rows = []
-    width = a.shape[1]
     for label in (x for x in a.labels if x in b.labels):
         ma, mb = a.mask(label), b.mask(label)
         shared, union = int((ma & mb).sum()), int((ma | mb).sum())
-        expected = float((ma.sum(1).double() * mb.sum(1).double()).sum() / width)
+        expected = chance_overlap(ma, mb)
         size_a, size_b = int(ma.sum()), int(mb.sum())
         rows.append({"label": label, "size_a": size_a, "size_b": size_b, "shared": shared,
                      "jaccard": shared / union if union else float("nan"),

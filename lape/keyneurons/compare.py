@@ -38,7 +38,7 @@ import torch
 from .. import artifacts
 from ..errors import LapeError
 from ..intervals import overlap_p, overlap_p_layers
-from ..masks import NeuronSets, mono_language
+from ..masks import NeuronSets, chance_overlap, mono_language
 
 RANDOM_PREFIX = "random"  # random rows of a perplexity matrix: "random<k>:<language>"
 PPL_SPLITS = ("parallel", "valid")  # the comparison's perplexity text: the first every language declares
@@ -55,12 +55,6 @@ def region_neuron_sets(regions: Any, space: Any, min_share: float = REGION_MIN_S
     view = regions.subset(langs).to_neuron_sets(space, min_share)
     return NeuronSets([mono_language(lab) for lab in langs], view.masks,
                       {**view.meta, "min_share": min_share})
-
-
-def chance_overlap(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Expected ``|A & B|`` of random sets with the per-layer counts of masks ``a`` and ``b`` ``[L, N]``."""
-    width = a.shape[1]
-    return float((a.sum(1).double() * b.sum(1).double()).sum() / width)
 
 
 def family_overlaps(families: Mapping[str, NeuronSets], languages: Sequence[str]) -> list[dict[str, Any]]:
