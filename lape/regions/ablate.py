@@ -152,8 +152,8 @@ class RegionPerplexity(PerplexityResult):
                 "holding norm entries is no neutral control): " + "; ".join(
                     f"{m['region']} x{m['geomean_ppl_ratio']:.3g} with its {m['norm_entries']:,} norm entries, "
                     f"x{m['matrices_geomean_ppl_ratio']:.3g} without"
-                    + (f" (the matrices carry {m['matrices_share']:.0%} of the log ratio)"
-                       if math.isfinite(m["matrices_share"]) else "") for m in matrices) + ".")
+                    + (f" (the matrices carry {m['matrices_share'] if abs(m['matrices_share']) >= 0.005 else 0.0:.0%}"
+                       " of the log ratio)" if math.isfinite(m["matrices_share"]) else "") for m in matrices) + ".")
 
     def summary_line(self) -> str:
         parts = [f"{c['row']} x{c['geomean_ppl_ratio']:.3g}" for c in self.control_summary()]
