@@ -153,7 +153,7 @@ def regions_section(run: Path, prefix: str) -> str:
         st = load(run / "region-stability")
         lines += ["#### Are the regions stable?", "",
                   "The regions selected again from two disjoint halves of each language's text (alternate documents; "
-                  f"{st.meta.get('config', {}).get('tokens_per_language', '?')} tokens per language and half): Jaccard "
+                  f"{st.meta['config']['importance']['tokens_per_language']:,} tokens per language and half): Jaccard "
                   "similarity of the two halves' regions, pooled over every tensor, against the exact chance Jaccard "
                   "of random sets of the same sizes:", "",
                   markdown_table(["region", "Jaccard", "chance", "x chance"],
