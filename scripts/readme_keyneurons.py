@@ -110,14 +110,17 @@ def keyneurons_section(run: Path) -> str:
         out.append("\n#### Three methods on one neuron space\n")
         out.append("LAPE's 13-language sets, the key neurons of the language clusters, and the neuron view of the "
                    f"monolingual regions (neurons with >= {100 * res.meta.get('region_min_share', 0.05):.0f}% of their "
-                   "own weights in the region); overlap against random sets with the same count per layer:\n")
-        out.append(markdown_table(["language", "set A", "set B", "size A", "size B", "overlap", "chance", "x chance"],
+                   "own weights in the region); overlap against random sets with the same count per layer, with the "
+                   "one-sided p-value of an overlap at least as large (hypergeometric per layer, summed):\n")
+        out.append(markdown_table(["language", "set A", "set B", "size A", "size B", "overlap", "chance", "x chance", "p"],
                           [[r["language"], r["a"], r["b"], r["size_a"], r["size_b"], r["overlap"], f"{r['chance']:.2f}",
-                            f"{r['enrichment']:.1f}"] for r in res.overlap]))
+                            f"{r['enrichment']:.1f}", f"{r['p_value_layers']:.2g}"] for r in res.overlap]))
         if res.effect:
             out.append("\nNLL change (nats/token, held-out text) when one method's set for a language is switched "
-                       "off:\n")
-            out.append(markdown_table(["method", "language", "own language", "other languages (mean)", "own hit most"],
+                       "off, against random sets with the same count per layer switched off instead:\n")
+            out.append(markdown_table(["method", "language", "own language", "other languages (mean)", "own hit most",
+                                       "own change above every random set"],
                               [[r["family"], r["language"], f"{r['own_delta_nll']:+.3f}", f"{r['others_delta_nll']:+.3f}",
-                                "yes" if r["own_hit_most"] else "no"] for r in res.effect]))
+                                "yes" if r["own_hit_most"] else "no",
+                                "yes" if r.get("own_above_every_random") else "no"] for r in res.effect]))
     return "\n".join(out) + "\n"

@@ -478,12 +478,14 @@ def test_perturb_recomputes_when_the_factor_changes(runs, tmp_path, info_logs):
     shutil.copytree(runs["perturb"].out, out)
     args = [*runs["perturb"].args[:-1], str(out)]
     assert _rerun(args, out, info_logs) == set()
-    assert cli(*args, "--factor", "0") == 0
+    assert cli(*args, "--factor", "2") == 0
     assert "skipped" not in info_logs.text
     res, first = RegionPerturb.load(out), RegionPerturb.load(runs["perturb"].out)
-    assert res.factor == 0.0 and res.edits[1].kind == "scale" and res.edits[1].after == 0.0
+    assert res.factor == 2.0 and res.edits[1].kind == "scale"
+    assert res.edits[1].after == pytest.approx(2.0 * res.edits[1].before)  # the scale edit uses the new factor
     assert res.base_nll == pytest.approx(first.base_nll, rel=1e-9) and res.nll[1] != first.nll[1]
-    assert res.nll[1] == res.nll[0]  # x0 is zeroing
+    assert res.nll[0] == pytest.approx(first.nll[0], rel=1e-9)  # zeroing does not depend on the factor
+    assert cli(*args, "--factor", "0") == 2  # x0 would repeat the zeroing edit: refused
 
 
 # --------------------------------------------------------------------------------------------
