@@ -150,7 +150,8 @@ def spent_test_section(run: Path) -> str:
         "profile frozen; reading "
         "their failures (Arabic outputs labelled Egyptian or Moroccan Arabic) decided the macrolanguage rule, "
         "so they are development data from then on, and `builtin:test` above was written afresh. Success per "
-        "target, with its Wilson 95% interval (the first round predates the script check):", "",
+        "target, with its Wilson 95% interval" + (" (the first round predates the script check)" if len(evs) > 1 else "")
+        + ":", "",
         markdown_table(["profile and rule", *targets, "mean", "targets >= 90%"], rows), ""])
 
 
