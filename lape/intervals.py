@@ -103,7 +103,7 @@ def geomean_interval(ratios: Sequence[float], *, resamples: int = 2000, seed: in
         4.0
     """
     logs = [math.log(r) for r in ratios if not math.isnan(r)]
-    if any(not math.isfinite(v) for v in logs):  # a ratio of 0 or infinity: no finite mean
+    if any(not math.isfinite(v) for v in logs):  # an overflowed (infinite) ratio: no finite mean
         return Interval(math.exp(sum(logs) / len(logs)), float("nan"), float("nan"))
     log_mean = bootstrap(logs, resamples=resamples, seed=seed)
     return Interval(*(math.exp(v) if math.isfinite(v) else float("nan")

@@ -97,7 +97,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     regions, model, streams = _regions_and_text(args, config, labels=[region_of_row(r) for r in args.rows or []])
     rows = args.rows  # None: every region, with core/bottom/random-matrices (the regions without norm entries)
     extra = {}
-    if args.keep_massive:
+    if args.keep_massive and "core" in regions.labels:  # the row is the core without its massive entries
         massive = find_massive_dims(model, streams)
         logger.info("%s", massive.summary_line())
         extra = keep_massive_rows(model, regions, massive)
